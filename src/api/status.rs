@@ -1,0 +1,49 @@
+//! The one place where `crate::Error` becomes a `tonic::Status` and back.
+
+use tonic::{Code, Status};
+
+use crate::Error;
+
+/// Metadata key carrying the leader's address on a `NotLeader` answer.
+const LEADER_KEY: &str = "orc-leader";
+
+/// Our error as a gRPC status.
+pub fn to_status(error: Error) -> Status {
+    let message = error.to_string();
+    match error {
+        Error::InvalidInput(_) => Status::invalid_argument(message),
+        Error::NotFound(_) => Status::not_found(message),
+        Error::Conflict(_) => Status::failed_precondition(message),
+        Error::NotLeader { leader_address } => {
+            let mut status = Status::unavailable(message);
+            if let Some(address) = leader_address.and_then(|a| a.parse().ok()) {
+                status.metadata_mut().insert(LEADER_KEY, address);
+            }
+            status
+        }
+        Error::Unavailable(_) => Status::unavailable(message),
+        Error::Internal(_) => Status::internal(message),
+    }
+}
+
+/// A gRPC status as our error.
+pub fn from_status(status: Status) -> Error {
+    let message = status.message().to_string();
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(message),
+        Code::NotFound => Error::NotFound(message),
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => Error::Conflict(message),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            match status.metadata().get(LEADER_KEY).and_then(|v| v.to_str().ok()) {
+                Some(address) => Error::NotLeader {
+                    leader_address: Some(address.to_string()),
+                },
+                None if message.is_empty() || message.contains("transport error") || message.contains("tcp connect") => {
+                    Error::Unavailable(format!("cannot reach the server ({message}); is it running?"))
+                }
+                None => Error::Unavailable(message),
+            }
+        }
+        _ => Error::Internal(message),
+    }
+}

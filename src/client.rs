@@ -1,0 +1,137 @@
+//! A small gRPC client used by the CLI, by servers forwarding to the leader,
+//! by `orc agent`, and by tests and benchmarks. It retries requests that
+//! failed for a retryable reason (no leader yet, leader moved) with the same
+//! request id until a deadline, so a retried write is applied once.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::api::status::from_status;
+use crate::proto::orc_client::OrcClient;
+use crate::proto::{
+    ActionRequest, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse, MembershipResponse,
+    RemoveServerRequest,
+};
+use crate::{Error, Result};
+
+/// A connection to one orc server.
+#[derive(Clone)]
+pub struct Client {
+    endpoint: String,
+    orc: OrcClient<Channel>,
+    /// How long retryable failures are retried.
+    pub retry_for: Duration,
+}
+
+/// Makes a channel to `host:port` (connects lazily).
+pub fn channel(endpoint: &str) -> Result<Channel> {
+    let uri = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| Error::InvalidInput(format!("invalid endpoint {endpoint:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(channel)
+}
+
+/// A fresh random request id.
+pub fn request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Client {
+    /// A client for the server at `endpoint` (`host:port`).
+    pub fn new(endpoint: &str) -> Result<Client> {
+        Ok(Client {
+            endpoint: endpoint.to_string(),
+            orc: OrcClient::new(channel(endpoint)?)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+            retry_for: Duration::from_secs(15),
+        })
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(OrcClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match attempt(self.orc.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(status) => {
+                    let error = from_status(status);
+                    if !error.is_retryable() || Instant::now() + pause > deadline {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Calls an ECS action with a JSON body; returns the JSON response and warnings.
+    pub async fn call(&self, action: &str, body: Value) -> Result<(Value, Vec<String>)> {
+        let request = ActionRequest {
+            action: action.to_string(),
+            body_json: body.to_string(),
+            request_id: request_id(),
+        };
+        let response = self
+            .retrying(|mut orc| {
+                let request = request.clone();
+                async move { orc.call(request).await }
+            })
+            .await?
+            .into_inner();
+        let body = serde_json::from_str(&response.body_json)
+            .map_err(|e| Error::Internal(format!("the server sent undecodable json: {e}")))?;
+        Ok((body, response.warnings))
+    }
+
+    /// `orc cluster status`.
+    pub async fn cluster_status(&self, linearizable: bool) -> Result<ClusterStatusResponse> {
+        Ok(self
+            .retrying(|mut orc| async move { orc.cluster_status(ClusterStatusRequest { linearizable }).await })
+            .await?
+            .into_inner())
+    }
+
+    /// Adds a server to the control plane (as a learner that is promoted once caught up).
+    pub async fn add_server(&self, node_id: u64, address: &str, cluster_id: &str) -> Result<MembershipResponse> {
+        let request = AddServerRequest {
+            node_id,
+            address: address.to_string(),
+            cluster_id: cluster_id.to_string(),
+        };
+        Ok(self
+            .retrying(|mut orc| {
+                let request = request.clone();
+                async move { orc.add_server(request).await }
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Removes a server from the control plane.
+    pub async fn remove_server(&self, node_id: u64) -> Result<MembershipResponse> {
+        Ok(self
+            .retrying(|mut orc| async move { orc.remove_server(RemoveServerRequest { node_id }).await })
+            .await?
+            .into_inner())
+    }
+}

@@ -1,0 +1,20 @@
+//! orc: a self-hosted mini container orchestrator for Raspberry Pi clusters,
+//! shaped like AWS ECS. See ARCHITECTURE.md for the tour; this file only
+//! lists the modules.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod datadir;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod proto;
+pub mod raft;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+pub mod taskdef;
+
+pub use error::{Error, Result};

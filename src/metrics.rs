@@ -1,0 +1,117 @@
+//! Prometheus metrics in the text exposition format, kept in process-wide
+//! atomics so recording is a few relaxed adds on hot paths. `render` is what
+//! `GET /metrics` returns on every server's listener.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::raft::node::{NodeStatus, Role};
+
+/// Upper bounds, in seconds, of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A cumulative latency histogram.
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+static PROPOSALS_OK: AtomicU64 = AtomicU64::new(0);
+static PROPOSALS_FAILED: AtomicU64 = AtomicU64::new(0);
+static PROPOSAL_LATENCY: Histogram = Histogram::new();
+static FSYNCS: AtomicU64 = AtomicU64::new(0);
+static FSYNC_ENTRIES: AtomicU64 = AtomicU64::new(0);
+static FSYNC_LATENCY: Histogram = Histogram::new();
+static COMPACTIONS: AtomicU64 = AtomicU64::new(0);
+static TERM: AtomicU64 = AtomicU64::new(0);
+static COMMIT: AtomicU64 = AtomicU64::new(0);
+static APPLIED: AtomicU64 = AtomicU64::new(0);
+static IS_LEADER: AtomicU64 = AtomicU64::new(0);
+static NODE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Records one client proposal's commit latency.
+pub fn record_proposal(elapsed: Duration, ok: bool) {
+    if ok {
+        PROPOSALS_OK.fetch_add(1, Relaxed);
+    } else {
+        PROPOSALS_FAILED.fetch_add(1, Relaxed);
+    }
+    PROPOSAL_LATENCY.observe(elapsed);
+}
+
+/// Records one fsync of the raft log and how many entries it made durable.
+pub fn record_fsync(elapsed: Duration, entries: usize) {
+    FSYNCS.fetch_add(1, Relaxed);
+    FSYNC_ENTRIES.fetch_add(entries as u64, Relaxed);
+    FSYNC_LATENCY.observe(elapsed);
+}
+
+/// Records a log compaction.
+pub fn record_compaction() {
+    COMPACTIONS.fetch_add(1, Relaxed);
+}
+
+/// Records the raft node's latest status.
+pub fn record_status(status: &NodeStatus) {
+    NODE_ID.store(status.id, Relaxed);
+    TERM.store(status.term, Relaxed);
+    COMMIT.store(status.commit_index, Relaxed);
+    APPLIED.store(status.applied_index, Relaxed);
+    IS_LEADER.store(u64::from(status.role == Role::Leader), Relaxed);
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+/// The whole exposition text.
+pub fn render() -> String {
+    let mut out = String::new();
+    gauge(&mut out, "orc_raft_node_id", "This server's raft node id.", "gauge", NODE_ID.load(Relaxed));
+    gauge(&mut out, "orc_raft_term", "Current raft term.", "gauge", TERM.load(Relaxed));
+    gauge(&mut out, "orc_raft_commit_index", "Highest committed raft index.", "gauge", COMMIT.load(Relaxed));
+    gauge(&mut out, "orc_raft_applied_index", "Highest applied raft index.", "gauge", APPLIED.load(Relaxed));
+    gauge(&mut out, "orc_raft_is_leader", "1 when this server leads.", "gauge", IS_LEADER.load(Relaxed));
+    gauge(&mut out, "orc_proposals_committed_total", "Writes committed and applied.", "counter", PROPOSALS_OK.load(Relaxed));
+    gauge(&mut out, "orc_proposals_failed_total", "Writes refused or timed out.", "counter", PROPOSALS_FAILED.load(Relaxed));
+    PROPOSAL_LATENCY.render(&mut out, "orc_proposal_seconds", "Time from proposal to applied outcome.");
+    gauge(&mut out, "orc_raft_fsyncs_total", "Flushes of the raft log (one per Ready).", "counter", FSYNCS.load(Relaxed));
+    gauge(&mut out, "orc_raft_fsync_entries_total", "Entries made durable by those flushes.", "counter", FSYNC_ENTRIES.load(Relaxed));
+    FSYNC_LATENCY.render(&mut out, "orc_raft_fsync_seconds", "Duration of one flush.");
+    gauge(&mut out, "orc_raft_compactions_total", "Log compactions.", "counter", COMPACTIONS.load(Relaxed));
+    out
+}

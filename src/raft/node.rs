@@ -1,0 +1,692 @@
+//! The one place that drives raft-rs. A `RaftNode` runs on its own thread
+//! (so an fsync on a slow SD card blocks nothing else) and owns the
+//! `RawNode`. Everything else talks to it through a cloneable `RaftHandle`:
+//! proposals, read barriers (ReadIndex), membership changes, inbound peer
+//! messages. The loop follows raft-rs's Ready cycle: send messages, install a
+//! snapshot, apply committed entries, append entries and save the hard state,
+//! flush once (group commit: every proposal that arrived meanwhile shares
+//! that fsync), send the messages that had to wait for the flush, advance.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::storage::SledStorage;
+use super::transport::Transport;
+use crate::metrics;
+use crate::store::{Outcome, Proposal, Store};
+use crate::{Error, Result};
+
+/// Timing and compaction settings of a control-plane member.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    /// This member's raft id.
+    pub node_id: u64,
+    /// How often the leader sends heartbeats; also the tick length.
+    pub heartbeat_interval: Duration,
+    /// How long followers wait without a heartbeat before an election
+    /// (randomized by raft-rs between this and twice this).
+    pub election_timeout: Duration,
+    /// Compact the log once this many entries were applied since the last compaction.
+    pub snapshot_threshold: u64,
+    /// How long a proposal or read waits before it is answered "unavailable".
+    pub request_timeout: Duration,
+}
+
+impl RaftConfig {
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        let heartbeat_ms = self.heartbeat_interval.as_millis().max(1);
+        let election_ticks = (self.election_timeout.as_millis() / heartbeat_ms).max(3) as usize;
+        raft::Config {
+            id: self.node_id,
+            election_tick: election_ticks,
+            heartbeat_tick: 1,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// What the node reports about itself; published after every loop turn.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeStatus {
+    /// This member's id.
+    pub id: u64,
+    /// The leader's id, 0 when unknown.
+    pub leader_id: u64,
+    /// The current term.
+    pub term: u64,
+    /// Leader, follower, candidate or pre-candidate.
+    pub role: Role,
+    /// The highest index known committed.
+    pub commit_index: u64,
+    /// The highest index applied to the state machine.
+    pub applied_index: u64,
+    /// The compaction (snapshot) point of the local log.
+    pub snapshot_index: u64,
+    /// Voting members.
+    pub voters: Vec<u64>,
+    /// Non-voting members catching up.
+    pub learners: Vec<u64>,
+    /// On the leader: per member, (id, matched index, recently active).
+    pub progress: Vec<(u64, u64, bool)>,
+    /// Set once this member has been removed from the control plane.
+    pub removed: bool,
+}
+
+/// A member's raft role, in words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Serves writes and reads.
+    Leader,
+    /// Replicates the leader's log.
+    #[default]
+    Follower,
+    /// Asking for votes.
+    Candidate,
+}
+
+impl Role {
+    /// The lowercase name shown by `orc cluster status`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+        }
+    }
+}
+
+/// Requests into the node's loop.
+enum NodeMessage {
+    Step(Vec<Message>),
+    Propose(Proposal, oneshot::Sender<Outcome>),
+    ReadIndex(oneshot::Sender<Result<u64>>),
+    ConfChange(ConfChange, Vec<u8>, oneshot::Sender<Outcome>),
+    TransferLeader(u64),
+    Unreachable(u64),
+    SnapshotDone(u64, bool),
+    Campaign,
+}
+
+/// A cheap, cloneable door into the raft node.
+#[derive(Clone)]
+pub struct RaftHandle {
+    tx: mpsc::UnboundedSender<NodeMessage>,
+    status: watch::Receiver<NodeStatus>,
+    store: Arc<Store>,
+    request_timeout: Duration,
+}
+
+impl RaftHandle {
+    /// The replicated state machine.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The node's latest status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    fn send(&self, message: NodeMessage) -> Result<()> {
+        self.tx
+            .send(message)
+            .map_err(|_| Error::Unavailable("this server is shutting down".into()))
+    }
+
+    /// Hands inbound peer messages to raft.
+    pub fn step(&self, messages: Vec<Message>) -> Result<()> {
+        self.send(NodeMessage::Step(messages))
+    }
+
+    /// Proposes a command and waits until it is committed on a quorum and
+    /// applied here. A follower forwards the proposal to the leader.
+    pub async fn propose(&self, proposal: Proposal) -> Outcome {
+        let started = Instant::now();
+        let (reply, receive) = oneshot::channel();
+        self.send(NodeMessage::Propose(proposal, reply))?;
+        let outcome = self.wait(receive, "commit the write").await;
+        metrics::record_proposal(started.elapsed(), outcome.is_ok());
+        outcome
+    }
+
+    /// Waits until this server has applied everything committed before the
+    /// call (ReadIndex), so a read that follows is linearizable.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (reply, receive) = oneshot::channel();
+        self.send(NodeMessage::ReadIndex(reply))?;
+        let index = self.wait(receive, "confirm the leader for a read").await?;
+        self.store.wait_applied(index, self.request_timeout).await
+    }
+
+    /// Proposes a membership change; `address` travels with it.
+    pub async fn change_membership(&self, change_type: ConfChangeType, node_id: u64, address: &str) -> Outcome {
+        let mut change = ConfChange::default();
+        change.set_change_type(change_type);
+        change.node_id = node_id;
+        let (reply, receive) = oneshot::channel();
+        self.send(NodeMessage::ConfChange(change, address.as_bytes().to_vec(), reply))?;
+        self.wait(receive, "commit the membership change").await
+    }
+
+    /// Asks the leader (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&self, to: u64) -> Result<()> {
+        self.send(NodeMessage::TransferLeader(to))
+    }
+
+    /// Starts an election now (used once by a freshly bootstrapped server).
+    pub fn campaign(&self) -> Result<()> {
+        self.send(NodeMessage::Campaign)
+    }
+
+    pub(crate) fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.send(NodeMessage::Unreachable(id));
+    }
+
+    pub(crate) fn report_snapshot(&self, id: u64, delivered: bool) {
+        let _ = self.tx.send(NodeMessage::SnapshotDone(id, delivered));
+    }
+
+    async fn wait<T>(&self, receive: oneshot::Receiver<Result<T>>, what: &str) -> Result<T> {
+        match tokio::time::timeout(self.request_timeout, receive).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Unavailable(format!(
+                "the server stopped before it could {what}; retry"
+            ))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "timed out after {:?} waiting to {what}: the control plane may have lost its quorum; check `orc cluster status` and retry",
+                self.request_timeout
+            ))),
+        }
+    }
+}
+
+/// The raft loop's own state.
+struct RaftNode {
+    raw: RawNode<SledStorage>,
+    storage: SledStorage,
+    store: Arc<Store>,
+    transport: Arc<Transport>,
+    config: RaftConfig,
+    rx: mpsc::UnboundedReceiver<NodeMessage>,
+    status_tx: watch::Sender<NodeStatus>,
+    next_sequence: u64,
+    pending_proposals: HashMap<u64, (oneshot::Sender<Outcome>, Instant)>,
+    pending_reads: HashMap<u64, (oneshot::Sender<Result<u64>>, Instant)>,
+    removed: bool,
+}
+
+/// Starts the raft node on its own thread and returns its handle.
+pub fn start(
+    config: RaftConfig,
+    storage: SledStorage,
+    store: Arc<Store>,
+    transport: Arc<Transport>,
+) -> Result<RaftHandle> {
+    let applied = store.applied_index();
+    let raw = RawNode::new(&config.raft_config(applied), storage.clone(), &super::log::logger(config.node_id))
+        .map_err(|e| Error::Internal(format!("cannot start raft: {e}")))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (status_tx, status) = watch::channel(NodeStatus {
+        id: config.node_id,
+        ..Default::default()
+    });
+    let handle = RaftHandle {
+        tx,
+        status,
+        store: store.clone(),
+        request_timeout: config.request_timeout,
+    };
+    transport.attach(handle.clone());
+    let mut node = RaftNode {
+        raw,
+        storage,
+        store,
+        transport,
+        config,
+        rx,
+        status_tx,
+        next_sequence: 1,
+        pending_proposals: HashMap::new(),
+        pending_reads: HashMap::new(),
+        removed: false,
+    };
+    std::thread::Builder::new()
+        .name(format!("raft-{}", node.config.node_id))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime always builds");
+            runtime.block_on(async move {
+                if let Err(error) = node.run().await {
+                    tracing::error!(node = node.config.node_id, %error, "raft node stopped");
+                }
+            });
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the raft thread: {e}")))?;
+    Ok(handle)
+}
+
+fn context(node_id: u64, sequence: u64, extra: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16 + extra.len());
+    bytes.extend_from_slice(&node_id.to_be_bytes());
+    bytes.extend_from_slice(&sequence.to_be_bytes());
+    bytes.extend_from_slice(extra);
+    bytes
+}
+
+fn parse_context(bytes: &[u8]) -> Option<(u64, u64, &[u8])> {
+    if bytes.len() < 16 {
+        return None;
+    }
+    let node = u64::from_be_bytes(bytes[0..8].try_into().ok()?);
+    let sequence = u64::from_be_bytes(bytes[8..16].try_into().ok()?);
+    Some((node, sequence, &bytes[16..]))
+}
+
+impl RaftNode {
+    async fn run(&mut self) -> Result<()> {
+        let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.expire_pending();
+                    self.maybe_promote_learners();
+                }
+                message = self.rx.recv() => match message {
+                    Some(message) => self.handle(message),
+                    None => return Ok(()),
+                },
+            }
+            // Group commit: take everything already queued before the next Ready.
+            let mut drained = 0;
+            while drained < 4096 {
+                match self.rx.try_recv() {
+                    Ok(message) => self.handle(message),
+                    Err(_) => break,
+                }
+                drained += 1;
+            }
+            self.on_ready()?;
+            self.publish_status();
+        }
+    }
+
+    fn sequence(&mut self) -> u64 {
+        self.next_sequence += 1;
+        self.next_sequence
+    }
+
+    fn not_leader(&self) -> Error {
+        let leader = self.raw.raft.leader_id;
+        if leader == 0 || leader == self.config.node_id {
+            Error::Unavailable(
+                "no leader is elected right now (is a majority of servers up?); retry in a moment".into(),
+            )
+        } else {
+            Error::NotLeader {
+                leader_address: self.store.read(|s| s.member_address(leader).map(str::to_string)),
+            }
+        }
+    }
+
+    fn handle(&mut self, message: NodeMessage) {
+        match message {
+            NodeMessage::Step(messages) => {
+                for message in messages {
+                    if let Err(error) = self.raw.step(message) {
+                        tracing::debug!(node = self.config.node_id, %error, "dropped a raft message");
+                    }
+                }
+            }
+            NodeMessage::Propose(proposal, reply) => {
+                let data = match serde_json::to_vec(&proposal) {
+                    Ok(data) => data,
+                    Err(error) => {
+                        let _ = reply.send(Err(Error::Internal(format!("cannot encode a proposal: {error}"))));
+                        return;
+                    }
+                };
+                let sequence = self.sequence();
+                match self.raw.propose(context(self.config.node_id, sequence, &[]), data) {
+                    Ok(()) => {
+                        self.pending_proposals.insert(sequence, (reply, Instant::now()));
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(self.not_leader()));
+                    }
+                }
+            }
+            NodeMessage::ReadIndex(reply) => {
+                if self.raw.raft.leader_id == 0 {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let sequence = self.sequence();
+                self.raw.read_index(context(self.config.node_id, sequence, &[]));
+                self.pending_reads.insert(sequence, (reply, Instant::now()));
+            }
+            NodeMessage::ConfChange(change, address, reply) => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                if self.raw.raft.has_pending_conf() {
+                    let _ = reply.send(Err(Error::Unavailable(
+                        "another membership change is in progress; retry when it completes".into(),
+                    )));
+                    return;
+                }
+                let sequence = self.sequence();
+                match self
+                    .raw
+                    .propose_conf_change(context(self.config.node_id, sequence, &address), change)
+                {
+                    Ok(()) => {
+                        self.pending_proposals.insert(sequence, (reply, Instant::now()));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(Error::InvalidInput(format!(
+                            "the membership change was refused: {error}"
+                        ))));
+                    }
+                }
+            }
+            NodeMessage::TransferLeader(to) => self.raw.transfer_leader(to),
+            NodeMessage::Unreachable(id) => self.raw.report_unreachable(id),
+            NodeMessage::SnapshotDone(id, delivered) => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(id, status);
+            }
+            NodeMessage::Campaign => {
+                if let Err(error) = self.raw.campaign() {
+                    tracing::warn!(node = self.config.node_id, %error, "could not start an election");
+                }
+            }
+        }
+    }
+
+    /// Answers proposals and reads that waited too long (their entries may
+    /// have been lost with a leader change; a retry with the same request id
+    /// is safe).
+    fn expire_pending(&mut self) {
+        let timeout = self.config.request_timeout;
+        self.pending_proposals.retain(|_, (reply, since)| since.elapsed() < timeout && !reply.is_closed());
+        self.pending_reads.retain(|_, (reply, since)| since.elapsed() < timeout && !reply.is_closed());
+    }
+
+    /// On the leader: a learner that caught up becomes a voter.
+    fn maybe_promote_learners(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        let learners = self.raw.raft.prs().conf().learners().iter().copied().collect::<Vec<u64>>();
+        for learner in learners {
+            let caught_up = self
+                .raw
+                .raft
+                .prs()
+                .get(learner)
+                .is_some_and(|progress| progress.matched + 5 >= committed && progress.recent_active);
+            if caught_up {
+                let address = self
+                    .store
+                    .read(|s| s.member_address(learner).map(str::to_string))
+                    .unwrap_or_default();
+                let mut change = ConfChange::default();
+                change.set_change_type(ConfChangeType::AddNode);
+                change.node_id = learner;
+                let sequence = self.sequence();
+                match self
+                    .raw
+                    .propose_conf_change(context(self.config.node_id, sequence, address.as_bytes()), change)
+                {
+                    Ok(()) => tracing::info!(node = self.config.node_id, learner, "promoting a caught-up learner to voter"),
+                    Err(error) => tracing::warn!(node = self.config.node_id, learner, %error, "could not promote a learner"),
+                }
+                return;
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        let mut must_flush = false;
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            let index = snapshot.get_metadata().index;
+            tracing::info!(node = self.config.node_id, index, "installing a snapshot from the leader");
+            self.store.restore(index, &snapshot.data)?;
+            self.storage.apply_snapshot(&snapshot)?;
+            must_flush = true;
+        }
+        self.apply_committed(ready.take_committed_entries())?;
+        if !ready.entries().is_empty() {
+            self.storage.append(ready.entries())?;
+            must_flush = true;
+        }
+        if let Some(hard_state) = ready.hs() {
+            self.storage.set_hard_state(hard_state)?;
+            must_flush = true;
+        }
+        if must_flush {
+            let started = Instant::now();
+            self.storage.flush()?;
+            metrics::record_fsync(started.elapsed(), ready.entries().len());
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        for read_state in ready.take_read_states() {
+            if let Some((node, sequence, _)) = parse_context(&read_state.request_ctx) {
+                if node == self.config.node_id {
+                    if let Some((reply, _)) = self.pending_reads.remove(&sequence) {
+                        let _ = reply.send(Ok(read_state.index));
+                    }
+                }
+            }
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply_committed(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let mut batch: Vec<(u64, Option<Proposal>)> = Vec::new();
+        let mut contexts: HashMap<u64, u64> = HashMap::new();
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if entry.data.is_empty() {
+                        batch.push((entry.index, None));
+                        continue;
+                    }
+                    match serde_json::from_slice::<Proposal>(&entry.data) {
+                        Ok(proposal) => {
+                            if let Some((node, sequence, _)) = parse_context(&entry.context) {
+                                if node == self.config.node_id {
+                                    contexts.insert(entry.index, sequence);
+                                }
+                            }
+                            batch.push((entry.index, Some(proposal)));
+                        }
+                        Err(error) => {
+                            // Every server skips it the same way, so state stays identical.
+                            tracing::error!(node = self.config.node_id, index = entry.index, %error, "skipping an undecodable entry");
+                            batch.push((entry.index, None));
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    self.flush_batch(&mut batch, &mut contexts)?;
+                    self.apply_conf_change(&entry)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    self.flush_batch(&mut batch, &mut contexts)?;
+                    tracing::error!(node = self.config.node_id, index = entry.index, "joint conf changes are not used by orc; skipped");
+                    self.store.advance_applied(entry.index)?;
+                }
+            }
+        }
+        self.flush_batch(&mut batch, &mut contexts)
+    }
+
+    fn flush_batch(&mut self, batch: &mut Vec<(u64, Option<Proposal>)>, contexts: &mut HashMap<u64, u64>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let outcomes = self.store.apply_entries(std::mem::take(batch))?;
+        for (index, outcome) in outcomes {
+            if let Some(sequence) = contexts.remove(&index) {
+                if let Some((reply, _)) = self.pending_proposals.remove(&sequence) {
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        contexts.clear();
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<()> {
+        let change = ConfChange::parse_from_bytes(&entry.data)
+            .map_err(|e| Error::Internal(format!("undecodable conf change at index {}: {e}", entry.index)))?;
+        let before = self.storage.conf_state();
+        let outcome = match self.raw.apply_conf_change(&change) {
+            Ok(conf_state) => {
+                self.storage.set_conf_state(&conf_state)?;
+                let (proposer, sequence, address) = parse_context(&entry.context).unwrap_or((0, 0, &[]));
+                let address = String::from_utf8_lossy(address).to_string();
+                let removed = change.get_change_type() == ConfChangeType::RemoveNode;
+                self.store.apply_membership(
+                    entry.index,
+                    change.node_id,
+                    if removed { None } else { Some(address.clone()) },
+                )?;
+                if !removed && !address.is_empty() {
+                    self.transport.set_address(change.node_id, &address);
+                }
+                tracing::info!(
+                    node = self.config.node_id,
+                    member = change.node_id,
+                    change = ?change.get_change_type(),
+                    voters = ?conf_state.voters,
+                    learners = ?conf_state.learners,
+                    "membership changed"
+                );
+                if removed && change.node_id == self.config.node_id && was_member(&before, self.config.node_id) {
+                    tracing::warn!(node = self.config.node_id, "this server was removed from the control plane");
+                    self.removed = true;
+                }
+                if proposer == self.config.node_id {
+                    if let Some((reply, _)) = self.pending_proposals.remove(&sequence) {
+                        let _ = reply.send(Ok(serde_json::json!({"voters": conf_state.voters, "learners": conf_state.learners})));
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(node = self.config.node_id, %error, "conf change rejected");
+                self.store.advance_applied(entry.index)
+            }
+        };
+        outcome
+    }
+
+    fn maybe_compact(&mut self) -> Result<()> {
+        let applied = self.store.applied_index();
+        let compacted = self.storage.compacted_index();
+        if applied <= compacted + self.config.snapshot_threshold {
+            return Ok(());
+        }
+        // Keep a tail so a briefly lagging follower catches up from the log.
+        let keep = self.config.snapshot_threshold / 4;
+        let to = applied.saturating_sub(keep);
+        if to <= compacted {
+            return Ok(());
+        }
+        // The state machine must be durable before its log entries go.
+        self.storage.flush()?;
+        self.storage.compact(to)?;
+        metrics::record_compaction();
+        tracing::debug!(node = self.config.node_id, to, "compacted the raft log");
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let conf: ConfState = self.storage.conf_state();
+        let progress = if raft.state == StateRole::Leader {
+            raft.prs()
+                .iter()
+                .map(|(id, progress)| (*id, progress.matched, progress.recent_active || *id == self.config.node_id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let status = NodeStatus {
+            id: self.config.node_id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            role: match raft.state {
+                StateRole::Leader => Role::Leader,
+                StateRole::Follower => Role::Follower,
+                StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            },
+            commit_index: raft.raft_log.committed,
+            applied_index: self.store.applied_index(),
+            snapshot_index: self.storage.first_index().unwrap_or(1).saturating_sub(1),
+            voters: conf.voters,
+            learners: conf.learners,
+            progress,
+            removed: self.removed,
+        };
+        metrics::record_status(&status);
+        self.status_tx.send_if_modified(|current| {
+            if *current != status {
+                *current = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn was_member(conf_state: &ConfState, id: u64) -> bool {
+    conf_state.voters.contains(&id) || conf_state.learners.contains(&id)
+}

@@ -1,0 +1,431 @@
+//! raft-rs's `Storage` contract implemented on sled, plus the writes raft-rs
+//! leaves to us: appending entries, saving the hard and conf state,
+//! compacting the log, and installing a snapshot.
+//!
+//! Layout: tree `raft_log` maps a big-endian index to an encoded `Entry`;
+//! tree `raft_meta` holds the hard state, the conf state and the metadata of
+//! the last compaction point. Snapshot data is not stored separately: it is
+//! the state machine itself (`store::Store::snapshot`), taken when raft-rs
+//! asks for one. Only the raft node's thread writes here, and durability
+//! comes from `flush`, which the node calls once per Ready (group commit).
+
+use std::sync::{Arc, RwLock};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::store::Store;
+
+const HARD_STATE_KEY: &[u8] = b"hard_state";
+const CONF_STATE_KEY: &[u8] = b"conf_state";
+const COMPACTED_KEY: &[u8] = b"compacted";
+
+/// Cached bounds of the log, so reads never scan.
+#[derive(Clone, Default)]
+struct Bounds {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry folded into the state machine and
+    /// removed from the log (0/0 for a log never compacted).
+    compacted: SnapshotMetadata,
+    /// Index of the last entry in the log (`compacted.index` when empty).
+    last_index: u64,
+}
+
+/// raft-rs storage on sled.
+#[derive(Clone)]
+pub struct SledStorage {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    bounds: Arc<RwLock<Bounds>>,
+    /// The state machine, which is also the snapshot.
+    store: Arc<Store>,
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn storage_error(error: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(error.to_string().into()))
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Internal(format!("the data dir's raft {what} is corrupt: {error}"))
+}
+
+impl SledStorage {
+    /// Opens (or creates) the raft trees in `db`.
+    pub fn open(db: &sled::Db, store: Arc<Store>) -> crate::Result<SledStorage> {
+        let log = db.open_tree("raft_log")?;
+        let meta = db.open_tree("raft_meta")?;
+        let mut bounds = Bounds::default();
+        if let Some(bytes) = meta.get(HARD_STATE_KEY)? {
+            bounds.hard_state = HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard state", e))?;
+        }
+        if let Some(bytes) = meta.get(CONF_STATE_KEY)? {
+            bounds.conf_state = ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf state", e))?;
+        }
+        if let Some(bytes) = meta.get(COMPACTED_KEY)? {
+            bounds.compacted =
+                SnapshotMetadata::parse_from_bytes(&bytes).map_err(|e| corrupt("compaction point", e))?;
+        }
+        bounds.last_index = match log.last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|e| corrupt("log key", e))?),
+            None => bounds.compacted.index,
+        };
+        Ok(SledStorage {
+            db: db.clone(),
+            log,
+            meta,
+            bounds: Arc::new(RwLock::new(bounds)),
+            store,
+        })
+    }
+
+    fn bounds(&self) -> std::sync::RwLockReadGuard<'_, Bounds> {
+        self.bounds.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bounds_mut(&self) -> std::sync::RwLockWriteGuard<'_, Bounds> {
+        self.bounds.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this storage has never held any raft state.
+    pub fn is_empty(&self) -> bool {
+        let bounds = self.bounds();
+        bounds.hard_state == HardState::default()
+            && bounds.conf_state == ConfState::default()
+            && bounds.last_index == 0
+    }
+
+    /// The current conf state.
+    pub fn conf_state(&self) -> ConfState {
+        self.bounds().conf_state.clone()
+    }
+
+    /// The index of the last compaction (the newest snapshot point).
+    pub fn compacted_index(&self) -> u64 {
+        self.bounds().compacted.index
+    }
+
+    /// Index of the first entry still in the log.
+    pub fn first_log_index(&self) -> u64 {
+        self.bounds().compacted.index + 1
+    }
+
+    /// Appends entries, replacing any conflicting suffix (not yet durable).
+    pub fn append(&self, entries: &[Entry]) -> crate::Result<()> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let mut bounds = self.bounds_mut();
+        if first.index <= bounds.compacted.index {
+            return Err(crate::Error::Internal(format!(
+                "append at index {} overlaps the compacted log ending at {}",
+                first.index, bounds.compacted.index
+            )));
+        }
+        let mut batch = sled::Batch::default();
+        for stale in (first.index..=bounds.last_index).rev() {
+            batch.remove(&key(stale));
+        }
+        for entry in entries {
+            let bytes = entry.write_to_bytes().map_err(|e| corrupt("entry", e))?;
+            batch.insert(&key(entry.index), bytes);
+        }
+        self.log.apply_batch(batch)?;
+        bounds.last_index = entries.last().map(|e| e.index).unwrap_or(bounds.last_index);
+        Ok(())
+    }
+
+    /// Saves the hard state (not yet durable).
+    pub fn set_hard_state(&self, hard_state: &HardState) -> crate::Result<()> {
+        let bytes = hard_state.write_to_bytes().map_err(|e| corrupt("hard state", e))?;
+        self.meta.insert(HARD_STATE_KEY, bytes)?;
+        self.bounds_mut().hard_state = hard_state.clone();
+        Ok(())
+    }
+
+    /// Moves the saved commit index forward.
+    pub fn set_commit(&self, commit: u64) -> crate::Result<()> {
+        let mut hard_state = self.bounds().hard_state.clone();
+        if commit > hard_state.commit {
+            hard_state.commit = commit;
+            self.set_hard_state(&hard_state)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the conf state (after a conf change was applied).
+    pub fn set_conf_state(&self, conf_state: &ConfState) -> crate::Result<()> {
+        let bytes = conf_state.write_to_bytes().map_err(|e| corrupt("conf state", e))?;
+        self.meta.insert(CONF_STATE_KEY, bytes)?;
+        self.bounds_mut().conf_state = conf_state.clone();
+        Ok(())
+    }
+
+    /// Drops log entries up to and including `index`, which the state machine
+    /// has applied and made durable. The next snapshot replaces them.
+    pub fn compact(&self, index: u64) -> crate::Result<()> {
+        let term = raft::Storage::term(self, index).map_err(|e| crate::Error::Internal(format!("compact: {e}")))?;
+        let mut bounds = self.bounds_mut();
+        if index <= bounds.compacted.index {
+            return Ok(());
+        }
+        let mut compacted = SnapshotMetadata::default();
+        compacted.index = index;
+        compacted.term = term;
+        compacted.set_conf_state(bounds.conf_state.clone());
+        let bytes = compacted.write_to_bytes().map_err(|e| corrupt("compaction point", e))?;
+        // The compaction point is written before entries go, so a crash in
+        // between leaves extra entries, never a hole.
+        self.meta.insert(COMPACTED_KEY, bytes)?;
+        let mut batch = sled::Batch::default();
+        for row in self.log.range(..=key(index).to_vec()) {
+            let (k, _) = row?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch)?;
+        bounds.compacted = compacted;
+        Ok(())
+    }
+
+    /// Installs a snapshot's raft metadata: the log is replaced by the
+    /// snapshot point. The caller restores the state machine from its data.
+    pub fn apply_snapshot(&self, snapshot: &Snapshot) -> crate::Result<()> {
+        let metadata = snapshot.get_metadata();
+        let mut bounds = self.bounds_mut();
+        let mut batch = sled::Batch::default();
+        for row in self.log.iter() {
+            let (k, _) = row?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch)?;
+        let mut hard_state = bounds.hard_state.clone();
+        hard_state.commit = hard_state.commit.max(metadata.index);
+        hard_state.term = hard_state.term.max(metadata.term);
+        self.meta.insert(
+            HARD_STATE_KEY,
+            hard_state.write_to_bytes().map_err(|e| corrupt("hard state", e))?,
+        )?;
+        self.meta.insert(
+            CONF_STATE_KEY,
+            metadata.get_conf_state().write_to_bytes().map_err(|e| corrupt("conf state", e))?,
+        )?;
+        self.meta
+            .insert(COMPACTED_KEY, metadata.write_to_bytes().map_err(|e| corrupt("compaction point", e))?)?;
+        bounds.hard_state = hard_state;
+        bounds.conf_state = metadata.get_conf_state().clone();
+        bounds.compacted = metadata.clone();
+        bounds.last_index = metadata.index;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (one fsync for a whole Ready).
+    pub fn flush(&self) -> crate::Result<usize> {
+        Ok(self.db.flush()?)
+    }
+}
+
+impl raft::Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let bounds = self.bounds();
+        Ok(RaftState::new(bounds.hard_state.clone(), bounds.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let bounds = self.bounds();
+        if low <= bounds.compacted.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > bounds.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into();
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for row in self.log.range(key(low).to_vec()..key(high).to_vec()) {
+            let (_, bytes) = row.map_err(storage_error)?;
+            let entry = Entry::parse_from_bytes(&bytes).map_err(storage_error)?;
+            size += u64::from(entry.compute_size());
+            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            entries.push(entry);
+        }
+        if entries.is_empty() && low < high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let bounds = self.bounds();
+        if index == bounds.compacted.index {
+            return Ok(bounds.compacted.term);
+        }
+        if index < bounds.compacted.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if index > bounds.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let bytes = self
+            .log
+            .get(key(index))
+            .map_err(storage_error)?
+            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+        Ok(Entry::parse_from_bytes(&bytes).map_err(storage_error)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.bounds().compacted.index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.bounds().last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let (applied_index, data) = self.store.snapshot().map_err(storage_error)?;
+        if applied_index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let term = self.term(applied_index)?;
+        let mut snapshot = Snapshot::default();
+        snapshot.data = data.into();
+        let metadata = snapshot.mut_metadata();
+        metadata.index = applied_index;
+        metadata.term = term;
+        metadata.set_conf_state(self.bounds().conf_state.clone());
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut entry = Entry::default();
+        entry.index = index;
+        entry.term = term;
+        entry.data = format!("e{index}").into_bytes().into();
+        entry
+    }
+
+    fn open(dir: &std::path::Path) -> (sled::Db, SledStorage) {
+        let db = sled::Config::new().path(dir).open().unwrap();
+        let store = Arc::new(Store::open(&db).unwrap());
+        let storage = SledStorage::open(&db, store).unwrap();
+        (db, storage)
+    }
+
+    #[test]
+    fn empty_storage_follows_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, storage) = open(dir.path());
+        assert!(storage.is_empty());
+        assert_eq!(storage.first_index().unwrap(), 1);
+        assert_eq!(storage.last_index().unwrap(), 0);
+        assert_eq!(storage.term(0).unwrap(), 0);
+        assert!(matches!(storage.term(1), Err(raft::Error::Store(StorageError::Unavailable))));
+        assert!(!storage.initial_state().unwrap().initialized());
+    }
+
+    #[test]
+    fn append_truncates_conflicts_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, storage) = open(dir.path());
+        storage.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
+        storage.append(&[entry(2, 2)]).unwrap();
+        assert_eq!(storage.last_index().unwrap(), 2);
+        assert_eq!(storage.term(2).unwrap(), 2);
+        let all = storage.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(all.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+        assert!(matches!(
+            storage.entries(1, 4, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+        // A size limit still returns at least one entry.
+        let limited = storage.entries(1, 3, Some(1), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(limited.len(), 1);
+    }
+
+    #[test]
+    fn compaction_answers_compacted_and_keeps_the_boundary_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, storage) = open(dir.path());
+        storage.append(&(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>()).unwrap();
+        storage.compact(6).unwrap();
+        assert_eq!(storage.first_index().unwrap(), 7);
+        assert_eq!(storage.last_index().unwrap(), 10);
+        assert_eq!(storage.term(6).unwrap(), 2);
+        assert!(matches!(storage.term(5), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            storage.entries(5, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(storage.entries(7, 11, None, GetEntriesContext::empty(false)).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, storage) = open(dir.path());
+            storage.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).unwrap();
+            let mut hard_state = HardState::default();
+            hard_state.term = 2;
+            hard_state.vote = 7;
+            hard_state.commit = 3;
+            storage.set_hard_state(&hard_state).unwrap();
+            storage.set_conf_state(&ConfState::from((vec![7, 8], vec![9]))).unwrap();
+            storage.compact(1).unwrap();
+            storage.flush().unwrap();
+        }
+        let (_db, storage) = open(dir.path());
+        let state = storage.initial_state().unwrap();
+        assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (2, 7, 3));
+        assert_eq!(state.conf_state.voters, vec![7, 8]);
+        assert_eq!(state.conf_state.learners, vec![9]);
+        assert_eq!(storage.first_index().unwrap(), 2);
+        assert_eq!(storage.last_index().unwrap(), 3);
+        assert_eq!(storage.term(3).unwrap(), 2);
+    }
+
+    #[test]
+    fn snapshot_reflects_the_state_machine_and_installs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, storage) = open(dir.path());
+        storage.append(&[entry(1, 1), entry(2, 1), entry(3, 3)]).unwrap();
+        storage.set_conf_state(&ConfState::from((vec![1], vec![]))).unwrap();
+        storage.store.advance_applied(3).unwrap();
+        let snapshot = storage.snapshot(2, 5).unwrap();
+        assert_eq!(snapshot.get_metadata().index, 3);
+        assert_eq!(snapshot.get_metadata().term, 3);
+        assert_eq!(snapshot.get_metadata().get_conf_state().voters, vec![1]);
+        assert!(matches!(
+            storage.snapshot(4, 5),
+            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        ));
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let (_other_db, other) = open(other_dir.path());
+        other.append(&[entry(1, 1)]).unwrap();
+        other.apply_snapshot(&snapshot).unwrap();
+        assert_eq!(other.first_index().unwrap(), 4);
+        assert_eq!(other.last_index().unwrap(), 3);
+        assert_eq!(other.term(3).unwrap(), 3);
+        assert_eq!(other.initial_state().unwrap().hard_state.commit, 3);
+        assert_eq!(other.conf_state().voters, vec![1]);
+    }
+}

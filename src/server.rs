@@ -1,0 +1,241 @@
+//! Starting a control-plane member (`orc server`, and the server inside
+//! `orc up`): checks the data dir, bootstraps, joins or restarts, starts the
+//! raft node and serves the API. The first leader of a new control plane
+//! writes `InitControlPlane`, which creates the `default` cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::sync::watch;
+
+use crate::api::{self, ApiContext};
+use crate::client::Client;
+use crate::datadir::{self, DataDir, Marker};
+use crate::raft::node::{self, RaftConfig, RaftHandle, Role};
+use crate::raft::storage::SledStorage;
+use crate::raft::transport::Transport;
+use crate::store::{Command, Proposal, Store};
+
+/// How to start a server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Where the marker and the database live.
+    pub data_dir: PathBuf,
+    /// The address to listen on (`host:port`; port 0 picks one).
+    pub listen: String,
+    /// The address other servers and clients use; defaults to the listen address.
+    pub advertise: Option<String>,
+    /// Create a new control plane with this server as its only member.
+    pub bootstrap: bool,
+    /// Join the control plane that the server at this address belongs to.
+    pub join: Option<String>,
+    /// Heartbeat interval (the raft tick).
+    pub heartbeat: Duration,
+    /// Election time-out.
+    pub election_timeout: Duration,
+    /// Entries applied between log compactions.
+    pub snapshot_threshold: u64,
+    /// sled's page cache in MiB.
+    pub cache_mib: u64,
+    /// How long a write or read may wait for the quorum.
+    pub request_timeout: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults sized for a Raspberry Pi.
+    pub fn new(data_dir: PathBuf, listen: String) -> ServerOptions {
+        ServerOptions {
+            data_dir,
+            listen,
+            advertise: None,
+            bootstrap: false,
+            join: None,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_threshold: 10_000,
+            cache_mib: 8,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// The raft node.
+    pub raft: RaftHandle,
+    /// The address the listener is bound to.
+    pub local_address: SocketAddr,
+    /// The address advertised to peers.
+    pub advertise: String,
+    /// This member's id.
+    pub node_id: u64,
+    /// Triggers a graceful stop of the listener.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Stops serving.
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Resolves when the server was removed from the control plane.
+    pub async fn removed(&self) {
+        let mut status = self.raft.watch_status();
+        let _ = status.wait_for(|s| s.removed).await;
+    }
+}
+
+fn random_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>() >> 1;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Starts a server as the options say.
+pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
+    let data_dir = DataDir::inspect(&options.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another orc already running there?", options.listen))?;
+    let local_address = listener.local_addr()?;
+    let advertise = match &options.advertise {
+        Some(address) => address.clone(),
+        None if local_address.ip().is_unspecified() => {
+            bail!("--listen {} binds every interface: pass --advertise HOST:PORT so peers know how to reach this server", options.listen)
+        }
+        None => local_address.to_string(),
+    };
+
+    let (marker, fresh_bootstrap) = match (&data_dir, options.bootstrap, &options.join) {
+        (DataDir::Existing(path, marker), true, _) => bail!(
+            "data dir {} already holds server {} of control plane {}: start it without --bootstrap to restart it, or point --data-dir at an empty directory to create a new control plane",
+            path.display(), marker.node_id, marker.control_plane_id
+        ),
+        (DataDir::Fresh(_), true, Some(_)) => bail!("--bootstrap and --join exclude each other: bootstrap the first server, join the others"),
+        (DataDir::Fresh(_), true, None) => (
+            Marker { format: datadir::FORMAT, node_id: random_id(), control_plane_id: format!("{:016x}", rand::random::<u64>()) },
+            true,
+        ),
+        (DataDir::Fresh(path), false, Some(join)) => {
+            let node_id = random_id();
+            let client = Client::new(join)?;
+            let answer = client
+                .add_server(node_id, &advertise, "")
+                .await
+                .with_context(|| format!("cannot join the control plane at {join}"))?;
+            tracing::info!(node = node_id, control_plane = %answer.cluster_id, "joined as a learner; catching up");
+            let _ = path;
+            (Marker { format: datadir::FORMAT, node_id, control_plane_id: answer.cluster_id }, false)
+        }
+        (DataDir::Fresh(path), false, None) => bail!(
+            "data dir {} is empty: pass --bootstrap to start a new control plane, or --join HOST:PORT to join one",
+            path.display()
+        ),
+        (DataDir::Existing(_, marker), false, join) => {
+            if let Some(join) = join {
+                verify_same_control_plane(join, marker).await?;
+            }
+            (marker.clone(), false)
+        }
+    };
+
+    let db = datadir::open_db(data_dir.path(), options.cache_mib)?;
+    let store = Arc::new(Store::open(&db)?);
+    let storage = SledStorage::open(&db, store.clone())?;
+    if fresh_bootstrap {
+        storage.set_conf_state(&raft::eraftpb::ConfState::from((vec![marker.node_id], vec![])))?;
+        storage.flush()?;
+        datadir::write_marker(data_dir.path(), &marker)?;
+    } else if matches!(data_dir, DataDir::Fresh(_)) {
+        datadir::write_marker(data_dir.path(), &marker)?;
+    }
+
+    let transport = Transport::new(
+        marker.node_id,
+        advertise.clone(),
+        marker.control_plane_id.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let config = RaftConfig {
+        node_id: marker.node_id,
+        heartbeat_interval: options.heartbeat,
+        election_timeout: options.election_timeout,
+        snapshot_threshold: options.snapshot_threshold,
+        request_timeout: options.request_timeout,
+    };
+    let raft = node::start(config, storage, store, transport.clone())?;
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let context = ApiContext { raft: raft.clone(), transport };
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = api::serve(listener, context, stop).await {
+            tracing::error!(%error, "the API listener stopped");
+        }
+    });
+    if fresh_bootstrap {
+        raft.campaign()?;
+    }
+    tokio::spawn(initialize_when_leader(raft.clone(), marker.clone(), advertise.clone()));
+    tracing::info!(node = marker.node_id, control_plane = %marker.control_plane_id, address = %advertise, data_dir = %data_dir.path().display(), "server started");
+    Ok(Server {
+        raft,
+        local_address,
+        advertise,
+        node_id: marker.node_id,
+        shutdown,
+    })
+}
+
+async fn verify_same_control_plane(join: &str, marker: &Marker) -> anyhow::Result<()> {
+    let mut client = Client::new(join)?;
+    client.retry_for = Duration::from_secs(2);
+    match client.cluster_status(false).await {
+        Ok(status) if !status.cluster_id.is_empty() && status.cluster_id != marker.control_plane_id => bail!(
+            "this data dir belongs to control plane {} but {join} serves control plane {}: use an empty data dir to join that control plane",
+            marker.control_plane_id,
+            status.cluster_id
+        ),
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::warn!(%error, %join, "could not reach the --join address; restarting from the data dir anyway");
+            Ok(())
+        }
+    }
+}
+
+/// The first leader writes `InitControlPlane`; a later leader finds it done.
+async fn initialize_when_leader(raft: RaftHandle, marker: Marker, advertise: String) {
+    let mut status = raft.watch_status();
+    loop {
+        if raft.store().read(|s| s.is_initialized()) {
+            return;
+        }
+        if status.borrow().role == Role::Leader {
+            let proposal = Proposal {
+                request_id: format!("init-{}", marker.control_plane_id),
+                command: Command::InitControlPlane {
+                    control_plane_id: marker.control_plane_id.clone(),
+                    first_member_id: marker.node_id,
+                    first_member_address: advertise.clone(),
+                    now_ms: api::ecs::now_ms(),
+                },
+            };
+            match raft.propose(proposal).await {
+                Ok(_) => return,
+                Err(error) => tracing::debug!(%error, "initializing the control plane; will retry"),
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}

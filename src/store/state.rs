@@ -1,0 +1,315 @@
+//! The replicated state and the pure function that changes it.
+//!
+//! `apply(state, proposal)` is deterministic: it reads only the state and the
+//! proposal (time and ids travel inside the command), does no I/O, and uses
+//! only sorted maps, so every server that applies the same proposals in the
+//! same order reaches the same state. Persisting the changed rows is the
+//! caller's job (`store::Store`).
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Command, Outcome, Proposal};
+use super::table::Table;
+use crate::model::{self, Cluster, ClusterCounts, DEFAULT_CLUSTER};
+use crate::Error;
+
+/// How many request ids are remembered for de-duplicating retried writes.
+pub const REQUEST_MEMORY: usize = 10_000;
+
+/// A control-plane member as recorded in the replicated state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// The raft node id.
+    pub id: u64,
+    /// Where its gRPC listener is reachable.
+    pub address: String,
+}
+
+/// The outcome of an applied request, kept to answer a retry of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The revision the request was applied at (orders eviction).
+    pub revision: u64,
+    /// What the request returned.
+    pub outcome: Outcome,
+}
+
+/// Control-plane facts that never change after bootstrap.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The id `orc server --bootstrap` generated; joiners must match it.
+    pub control_plane_id: String,
+    /// Bumped by every applied command; watchers resume from it.
+    pub revision: u64,
+}
+
+/// Everything the control plane replicates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Identity and revision.
+    pub meta: Meta,
+    /// Control-plane members by zero-padded id.
+    pub members: Table<MemberRecord>,
+    /// ECS clusters by name.
+    pub clusters: Table<Cluster>,
+    /// Recently applied request ids, for retry de-duplication.
+    pub requests: Table<RequestRecord>,
+    /// `requests` ordered by revision, for eviction; rebuilt after loading.
+    #[serde(skip)]
+    request_order: std::collections::BTreeSet<(u64, String)>,
+}
+
+/// The key a member is stored under (zero-padded so keys sort by id).
+pub fn member_key(id: u64) -> String {
+    format!("{id:020}")
+}
+
+impl State {
+    /// Rebuilds the derived indexes after the rows were loaded from disk or
+    /// a snapshot.
+    pub fn rebuild_indexes(&mut self) {
+        self.request_order = self
+            .requests
+            .iter()
+            .map(|(key, record)| (record.revision, key.clone()))
+            .collect();
+    }
+
+    /// Whether the first leader has written `InitControlPlane` yet.
+    pub fn is_initialized(&self) -> bool {
+        !self.meta.control_plane_id.is_empty()
+    }
+
+    /// The address of a member, if known.
+    pub fn member_address(&self, id: u64) -> Option<&str> {
+        self.members
+            .get(&member_key(id))
+            .map(|member| member.address.as_str())
+    }
+
+    /// An ACTIVE cluster by name or ARN, or ECS's "cluster not found" error.
+    pub fn active_cluster(&self, name_or_arn: &str) -> Result<&Cluster, Error> {
+        let name = model::cluster_name_from(name_or_arn);
+        match self.clusters.get(&name) {
+            Some(cluster) if cluster.status == "ACTIVE" => Ok(cluster),
+            _ => Err(Error::NotFound(format!(
+                "cluster not found: {name:?} (create it with `orc create-cluster --cluster-name {name}`)"
+            ))),
+        }
+    }
+
+    /// The derived counts ECS shows beside a cluster.
+    pub fn cluster_counts(&self, _cluster_name: &str) -> ClusterCounts {
+        ClusterCounts::default()
+    }
+}
+
+/// Applies one proposal. A request id seen before returns the earlier
+/// outcome without applying again.
+pub fn apply(state: &mut State, proposal: &Proposal) -> Outcome {
+    if let Some(previous) = state.requests.get(&proposal.request_id) {
+        return previous.outcome.clone();
+    }
+    state.meta.revision += 1;
+    let outcome = apply_command(state, &proposal.command);
+    if !proposal.request_id.is_empty() {
+        remember_request(state, &proposal.request_id, &outcome);
+    }
+    outcome
+}
+
+/// Records a membership change that Raft committed (a conf change entry).
+/// `address` is `None` when the member was removed.
+pub fn apply_membership(state: &mut State, id: u64, address: Option<String>) {
+    state.meta.revision += 1;
+    match address {
+        Some(address) => state
+            .members
+            .insert(member_key(id), MemberRecord { id, address }),
+        None => {
+            state.members.remove(&member_key(id));
+        }
+    }
+}
+
+fn remember_request(state: &mut State, request_id: &str, outcome: &Outcome) {
+    let revision = state.meta.revision;
+    state.requests.insert(
+        request_id,
+        RequestRecord {
+            revision,
+            outcome: outcome.clone(),
+        },
+    );
+    state
+        .request_order
+        .insert((revision, request_id.to_string()));
+    if state.requests.len() > REQUEST_MEMORY {
+        // Evict the oldest: deterministic because every server holds the same rows.
+        if let Some((_, oldest)) = state.request_order.pop_first() {
+            state.requests.remove(&oldest);
+        }
+    }
+}
+
+fn apply_command(state: &mut State, command: &Command) -> Outcome {
+    match command {
+        Command::InitControlPlane {
+            control_plane_id,
+            first_member_id,
+            first_member_address,
+            now_ms,
+        } => {
+            if state.is_initialized() {
+                return Ok(serde_json::json!({"controlPlaneId": state.meta.control_plane_id}));
+            }
+            state.meta.control_plane_id = control_plane_id.clone();
+            if state.member_address(*first_member_id).is_none() {
+                state.members.insert(
+                    member_key(*first_member_id),
+                    MemberRecord {
+                        id: *first_member_id,
+                        address: first_member_address.clone(),
+                    },
+                );
+            }
+            create_cluster(state, DEFAULT_CLUSTER, &[], *now_ms)
+        }
+        Command::CreateCluster {
+            cluster_name,
+            tags,
+            now_ms,
+        } => {
+            model::validate_cluster_name(cluster_name)?;
+            create_cluster(state, cluster_name, tags, *now_ms)
+        }
+        Command::DeleteCluster { cluster_name } => {
+            let name = model::cluster_name_from(cluster_name);
+            state.active_cluster(&name)?;
+            if name == DEFAULT_CLUSTER {
+                return Err(Error::InvalidInput(
+                    "the default cluster cannot be deleted: it always exists in orc".to_string(),
+                ));
+            }
+            let cluster = state.clusters.get_mut(&name).expect("checked above");
+            cluster.status = "INACTIVE".to_string();
+            Ok(serde_json::to_value(cluster.clone())?)
+        }
+    }
+}
+
+fn create_cluster(state: &mut State, name: &str, tags: &[model::Tag], now_ms: u64) -> Outcome {
+    if let Some(existing) = state.clusters.get(name) {
+        if existing.status == "ACTIVE" {
+            return Ok(serde_json::to_value(existing)?);
+        }
+    }
+    let cluster = Cluster {
+        cluster_name: name.to_string(),
+        cluster_arn: model::arn("cluster", name),
+        status: "ACTIVE".to_string(),
+        tags: tags.to_vec(),
+        created_at_ms: now_ms,
+    };
+    state.clusters.insert(name, cluster.clone());
+    Ok(serde_json::to_value(cluster)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal(request_id: &str, command: Command) -> Proposal {
+        Proposal {
+            request_id: request_id.to_string(),
+            command,
+        }
+    }
+
+    fn create(name: &str) -> Command {
+        Command::CreateCluster {
+            cluster_name: name.to_string(),
+            tags: vec![],
+            now_ms: 7,
+        }
+    }
+
+    fn history() -> Vec<Proposal> {
+        vec![
+            proposal(
+                "init",
+                Command::InitControlPlane {
+                    control_plane_id: "cp".into(),
+                    first_member_id: 1,
+                    first_member_address: "127.0.0.1:1".into(),
+                    now_ms: 1,
+                },
+            ),
+            proposal("a", create("lab")),
+            proposal("b", create("bad name")),
+            proposal("c", create("other")),
+            proposal(
+                "d",
+                Command::DeleteCluster {
+                    cluster_name: "other".into(),
+                },
+            ),
+            proposal("a", create("lab")),
+        ]
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let mut first = State::default();
+        let mut second = State::default();
+        let outcomes_first: Vec<Outcome> = history().iter().map(|p| apply(&mut first, p)).collect();
+        let outcomes_second: Vec<Outcome> =
+            history().iter().map(|p| apply(&mut second, p)).collect();
+        assert_eq!(first, second);
+        assert_eq!(outcomes_first, outcomes_second);
+        assert_eq!(first.meta.revision, 5, "the retried request must not bump the revision");
+        assert!(outcomes_first[2].is_err());
+        assert_eq!(first.clusters.get("other").unwrap().status, "INACTIVE");
+        assert!(first.active_cluster("default").is_ok());
+    }
+
+    #[test]
+    fn retried_request_returns_first_outcome() {
+        let mut state = State::default();
+        let first = apply(&mut state, &proposal("same", create("x")));
+        state.clusters.get_mut("x").unwrap().tags.push(model::Tag {
+            key: "k".into(),
+            value: "v".into(),
+        });
+        let again = apply(&mut state, &proposal("same", create("x")));
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn default_cluster_cannot_be_deleted() {
+        let mut state = State::default();
+        apply(&mut state, &history()[0]);
+        let error = apply(
+            &mut state,
+            &proposal(
+                "x",
+                Command::DeleteCluster {
+                    cluster_name: "default".into(),
+                },
+            ),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("cannot be deleted"));
+    }
+
+    #[test]
+    fn request_memory_is_bounded() {
+        let mut state = State::default();
+        for i in 0..(REQUEST_MEMORY + 5) {
+            apply(&mut state, &proposal(&format!("r{i}"), create(&format!("c{}", i % 3))));
+        }
+        assert_eq!(state.requests.len(), REQUEST_MEMORY);
+        assert!(!state.requests.contains("r0"));
+        assert!(state.requests.contains(&format!("r{}", REQUEST_MEMORY + 4)));
+    }
+}
