@@ -105,3 +105,324 @@ mod tests {
         assert!(validate_cluster_name(&"x".repeat(256)).is_err());
     }
 }
+
+// ------------------------------------------------------------------ tasks
+
+/// A task's (and a container's) lifecycle status, in ECS's order. A task's
+/// `lastStatus` only moves forward along this order; `apply` enforces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    /// Accepted, not yet placed on an instance.
+    Provisioning,
+    /// Placed; the agent is pulling images and creating containers.
+    Pending,
+    /// Containers are starting.
+    Activating,
+    /// Every essential container runs.
+    Running,
+    /// Stopping was decided; load balancer targets are being removed.
+    Deactivating,
+    /// Containers are being stopped.
+    Stopping,
+    /// Resources (networks, ports) are being released.
+    Deprovisioning,
+    /// Done; kept for describe-tasks for at least an hour.
+    Stopped,
+}
+
+impl TaskStatus {
+    /// ECS's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskStatus::Provisioning => "PROVISIONING",
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Activating => "ACTIVATING",
+            TaskStatus::Running => "RUNNING",
+            TaskStatus::Deactivating => "DEACTIVATING",
+            TaskStatus::Stopping => "STOPPING",
+            TaskStatus::Deprovisioning => "DEPROVISIONING",
+            TaskStatus::Stopped => "STOPPED",
+        }
+    }
+
+    /// Parses ECS's spelling (case-insensitive).
+    pub fn parse(text: &str) -> Option<TaskStatus> {
+        serde_json::from_value(serde_json::Value::String(text.trim().to_ascii_uppercase())).ok()
+    }
+}
+
+/// Why a task stopped, as ECS names it.
+pub mod stop_code {
+    /// A container could not be pulled, created or started.
+    pub const TASK_FAILED_TO_START: &str = "TaskFailedToStart";
+    /// An essential container exited.
+    pub const ESSENTIAL_CONTAINER_EXITED: &str = "EssentialContainerExited";
+    /// `orc stop-task`.
+    pub const USER_INITIATED: &str = "UserInitiated";
+    /// A service stopped it (scale-in, deployment, unreachable host).
+    pub const SERVICE_SCHEDULER_INITIATED: &str = "ServiceSchedulerInitiated";
+}
+
+/// A host port a container is reachable on (ECS's `networkBindings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBinding {
+    /// The host address bound (`0.0.0.0` for all).
+    #[serde(rename = "bindIP")]
+    pub bind_ip: String,
+    /// The port inside the container.
+    pub container_port: u16,
+    /// The port on the instance.
+    pub host_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+/// One container of a task, as ECS describes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// ECS's container ARN.
+    pub container_arn: String,
+    /// The task's ARN.
+    pub task_arn: String,
+    /// The name from the container definition.
+    pub name: String,
+    /// The image reference.
+    pub image: String,
+    /// The engine's container id, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_id: Option<String>,
+    /// PENDING, RUNNING or STOPPED (ECS reports these for containers).
+    pub last_status: String,
+    /// The exit code once stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Why it stopped or failed, in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Host ports it is reachable on.
+    #[serde(default)]
+    pub network_bindings: Vec<NetworkBinding>,
+    /// HEALTHY, UNHEALTHY or UNKNOWN.
+    pub health_status: String,
+    /// Whether the task stops when this container stops.
+    pub essential: bool,
+}
+
+/// What the agent reports about one container.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateChange {
+    /// The container's name.
+    pub container_name: String,
+    /// The engine's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_id: Option<String>,
+    /// PENDING, RUNNING or STOPPED.
+    pub status: String,
+    /// Exit code once stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Reason in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Host ports bound.
+    #[serde(default)]
+    pub network_bindings: Vec<NetworkBinding>,
+    /// HEALTHY, UNHEALTHY or UNKNOWN.
+    #[serde(default = "unknown")]
+    pub health_status: String,
+}
+
+fn unknown() -> String {
+    "UNKNOWN".to_string()
+}
+
+/// What the agent reports about a task (ECS SubmitTaskStateChange).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStateChange {
+    /// The task's ARN.
+    pub task_arn: String,
+    /// The task's new lastStatus.
+    pub status: TaskStatus,
+    /// Why it stopped (e.g. "Essential container in task exited").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// TaskFailedToStart or EssentialContainerExited when the agent stopped it on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<String>,
+    /// Every container's state.
+    #[serde(default)]
+    pub containers: Vec<ContainerStateChange>,
+    /// HEALTHY when every essential container is, UNHEALTHY when one is not, else UNKNOWN.
+    #[serde(default = "unknown")]
+    pub health_status: String,
+    /// When the agent observed the change (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// A task as stored and as ECS describes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    /// ECS's task ARN: `…:task/CLUSTER/ID`.
+    pub task_arn: String,
+    /// The cluster's ARN.
+    pub cluster_arn: String,
+    /// `family:revision` ARN of the task definition.
+    pub task_definition_arn: String,
+    /// The instance it was placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_instance_arn: Option<String>,
+    /// Overrides given to run-task, as ECS JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<serde_json::Value>,
+    /// What the agent last reported.
+    pub last_status: TaskStatus,
+    /// What the control plane wants: RUNNING or STOPPED. Only the control plane writes it.
+    pub desired_status: TaskStatus,
+    /// CPU units reserved.
+    pub cpu: String,
+    /// Memory MiB reserved.
+    pub memory: String,
+    /// The containers.
+    pub containers: Vec<Container>,
+    /// Who started it (`--started-by`, or `ecs-svc/…` for a service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// The task group (`family:NAME` by default, `service:NAME` for services).
+    pub group: String,
+    /// Bumped on every change to the task.
+    pub version: u64,
+    /// ECS's stop code once stopping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<String>,
+    /// Why it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
+    /// Always EC2 in orc.
+    pub launch_type: String,
+    /// HEALTHY, UNHEALTHY or UNKNOWN.
+    pub health_status: String,
+    /// Epoch seconds, as the aws CLI prints them.
+    pub created_at: f64,
+    /// When it reached RUNNING.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    /// When stopping was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping_at: Option<f64>,
+    /// When it reached STOPPED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<f64>,
+}
+
+impl Task {
+    /// The task id (last ARN segment).
+    pub fn id(&self) -> &str {
+        self.task_arn.rsplit('/').next().unwrap_or(&self.task_arn)
+    }
+
+    /// The cluster name from the cluster ARN.
+    pub fn cluster_name(&self) -> String {
+        cluster_name_from(&self.cluster_arn)
+    }
+
+    /// The container instance id from its ARN.
+    pub fn container_instance_id(&self) -> Option<&str> {
+        self.container_instance_arn
+            .as_deref()
+            .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
+    }
+}
+
+/// What the agent receives per assigned task: the task and its resolved
+/// task definition (overrides applied).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// The task as stored.
+    pub task: Task,
+    /// The task definition to run, with run-task overrides applied.
+    pub task_definition: crate::taskdef::TaskDefinition,
+}
+
+// ------------------------------------------------------- container instances
+
+/// ECS's `{name, value}` attribute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribute {
+    /// e.g. `ecs.cpu-architecture`.
+    pub name: String,
+    /// e.g. `arm64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// What an agent tells the control plane when it registers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRegistration {
+    /// The node's hostname.
+    pub hostname: String,
+    /// CPU units (1024 per core).
+    pub cpu: i64,
+    /// Memory in MiB.
+    pub memory_mib: i64,
+    /// Host ports reserved on the instance (ECS reserves 22, 2375, 2376, 51678, 51679).
+    #[serde(default)]
+    pub reserved_ports: Vec<u16>,
+    /// Built-in and custom attributes (`ecs.cpu-architecture`, `ecs.os-type`, `--attribute k=v`).
+    #[serde(default)]
+    pub attributes: Vec<Attribute>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The container engine's version.
+    pub docker_version: String,
+}
+
+/// A container instance as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInstance {
+    /// ECS's ARN: `…:container-instance/CLUSTER/ID`.
+    pub container_instance_arn: String,
+    /// The instance id (orc's stand-in for the EC2 instance id).
+    pub ec2_instance_id: String,
+    /// The cluster name.
+    pub cluster: String,
+    /// ACTIVE, DRAINING (set by a user), DISCONNECTED (missed heartbeats), or INACTIVE (deregistered).
+    pub status: String,
+    /// What the user asked for: ACTIVE or DRAINING (survives a disconnect).
+    pub desired_state: String,
+    /// Whether the agent's heartbeats are arriving.
+    pub agent_connected: bool,
+    /// Registered resources and attributes.
+    pub registration: InstanceRegistration,
+    /// When it registered (epoch seconds).
+    pub registered_at: f64,
+    /// Bumped on every change.
+    pub version: u64,
+}
+
+impl ContainerInstance {
+    /// The instance id (last ARN segment).
+    pub fn id(&self) -> &str {
+        self.container_instance_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.container_instance_arn)
+    }
+
+    /// An attribute's value.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.registration
+            .attributes
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.value.as_deref())
+    }
+}

@@ -150,7 +150,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     let store = Arc::new(Store::open(&db)?);
     let storage = SledStorage::open(&db, store.clone())?;
     if fresh_bootstrap {
-        storage.set_conf_state(&raft::eraftpb::ConfState::from((vec![marker.node_id], vec![])))?;
+        storage.bootstrap(marker.node_id)?;
+        store.advance_applied(1)?;
         storage.flush()?;
         datadir::write_marker(data_dir.path(), &marker)?;
     } else if matches!(data_dir, DataDir::Fresh(_)) {

@@ -222,6 +222,22 @@ impl SledStorage {
         Ok(())
     }
 
+    /// Initializes a new control plane with `node_id` as its only voter. The
+    /// membership is written as a snapshot point at index 1 (not as a log
+    /// entry), so every server that joins later starts from a snapshot that
+    /// carries the full membership, never from a log that lacks it.
+    pub fn bootstrap(&self, node_id: u64) -> crate::Result<()> {
+        if !self.is_empty() {
+            return Err(crate::Error::Conflict("the raft storage already holds state".into()));
+        }
+        let mut snapshot = Snapshot::default();
+        let metadata = snapshot.mut_metadata();
+        metadata.index = 1;
+        metadata.term = 1;
+        metadata.set_conf_state(ConfState::from((vec![node_id], vec![])));
+        self.apply_snapshot(&snapshot)
+    }
+
     /// Makes every write so far durable (one fsync for a whole Ready).
     pub fn flush(&self) -> crate::Result<usize> {
         Ok(self.db.flush()?)
