@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod controller;
 pub mod datadir;
 pub mod error;
 pub mod metrics;

@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub cache_mib: u64,
     /// How long a write or read may wait for the quorum.
     pub request_timeout: Duration,
+    /// Settings of the leader's control loops.
+    pub controller: crate::controller::ControllerOptions,
 }
 
 impl ServerOptions {
@@ -58,6 +60,7 @@ impl ServerOptions {
             snapshot_threshold: 10_000,
             cache_mib: 8,
             request_timeout: Duration::from_secs(10),
+            controller: crate::controller::ControllerOptions::default(),
         }
     }
 }
@@ -173,7 +176,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     };
     let raft = node::start(config, storage, store, transport.clone())?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
-    let context = ApiContext { raft: raft.clone(), transport };
+    let liveness = crate::api::agent::Liveness::default();
+    let context = ApiContext { raft: raft.clone(), transport, liveness: liveness.clone() };
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
@@ -186,6 +190,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         raft.campaign()?;
     }
     tokio::spawn(initialize_when_leader(raft.clone(), marker.clone(), advertise.clone()));
+    tokio::spawn(crate::controller::run(raft.clone(), liveness, options.controller.clone()));
     tracing::info!(node = marker.node_id, control_plane = %marker.control_plane_id, address = %advertise, data_dir = %data_dir.path().display(), "server started");
     Ok(Server {
         raft,

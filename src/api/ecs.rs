@@ -38,7 +38,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> Result<T> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> Result<T> {
     let body = if body.trim().is_empty() { "{}" } else { body };
     serde_json::from_str(body).map_err(|e| Error::InvalidInput(format!("{action}: invalid request: {e}")))
 }
@@ -50,6 +50,9 @@ pub async fn call(raft: &RaftHandle, action: &str, body: &str, request_id: Strin
     } else {
         request_id
     };
+    if let Some(result) = super::tasks::call(raft, action, body, request_id.clone()).await {
+        return result;
+    }
     match action {
         "CreateCluster" => {
             #[derive(Deserialize)]

@@ -3,9 +3,11 @@
 //! Handlers turn requests into proposals or reads on the raft handle; they
 //! never touch sled or raft-rs directly.
 
+pub mod agent;
 pub mod convert;
 pub mod ecs;
 pub mod status;
+pub mod tasks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +35,8 @@ pub struct ApiContext {
     pub raft: RaftHandle,
     /// Outbound raft traffic (to learn peer addresses from inbound batches).
     pub transport: Arc<Transport>,
+    /// Agent heartbeats seen by this server.
+    pub liveness: agent::Liveness,
 }
 
 impl ApiContext {
@@ -228,6 +232,11 @@ pub async fn serve(
 ) -> Result<()> {
     let routes = tonic::service::Routes::new(
         OrcServer::new(context.clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024),
+    )
+    .add_service(
+        crate::proto::agent_api_server::AgentApiServer::new(context.clone())
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024),
     )

@@ -3,6 +3,7 @@
 //! this module and `main` use `anyhow`; output goes through `output`.
 
 pub mod output;
+pub mod wait;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,6 +75,177 @@ pub enum Command {
         #[arg(long)]
         cluster: String,
     },
+    /// Register a task definition (ECS JSON) as the family's next revision.
+    RegisterTaskDefinition {
+        /// The whole request as JSON, or file://PATH.
+        #[arg(long, required_unless_present = "family")]
+        cli_input_json: Option<String>,
+        /// The family (with --container-definitions).
+        #[arg(long, requires = "container_definitions")]
+        family: Option<String>,
+        /// Container definitions as a JSON list, or file://PATH.
+        #[arg(long)]
+        container_definitions: Option<String>,
+    },
+    /// Describe a task definition (family, family:revision or ARN).
+    DescribeTaskDefinition {
+        /// The task definition.
+        #[arg(long)]
+        task_definition: String,
+    },
+    /// List task definition ARNs.
+    ListTaskDefinitions {
+        /// Only families starting with this.
+        #[arg(long)]
+        family_prefix: Option<String>,
+        /// ACTIVE (default), INACTIVE or DELETE_IN_PROGRESS.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Deregister a task definition revision (it turns INACTIVE).
+    DeregisterTaskDefinition {
+        /// family:revision.
+        #[arg(long)]
+        task_definition: String,
+    },
+    /// Delete INACTIVE task definition revisions.
+    DeleteTaskDefinitions {
+        /// family:revision (repeatable).
+        #[arg(long, num_args = 1..)]
+        task_definitions: Vec<String>,
+    },
+    /// Run tasks from a task definition.
+    RunTask(RunTaskArgs),
+    /// Stop a task.
+    StopTask {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The task id or ARN.
+        #[arg(long)]
+        task: String,
+        /// Why (shown as stoppedReason).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Describe tasks.
+    DescribeTasks {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Task ids or ARNs.
+        #[arg(long, num_args = 1.., required = true)]
+        tasks: Vec<String>,
+    },
+    /// List task ARNs.
+    ListTasks {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only tasks on this container instance.
+        #[arg(long)]
+        container_instance: Option<String>,
+        /// Only tasks of this family.
+        #[arg(long)]
+        family: Option<String>,
+        /// Only tasks of this service.
+        #[arg(long)]
+        service_name: Option<String>,
+        /// RUNNING (default), PENDING or STOPPED.
+        #[arg(long)]
+        desired_status: Option<String>,
+        /// Only tasks started by this.
+        #[arg(long)]
+        started_by: Option<String>,
+    },
+    /// Wait until tasks reach a state, with a live progress line.
+    #[command(subcommand)]
+    Wait(WaitCommand),
+    /// List container instance ARNs.
+    ListContainerInstances {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only instances with this status.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Describe container instances (default: all of the cluster).
+    DescribeContainerInstances {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Instance ids or ARNs.
+        #[arg(long, num_args = 1..)]
+        container_instances: Vec<String>,
+    },
+    /// Set container instances ACTIVE or DRAINING.
+    UpdateContainerInstancesState {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Instance ids or ARNs.
+        #[arg(long, num_args = 1.., required = true)]
+        container_instances: Vec<String>,
+        /// ACTIVE or DRAINING.
+        #[arg(long)]
+        status: String,
+    },
+}
+
+/// `orc run-task`.
+#[derive(Args, Debug)]
+pub struct RunTaskArgs {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// family, family:revision or ARN.
+    #[arg(long)]
+    pub task_definition: String,
+    /// How many tasks (1 to 10).
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// A tag saying who started them.
+    #[arg(long)]
+    pub started_by: Option<String>,
+    /// The task group (default family:NAME).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// ECS overrides JSON, or file://PATH.
+    #[arg(long)]
+    pub overrides: Option<String>,
+    /// Constraints: JSON or `type=distinctInstance type=memberOf,expression=...`.
+    #[arg(long)]
+    pub placement_constraints: Option<String>,
+    /// Strategies: JSON or `type=binpack,field=memory type=spread,field=instanceId`.
+    #[arg(long)]
+    pub placement_strategy: Option<String>,
+    /// Print, per instance, why it was chosen or rejected.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// `orc wait ...`.
+#[derive(Subcommand, Debug)]
+pub enum WaitCommand {
+    /// Until every task is RUNNING (fails if one stops).
+    TasksRunning(WaitTasks),
+    /// Until every task is STOPPED.
+    TasksStopped(WaitTasks),
+}
+
+/// The tasks to wait for.
+#[derive(Args, Debug)]
+pub struct WaitTasks {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Task ids or ARNs.
+    #[arg(long, num_args = 1.., required = true)]
+    pub tasks: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {
@@ -209,7 +381,88 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeleteCluster { cluster } => {
             ecs(&cli.endpoint, &output, "DeleteCluster", json!({"cluster": cluster})).await
         }
+        Command::RegisterTaskDefinition { cli_input_json, family, container_definitions } => {
+            let body = match (cli_input_json, family, container_definitions) {
+                (Some(input), _, _) => read_json_argument("--cli-input-json", &input)?,
+                (None, Some(family), Some(definitions)) => {
+                    let definitions = read_json_argument("--container-definitions", &definitions)?;
+                    json!({"family": family, "containerDefinitions": definitions})
+                }
+                _ => anyhow::bail!("pass --cli-input-json, or --family with --container-definitions"),
+            };
+            ecs(&cli.endpoint, &output, "RegisterTaskDefinition", body).await
+        }
+        Command::DescribeTaskDefinition { task_definition } => {
+            ecs(&cli.endpoint, &output, "DescribeTaskDefinition", json!({"taskDefinition": task_definition})).await
+        }
+        Command::ListTaskDefinitions { family_prefix, status } => {
+            let body = json!({"familyPrefix": family_prefix, "status": status});
+            ecs(&cli.endpoint, &output, "ListTaskDefinitions", body).await
+        }
+        Command::DeregisterTaskDefinition { task_definition } => {
+            ecs(&cli.endpoint, &output, "DeregisterTaskDefinition", json!({"taskDefinition": task_definition})).await
+        }
+        Command::DeleteTaskDefinitions { task_definitions } => {
+            ecs(&cli.endpoint, &output, "DeleteTaskDefinitions", json!({"taskDefinitions": task_definitions})).await
+        }
+        Command::RunTask(args) => {
+            let body = run_task_body(&args)?;
+            ecs(&cli.endpoint, &output, "RunTask", body).await
+        }
+        Command::StopTask { cluster, task, reason } => {
+            let body = json!({"cluster": cluster, "task": task, "reason": reason});
+            ecs(&cli.endpoint, &output, "StopTask", body).await
+        }
+        Command::DescribeTasks { cluster, tasks } => {
+            ecs(&cli.endpoint, &output, "DescribeTasks", json!({"cluster": cluster, "tasks": tasks})).await
+        }
+        Command::ListTasks { cluster, container_instance, family, service_name, desired_status, started_by } => {
+            let body = json!({
+                "cluster": cluster, "containerInstance": container_instance, "family": family,
+                "serviceName": service_name, "desiredStatus": desired_status, "startedBy": started_by,
+            });
+            ecs(&cli.endpoint, &output, "ListTasks", body).await
+        }
+        Command::Wait(wait) => wait::run(&cli.endpoint, wait).await,
+        Command::ListContainerInstances { cluster, status } => {
+            ecs(&cli.endpoint, &output, "ListContainerInstances", json!({"cluster": cluster, "status": status})).await
+        }
+        Command::DescribeContainerInstances { cluster, container_instances } => {
+            let body = json!({"cluster": cluster, "containerInstances": container_instances});
+            ecs(&cli.endpoint, &output, "DescribeContainerInstances", body).await
+        }
+        Command::UpdateContainerInstancesState { cluster, container_instances, status } => {
+            let body = json!({"cluster": cluster, "containerInstances": container_instances, "status": status});
+            ecs(&cli.endpoint, &output, "UpdateContainerInstancesState", body).await
+        }
     }
+}
+
+/// Reads a JSON argument given inline or as `file://PATH`, as the aws CLI does.
+pub fn read_json_argument(flag: &str, value: &str) -> anyhow::Result<serde_json::Value> {
+    let text = match value.strip_prefix("file://") {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}"))?,
+        None => value.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{flag}: invalid json: {e}"))
+}
+
+fn run_task_body(args: &RunTaskArgs) -> anyhow::Result<serde_json::Value> {
+    use crate::scheduler::placement;
+    let overrides = args.overrides.as_deref().map(|o| read_json_argument("--overrides", o)).transpose()?;
+    let constraints = match &args.placement_constraints {
+        Some(text) => placement::parse_constraints(text).map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
+        None => vec![],
+    };
+    let strategies = match &args.placement_strategy {
+        Some(text) => placement::parse_strategies(text).map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
+        None => vec![],
+    };
+    Ok(json!({
+        "cluster": args.cluster, "taskDefinition": args.task_definition, "count": args.count,
+        "startedBy": args.started_by, "group": args.group, "overrides": overrides,
+        "placementConstraints": constraints, "placementStrategy": strategies, "explain": args.explain,
+    }))
 }
 
 async fn ecs(endpoint: &str, output: &Output, action: &str, body: serde_json::Value) -> anyhow::Result<()> {

@@ -73,8 +73,151 @@ impl Output {
                     println!("{}", arn.as_str().unwrap_or_default());
                 }
             }
+            "RunTask" | "DescribeTasks" => {
+                self.tasks(answer["tasks"].as_array().map(Vec::as_slice).unwrap_or_default());
+                self.failures(answer);
+                if let Some(explanation) = answer["explanation"].as_array() {
+                    let rows: Vec<Vec<String>> = explanation
+                        .iter()
+                        .map(|v| vec![text(v, "instance_id"), text(v, "verdict")])
+                        .collect();
+                    println!("{}", table(&["INSTANCE", "PLACEMENT"], &rows));
+                }
+            }
+            "StopTask" => self.tasks(std::slice::from_ref(&answer["task"])),
+            "ListTasks" | "ListTaskDefinitions" | "ListContainerInstances" => {
+                let key = match action {
+                    "ListTasks" => "taskArns",
+                    "ListTaskDefinitions" => "taskDefinitionArns",
+                    _ => "containerInstanceArns",
+                };
+                for arn in answer[key].as_array().into_iter().flatten() {
+                    println!("{}", arn.as_str().unwrap_or_default());
+                }
+            }
+            "RegisterTaskDefinition" | "DescribeTaskDefinition" | "DeregisterTaskDefinition" => {
+                self.task_definitions(std::slice::from_ref(&answer["taskDefinition"]))
+            }
+            "DeleteTaskDefinitions" => {
+                self.task_definitions(answer["taskDefinitions"].as_array().map(Vec::as_slice).unwrap_or_default());
+                self.failures(answer);
+            }
+            "DescribeContainerInstances" | "UpdateContainerInstancesState" => {
+                self.instances(answer["containerInstances"].as_array().map(Vec::as_slice).unwrap_or_default());
+                self.failures(answer);
+            }
             _ => self.json(answer),
         }
+    }
+
+    fn failures(&self, answer: &Value) {
+        for failure in answer["failures"].as_array().into_iter().flatten() {
+            let detail = failure["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
+            eprintln!("failure: {}: {}{detail}", text(failure, "arn"), text(failure, "reason"));
+        }
+    }
+
+    fn tasks(&self, tasks: &[Value]) {
+        let rows: Vec<Vec<String>> = tasks
+            .iter()
+            .map(|t| {
+                let id = text(t, "taskArn").rsplit('/').next().unwrap_or_default().to_string();
+                let definition = text(t, "taskDefinitionArn").rsplit('/').next().unwrap_or_default().to_string();
+                let instance = t["containerInstanceArn"]
+                    .as_str()
+                    .map(|a| a.rsplit('/').next().unwrap_or(a).chars().take(12).collect())
+                    .unwrap_or_else(|| "-".to_string());
+                let ports: Vec<String> = t["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["networkBindings"].as_array().cloned().unwrap_or_default())
+                    .map(|b| format!("{}->{}/{}", b["hostPort"], b["containerPort"], b["protocol"].as_str().unwrap_or("tcp")))
+                    .collect();
+                let exits: Vec<String> = t["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| !c["exitCode"].is_null())
+                    .map(|c| format!("{}={}", text(c, "name"), c["exitCode"]))
+                    .collect();
+                let stopped = match (t["stopCode"].as_str(), t["stoppedReason"].as_str()) {
+                    (Some(code), Some(reason)) => format!("{code}: {reason}"),
+                    (Some(code), None) => code.to_string(),
+                    (None, Some(reason)) => reason.to_string(),
+                    (None, None) => "-".to_string(),
+                };
+                vec![
+                    id,
+                    definition,
+                    text(t, "lastStatus"),
+                    text(t, "desiredStatus"),
+                    text(t, "healthStatus"),
+                    instance,
+                    if ports.is_empty() { "-".into() } else { ports.join(",") },
+                    if exits.is_empty() { "-".into() } else { exits.join(",") },
+                    stopped,
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["TASK", "DEFINITION", "LAST", "DESIRED", "HEALTH", "INSTANCE", "PORTS", "EXIT", "STOPPED"], &rows)
+        );
+    }
+
+    fn task_definitions(&self, definitions: &[Value]) {
+        let rows: Vec<Vec<String>> = definitions
+            .iter()
+            .map(|d| {
+                let containers: Vec<String> = d["containerDefinitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| format!("{} ({})", text(c, "name"), text(c, "image")))
+                    .collect();
+                vec![format!("{}:{}", text(d, "family"), text(d, "revision")), text(d, "status"), containers.join(", ")]
+            })
+            .collect();
+        println!("{}", table(&["TASK DEFINITION", "STATUS", "CONTAINERS"], &rows));
+    }
+
+    fn instances(&self, instances: &[Value]) {
+        let resource = |v: &Value, list: &str, name: &str| -> String {
+            v[list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["name"] == name)
+                .map(|r| r["integerValue"].to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        let rows: Vec<Vec<String>> = instances
+            .iter()
+            .map(|i| {
+                let arch = i["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["name"] == "ecs.cpu-architecture")
+                    .map(|a| text(a, "value"))
+                    .unwrap_or_else(|| "-".into());
+                vec![
+                    text(i, "ec2InstanceId"),
+                    text(i, "hostname"),
+                    text(i, "status"),
+                    text(i, "agentConnected"),
+                    arch,
+                    format!("{}/{}", resource(i, "remainingResources", "CPU"), resource(i, "registeredResources", "CPU")),
+                    format!("{}/{}", resource(i, "remainingResources", "MEMORY"), resource(i, "registeredResources", "MEMORY")),
+                    text(i, "runningTasksCount"),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["INSTANCE", "HOST", "STATUS", "CONNECTED", "ARCH", "CPU FREE", "MEM FREE", "RUNNING"], &rows)
+        );
     }
 
     fn clusters(&self, clusters: &[Value], failures: &[Value]) {

@@ -3,3 +3,53 @@
 
 pub mod placement;
 pub mod query;
+
+use std::collections::BTreeMap;
+
+use crate::model::ContainerInstance;
+use crate::store::State;
+use placement::{InstanceStatus, InstanceView};
+
+/// The scheduler's view of one instance: its attributes and what is left
+/// after the tasks it holds. Pure: reads only the state.
+pub fn instance_view(state: &State, instance: &ContainerInstance) -> InstanceView {
+    let usage = state.usage(&instance.cluster, instance.id());
+    let mut attributes: BTreeMap<String, String> = instance
+        .registration
+        .attributes
+        .iter()
+        .map(|a| (a.name.clone(), a.value.clone().unwrap_or_default()))
+        .collect();
+    attributes
+        .entry("ecs.availability-zone".to_string())
+        .or_insert_with(|| "default".to_string());
+    let mut used_ports = usage.ports.clone();
+    for port in &instance.registration.reserved_ports {
+        used_ports.insert((*port, placement::Protocol::Tcp));
+    }
+    InstanceView {
+        id: instance.id().to_string(),
+        status: match instance.status.as_str() {
+            "ACTIVE" if instance.agent_connected => InstanceStatus::Active,
+            "DRAINING" => InstanceStatus::Draining,
+            _ => InstanceStatus::Disconnected,
+        },
+        attributes,
+        remaining_cpu: instance.registration.cpu - usage.cpu,
+        remaining_memory_mib: instance.registration.memory_mib - usage.memory_mib,
+        used_ports,
+        running_tasks_count: usage.tasks.len() as u32,
+        tasks_by_group: usage.groups,
+    }
+}
+
+/// Views of every registered (not INACTIVE) instance of a cluster.
+pub fn cluster_views(state: &State, cluster: &str) -> Vec<InstanceView> {
+    state
+        .container_instances
+        .scan_prefix(&format!("{cluster}/"))
+        .map(|(_, instance)| instance)
+        .filter(|instance| instance.status != "INACTIVE")
+        .map(|instance| instance_view(state, instance))
+        .collect()
+}

@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Tag;
+use super::ecs::{PlannedTask, TaskLaunch};
+use crate::model::{InstanceRegistration, Tag, TaskStateChange};
+use crate::taskdef::TaskDefinition;
 use crate::Error;
 
 /// A command with the client's request id, which makes a retried request
@@ -52,5 +54,91 @@ pub enum Command {
     DeleteCluster {
         /// The cluster to delete.
         cluster_name: String,
+    },
+    /// ECS RegisterTaskDefinition (validated again when applied).
+    RegisterTaskDefinition {
+        /// The definition as given (no revision yet).
+        task_definition: TaskDefinition,
+        /// When it was registered.
+        now_ms: u64,
+    },
+    /// ECS DeregisterTaskDefinition.
+    DeregisterTaskDefinition {
+        /// The family.
+        family: String,
+        /// The revision.
+        revision: i64,
+        /// When.
+        now_ms: u64,
+    },
+    /// ECS DeleteTaskDefinitions.
+    DeleteTaskDefinitions {
+        /// (family, revision) pairs.
+        task_definitions: Vec<(String, i64)>,
+    },
+    /// An agent registered or re-registered.
+    RegisterContainerInstance {
+        /// The cluster name.
+        cluster: String,
+        /// The instance id (chosen by the server on first registration).
+        instance_id: String,
+        /// Resources and attributes.
+        registration: InstanceRegistration,
+        /// When.
+        now_ms: u64,
+    },
+    /// ECS UpdateContainerInstancesState.
+    UpdateContainerInstancesState {
+        /// The cluster name.
+        cluster: String,
+        /// Instance ids or ARNs.
+        instance_ids: Vec<String>,
+        /// ACTIVE or DRAINING.
+        status: String,
+    },
+    /// The leader saw heartbeats stop or resume.
+    SetInstanceConnected {
+        /// The cluster name.
+        cluster: String,
+        /// The instance id.
+        instance_id: String,
+        /// Whether heartbeats arrive.
+        connected: bool,
+    },
+    /// ECS RunTask with its placement decided by the proposer.
+    RunTask {
+        /// What to run.
+        launch: TaskLaunch,
+        /// Where each task goes.
+        planned: Vec<PlannedTask>,
+        /// When.
+        now_ms: u64,
+    },
+    /// ECS StopTask, or a stop decided by the control plane.
+    StopTask {
+        /// The cluster.
+        cluster: String,
+        /// The task id or ARN.
+        task_id: String,
+        /// The stopped reason.
+        reason: String,
+        /// The stop code.
+        stop_code: String,
+        /// When.
+        now_ms: u64,
+    },
+    /// An agent's report about a task.
+    SubmitTaskStateChange {
+        /// The cluster.
+        cluster: String,
+        /// The reporting instance.
+        instance_id: String,
+        /// The report.
+        change: TaskStateChange,
+    },
+    /// Forget tasks stopped before the given time.
+    PruneStoppedTasks {
+        /// The cut-off.
+        stopped_before_ms: u64,
     },
 }

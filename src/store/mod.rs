@@ -7,6 +7,7 @@
 //! does not know about Raft messages, gRPC or Docker.
 
 pub mod command;
+pub mod ecs;
 pub mod state;
 pub mod table;
 
@@ -59,6 +60,9 @@ impl Store {
         load_table(&tree, "members/", &mut state.members)?;
         load_table(&tree, "clusters/", &mut state.clusters)?;
         load_table(&tree, "requests/", &mut state.requests)?;
+        load_table(&tree, "task_definitions/", &mut state.task_definitions)?;
+        load_table(&tree, "container_instances/", &mut state.container_instances)?;
+        load_table(&tree, "tasks/", &mut state.tasks)?;
         state.rebuild_indexes();
         let applied_index = match tree.get(APPLIED_KEY)? {
             Some(bytes) => u64_from(&bytes)?,
@@ -152,6 +156,9 @@ impl Store {
         dirty_rows(&mut batch, "members/", &mut state.members)?;
         dirty_rows(&mut batch, "clusters/", &mut state.clusters)?;
         dirty_rows(&mut batch, "requests/", &mut state.requests)?;
+        dirty_rows(&mut batch, "task_definitions/", &mut state.task_definitions)?;
+        dirty_rows(&mut batch, "container_instances/", &mut state.container_instances)?;
+        dirty_rows(&mut batch, "tasks/", &mut state.tasks)?;
         batch.insert(META_KEY, serde_json::to_vec(&state.meta)?);
         batch.insert(APPLIED_KEY, &applied_index.to_be_bytes());
         self.tree.apply_batch(batch)?;
@@ -193,9 +200,15 @@ impl Store {
         full_rows(&mut batch, "members/", &fresh.members)?;
         full_rows(&mut batch, "clusters/", &fresh.clusters)?;
         full_rows(&mut batch, "requests/", &fresh.requests)?;
+        full_rows(&mut batch, "task_definitions/", &fresh.task_definitions)?;
+        full_rows(&mut batch, "container_instances/", &fresh.container_instances)?;
+        full_rows(&mut batch, "tasks/", &fresh.tasks)?;
         fresh.members.clear_dirty();
         fresh.clusters.clear_dirty();
         fresh.requests.clear_dirty();
+        fresh.task_definitions.clear_dirty();
+        fresh.container_instances.clear_dirty();
+        fresh.tasks.clear_dirty();
         *state = fresh;
         // Rows are written above; persist adds meta and the applied index.
         batch.insert(META_KEY, serde_json::to_vec(&state.meta)?);

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, Outcome, Proposal};
 use super::table::Table;
-use crate::model::{self, Cluster, ClusterCounts, DEFAULT_CLUSTER};
+use super::ecs;
+use crate::model::{self, Cluster, ClusterCounts, ContainerInstance, Task, TaskStatus, DEFAULT_CLUSTER};
+use crate::taskdef::TaskDefinition;
 use crate::Error;
 
 /// How many request ids are remembered for de-duplicating retried writes.
@@ -54,6 +56,15 @@ pub struct State {
     pub clusters: Table<Cluster>,
     /// Recently applied request ids, for retry de-duplication.
     pub requests: Table<RequestRecord>,
+    /// Task definition revisions by `family:0000000001`.
+    pub task_definitions: Table<TaskDefinition>,
+    /// Container instances by `cluster/id`.
+    pub container_instances: Table<ContainerInstance>,
+    /// Tasks by `cluster/id`.
+    pub tasks: Table<Task>,
+    /// Resource usage and assignments per instance; rebuilt after loading.
+    #[serde(skip)]
+    pub(crate) indexes: super::ecs::Indexes,
     /// `requests` ordered by revision, for eviction; rebuilt after loading.
     #[serde(skip)]
     request_order: std::collections::BTreeSet<(u64, String)>,
@@ -73,6 +84,7 @@ impl State {
             .iter()
             .map(|(key, record)| (record.revision, key.clone()))
             .collect();
+        self.rebuild_ecs_indexes();
     }
 
     /// Whether the first leader has written `InitControlPlane` yet.
@@ -99,8 +111,24 @@ impl State {
     }
 
     /// The derived counts ECS shows beside a cluster.
-    pub fn cluster_counts(&self, _cluster_name: &str) -> ClusterCounts {
-        ClusterCounts::default()
+    pub fn cluster_counts(&self, cluster_name: &str) -> ClusterCounts {
+        let mut counts = ClusterCounts {
+            registered_container_instances_count: self
+                .container_instances
+                .scan_prefix(&format!("{cluster_name}/"))
+                .filter(|(_, i)| i.status != "INACTIVE")
+                .count() as u64,
+            ..Default::default()
+        };
+        for (_, task) in self.tasks.scan_prefix(&format!("{cluster_name}/")) {
+            match task.last_status {
+                TaskStatus::Running => counts.running_tasks_count += 1,
+                TaskStatus::Stopped => {}
+                _ if task.last_status < TaskStatus::Running => counts.pending_tasks_count += 1,
+                _ => {}
+            }
+        }
+        counts
     }
 }
 
@@ -183,6 +211,30 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             model::validate_cluster_name(cluster_name)?;
             create_cluster(state, cluster_name, tags, *now_ms)
         }
+        Command::RegisterTaskDefinition { task_definition, now_ms } => {
+            ecs::register_task_definition(state, task_definition, *now_ms)
+        }
+        Command::DeregisterTaskDefinition { family, revision, now_ms } => {
+            ecs::deregister_task_definition(state, family, *revision, *now_ms)
+        }
+        Command::DeleteTaskDefinitions { task_definitions } => ecs::delete_task_definitions(state, task_definitions),
+        Command::RegisterContainerInstance { cluster, instance_id, registration, now_ms } => {
+            ecs::register_container_instance(state, cluster, instance_id, registration, *now_ms)
+        }
+        Command::UpdateContainerInstancesState { cluster, instance_ids, status } => {
+            ecs::update_container_instances_state(state, cluster, instance_ids, status)
+        }
+        Command::SetInstanceConnected { cluster, instance_id, connected } => {
+            ecs::set_instance_connected(state, cluster, instance_id, *connected)
+        }
+        Command::RunTask { launch, planned, now_ms } => ecs::run_task(state, launch, planned, *now_ms),
+        Command::StopTask { cluster, task_id, reason, stop_code, now_ms } => {
+            ecs::stop_task(state, cluster, task_id, reason, stop_code, *now_ms)
+        }
+        Command::SubmitTaskStateChange { cluster, instance_id, change } => {
+            ecs::submit_task_state_change(state, cluster, instance_id, change)
+        }
+        Command::PruneStoppedTasks { stopped_before_ms } => ecs::prune_stopped_tasks(state, *stopped_before_ms),
         Command::DeleteCluster { cluster_name } => {
             let name = model::cluster_name_from(cluster_name);
             state.active_cluster(&name)?;
@@ -190,6 +242,24 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
                 return Err(Error::InvalidInput(
                     "the default cluster cannot be deleted: it always exists in orc".to_string(),
                 ));
+            }
+            if state
+                .container_instances
+                .scan_prefix(&format!("{name}/"))
+                .any(|(_, i)| i.status != "INACTIVE")
+            {
+                return Err(Error::Conflict(format!(
+                    "the cluster {name} still has container instances registered: deregister them first (ClusterContainsContainerInstancesException)"
+                )));
+            }
+            if state
+                .tasks
+                .scan_prefix(&format!("{name}/"))
+                .any(|(_, t)| t.last_status != TaskStatus::Stopped)
+            {
+                return Err(Error::Conflict(format!(
+                    "the cluster {name} still has tasks that are not stopped: stop them first (ClusterContainsTasksException)"
+                )));
             }
             let cluster = state.clusters.get_mut(&name).expect("checked above");
             cluster.status = "INACTIVE".to_string();

@@ -85,10 +85,11 @@ impl<V> Table<V> {
     }
 
     /// Rows whose key starts with `prefix`, in key order.
-    pub fn scan_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a V)> {
+    pub fn scan_prefix<'a>(&'a self, prefix: &str) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
+        let prefix = prefix.to_string();
         self.rows
-            .range(prefix.to_string()..)
-            .take_while(move |(key, _)| key.starts_with(prefix))
+            .range(prefix.clone()..)
+            .take_while(move |(key, _)| key.starts_with(&prefix))
     }
 
     /// Loads a row read back from disk without marking it changed.

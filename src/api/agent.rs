@@ -1,0 +1,211 @@
+//! The `AgentApi` service: what container instances call. Registration and
+//! task reports become proposals; heartbeats stay in the leader's memory
+//! (`Liveness`) so an idle cluster writes nothing, and only a change of
+//! connectivity goes through Raft; assignments are streamed from the local
+//! state, resent whole on every change that touches the instance.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::ecs::now_ms;
+use super::status::to_status;
+use super::ApiContext;
+use crate::model::{Assignment, InstanceRegistration, TaskStateChange, TaskStatus};
+use crate::proto::agent_api_client::AgentApiClient;
+use crate::proto::agent_api_server::AgentApi;
+use crate::proto::{
+    Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest, RegisterInstanceResponse, ReportAck,
+    TaskStateReport, WatchAssignmentsRequest,
+};
+use crate::raft::node::Role;
+use crate::store::{Command, Proposal, State};
+use crate::{Error, Result};
+
+/// When each instance last sent a heartbeat, as seen by this server.
+#[derive(Clone, Default)]
+pub struct Liveness {
+    seen: Arc<Mutex<HashMap<(String, String), Instant>>>,
+}
+
+impl Liveness {
+    /// Records a heartbeat.
+    pub fn beat(&self, cluster: &str, instance_id: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((cluster.to_string(), instance_id.to_string()), Instant::now());
+    }
+
+    /// When the instance was last heard from, if ever by this server.
+    pub fn last_seen(&self, cluster: &str, instance_id: &str) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(cluster.to_string(), instance_id.to_string()))
+            .copied()
+    }
+}
+
+fn bad_json(what: &str, error: serde_json::Error) -> Status {
+    to_status(Error::InvalidInput(format!("{what}: invalid json: {error}")))
+}
+
+/// The assignments of one instance as the agent receives them.
+pub fn assignments(state: &State, cluster: &str, instance_id: &str) -> Vec<String> {
+    state
+        .assigned_tasks(cluster, instance_id)
+        .into_iter()
+        .filter_map(|task| {
+            let task_definition = state.task_definition_of(task).ok()?;
+            let assignment = Assignment {
+                task: task.clone(),
+                task_definition,
+            };
+            serde_json::to_string(&assignment).ok()
+        })
+        .collect()
+}
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<Assignments, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentApi for ApiContext {
+    async fn register_container_instance(
+        &self,
+        request: Request<RegisterInstanceRequest>,
+    ) -> Result<Response<RegisterInstanceResponse>, Status> {
+        let request = request.into_inner();
+        let registration: InstanceRegistration =
+            serde_json::from_str(&request.instance_json).map_err(|e| bad_json("instance_json", e))?;
+        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() { "default" } else { &request.cluster });
+        let instance_id = if request.container_instance_id.is_empty() {
+            format!("{:032x}", rand::random::<u128>())
+        } else {
+            request.container_instance_id.clone()
+        };
+        let command = Command::RegisterContainerInstance {
+            cluster: cluster.clone(),
+            instance_id: instance_id.clone(),
+            registration,
+            now_ms: now_ms(),
+        };
+        let answer = self
+            .raft
+            .propose(Proposal {
+                request_id: crate::client::request_id(),
+                command,
+            })
+            .await
+            .map_err(to_status)?;
+        self.liveness.beat(&cluster, &instance_id);
+        tracing::info!(cluster = %cluster, instance = %instance_id, "container instance registered");
+        Ok(Response::new(RegisterInstanceResponse {
+            container_instance_arn: answer["containerInstance"]["containerInstanceArn"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            instance_json: answer["containerInstance"].to_string(),
+            container_instance_id: instance_id,
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        self.liveness.beat(&request.cluster, &request.container_instance_id);
+        let status = self.raft.status();
+        // The leader decides connectivity, so it must hear every heartbeat.
+        if status.role != Role::Leader && status.leader_id != 0 {
+            let leader = self
+                .raft
+                .store()
+                .read(|s| s.member_address(status.leader_id).map(str::to_string));
+            if let Some(address) = leader {
+                if let Ok(channel) = crate::client::channel(&address) {
+                    let mut client = AgentApiClient::new(channel);
+                    let forwarded = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request.clone())).await;
+                    if let Ok(Ok(answer)) = forwarded {
+                        return Ok(answer);
+                    }
+                }
+            }
+        }
+        Ok(Response::new(HeartbeatResponse {
+            revision: self.raft.store().revision(),
+        }))
+    }
+
+    type WatchAssignmentsStream = AssignmentStream;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let request = request.into_inner();
+        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() { "default" } else { &request.cluster });
+        let instance_id = request.container_instance_id.clone();
+        let store = self.raft.store().clone();
+        // Subscribe before the first read so no change is missed.
+        let mut revisions = store.subscribe();
+        let stream = async_stream(move |sender| async move {
+            let mut last_sent: Option<Vec<String>> = None;
+            loop {
+                let (revision, tasks) = store.read(|state| (state.meta.revision, assignments(state, &cluster, &instance_id)));
+                if last_sent.as_ref() != Some(&tasks) {
+                    let message = Assignments {
+                        revision,
+                        tasks_json: tasks.clone(),
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Some(tasks);
+                }
+                if revisions.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn report_task_state(&self, request: Request<TaskStateReport>) -> Result<Response<ReportAck>, Status> {
+        let request = request.into_inner();
+        let change: TaskStateChange =
+            serde_json::from_str(&request.report_json).map_err(|e| bad_json("report_json", e))?;
+        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() { "default" } else { &request.cluster });
+        tracing::debug!(cluster = %cluster, instance = %request.container_instance_id, task = %change.task_arn, status = change.status.as_str(), "task state reported");
+        let stopped = change.status == TaskStatus::Stopped;
+        let command = Command::SubmitTaskStateChange {
+            cluster,
+            instance_id: request.container_instance_id,
+            change,
+        };
+        self.raft
+            .propose(Proposal {
+                request_id: crate::client::request_id(),
+                command,
+            })
+            .await
+            .map_err(to_status)?;
+        let _ = stopped;
+        Ok(Response::new(ReportAck {
+            revision: self.raft.store().revision(),
+        }))
+    }
+}
+
+/// Turns a producer that writes into a channel into a boxed stream.
+fn async_stream<F, Fut>(producer: F) -> AssignmentStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Assignments, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(producer(sender));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
