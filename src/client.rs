@@ -86,10 +86,16 @@ impl Client {
 
     /// Calls an ECS action with a JSON body; returns the JSON response and warnings.
     pub async fn call(&self, action: &str, body: Value) -> Result<(Value, Vec<String>)> {
+        self.call_with_id(action, body, &request_id()).await
+    }
+
+    /// Like `call`, with a request id the caller chose: sending the same id
+    /// again (to any server) returns the first outcome instead of applying twice.
+    pub async fn call_with_id(&self, action: &str, body: Value, request_id: &str) -> Result<(Value, Vec<String>)> {
         let request = ActionRequest {
             action: action.to_string(),
             body_json: body.to_string(),
-            request_id: request_id(),
+            request_id: request_id.to_string(),
         };
         let response = self
             .retrying(|mut orc| {

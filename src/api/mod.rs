@@ -151,21 +151,27 @@ impl ApiContext {
 impl Orc for ApiContext {
     async fn cluster_status(&self, request: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
         let linearizable = request.into_inner().linearizable;
+        let status = self.raft.status();
+        // A linearizable status comes from the leader, which knows every
+        // member's progress; a local one is this server's own view.
+        if linearizable && status.role != Role::Leader {
+            let mut leader = self
+                .leader_client()
+                .map_err(to_status)?
+                .ok_or_else(|| Status::unavailable("no leader is elected right now; retry in a moment"))?;
+            leader.retry_for = Duration::from_millis(0);
+            return match tokio::time::timeout(Duration::from_secs(3), leader.cluster_status(true)).await {
+                Ok(Ok(answer)) => Ok(Response::new(answer)),
+                Ok(Err(error)) => Err(to_status(error)),
+                Err(_) => Err(Status::unavailable(
+                    "the leader did not answer in time; retry, or use --local for this server's own view",
+                )),
+            };
+        }
         if linearizable {
             self.raft.read_barrier().await.map_err(to_status)?;
         }
         let status = self.raft.status();
-        // The leader knows every member's progress; ask it when we can.
-        if status.role != Role::Leader {
-            if let Ok(Some(mut leader)) = self.leader_client() {
-                leader.retry_for = Duration::from_millis(0);
-                if let Ok(answer) = tokio::time::timeout(Duration::from_secs(2), leader.cluster_status(false)).await {
-                    if let Ok(answer) = answer {
-                        return Ok(Response::new(answer));
-                    }
-                }
-            }
-        }
         let answer = self.raft.store().read(|state| convert::cluster_status(&status, state));
         Ok(Response::new(answer))
     }

@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn default_cluster_cannot_be_deleted() {
         let mut state = State::default();
-        apply(&mut state, &history()[0]);
+        apply(&mut state, &history()[0]).unwrap();
         let error = apply(
             &mut state,
             &proposal(
@@ -376,7 +376,7 @@ mod tests {
     fn request_memory_is_bounded() {
         let mut state = State::default();
         for i in 0..(REQUEST_MEMORY + 5) {
-            apply(&mut state, &proposal(&format!("r{i}"), create(&format!("c{}", i % 3))));
+            apply(&mut state, &proposal(&format!("r{i}"), create(&format!("c{}", i % 3)))).unwrap();
         }
         assert_eq!(state.requests.len(), REQUEST_MEMORY);
         assert!(!state.requests.contains("r0"));
