@@ -11,8 +11,8 @@ use tonic::transport::Channel;
 use crate::api::status::from_status;
 use crate::proto::orc_client::OrcClient;
 use crate::proto::{
-    ActionRequest, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse, MembershipResponse,
-    RemoveServerRequest,
+    ActionRequest, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
+    MembershipResponse, RemoveServerRequest,
 };
 use crate::{Error, Result};
 
@@ -91,7 +91,12 @@ impl Client {
 
     /// Like `call`, with a request id the caller chose: sending the same id
     /// again (to any server) returns the first outcome instead of applying twice.
-    pub async fn call_with_id(&self, action: &str, body: Value, request_id: &str) -> Result<(Value, Vec<String>)> {
+    pub async fn call_with_id(
+        &self,
+        action: &str,
+        body: Value,
+        request_id: &str,
+    ) -> Result<(Value, Vec<String>)> {
         let request = ActionRequest {
             action: action.to_string(),
             body_json: body.to_string(),
@@ -112,13 +117,21 @@ impl Client {
     /// `orc cluster status`.
     pub async fn cluster_status(&self, linearizable: bool) -> Result<ClusterStatusResponse> {
         Ok(self
-            .retrying(|mut orc| async move { orc.cluster_status(ClusterStatusRequest { linearizable }).await })
+            .retrying(|mut orc| async move {
+                orc.cluster_status(ClusterStatusRequest { linearizable })
+                    .await
+            })
             .await?
             .into_inner())
     }
 
     /// Adds a server to the control plane (as a learner that is promoted once caught up).
-    pub async fn add_server(&self, node_id: u64, address: &str, cluster_id: &str) -> Result<MembershipResponse> {
+    pub async fn add_server(
+        &self,
+        node_id: u64,
+        address: &str,
+        cluster_id: &str,
+    ) -> Result<MembershipResponse> {
         let request = AddServerRequest {
             node_id,
             address: address.to_string(),
@@ -136,7 +149,9 @@ impl Client {
     /// Removes a server from the control plane.
     pub async fn remove_server(&self, node_id: u64) -> Result<MembershipResponse> {
         Ok(self
-            .retrying(|mut orc| async move { orc.remove_server(RemoveServerRequest { node_id }).await })
+            .retrying(
+                |mut orc| async move { orc.remove_server(RemoveServerRequest { node_id }).await },
+            )
             .await?
             .into_inner())
     }

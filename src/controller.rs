@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use crate::api::agent::Liveness;
 use crate::api::ecs::now_ms;
 use crate::raft::node::{RaftHandle, Role};
+use crate::scheduler::{self, placement, service};
+use crate::store::ecs::{PlannedTask, TaskLaunch};
+use crate::store::services::PlanResult;
 use crate::store::{Command, Proposal, State};
 
 /// Timing of the control loops.
@@ -48,7 +51,8 @@ pub fn connectivity_changes(
         if instance.status == "INACTIVE" {
             continue;
         }
-        let seen = last_seen(&instance.cluster, instance.id()).map_or(leader_since, |seen| seen.max(leader_since));
+        let seen = last_seen(&instance.cluster, instance.id())
+            .map_or(leader_since, |seen| seen.max(leader_since));
         let alive = now.saturating_duration_since(seen) <= grace;
         if alive != instance.agent_connected {
             commands.push(Command::SetInstanceConnected {
@@ -61,6 +65,160 @@ pub fn connectivity_changes(
     commands
 }
 
+/// Everything the service reconciler wants proposed right now, for every
+/// service: pure in the state, the time and the seed, so the simulation
+/// drives exactly what the leader runs.
+pub fn service_commands(state: &State, now_ms: u64, seed: u64) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for (key, service) in state.services.iter() {
+        if service.status == "INACTIVE" {
+            continue;
+        }
+        let cluster = crate::model::cluster_name_from(&service.cluster_arn);
+        let tasks = state.service_tasks(&cluster, &service.service_name);
+        let views = scheduler::cluster_views(state, &cluster);
+        let plan = service::reconcile(service, &tasks, &views, now_ms);
+        if plan.is_empty() {
+            continue;
+        }
+        let result = PlanResult {
+            stops: plan.stops.clone(),
+            deployment_changes: plan
+                .deployment_changes
+                .iter()
+                .map(|c| {
+                    (
+                        c.deployment_id.clone(),
+                        c.rollout_state.clone(),
+                        c.reason.clone(),
+                    )
+                })
+                .collect(),
+            finished_deployments: plan.finished_deployments.clone(),
+            rollback_to: plan.rollback_to.clone(),
+            events: plan.events.clone(),
+            inactive: plan.inactive,
+        };
+        if result != PlanResult::default() {
+            commands.push(Command::ServicePlan {
+                cluster: cluster.clone(),
+                service_name: service.service_name.clone(),
+                plan: result,
+                now_ms,
+            });
+        }
+        let service_seed = seed
+            ^ key
+                .bytes()
+                .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+        for start in &plan.starts {
+            if let Some(command) = launch_command(
+                state,
+                service,
+                &cluster,
+                start,
+                &views,
+                now_ms,
+                service_seed,
+            ) {
+                commands.push(command);
+            }
+        }
+    }
+    commands
+}
+
+fn launch_command(
+    state: &State,
+    service: &crate::model::Service,
+    cluster: &str,
+    start: &service::Start,
+    views: &[placement::InstanceView],
+    now_ms: u64,
+    seed: u64,
+) -> Option<Command> {
+    let definition = state.resolve_task_definition(&start.task_definition).ok()?;
+    let demand = crate::store::ecs::demand_of(definition);
+    let mut constraints = service.placement_constraints.clone();
+    for constraint in &definition.placement_constraints {
+        if let Some(expression) = &constraint.expression {
+            if let Ok(parsed) =
+                placement::PlacementConstraint::from_parts("memberOf", Some(expression))
+            {
+                constraints.push(parsed);
+            }
+        }
+    }
+    let strategies = if service.placement_strategy.is_empty() {
+        placement::default_service_strategies()
+    } else {
+        service.placement_strategy.clone()
+    };
+    let candidates: Vec<placement::InstanceView> = match &start.instance_id {
+        Some(id) => views.iter().filter(|v| &v.id == id).cloned().collect(),
+        None => views.to_vec(),
+    };
+    let task_demand = placement::TaskDemand {
+        group: service.group(),
+        cpu: demand.cpu,
+        memory_mib: demand.memory_mib,
+        static_ports: demand.ports.clone(),
+        architectures: None,
+    };
+    let outcome = placement::place(
+        &task_demand,
+        start.count,
+        &candidates,
+        &strategies,
+        &constraints,
+        seed,
+    );
+    let event = match outcome.failures.first() {
+        Some(failure) => format!(
+            "(service {}) was unable to place a task because no container instance met all of its requirements. Reason: {}. {}",
+            service.service_name, failure.reason, failure.detail
+        ),
+        None => String::new(),
+    };
+    let planned: Vec<PlannedTask> = outcome
+        .placements
+        .iter()
+        .enumerate()
+        .map(|(i, instance_id)| PlannedTask {
+            task_id: format!(
+                "{:016x}{:016x}",
+                seed.wrapping_add(now_ms),
+                (now_ms << 8) ^ i as u64 ^ rand_like(seed, i)
+            ),
+            instance_id: instance_id.clone(),
+        })
+        .collect();
+    if planned.is_empty() && event.is_empty() {
+        return None;
+    }
+    Some(Command::ServiceLaunch {
+        service_name: service.service_name.clone(),
+        launch: TaskLaunch {
+            cluster: cluster.to_string(),
+            task_definition_arn: start.task_definition.clone(),
+            overrides: None,
+            started_by: Some(start.deployment_id.clone()),
+            group: service.group(),
+        },
+        planned,
+        event,
+        now_ms,
+    })
+}
+
+/// A cheap deterministic mix of a seed and an index (task ids must differ).
+fn rand_like(seed: u64, index: usize) -> u64 {
+    let mut x = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}
+
 /// Runs the leader loops for the life of the server.
 pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOptions) {
     let mut status = raft.watch_status();
@@ -71,12 +229,18 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
         let leader_since = Instant::now();
         tracing::info!(node = raft.status().id, "leading: control loops started");
         let mut ticker = tokio::time::interval(options.interval);
+        let mut revisions = raft.store().subscribe();
         let mut last_prune = Instant::now();
         while raft.status().role == Role::Leader {
+            // Level-triggered: any change wakes the loop, the ticker repairs anything missed.
             tokio::select! {
                 _ = ticker.tick() => {}
                 changed = status.changed() => if changed.is_err() { return },
+                changed = revisions.changed() => if changed.is_err() { return },
             }
+            // Let a burst of changes settle into one pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            revisions.borrow_and_update();
             if raft.status().role != Role::Leader {
                 break;
             }
@@ -90,6 +254,11 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
                     options.heartbeat_grace,
                 )
             });
+            let seed: u64 = rand::random();
+            commands.extend(
+                raft.store()
+                    .read(|state| service_commands(state, now_ms(), seed)),
+            );
             if now.duration_since(last_prune) > Duration::from_secs(60) {
                 last_prune = now;
                 let cutoff = now_ms().saturating_sub(options.keep_stopped_tasks.as_millis() as u64);
@@ -100,7 +269,9 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
                     })
                 });
                 if any {
-                    commands.push(Command::PruneStoppedTasks { stopped_before_ms: cutoff });
+                    commands.push(Command::PruneStoppedTasks {
+                        stopped_before_ms: cutoff,
+                    });
                 }
             }
             for command in commands {
@@ -114,6 +285,9 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
                 }
             }
         }
-        tracing::info!(node = raft.status().id, "no longer leading: control loops stopped");
+        tracing::info!(
+            node = raft.status().id,
+            "no longer leading: control loops stopped"
+        );
     }
 }

@@ -42,7 +42,9 @@ impl DataDir {
             return Ok(DataDir::Fresh(path.to_path_buf()));
         }
         if !path.is_dir() {
-            return Err(Error::InvalidInput(format!("data dir {display} is a file, not a directory")));
+            return Err(Error::InvalidInput(format!(
+                "data dir {display} is a file, not a directory"
+            )));
         }
         let marker_path = path.join(MARKER);
         if !marker_path.exists() {
@@ -59,8 +61,9 @@ impl DataDir {
                 entries.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             )));
         }
-        let bytes = std::fs::read(&marker_path)
-            .map_err(|e| Error::InvalidInput(format!("cannot read {}: {e}", marker_path.display())))?;
+        let bytes = std::fs::read(&marker_path).map_err(|e| {
+            Error::InvalidInput(format!("cannot read {}: {e}", marker_path.display()))
+        })?;
         let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| {
             Error::InvalidInput(format!(
                 "{} is corrupt ({e}): the data dir cannot be used; restore it from a backup or start this server with an empty data dir and --join",
@@ -98,8 +101,9 @@ impl DataDir {
 /// Writes the marker atomically (temp file, fsync, rename).
 pub fn write_marker(path: &Path, marker: &Marker) -> Result<()> {
     use std::io::Write as _;
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::InvalidInput(format!("cannot create data dir {}: {e}", path.display())))?;
+    std::fs::create_dir_all(path).map_err(|e| {
+        Error::InvalidInput(format!("cannot create data dir {}: {e}", path.display()))
+    })?;
     let temporary = path.join(format!("{MARKER}.tmp"));
     let mut file = std::fs::File::create(&temporary)
         .map_err(|e| Error::Internal(format!("cannot write {}: {e}", temporary.display())))?;
@@ -114,8 +118,9 @@ pub fn write_marker(path: &Path, marker: &Marker) -> Result<()> {
 /// Opens the sled database with settings sized for a 1 GiB Pi: a small
 /// cache and no background flusher (orc flushes before acknowledging).
 pub fn open_db(path: &Path, cache_mib: u64) -> Result<sled::Db> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::InvalidInput(format!("cannot create data dir {}: {e}", path.display())))?;
+    std::fs::create_dir_all(path).map_err(|e| {
+        Error::InvalidInput(format!("cannot create data dir {}: {e}", path.display()))
+    })?;
     sled::Config::new()
         .path(path.join("db"))
         .cache_capacity(cache_mib * 1024 * 1024)
@@ -137,17 +142,29 @@ mod tests {
     #[test]
     fn fresh_foreign_and_corrupt_dirs() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(DataDir::inspect(&dir.path().join("new")).unwrap(), DataDir::Fresh(_)));
-        assert!(matches!(DataDir::inspect(dir.path()).unwrap(), DataDir::Fresh(_)));
+        assert!(matches!(
+            DataDir::inspect(&dir.path().join("new")).unwrap(),
+            DataDir::Fresh(_)
+        ));
+        assert!(matches!(
+            DataDir::inspect(dir.path()).unwrap(),
+            DataDir::Fresh(_)
+        ));
         std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
         let error = DataDir::inspect(dir.path()).unwrap_err().to_string();
-        assert!(error.contains("is not an orc data dir") && error.contains("notes.txt"), "{error}");
+        assert!(
+            error.contains("is not an orc data dir") && error.contains("notes.txt"),
+            "{error}"
+        );
 
         let corrupt = tempfile::tempdir().unwrap();
         std::fs::write(corrupt.path().join(MARKER), "{not json").unwrap();
         let error = DataDir::inspect(corrupt.path()).unwrap_err().to_string();
         assert!(error.contains("is corrupt"), "{error}");
-        assert_eq!(std::fs::read_to_string(corrupt.path().join(MARKER)).unwrap(), "{not json");
+        assert_eq!(
+            std::fs::read_to_string(corrupt.path().join(MARKER)).unwrap(),
+            "{not json"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::raft::node::{NodeStatus, Role};
 
 /// Upper bounds, in seconds, of the latency histogram buckets.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// A cumulative latency histogram.
 struct Histogram {
@@ -35,17 +37,26 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -95,23 +106,90 @@ pub fn record_status(status: &NodeStatus) {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// The whole exposition text.
 pub fn render() -> String {
     let mut out = String::new();
-    gauge(&mut out, "orc_raft_node_id", "This server's raft node id.", "gauge", NODE_ID.load(Relaxed));
-    gauge(&mut out, "orc_raft_term", "Current raft term.", "gauge", TERM.load(Relaxed));
-    gauge(&mut out, "orc_raft_commit_index", "Highest committed raft index.", "gauge", COMMIT.load(Relaxed));
-    gauge(&mut out, "orc_raft_applied_index", "Highest applied raft index.", "gauge", APPLIED.load(Relaxed));
-    gauge(&mut out, "orc_raft_is_leader", "1 when this server leads.", "gauge", IS_LEADER.load(Relaxed));
-    gauge(&mut out, "orc_proposals_committed_total", "Writes committed and applied.", "counter", PROPOSALS_OK.load(Relaxed));
-    gauge(&mut out, "orc_proposals_failed_total", "Writes refused or timed out.", "counter", PROPOSALS_FAILED.load(Relaxed));
-    PROPOSAL_LATENCY.render(&mut out, "orc_proposal_seconds", "Time from proposal to applied outcome.");
-    gauge(&mut out, "orc_raft_fsyncs_total", "Flushes of the raft log (one per Ready).", "counter", FSYNCS.load(Relaxed));
-    gauge(&mut out, "orc_raft_fsync_entries_total", "Entries made durable by those flushes.", "counter", FSYNC_ENTRIES.load(Relaxed));
+    gauge(
+        &mut out,
+        "orc_raft_node_id",
+        "This server's raft node id.",
+        "gauge",
+        NODE_ID.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_raft_term",
+        "Current raft term.",
+        "gauge",
+        TERM.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_raft_commit_index",
+        "Highest committed raft index.",
+        "gauge",
+        COMMIT.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_raft_applied_index",
+        "Highest applied raft index.",
+        "gauge",
+        APPLIED.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_raft_is_leader",
+        "1 when this server leads.",
+        "gauge",
+        IS_LEADER.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_proposals_committed_total",
+        "Writes committed and applied.",
+        "counter",
+        PROPOSALS_OK.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_proposals_failed_total",
+        "Writes refused or timed out.",
+        "counter",
+        PROPOSALS_FAILED.load(Relaxed),
+    );
+    PROPOSAL_LATENCY.render(
+        &mut out,
+        "orc_proposal_seconds",
+        "Time from proposal to applied outcome.",
+    );
+    gauge(
+        &mut out,
+        "orc_raft_fsyncs_total",
+        "Flushes of the raft log (one per Ready).",
+        "counter",
+        FSYNCS.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_raft_fsync_entries_total",
+        "Entries made durable by those flushes.",
+        "counter",
+        FSYNC_ENTRIES.load(Relaxed),
+    );
     FSYNC_LATENCY.render(&mut out, "orc_raft_fsync_seconds", "Duration of one flush.");
-    gauge(&mut out, "orc_raft_compactions_total", "Log compactions.", "counter", COMPACTIONS.load(Relaxed));
+    gauge(
+        &mut out,
+        "orc_raft_compactions_total",
+        "Log compactions.",
+        "counter",
+        COMPACTIONS.load(Relaxed),
+    );
     out
 }

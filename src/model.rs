@@ -426,3 +426,152 @@ impl ContainerInstance {
             .and_then(|a| a.value.as_deref())
     }
 }
+
+// ------------------------------------------------------------------ services
+
+/// ECS's deployment circuit breaker settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentCircuitBreaker {
+    /// Mark a deployment FAILED after repeated failed launches.
+    #[serde(default)]
+    pub enable: bool,
+    /// Roll back to the last completed deployment when it fails.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// ECS's deployment configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentConfiguration {
+    /// Upper bound of tasks during a deployment, in percent of the desired count.
+    #[serde(default = "two_hundred")]
+    pub maximum_percent: u32,
+    /// Lower bound of healthy tasks during a deployment, in percent.
+    #[serde(default = "one_hundred")]
+    pub minimum_healthy_percent: u32,
+    /// The circuit breaker.
+    #[serde(default)]
+    pub deployment_circuit_breaker: DeploymentCircuitBreaker,
+}
+
+fn two_hundred() -> u32 {
+    200
+}
+
+fn one_hundred() -> u32 {
+    100
+}
+
+impl Default for DeploymentConfiguration {
+    fn default() -> Self {
+        DeploymentConfiguration {
+            maximum_percent: 200,
+            minimum_healthy_percent: 100,
+            deployment_circuit_breaker: DeploymentCircuitBreaker::default(),
+        }
+    }
+}
+
+/// ECS's load balancer entry of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    /// The target group (orc's built-in proxy).
+    pub target_group_arn: String,
+    /// The container that receives traffic.
+    pub container_name: String,
+    /// Its port.
+    pub container_port: u16,
+}
+
+/// One deployment of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    /// `ecs-svc/NUMBER`.
+    pub id: String,
+    /// PRIMARY (the newest) or ACTIVE (older ones still holding tasks).
+    pub status: String,
+    /// The task definition it runs.
+    pub task_definition: String,
+    /// IN_PROGRESS, COMPLETED or FAILED.
+    pub rollout_state: String,
+    /// Why it is in that state.
+    pub rollout_state_reason: String,
+    /// Launches that failed (tasks stopped by their own failure).
+    pub failed_tasks: u32,
+    /// Failures since the last steady state (drives the restart back-off).
+    pub consecutive_failures: u32,
+    /// When the newest failure was seen (ms).
+    pub last_failure_ms: u64,
+    /// Epoch seconds.
+    pub created_at: f64,
+    /// Epoch seconds.
+    pub updated_at: f64,
+}
+
+/// A service event, newest first in `describe-services`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEvent {
+    /// A unique id.
+    pub id: String,
+    /// Epoch seconds.
+    pub created_at: f64,
+    /// ECS's wording, e.g. "(service web) has reached a steady state.".
+    pub message: String,
+}
+
+/// A service as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// ECS's ARN.
+    pub service_arn: String,
+    /// The name.
+    pub service_name: String,
+    /// The cluster's ARN.
+    pub cluster_arn: String,
+    /// ACTIVE, DRAINING (being deleted) or INACTIVE.
+    pub status: String,
+    /// How many tasks to keep running (REPLICA).
+    pub desired_count: u32,
+    /// The task definition of the primary deployment.
+    pub task_definition: String,
+    /// Rolling deployment settings.
+    pub deployment_configuration: DeploymentConfiguration,
+    /// Placement strategies (ECS JSON).
+    #[serde(default)]
+    pub placement_strategy: Vec<crate::scheduler::placement::PlacementStrategy>,
+    /// Placement constraints (ECS JSON).
+    #[serde(default)]
+    pub placement_constraints: Vec<crate::scheduler::placement::PlacementConstraint>,
+    /// Load balancers (orc's built-in proxy target groups).
+    #[serde(default)]
+    pub load_balancers: Vec<LoadBalancer>,
+    /// Seconds after start during which failed health checks are ignored.
+    #[serde(default)]
+    pub health_check_grace_period_seconds: u32,
+    /// REPLICA or DAEMON.
+    pub scheduling_strategy: String,
+    /// Newest first; the first is PRIMARY.
+    pub deployments: Vec<Deployment>,
+    /// The newest 100 events, newest first.
+    pub events: Vec<ServiceEvent>,
+    /// Epoch seconds.
+    pub created_at: f64,
+    /// Counter for deployment ids.
+    pub next_deployment: u64,
+    /// The task definition of the newest deployment that completed (for rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completed_task_definition: Option<String>,
+}
+
+impl Service {
+    /// The group its tasks carry.
+    pub fn group(&self) -> String {
+        format!("service:{}", self.service_name)
+    }
+}

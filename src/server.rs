@@ -106,7 +106,12 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     let data_dir = DataDir::inspect(&options.data_dir)?;
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await
-        .with_context(|| format!("cannot listen on {}: is another orc already running there?", options.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another orc already running there?",
+                options.listen
+            )
+        })?;
     let local_address = listener.local_addr()?;
     let advertise = match &options.advertise {
         Some(address) => address.clone(),
@@ -177,7 +182,11 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     let raft = node::start(config, storage, store, transport.clone())?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let liveness = crate::api::agent::Liveness::default();
-    let context = ApiContext { raft: raft.clone(), transport, liveness: liveness.clone() };
+    let context = ApiContext {
+        raft: raft.clone(),
+        transport,
+        liveness: liveness.clone(),
+    };
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
@@ -189,8 +198,16 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     if fresh_bootstrap {
         raft.campaign()?;
     }
-    tokio::spawn(initialize_when_leader(raft.clone(), marker.clone(), advertise.clone()));
-    tokio::spawn(crate::controller::run(raft.clone(), liveness, options.controller.clone()));
+    tokio::spawn(initialize_when_leader(
+        raft.clone(),
+        marker.clone(),
+        advertise.clone(),
+    ));
+    tokio::spawn(crate::controller::run(
+        raft.clone(),
+        liveness,
+        options.controller.clone(),
+    ));
     tracing::info!(node = marker.node_id, control_plane = %marker.control_plane_id, address = %advertise, data_dir = %data_dir.path().display(), "server started");
     Ok(Server {
         raft,

@@ -19,7 +19,10 @@ fn refused(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run orc server");
-    assert!(!output.status.success(), "orc server {args:?} should have refused to start");
+    assert!(
+        !output.status.success(),
+        "orc server {args:?} should have refused to start"
+    );
     String::from_utf8_lossy(&output.stderr).to_string()
 }
 
@@ -28,15 +31,30 @@ async fn second_bootstrap_into_an_existing_data_dir_is_refused_and_loses_nothing
     let root = tempfile::tempdir().unwrap();
     let mut server = TestServer::start(root.path(), "s1", &["--bootstrap"], &[]);
     server.wait_ready().await;
-    server.client().call("CreateCluster", json!({"clusterName": "keep-me"})).await.unwrap();
+    server
+        .client()
+        .call("CreateCluster", json!({"clusterName": "keep-me"}))
+        .await
+        .unwrap();
     server.kill();
 
-    let error = refused(&["--bootstrap", "--data-dir", server.data_dir.to_str().unwrap()]);
-    assert!(error.contains("already holds server") && error.contains("without --bootstrap"), "{error}");
+    let error = refused(&[
+        "--bootstrap",
+        "--data-dir",
+        server.data_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        error.contains("already holds server") && error.contains("without --bootstrap"),
+        "{error}"
+    );
 
     server.restart();
     server.wait_ready().await;
-    let (answer, _) = server.client().call("DescribeClusters", json!({"clusters": ["keep-me"]})).await.unwrap();
+    let (answer, _) = server
+        .client()
+        .call("DescribeClusters", json!({"clusters": ["keep-me"]}))
+        .await
+        .unwrap();
     assert_eq!(answer["clusters"][0]["status"], "ACTIVE");
 }
 
@@ -44,19 +62,40 @@ async fn second_bootstrap_into_an_existing_data_dir_is_refused_and_loses_nothing
 fn foreign_and_corrupt_data_dirs_are_refused_untouched() {
     let foreign = tempfile::tempdir().unwrap();
     std::fs::write(foreign.path().join("photos.txt"), "precious").unwrap();
-    let error = refused(&["--bootstrap", "--data-dir", foreign.path().to_str().unwrap()]);
-    assert!(error.contains("is not an orc data dir") && error.contains("photos.txt"), "{error}");
-    assert_eq!(std::fs::read_to_string(foreign.path().join("photos.txt")).unwrap(), "precious");
-    assert_eq!(std::fs::read_dir(foreign.path()).unwrap().count(), 1, "nothing may be written into a foreign dir");
+    let error = refused(&[
+        "--bootstrap",
+        "--data-dir",
+        foreign.path().to_str().unwrap(),
+    ]);
+    assert!(
+        error.contains("is not an orc data dir") && error.contains("photos.txt"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.path().join("photos.txt")).unwrap(),
+        "precious"
+    );
+    assert_eq!(
+        std::fs::read_dir(foreign.path()).unwrap().count(),
+        1,
+        "nothing may be written into a foreign dir"
+    );
 
     let corrupt = tempfile::tempdir().unwrap();
-    std::fs::write(corrupt.path().join("orc-server.json"), "{\"format\": 1, \"node_").unwrap();
+    std::fs::write(
+        corrupt.path().join("orc-server.json"),
+        "{\"format\": 1, \"node_",
+    )
+    .unwrap();
     let error = refused(&["--data-dir", corrupt.path().to_str().unwrap()]);
     assert!(error.contains("is corrupt"), "{error}");
 
     let empty = tempfile::tempdir().unwrap();
     let error = refused(&["--data-dir", empty.path().to_str().unwrap()]);
-    assert!(error.contains("--bootstrap") && error.contains("--join"), "{error}");
+    assert!(
+        error.contains("--bootstrap") && error.contains("--join"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,15 +105,31 @@ async fn a_server_cannot_join_another_control_plane() {
     let other = TestServer::start(root.path(), "b", &["--bootstrap"], &[]);
     first.wait_ready().await;
     other.wait_ready().await;
-    first.client().call("CreateCluster", json!({"clusterName": "mine"})).await.unwrap();
+    first
+        .client()
+        .call("CreateCluster", json!({"clusterName": "mine"}))
+        .await
+        .unwrap();
     first.kill();
 
-    let error = refused(&["--join", &other.address, "--data-dir", first.data_dir.to_str().unwrap()]);
-    assert!(error.contains("belongs to control plane") && error.contains(&other.address), "{error}");
+    let error = refused(&[
+        "--join",
+        &other.address,
+        "--data-dir",
+        first.data_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        error.contains("belongs to control plane") && error.contains(&other.address),
+        "{error}"
+    );
 
     first.restart();
     first.wait_ready().await;
-    let (answer, _) = first.client().call("DescribeClusters", json!({"clusters": ["mine"]})).await.unwrap();
+    let (answer, _) = first
+        .client()
+        .call("DescribeClusters", json!({"clusters": ["mine"]}))
+        .await
+        .unwrap();
     assert_eq!(answer["clusters"][0]["status"], "ACTIVE");
 }
 
@@ -91,7 +146,11 @@ async fn a_server_without_quorum_answers_with_a_clear_error_and_recovers() {
         (status.members.iter().filter(|m| m.voter).count() == 3).then_some(())
     })
     .await;
-    first.client().call("CreateCluster", json!({"clusterName": "before"})).await.unwrap();
+    first
+        .client()
+        .call("CreateCluster", json!({"clusterName": "before"}))
+        .await
+        .unwrap();
     second.kill();
     third.kill();
 
@@ -102,17 +161,39 @@ async fn a_server_without_quorum_answers_with_a_clear_error_and_recovers() {
         .expect_err("a write without quorum must fail");
     let text = error.to_string();
     assert!(error.is_retryable(), "{text}");
-    assert!(text.contains("quorum") || text.contains("majority"), "the error should say why: {text}");
-    let read = first.client().call("ListClusters", json!({})).await.expect_err("a linearizable read without quorum must fail");
+    assert!(
+        text.contains("quorum") || text.contains("majority"),
+        "the error should say why: {text}"
+    );
+    let read = first
+        .client()
+        .call("ListClusters", json!({}))
+        .await
+        .expect_err("a linearizable read without quorum must fail");
     assert!(read.is_retryable(), "{read}");
 
     second.restart();
     third.restart();
-    eventually(Duration::from_secs(30), "the write to go through after quorum returns", || async {
-        first.client().call("CreateCluster", json!({"clusterName": "after"})).await.ok()
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the write to go through after quorum returns",
+        || async {
+            first
+                .client()
+                .call("CreateCluster", json!({"clusterName": "after"}))
+                .await
+                .ok()
+        },
+    )
     .await;
-    let (answer, _) = first.client().call("ListClusters", json!({})).await.unwrap();
+    let (answer, _) = first
+        .client()
+        .call("ListClusters", json!({}))
+        .await
+        .unwrap();
     let arns = answer["clusterArns"].to_string();
-    assert!(arns.contains("cluster/before") && arns.contains("cluster/after"), "{arns}");
+    assert!(
+        arns.contains("cluster/before") && arns.contains("cluster/after"),
+        "{arns}"
+    );
 }

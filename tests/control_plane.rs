@@ -31,7 +31,12 @@ impl Writer {
         let endpoints = Arc::new(Mutex::new(endpoints));
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(write_loop(acked.clone(), endpoints.clone(), stop.clone()));
-        Writer { acked, endpoints, stop, task }
+        Writer {
+            acked,
+            endpoints,
+            stop,
+            task,
+        }
     }
 
     fn acked(&self) -> usize {
@@ -44,7 +49,10 @@ impl Writer {
 
     async fn wait_for_more(&self, more: usize, what: &str) {
         let target = self.acked() + more;
-        eventually(Duration::from_secs(60), what, || async { (self.acked() >= target).then_some(()) }).await;
+        eventually(Duration::from_secs(60), what, || async {
+            (self.acked() >= target).then_some(())
+        })
+        .await;
     }
 
     async fn finish(self) -> (BTreeSet<u64>, u64) {
@@ -55,7 +63,11 @@ impl Writer {
     }
 }
 
-async fn write_loop(acked: Arc<Mutex<BTreeSet<u64>>>, endpoints: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) -> u64 {
+async fn write_loop(
+    acked: Arc<Mutex<BTreeSet<u64>>>,
+    endpoints: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
     let mut n = 0u64;
     let mut turn = 0usize;
     while !stop.load(Ordering::SeqCst) {
@@ -74,7 +86,10 @@ async fn write_loop(acked: Arc<Mutex<BTreeSet<u64>>>, endpoints: Arc<Mutex<Vec<S
             };
             let mut client = Client::new(&endpoint).unwrap();
             client.retry_for = Duration::from_millis(500);
-            match client.call_with_id("RegisterTaskDefinition", body.clone(), &id).await {
+            match client
+                .call_with_id("RegisterTaskDefinition", body.clone(), &id)
+                .await
+            {
                 Ok(_) => {
                     acked.lock().unwrap().insert(n);
                     break;
@@ -101,13 +116,26 @@ async fn verify(server: &TestServer, acked: &BTreeSet<u64>, attempted: u64) {
         let tail = arn.as_str().unwrap().rsplit('/').next().unwrap();
         let (family, revision) = tail.split_once(':').unwrap();
         let n: u64 = family.trim_start_matches("w-").parse().unwrap();
-        revisions.entry(n).or_default().push(revision.parse().unwrap());
+        revisions
+            .entry(n)
+            .or_default()
+            .push(revision.parse().unwrap());
     }
     for n in acked {
-        assert!(revisions.contains_key(n), "acknowledged write {n} is missing on {}", server.address);
+        assert!(
+            revisions.contains_key(n),
+            "acknowledged write {n} is missing on {}",
+            server.address
+        );
     }
     for (n, revs) in &revisions {
-        assert_eq!(revs, &vec![1], "write {n} was applied {} times on {}", revs.len(), server.address);
+        assert_eq!(
+            revs,
+            &vec![1],
+            "write {n} was applied {} times on {}",
+            revs.len(),
+            server.address
+        );
         assert!(*n <= attempted, "write {n} was never attempted");
     }
     assert!(revisions.len() >= acked.len());
@@ -128,20 +156,38 @@ async fn leader_address(servers: &[&TestServer]) -> String {
 }
 
 async fn wait_voters(server: &TestServer, voters: usize) {
-    eventually(Duration::from_secs(30), &format!("{voters} voters"), || async {
-        let status = server.client().cluster_status(true).await.ok()?;
-        let count = status.members.iter().filter(|m| m.voter).count();
-        (count == voters && status.members.len() == voters).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{voters} voters"),
+        || async {
+            let status = server.client().cluster_status(true).await.ok()?;
+            let count = status.members.iter().filter(|m| m.voter).count();
+            (count == voters && status.members.len() == voters).then_some(())
+        },
+    )
     .await
 }
 
 async fn wait_caught_up(server: &TestServer, leader: &TestServer) {
-    eventually(Duration::from_secs(30), &format!("{} to catch up", server.address), || async {
-        let target = leader.client().cluster_status(false).await.ok()?.commit_index;
-        let mine = server.client().cluster_status(false).await.ok()?.applied_index;
-        (mine >= target).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{} to catch up", server.address),
+        || async {
+            let target = leader
+                .client()
+                .cluster_status(false)
+                .await
+                .ok()?
+                .commit_index;
+            let mine = server
+                .client()
+                .cluster_status(false)
+                .await
+                .ok()?
+                .applied_index;
+            (mine >= target).then_some(())
+        },
+    )
     .await
 }
 
@@ -157,13 +203,22 @@ async fn three_servers_survive_leader_loss_restarts_and_compaction() {
 
     let mut servers = [first, second, third];
     let writer = Writer::start(servers.iter().map(|s| s.address.clone()).collect());
-    writer.wait_for_more(20, "writes through every server").await;
+    writer
+        .wait_for_more(20, "writes through every server")
+        .await;
 
     // Kill the leader: a new one is elected and writes go on.
     let old_leader = leader_address(&servers.iter().collect::<Vec<_>>()).await;
-    let killed = servers.iter().position(|s| s.address == old_leader).unwrap();
+    let killed = servers
+        .iter()
+        .position(|s| s.address == old_leader)
+        .unwrap();
     servers[killed].kill();
-    let survivors: Vec<String> = servers.iter().filter(|s| s.address != old_leader).map(|s| s.address.clone()).collect();
+    let survivors: Vec<String> = servers
+        .iter()
+        .filter(|s| s.address != old_leader)
+        .map(|s| s.address.clone())
+        .collect();
     writer.set_endpoints(survivors);
     let new_leader = eventually(Duration::from_secs(20), "a new leader", || async {
         let live: Vec<&TestServer> = servers.iter().filter(|s| s.address != old_leader).collect();
@@ -171,25 +226,41 @@ async fn three_servers_survive_leader_loss_restarts_and_compaction() {
         (leader != old_leader).then_some(leader)
     })
     .await;
-    writer.wait_for_more(20, "writes after the leader was killed").await;
+    writer
+        .wait_for_more(20, "writes after the leader was killed")
+        .await;
 
     // The killed server restarts from its data dir and catches up.
     servers[killed].restart();
     servers[killed].wait_ready().await;
-    let leader_index = servers.iter().position(|s| s.address == new_leader).unwrap();
+    let leader_index = servers
+        .iter()
+        .position(|s| s.address == new_leader)
+        .unwrap();
     wait_caught_up(&servers[killed], &servers[leader_index]).await;
     writer.set_endpoints(servers.iter().map(|s| s.address.clone()).collect());
 
     // A follower that is down while the log is compacted comes back by snapshot.
     let follower = (0..3).find(|i| *i != leader_index && *i != killed).unwrap();
     servers[follower].kill();
-    writer.set_endpoints(servers.iter().enumerate().filter(|(i, _)| *i != follower).map(|(_, s)| s.address.clone()).collect());
-    writer.wait_for_more(120, "writes while a follower is down").await;
+    writer.set_endpoints(
+        servers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != follower)
+            .map(|(_, s)| s.address.clone())
+            .collect(),
+    );
+    writer
+        .wait_for_more(120, "writes while a follower is down")
+        .await;
     servers[follower].restart();
     servers[follower].wait_ready().await;
     wait_caught_up(&servers[follower], &servers[leader_index]).await;
     assert!(
-        servers[follower].log_text().contains("installing a snapshot"),
+        servers[follower]
+            .log_text()
+            .contains("installing a snapshot"),
         "the returning follower should have been brought back by a snapshot:\n{}",
         servers[follower].log_text()
     );
@@ -197,7 +268,11 @@ async fn three_servers_survive_leader_loss_restarts_and_compaction() {
     writer.wait_for_more(10, "writes with all three back").await;
 
     let (acked, attempted) = writer.finish().await;
-    assert!(acked.len() >= 170, "only {} writes were acknowledged", acked.len());
+    assert!(
+        acked.len() >= 170,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
     for server in &servers {
         verify(server, &acked, attempted).await;
     }
@@ -229,10 +304,28 @@ async fn membership_grows_from_one_to_five_and_shrinks_to_three_under_writes() {
 
     // Shrink to three: remove s4, then whoever leads (the leader hands over first).
     let status = servers[1].client().cluster_status(true).await.unwrap();
-    let id_of = |address: &str| status.members.iter().find(|m| m.address == address).unwrap().id;
+    let id_of = |address: &str| {
+        status
+            .members
+            .iter()
+            .find(|m| m.address == address)
+            .unwrap()
+            .id
+    };
     let leader = status.leader_address.clone();
-    let removed: Vec<String> = vec![servers[3].address.clone(), if leader == servers[3].address { servers[4].address.clone() } else { leader }];
-    let remaining: Vec<String> = servers.iter().map(|s| s.address.clone()).filter(|a| !removed.contains(a)).collect();
+    let removed: Vec<String> = vec![
+        servers[3].address.clone(),
+        if leader == servers[3].address {
+            servers[4].address.clone()
+        } else {
+            leader
+        },
+    ];
+    let remaining: Vec<String> = servers
+        .iter()
+        .map(|s| s.address.clone())
+        .filter(|a| !removed.contains(a))
+        .collect();
     writer.set_endpoints(remaining.clone());
     for address in &removed {
         let client = {
@@ -240,9 +333,15 @@ async fn membership_grows_from_one_to_five_and_shrinks_to_three_under_writes() {
             client.retry_for = Duration::from_secs(15);
             client
         };
-        client.remove_server(id_of(address)).await.unwrap_or_else(|e| panic!("removing {address} failed: {e}"));
+        client
+            .remove_server(id_of(address))
+            .await
+            .unwrap_or_else(|e| panic!("removing {address} failed: {e}"));
     }
-    let keeper = servers.iter().position(|s| s.address == remaining[0]).unwrap();
+    let keeper = servers
+        .iter()
+        .position(|s| s.address == remaining[0])
+        .unwrap();
     wait_voters(&servers[keeper], 3).await;
     for server in servers.iter_mut().filter(|s| removed.contains(&s.address)) {
         eventually(Duration::from_secs(20), "a removed server to exit", || {

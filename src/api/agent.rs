@@ -19,8 +19,8 @@ use crate::model::{Assignment, InstanceRegistration, TaskStateChange, TaskStatus
 use crate::proto::agent_api_client::AgentApiClient;
 use crate::proto::agent_api_server::AgentApi;
 use crate::proto::{
-    Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest, RegisterInstanceResponse, ReportAck,
-    TaskStateReport, WatchAssignmentsRequest,
+    Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest,
+    RegisterInstanceResponse, ReportAck, TaskStateReport, WatchAssignmentsRequest,
 };
 use crate::raft::node::Role;
 use crate::store::{Command, Proposal, State};
@@ -35,10 +35,10 @@ pub struct Liveness {
 impl Liveness {
     /// Records a heartbeat.
     pub fn beat(&self, cluster: &str, instance_id: &str) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((cluster.to_string(), instance_id.to_string()), Instant::now());
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (cluster.to_string(), instance_id.to_string()),
+            Instant::now(),
+        );
     }
 
     /// When the instance was last heard from, if ever by this server.
@@ -52,7 +52,9 @@ impl Liveness {
 }
 
 fn bad_json(what: &str, error: serde_json::Error) -> Status {
-    to_status(Error::InvalidInput(format!("{what}: invalid json: {error}")))
+    to_status(Error::InvalidInput(format!(
+        "{what}: invalid json: {error}"
+    )))
 }
 
 /// The assignments of one instance as the agent receives them.
@@ -80,9 +82,13 @@ impl AgentApi for ApiContext {
         request: Request<RegisterInstanceRequest>,
     ) -> Result<Response<RegisterInstanceResponse>, Status> {
         let request = request.into_inner();
-        let registration: InstanceRegistration =
-            serde_json::from_str(&request.instance_json).map_err(|e| bad_json("instance_json", e))?;
-        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() { "default" } else { &request.cluster });
+        let registration: InstanceRegistration = serde_json::from_str(&request.instance_json)
+            .map_err(|e| bad_json("instance_json", e))?;
+        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() {
+            "default"
+        } else {
+            &request.cluster
+        });
         let instance_id = if request.container_instance_id.is_empty() {
             format!("{:032x}", rand::random::<u128>())
         } else {
@@ -114,9 +120,13 @@ impl AgentApi for ApiContext {
         }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        self.liveness.beat(&request.cluster, &request.container_instance_id);
+        self.liveness
+            .beat(&request.cluster, &request.container_instance_id);
         let status = self.raft.status();
         // The leader decides connectivity, so it must hear every heartbeat.
         if status.role != Role::Leader && status.leader_id != 0 {
@@ -127,7 +137,11 @@ impl AgentApi for ApiContext {
             if let Some(address) = leader {
                 if let Ok(channel) = crate::client::channel(&address) {
                     let mut client = AgentApiClient::new(channel);
-                    let forwarded = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request.clone())).await;
+                    let forwarded = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.heartbeat(request.clone()),
+                    )
+                    .await;
                     if let Ok(Ok(answer)) = forwarded {
                         return Ok(answer);
                     }
@@ -146,7 +160,11 @@ impl AgentApi for ApiContext {
         request: Request<WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let request = request.into_inner();
-        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() { "default" } else { &request.cluster });
+        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() {
+            "default"
+        } else {
+            &request.cluster
+        });
         let instance_id = request.container_instance_id.clone();
         let store = self.raft.store().clone();
         // Subscribe before the first read so no change is missed.
@@ -154,7 +172,12 @@ impl AgentApi for ApiContext {
         let stream = async_stream(move |sender| async move {
             let mut last_sent: Option<Vec<String>> = None;
             loop {
-                let (revision, tasks) = store.read(|state| (state.meta.revision, assignments(state, &cluster, &instance_id)));
+                let (revision, tasks) = store.read(|state| {
+                    (
+                        state.meta.revision,
+                        assignments(state, &cluster, &instance_id),
+                    )
+                });
                 if last_sent.as_ref() != Some(&tasks) {
                     let message = Assignments {
                         revision,
@@ -173,11 +196,18 @@ impl AgentApi for ApiContext {
         Ok(Response::new(stream))
     }
 
-    async fn report_task_state(&self, request: Request<TaskStateReport>) -> Result<Response<ReportAck>, Status> {
+    async fn report_task_state(
+        &self,
+        request: Request<TaskStateReport>,
+    ) -> Result<Response<ReportAck>, Status> {
         let request = request.into_inner();
         let change: TaskStateChange =
             serde_json::from_str(&request.report_json).map_err(|e| bad_json("report_json", e))?;
-        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() { "default" } else { &request.cluster });
+        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() {
+            "default"
+        } else {
+            &request.cluster
+        });
         tracing::debug!(cluster = %cluster, instance = %request.container_instance_id, task = %change.task_arn, status = change.status.as_str(), "task state reported");
         let stopped = change.status == TaskStatus::Stopped;
         let command = Command::SubmitTaskStateChange {

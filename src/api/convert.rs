@@ -8,7 +8,12 @@ use crate::store::State;
 
 /// Builds the member list from the raft status and the replicated addresses.
 pub fn members(status: &NodeStatus, state: &State) -> Vec<Member> {
-    let mut ids: Vec<u64> = status.voters.iter().chain(&status.learners).copied().collect();
+    let mut ids: Vec<u64> = status
+        .voters
+        .iter()
+        .chain(&status.learners)
+        .copied()
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     ids.into_iter()
@@ -47,7 +52,10 @@ pub fn cluster_status(status: &NodeStatus, state: &State) -> ClusterStatusRespon
         cluster_id: state.meta.control_plane_id.clone(),
         answering_node_id: status.id,
         leader_id: status.leader_id,
-        leader_address: state.member_address(status.leader_id).unwrap_or_default().to_string(),
+        leader_address: state
+            .member_address(status.leader_id)
+            .unwrap_or_default()
+            .to_string(),
         term: status.term,
         commit_index: status.commit_index,
         applied_index: status.applied_index,

@@ -40,17 +40,26 @@ pub fn now_ms() -> u64 {
 
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> Result<T> {
     let body = if body.trim().is_empty() { "{}" } else { body };
-    serde_json::from_str(body).map_err(|e| Error::InvalidInput(format!("{action}: invalid request: {e}")))
+    serde_json::from_str(body)
+        .map_err(|e| Error::InvalidInput(format!("{action}: invalid request: {e}")))
 }
 
 /// Dispatches one ECS action.
-pub async fn call(raft: &RaftHandle, action: &str, body: &str, request_id: String) -> Result<ActionResult> {
+pub async fn call(
+    raft: &RaftHandle,
+    action: &str,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     let request_id = if request_id.is_empty() {
         crate::client::request_id()
     } else {
         request_id
     };
     if let Some(result) = super::tasks::call(raft, action, body, request_id.clone()).await {
+        return result;
+    }
+    if let Some(result) = super::services::call(raft, action, body, request_id.clone()).await {
         return result;
     }
     match action {
@@ -63,14 +72,20 @@ pub async fn call(raft: &RaftHandle, action: &str, body: &str, request_id: Strin
                 tags: Vec<Tag>,
             }
             let request: Request = parse(action, body)?;
-            let cluster_name = request.cluster_name.unwrap_or_else(|| model::DEFAULT_CLUSTER.to_string());
+            let cluster_name = request
+                .cluster_name
+                .unwrap_or_else(|| model::DEFAULT_CLUSTER.to_string());
             model::validate_cluster_name(&cluster_name)?;
             let command = Command::CreateCluster {
                 cluster_name: cluster_name.clone(),
                 tags: request.tags,
                 now_ms: now_ms(),
             };
-            raft.propose(Proposal { request_id, command }).await?;
+            raft.propose(Proposal {
+                request_id,
+                command,
+            })
+            .await?;
             read_now(raft, |state| {
                 let cluster = state.active_cluster(&cluster_name)?;
                 Ok(json!({ "cluster": cluster_view(state, cluster) }).into())
@@ -86,7 +101,11 @@ pub async fn call(raft: &RaftHandle, action: &str, body: &str, request_id: Strin
             let command = Command::DeleteCluster {
                 cluster_name: cluster_name.clone(),
             };
-            raft.propose(Proposal { request_id, command }).await?;
+            raft.propose(Proposal {
+                request_id,
+                command,
+            })
+            .await?;
             read_now(raft, |state| {
                 let cluster = state
                     .clusters
@@ -114,23 +133,27 @@ pub async fn call(raft: &RaftHandle, action: &str, body: &str, request_id: Strin
                     let name = model::cluster_name_from(name_or_arn);
                     match state.clusters.get(&name) {
                         Some(cluster) => clusters.push(cluster_view(state, cluster)),
-                        None => failures.push(json!({"arn": model::arn("cluster", &name), "reason": "MISSING"})),
+                        None => failures.push(
+                            json!({"arn": model::arn("cluster", &name), "reason": "MISSING"}),
+                        ),
                     }
                 }
                 Ok(json!({ "clusters": clusters, "failures": failures }).into())
             })
             .await
         }
-        "ListClusters" => read_linearizable(raft, |state| {
-            let arns: Vec<&str> = state
-                .clusters
-                .values()
-                .filter(|c| c.status == "ACTIVE")
-                .map(|c| c.cluster_arn.as_str())
-                .collect();
-            Ok(json!({ "clusterArns": arns }).into())
-        })
-        .await,
+        "ListClusters" => {
+            read_linearizable(raft, |state| {
+                let arns: Vec<&str> = state
+                    .clusters
+                    .values()
+                    .filter(|c| c.status == "ACTIVE")
+                    .map(|c| c.cluster_arn.as_str())
+                    .collect();
+                Ok(json!({ "clusterArns": arns }).into())
+            })
+            .await
+        }
         other => Err(Error::InvalidInput(format!(
             "unknown action {other:?}: run `orc --help` for the supported commands"
         ))),

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod convert;
 pub mod ecs;
+pub mod services;
 pub mod status;
 pub mod tasks;
 
@@ -20,8 +21,8 @@ use crate::client::Client;
 use crate::proto::orc_server::{Orc, OrcServer};
 use crate::proto::peer_server::{Peer, PeerServer};
 use crate::proto::{
-    ActionRequest, ActionResponse, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse, MembershipResponse,
-    RaftAck, RaftBatch, RemoveServerRequest,
+    ActionRequest, ActionResponse, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
+    MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest,
 };
 use crate::raft::node::{RaftHandle, Role};
 use crate::raft::transport::Transport;
@@ -52,14 +53,19 @@ impl ApiContext {
         }
         if status.leader_id == 0 {
             return Err(Error::Unavailable(
-                "no leader is elected right now (is a majority of servers up?); retry in a moment".into(),
+                "no leader is elected right now (is a majority of servers up?); retry in a moment"
+                    .into(),
             ));
         }
         let address = self
             .raft
             .store()
             .read(|s| s.member_address(status.leader_id).map(str::to_string))
-            .ok_or_else(|| Error::Unavailable("the leader's address is not known yet; retry in a moment".into()))?;
+            .ok_or_else(|| {
+                Error::Unavailable(
+                    "the leader's address is not known yet; retry in a moment".into(),
+                )
+            })?;
         let mut client = Client::new(&address)?;
         client.retry_for = Duration::from_secs(5);
         Ok(Some(client))
@@ -69,13 +75,18 @@ impl ApiContext {
         let status = self.raft.status();
         MembershipResponse {
             cluster_id: self.control_plane_id(),
-            members: self.raft.store().read(|state| convert::members(&status, state)),
+            members: self
+                .raft
+                .store()
+                .read(|state| convert::members(&status, state)),
         }
     }
 
     async fn add_server(&self, request: AddServerRequest) -> Result<MembershipResponse> {
         if request.node_id == 0 || request.address.is_empty() {
-            return Err(Error::InvalidInput("add server: node id and address are required".into()));
+            return Err(Error::InvalidInput(
+                "add server: node id and address are required".into(),
+            ));
         }
         let ours = self.control_plane_id();
         if !request.cluster_id.is_empty() && request.cluster_id != ours {
@@ -85,11 +96,17 @@ impl ApiContext {
             )));
         }
         if let Some(leader) = self.leader_client()? {
-            return leader.add_server(request.node_id, &request.address, &request.cluster_id).await;
+            return leader
+                .add_server(request.node_id, &request.address, &request.cluster_id)
+                .await;
         }
         let status = self.raft.status();
-        let known = status.voters.contains(&request.node_id) || status.learners.contains(&request.node_id);
-        let same_address = self.raft.store().read(|s| s.member_address(request.node_id) == Some(request.address.as_str()));
+        let known =
+            status.voters.contains(&request.node_id) || status.learners.contains(&request.node_id);
+        let same_address = self
+            .raft
+            .store()
+            .read(|s| s.member_address(request.node_id) == Some(request.address.as_str()));
         if known && same_address {
             return Ok(self.membership());
         }
@@ -100,7 +117,11 @@ impl ApiContext {
             )));
         }
         self.raft
-            .change_membership(ConfChangeType::AddLearnerNode, request.node_id, &request.address)
+            .change_membership(
+                ConfChangeType::AddLearnerNode,
+                request.node_id,
+                &request.address,
+            )
             .await?;
         Ok(self.membership())
     }
@@ -141,7 +162,9 @@ impl ApiContext {
             )
             .await;
             if Instant::now() > deadline {
-                return Err(Error::Unavailable("leadership transfer did not complete; retry".into()));
+                return Err(Error::Unavailable(
+                    "leadership transfer did not complete; retry".into(),
+                ));
             }
         }
     }
@@ -149,16 +172,18 @@ impl ApiContext {
 
 #[tonic::async_trait]
 impl Orc for ApiContext {
-    async fn cluster_status(&self, request: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
         let linearizable = request.into_inner().linearizable;
         let status = self.raft.status();
         // A linearizable status comes from the leader, which knows every
         // member's progress; a local one is this server's own view.
         if linearizable && status.role != Role::Leader {
-            let mut leader = self
-                .leader_client()
-                .map_err(to_status)?
-                .ok_or_else(|| Status::unavailable("no leader is elected right now; retry in a moment"))?;
+            let mut leader = self.leader_client().map_err(to_status)?.ok_or_else(|| {
+                Status::unavailable("no leader is elected right now; retry in a moment")
+            })?;
             leader.retry_for = Duration::from_millis(0);
             return match tokio::time::timeout(Duration::from_secs(3), leader.cluster_status(true)).await {
                 Ok(Ok(answer)) => Ok(Response::new(answer)),
@@ -172,15 +197,27 @@ impl Orc for ApiContext {
             self.raft.read_barrier().await.map_err(to_status)?;
         }
         let status = self.raft.status();
-        let answer = self.raft.store().read(|state| convert::cluster_status(&status, state));
+        let answer = self
+            .raft
+            .store()
+            .read(|state| convert::cluster_status(&status, state));
         Ok(Response::new(answer))
     }
 
-    async fn add_server(&self, request: Request<AddServerRequest>) -> Result<Response<MembershipResponse>, Status> {
-        ApiContext::add_server(self, request.into_inner()).await.map(Response::new).map_err(to_status)
+    async fn add_server(
+        &self,
+        request: Request<AddServerRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        ApiContext::add_server(self, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
-    async fn remove_server(&self, request: Request<RemoveServerRequest>) -> Result<Response<MembershipResponse>, Status> {
+    async fn remove_server(
+        &self,
+        request: Request<RemoveServerRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
         ApiContext::remove_server(self, request.into_inner().node_id)
             .await
             .map(Response::new)
@@ -188,14 +225,22 @@ impl Orc for ApiContext {
     }
 
     #[tracing::instrument(skip_all, fields(action = %request.get_ref().action))]
-    async fn call(&self, request: Request<ActionRequest>) -> Result<Response<ActionResponse>, Status> {
+    async fn call(
+        &self,
+        request: Request<ActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
         let request = request.into_inner();
-        let result = ecs::call(&self.raft, &request.action, &request.body_json, request.request_id)
-            .await
-            .map_err(|error| {
-                tracing::debug!(%error, "action failed");
-                to_status(error)
-            })?;
+        let result = ecs::call(
+            &self.raft,
+            &request.action,
+            &request.body_json,
+            request.request_id,
+        )
+        .await
+        .map_err(|error| {
+            tracing::debug!(%error, "action failed");
+            to_status(error)
+        })?;
         Ok(Response::new(ActionResponse {
             body_json: result.body.to_string(),
             warnings: result.warnings,
@@ -214,7 +259,8 @@ impl Peer for ApiContext {
                 batch.cluster_id
             )));
         }
-        self.transport.set_address(batch.from_id, &batch.from_address);
+        self.transport
+            .set_address(batch.from_id, &batch.from_address);
         let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
             let message = raft::eraftpb::Message::parse_from_bytes(bytes)
@@ -251,7 +297,9 @@ pub async fn serve(
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024),
     );
-    let router = routes.into_axum_router().route("/metrics", axum::routing::get(metrics));
+    let router = routes
+        .into_axum_router()
+        .route("/metrics", axum::routing::get(metrics));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -34,12 +34,21 @@ pub fn from_status(status: Status) -> Error {
         Code::NotFound => Error::NotFound(message),
         Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => Error::Conflict(message),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-            match status.metadata().get(LEADER_KEY).and_then(|v| v.to_str().ok()) {
+            match status
+                .metadata()
+                .get(LEADER_KEY)
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(address) => Error::NotLeader {
                     leader_address: Some(address.to_string()),
                 },
-                None if message.is_empty() || message.contains("transport error") || message.contains("tcp connect") => {
-                    Error::Unavailable(format!("cannot reach the server ({message}); is it running?"))
+                None if message.is_empty()
+                    || message.contains("transport error")
+                    || message.contains("tcp connect") =>
+                {
+                    Error::Unavailable(format!(
+                        "cannot reach the server ({message}); is it running?"
+                    ))
                 }
                 None => Error::Unavailable(message),
             }

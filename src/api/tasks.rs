@@ -27,7 +27,11 @@ fn cluster_of(cluster: &Option<String>) -> String {
 }
 
 async fn propose(raft: &RaftHandle, request_id: String, command: Command) -> Result<Value> {
-    raft.propose(Proposal { request_id, command }).await
+    raft.propose(Proposal {
+        request_id,
+        command,
+    })
+    .await
 }
 
 async fn read<R>(raft: &RaftHandle, f: impl FnOnce(&State) -> Result<R>) -> Result<R> {
@@ -36,7 +40,12 @@ async fn read<R>(raft: &RaftHandle, f: impl FnOnce(&State) -> Result<R>) -> Resu
 }
 
 /// Handles the actions of this module; `None` when the action is not one of them.
-pub async fn call(raft: &RaftHandle, action: &str, body: &str, request_id: String) -> Option<Result<ActionResult>> {
+pub async fn call(
+    raft: &RaftHandle,
+    action: &str,
+    body: &str,
+    request_id: String,
+) -> Option<Result<ActionResult>> {
     let result = match action {
         "RegisterTaskDefinition" => register_task_definition(raft, body, request_id).await,
         "DescribeTaskDefinition" => describe_task_definition(raft, body).await,
@@ -49,13 +58,19 @@ pub async fn call(raft: &RaftHandle, action: &str, body: &str, request_id: Strin
         "ListTasks" => list_tasks(raft, body).await,
         "ListContainerInstances" => list_container_instances(raft, body).await,
         "DescribeContainerInstances" => describe_container_instances(raft, body).await,
-        "UpdateContainerInstancesState" => update_container_instances_state(raft, body, request_id).await,
+        "UpdateContainerInstancesState" => {
+            update_container_instances_state(raft, body, request_id).await
+        }
         _ => return None,
     };
     Some(result)
 }
 
-async fn register_task_definition(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+async fn register_task_definition(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     let (definition, warnings) = taskdef::parse_register_input(body).map_err(invalid)?;
     taskdef::validate(&definition).map_err(invalid)?;
     let answer = propose(
@@ -105,7 +120,11 @@ async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Result<ActionRe
         "ACTIVE" => TaskDefinitionStatus::Active,
         "INACTIVE" => TaskDefinitionStatus::Inactive,
         "DELETE_IN_PROGRESS" => TaskDefinitionStatus::DeleteInProgress,
-        other => return Err(invalid(format!("status: must be ACTIVE, INACTIVE or DELETE_IN_PROGRESS, got {other:?}"))),
+        other => {
+            return Err(invalid(format!(
+                "status: must be ACTIVE, INACTIVE or DELETE_IN_PROGRESS, got {other:?}"
+            )))
+        }
     };
     read(raft, |state| {
         let prefix = request.family_prefix.clone().unwrap_or_default();
@@ -127,12 +146,18 @@ async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Result<ActionRe
 fn family_revision(reference: &str) -> Result<(String, i64)> {
     let parsed = TaskDefinitionRef::parse(reference).map_err(invalid)?;
     let revision = parsed.revision.ok_or_else(|| {
-        invalid(format!("taskDefinition: {reference:?} needs a revision (family:revision)"))
+        invalid(format!(
+            "taskDefinition: {reference:?} needs a revision (family:revision)"
+        ))
     })?;
     Ok((parsed.family, revision))
 }
 
-async fn deregister_task_definition(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+async fn deregister_task_definition(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -140,11 +165,19 @@ async fn deregister_task_definition(raft: &RaftHandle, body: &str, request_id: S
     }
     let request: Request = parse("DeregisterTaskDefinition", body)?;
     let (family, revision) = family_revision(&request.task_definition)?;
-    let command = Command::DeregisterTaskDefinition { family, revision, now_ms: now_ms() };
+    let command = Command::DeregisterTaskDefinition {
+        family,
+        revision,
+        now_ms: now_ms(),
+    };
     Ok(propose(raft, request_id, command).await?.into())
 }
 
-async fn delete_task_definitions(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+async fn delete_task_definitions(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -156,7 +189,13 @@ async fn delete_task_definitions(raft: &RaftHandle, body: &str, request_id: Stri
         .iter()
         .map(|r| family_revision(r))
         .collect::<Result<Vec<_>>>()?;
-    Ok(propose(raft, request_id, Command::DeleteTaskDefinitions { task_definitions }).await?.into())
+    Ok(propose(
+        raft,
+        request_id,
+        Command::DeleteTaskDefinitions { task_definitions },
+    )
+    .await?
+    .into())
 }
 
 /// The run-task request ECS documents (the fields orc implements).
@@ -182,7 +221,9 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
     let request: RunTaskRequest = parse("RunTask", body)?;
     let count = request.count.unwrap_or(1);
     if count == 0 || count > MAX_RUN_TASK_COUNT {
-        return Err(invalid(format!("count: must be between 1 and {MAX_RUN_TASK_COUNT}, got {count}")));
+        return Err(invalid(format!(
+            "count: must be between 1 and {MAX_RUN_TASK_COUNT}, got {count}"
+        )));
     }
     placement::validate_strategies(&request.placement_strategy).map_err(invalid)?;
     placement::validate_constraints(&request.placement_constraints).map_err(invalid)?;
@@ -248,7 +289,16 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
     let mut answer = if planned.is_empty() {
         json!({"tasks": [], "failures": []})
     } else {
-        propose(raft, request_id, Command::RunTask { launch, planned, now_ms: now_ms() }).await?
+        propose(
+            raft,
+            request_id,
+            Command::RunTask {
+                launch,
+                planned,
+                now_ms: now_ms(),
+            },
+        )
+        .await?
     };
     if let Some(list) = answer["failures"].as_array_mut() {
         list.extend(failures);
@@ -272,7 +322,9 @@ async fn stop_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<
     let command = Command::StopTask {
         cluster,
         task_id: request.task,
-        reason: request.reason.unwrap_or_else(|| "Task stopped by user".to_string()),
+        reason: request
+            .reason
+            .unwrap_or_else(|| "Task stopped by user".to_string()),
         stop_code: stop_code::USER_INITIATED.to_string(),
         now_ms: now_ms(),
     };
@@ -318,30 +370,55 @@ async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     let desired = match request.desired_status.as_deref() {
         None => TaskStatus::Running,
         Some(text) => match TaskStatus::parse(text) {
-            Some(status @ (TaskStatus::Running | TaskStatus::Stopped | TaskStatus::Pending)) => status,
-            _ => return Err(invalid(format!("desiredStatus: must be RUNNING, PENDING or STOPPED, got {text:?}"))),
+            Some(status @ (TaskStatus::Running | TaskStatus::Stopped | TaskStatus::Pending)) => {
+                status
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "desiredStatus: must be RUNNING, PENDING or STOPPED, got {text:?}"
+                )))
+            }
         },
     };
     read(raft, |state| {
         state.active_cluster(&cluster)?;
-        let instance = request.container_instance.as_deref().map(|i| i.rsplit('/').next().unwrap_or(i));
+        let instance = request
+            .container_instance
+            .as_deref()
+            .map(|i| i.rsplit('/').next().unwrap_or(i));
         let arns: Vec<&str> = state
             .tasks
             .scan_prefix(&format!("{cluster}/"))
             .map(|(_, task)| task)
             .filter(|task| match desired {
-                TaskStatus::Pending => task.desired_status == TaskStatus::Running && task.last_status < TaskStatus::Running,
+                TaskStatus::Pending => {
+                    task.desired_status == TaskStatus::Running
+                        && task.last_status < TaskStatus::Running
+                }
                 status => task.desired_status == status,
             })
             .filter(|task| instance.is_none_or(|id| task.container_instance_id() == Some(id)))
-            .filter(|task| request.family.as_deref().is_none_or(|f| family_of(task) == f))
             .filter(|task| {
                 request
-                    .service_name
+                    .family
                     .as_deref()
-                    .is_none_or(|s| task.group == format!("service:{}", model::cluster_name_from(s).rsplit('/').next().unwrap_or(s)))
+                    .is_none_or(|f| family_of(task) == f)
             })
-            .filter(|task| request.started_by.as_deref().is_none_or(|s| task.started_by.as_deref() == Some(s)))
+            .filter(|task| {
+                request.service_name.as_deref().is_none_or(|s| {
+                    task.group
+                        == format!(
+                            "service:{}",
+                            model::cluster_name_from(s).rsplit('/').next().unwrap_or(s)
+                        )
+                })
+            })
+            .filter(|task| {
+                request
+                    .started_by
+                    .as_deref()
+                    .is_none_or(|s| task.started_by.as_deref() == Some(s))
+            })
             .map(|task| task.task_arn.as_str())
             .collect();
         Ok(json!({ "taskArns": arns }).into())
@@ -350,7 +427,11 @@ async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
 }
 
 fn family_of(task: &Task) -> &str {
-    let tail = task.task_definition_arn.rsplit('/').next().unwrap_or(&task.task_definition_arn);
+    let tail = task
+        .task_definition_arn
+        .rsplit('/')
+        .next()
+        .unwrap_or(&task.task_definition_arn);
     tail.split(':').next().unwrap_or(tail)
 }
 
@@ -358,12 +439,20 @@ fn family_of(task: &Task) -> &str {
 pub fn instance_view(state: &State, instance: &ContainerInstance) -> Value {
     let usage = state.usage(&instance.cluster, instance.id());
     let registration = &instance.registration;
-    let mut ports: Vec<String> = registration.reserved_ports.iter().map(u16::to_string).collect();
+    let mut ports: Vec<String> = registration
+        .reserved_ports
+        .iter()
+        .map(u16::to_string)
+        .collect();
     let reserved: Vec<String> = ports.clone();
     ports.extend(usage.ports.iter().map(|(port, _)| port.to_string()));
     let tasks = state.assigned_tasks(&instance.cluster, instance.id());
-    let running = tasks.iter().filter(|t| t.last_status == TaskStatus::Running).count();
-    let resource = |name: &str, value: i64| json!({"name": name, "type": "INTEGER", "integerValue": value});
+    let running = tasks
+        .iter()
+        .filter(|t| t.last_status == TaskStatus::Running)
+        .count();
+    let resource =
+        |name: &str, value: i64| json!({"name": name, "type": "INTEGER", "integerValue": value});
     let ports_resource = |values: &Vec<String>| json!({"name": "PORTS", "type": "STRINGSET", "stringSetValue": values});
     json!({
         "containerInstanceArn": instance.container_instance_arn,
@@ -446,7 +535,11 @@ async fn describe_container_instances(raft: &RaftHandle, body: &str) -> Result<A
     .await
 }
 
-async fn update_container_instances_state(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+async fn update_container_instances_state(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {

@@ -3,6 +3,7 @@
 //! this module and `main` use `anyhow`; output goes through `output`.
 
 pub mod output;
+pub mod shorthand;
 pub mod wait;
 
 use std::path::PathBuf;
@@ -179,6 +180,59 @@ pub enum Command {
         #[arg(long, num_args = 1..)]
         container_instances: Vec<String>,
     },
+    /// Create a service that keeps tasks running.
+    CreateService(CreateServiceArgs),
+    /// Change a service: desired count, task definition, deployment configuration.
+    UpdateService {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// New desired count.
+        #[arg(long)]
+        desired_count: Option<u32>,
+        /// New task definition (starts a deployment).
+        #[arg(long)]
+        task_definition: Option<String>,
+        /// Start a new deployment (spreads tasks again).
+        #[arg(long)]
+        force_new_deployment: bool,
+        /// maximumPercent=…,minimumHealthyPercent=…,deploymentCircuitBreaker={enable=…,rollback=…}
+        #[arg(long)]
+        deployment_configuration: Option<String>,
+        /// Seconds to ignore failing health checks after a task starts.
+        #[arg(long)]
+        health_check_grace_period_seconds: Option<u32>,
+    },
+    /// Delete a service (scale it to 0 first, or pass --force).
+    DeleteService {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// Delete even while it runs tasks.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Describe services: counts, deployments, newest events.
+    DescribeServices {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Service names or ARNs.
+        #[arg(long, num_args = 1.., required = true)]
+        services: Vec<String>,
+    },
+    /// List service ARNs.
+    ListServices {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// Set container instances ACTIVE or DRAINING.
     UpdateContainerInstancesState {
         /// The cluster.
@@ -225,6 +279,41 @@ pub struct RunTaskArgs {
     pub explain: bool,
 }
 
+/// `orc create-service`.
+#[derive(Args, Debug)]
+pub struct CreateServiceArgs {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The service's name.
+    #[arg(long)]
+    pub service_name: String,
+    /// family, family:revision or ARN.
+    #[arg(long)]
+    pub task_definition: String,
+    /// How many tasks to keep running.
+    #[arg(long)]
+    pub desired_count: Option<u32>,
+    /// maximumPercent=…,minimumHealthyPercent=…,deploymentCircuitBreaker={enable=…,rollback=…}
+    #[arg(long)]
+    pub deployment_configuration: Option<String>,
+    /// Strategies: JSON or `type=spread,field=instanceId`.
+    #[arg(long)]
+    pub placement_strategy: Option<String>,
+    /// Constraints: JSON or `type=distinctInstance`.
+    #[arg(long)]
+    pub placement_constraints: Option<String>,
+    /// targetGroupArn=…,containerName=…,containerPort=… (space-separated for several).
+    #[arg(long)]
+    pub load_balancers: Option<String>,
+    /// Seconds to ignore failing health checks after a task starts.
+    #[arg(long)]
+    pub health_check_grace_period_seconds: Option<u32>,
+    /// REPLICA (default) or DAEMON.
+    #[arg(long)]
+    pub scheduling_strategy: Option<String>,
+}
+
 /// `orc wait ...`.
 #[derive(Subcommand, Debug)]
 pub enum WaitCommand {
@@ -232,6 +321,22 @@ pub enum WaitCommand {
     TasksRunning(WaitTasks),
     /// Until every task is STOPPED.
     TasksStopped(WaitTasks),
+    /// Until services run their desired count with one deployment.
+    ServicesStable(WaitServices),
+}
+
+/// The services to wait for.
+#[derive(Args, Debug)]
+pub struct WaitServices {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Service names or ARNs.
+    #[arg(long, num_args = 1.., required = true)]
+    pub services: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
 }
 
 /// The tasks to wait for.
@@ -251,7 +356,10 @@ pub struct WaitTasks {
 fn parse_tag(text: &str) -> Result<(String, String), String> {
     let body = text.strip_prefix("key=").unwrap_or(text);
     match body.split_once([',', '=']) {
-        Some((key, value)) => Ok((key.to_string(), value.trim_start_matches("value=").to_string())),
+        Some((key, value)) => Ok((
+            key.to_string(),
+            value.trim_start_matches("value=").to_string(),
+        )),
         None => Err(format!("tag {text:?} must look like key=value")),
     }
 }
@@ -353,10 +461,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = Output::new(cli.output);
     match cli.command {
         Command::Up(args) => up(args).await,
-        Command::Server(ServerCommand { action: Some(action), .. }) => {
+        Command::Server(ServerCommand {
+            action: Some(action),
+            ..
+        }) => {
             let client = Client::new(&cli.endpoint)?;
             let answer = match action {
-                ServerAction::Add { node_id, address } => client.add_server(node_id, &address, "").await?,
+                ServerAction::Add { node_id, address } => {
+                    client.add_server(node_id, &address, "").await?
+                }
                 ServerAction::Remove { node_id } => client.remove_server(node_id).await?,
             };
             output.members(&answer.cluster_id, &answer.members);
@@ -370,53 +483,112 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CreateCluster { cluster_name, tags } => {
-            let tags: Vec<_> = tags.into_iter().map(|(key, value)| json!({"key": key, "value": value})).collect();
+            let tags: Vec<_> = tags
+                .into_iter()
+                .map(|(key, value)| json!({"key": key, "value": value}))
+                .collect();
             let body = json!({"clusterName": cluster_name, "tags": tags});
             ecs(&cli.endpoint, &output, "CreateCluster", body).await
         }
         Command::ListClusters => ecs(&cli.endpoint, &output, "ListClusters", json!({})).await,
         Command::DescribeClusters { clusters } => {
-            ecs(&cli.endpoint, &output, "DescribeClusters", json!({"clusters": clusters})).await
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeClusters",
+                json!({"clusters": clusters}),
+            )
+            .await
         }
         Command::DeleteCluster { cluster } => {
-            ecs(&cli.endpoint, &output, "DeleteCluster", json!({"cluster": cluster})).await
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeleteCluster",
+                json!({"cluster": cluster}),
+            )
+            .await
         }
-        Command::RegisterTaskDefinition { cli_input_json, family, container_definitions } => {
+        Command::RegisterTaskDefinition {
+            cli_input_json,
+            family,
+            container_definitions,
+        } => {
             let body = match (cli_input_json, family, container_definitions) {
                 (Some(input), _, _) => read_json_argument("--cli-input-json", &input)?,
                 (None, Some(family), Some(definitions)) => {
                     let definitions = read_json_argument("--container-definitions", &definitions)?;
                     json!({"family": family, "containerDefinitions": definitions})
                 }
-                _ => anyhow::bail!("pass --cli-input-json, or --family with --container-definitions"),
+                _ => {
+                    anyhow::bail!("pass --cli-input-json, or --family with --container-definitions")
+                }
             };
             ecs(&cli.endpoint, &output, "RegisterTaskDefinition", body).await
         }
         Command::DescribeTaskDefinition { task_definition } => {
-            ecs(&cli.endpoint, &output, "DescribeTaskDefinition", json!({"taskDefinition": task_definition})).await
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeTaskDefinition",
+                json!({"taskDefinition": task_definition}),
+            )
+            .await
         }
-        Command::ListTaskDefinitions { family_prefix, status } => {
+        Command::ListTaskDefinitions {
+            family_prefix,
+            status,
+        } => {
             let body = json!({"familyPrefix": family_prefix, "status": status});
             ecs(&cli.endpoint, &output, "ListTaskDefinitions", body).await
         }
         Command::DeregisterTaskDefinition { task_definition } => {
-            ecs(&cli.endpoint, &output, "DeregisterTaskDefinition", json!({"taskDefinition": task_definition})).await
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeregisterTaskDefinition",
+                json!({"taskDefinition": task_definition}),
+            )
+            .await
         }
         Command::DeleteTaskDefinitions { task_definitions } => {
-            ecs(&cli.endpoint, &output, "DeleteTaskDefinitions", json!({"taskDefinitions": task_definitions})).await
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeleteTaskDefinitions",
+                json!({"taskDefinitions": task_definitions}),
+            )
+            .await
         }
         Command::RunTask(args) => {
             let body = run_task_body(&args)?;
             ecs(&cli.endpoint, &output, "RunTask", body).await
         }
-        Command::StopTask { cluster, task, reason } => {
+        Command::StopTask {
+            cluster,
+            task,
+            reason,
+        } => {
             let body = json!({"cluster": cluster, "task": task, "reason": reason});
             ecs(&cli.endpoint, &output, "StopTask", body).await
         }
         Command::DescribeTasks { cluster, tasks } => {
-            ecs(&cli.endpoint, &output, "DescribeTasks", json!({"cluster": cluster, "tasks": tasks})).await
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeTasks",
+                json!({"cluster": cluster, "tasks": tasks}),
+            )
+            .await
         }
-        Command::ListTasks { cluster, container_instance, family, service_name, desired_status, started_by } => {
+        Command::ListTasks {
+            cluster,
+            container_instance,
+            family,
+            service_name,
+            desired_status,
+            started_by,
+        } => {
             let body = json!({
                 "cluster": cluster, "containerInstance": container_instance, "family": family,
                 "serviceName": service_name, "desiredStatus": desired_status, "startedBy": started_by,
@@ -424,16 +596,90 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ecs(&cli.endpoint, &output, "ListTasks", body).await
         }
         Command::Wait(wait) => wait::run(&cli.endpoint, wait).await,
-        Command::ListContainerInstances { cluster, status } => {
-            ecs(&cli.endpoint, &output, "ListContainerInstances", json!({"cluster": cluster, "status": status})).await
+        Command::CreateService(args) => {
+            let body = create_service_body(&args)?;
+            ecs(&cli.endpoint, &output, "CreateService", body).await
         }
-        Command::DescribeContainerInstances { cluster, container_instances } => {
+        Command::UpdateService {
+            cluster,
+            service,
+            desired_count,
+            task_definition,
+            force_new_deployment,
+            deployment_configuration,
+            health_check_grace_period_seconds,
+        } => {
+            let configuration = deployment_configuration
+                .map(|c| shorthand::parse_structure("--deployment-configuration", &c))
+                .transpose()?;
+            let body = json!({
+                "cluster": cluster, "service": service, "desiredCount": desired_count,
+                "taskDefinition": task_definition, "forceNewDeployment": force_new_deployment,
+                "deploymentConfiguration": configuration,
+                "healthCheckGracePeriodSeconds": health_check_grace_period_seconds,
+            });
+            ecs(&cli.endpoint, &output, "UpdateService", body).await
+        }
+        Command::DeleteService {
+            cluster,
+            service,
+            force,
+        } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeleteService",
+                json!({"cluster": cluster, "service": service, "force": force}),
+            )
+            .await
+        }
+        Command::DescribeServices { cluster, services } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeServices",
+                json!({"cluster": cluster, "services": services}),
+            )
+            .await
+        }
+        Command::ListServices { cluster } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "ListServices",
+                json!({"cluster": cluster}),
+            )
+            .await
+        }
+        Command::ListContainerInstances { cluster, status } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "ListContainerInstances",
+                json!({"cluster": cluster, "status": status}),
+            )
+            .await
+        }
+        Command::DescribeContainerInstances {
+            cluster,
+            container_instances,
+        } => {
             let body = json!({"cluster": cluster, "containerInstances": container_instances});
             ecs(&cli.endpoint, &output, "DescribeContainerInstances", body).await
         }
-        Command::UpdateContainerInstancesState { cluster, container_instances, status } => {
+        Command::UpdateContainerInstancesState {
+            cluster,
+            container_instances,
+            status,
+        } => {
             let body = json!({"cluster": cluster, "containerInstances": container_instances, "status": status});
-            ecs(&cli.endpoint, &output, "UpdateContainerInstancesState", body).await
+            ecs(
+                &cli.endpoint,
+                &output,
+                "UpdateContainerInstancesState",
+                body,
+            )
+            .await
         }
     }
 }
@@ -441,21 +687,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Reads a JSON argument given inline or as `file://PATH`, as the aws CLI does.
 pub fn read_json_argument(flag: &str, value: &str) -> anyhow::Result<serde_json::Value> {
     let text = match value.strip_prefix("file://") {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}"))?
+        }
         None => value.to_string(),
     };
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{flag}: invalid json: {e}"))
 }
 
-fn run_task_body(args: &RunTaskArgs) -> anyhow::Result<serde_json::Value> {
+fn create_service_body(args: &CreateServiceArgs) -> anyhow::Result<serde_json::Value> {
     use crate::scheduler::placement;
-    let overrides = args.overrides.as_deref().map(|o| read_json_argument("--overrides", o)).transpose()?;
+    let configuration = args
+        .deployment_configuration
+        .as_deref()
+        .map(|c| shorthand::parse_structure("--deployment-configuration", c))
+        .transpose()?;
+    let load_balancers = args
+        .load_balancers
+        .as_deref()
+        .map(|l| shorthand::parse_list("--load-balancers", l))
+        .transpose()?
+        .unwrap_or_else(|| json!([]));
     let constraints = match &args.placement_constraints {
-        Some(text) => placement::parse_constraints(text).map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
+        Some(text) => placement::parse_constraints(text)
+            .map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
         None => vec![],
     };
     let strategies = match &args.placement_strategy {
-        Some(text) => placement::parse_strategies(text).map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
+        Some(text) => placement::parse_strategies(text)
+            .map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
+        None => vec![],
+    };
+    Ok(json!({
+        "cluster": args.cluster, "serviceName": args.service_name, "taskDefinition": args.task_definition,
+        "desiredCount": args.desired_count, "deploymentConfiguration": configuration,
+        "placementStrategy": strategies, "placementConstraints": constraints, "loadBalancers": load_balancers,
+        "healthCheckGracePeriodSeconds": args.health_check_grace_period_seconds,
+        "schedulingStrategy": args.scheduling_strategy,
+    }))
+}
+
+fn run_task_body(args: &RunTaskArgs) -> anyhow::Result<serde_json::Value> {
+    use crate::scheduler::placement;
+    let overrides = args
+        .overrides
+        .as_deref()
+        .map(|o| read_json_argument("--overrides", o))
+        .transpose()?;
+    let constraints = match &args.placement_constraints {
+        Some(text) => placement::parse_constraints(text)
+            .map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
+        None => vec![],
+    };
+    let strategies = match &args.placement_strategy {
+        Some(text) => placement::parse_strategies(text)
+            .map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
         None => vec![],
     };
     Ok(json!({
@@ -465,7 +751,12 @@ fn run_task_body(args: &RunTaskArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-async fn ecs(endpoint: &str, output: &Output, action: &str, body: serde_json::Value) -> anyhow::Result<()> {
+async fn ecs(
+    endpoint: &str,
+    output: &Output,
+    action: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
     let client = Client::new(endpoint)?;
     let (answer, warnings) = client.call(action, body).await?;
     for warning in warnings {
@@ -481,14 +772,18 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
     options.bootstrap = args.bootstrap;
     options.join = args.join.clone();
     options.heartbeat = Duration::from_millis(args.heartbeat_ms.max(1));
-    options.election_timeout = Duration::from_millis(args.election_timeout_ms.max(3 * args.heartbeat_ms.max(1)));
+    options.election_timeout =
+        Duration::from_millis(args.election_timeout_ms.max(3 * args.heartbeat_ms.max(1)));
     options.snapshot_threshold = args.snapshot_threshold.max(2);
     options.cache_mib = args.cache_mib.max(1);
     options
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| default_data_dir("server"));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_data_dir("server"));
     let server = server::start(server_options(&args, data_dir)).await?;
     eprintln!(
         "orc server {} listening on {} (control plane API and /metrics)",
@@ -504,16 +799,26 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| default_data_dir("up"));
-    let fresh = matches!(crate::datadir::DataDir::inspect(&data_dir)?, crate::datadir::DataDir::Fresh(_));
+    let fresh = matches!(
+        crate::datadir::DataDir::inspect(&data_dir)?,
+        crate::datadir::DataDir::Fresh(_)
+    );
     let mut options = ServerOptions::new(data_dir.clone(), args.listen.clone());
     options.bootstrap = fresh;
     let server = server::start(options)
         .await
         .with_context(|| format!("cannot start orc up with data dir {}", data_dir.display()))?;
     let mut status = server.raft.watch_status();
-    let _ = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.applied_index > 0 && s.leader_id != 0)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.applied_index > 0 && s.leader_id != 0),
+    )
+    .await;
     eprintln!("orc is up (data in {})", data_dir.display());
-    eprintln!("  control plane API   {}   (try: orc cluster status)", server.advertise);
+    eprintln!(
+        "  control plane API   {}   (try: orc cluster status)",
+        server.advertise
+    );
     eprintln!("  metrics             http://{}/metrics", server.advertise);
     eprintln!("press ctrl-c to stop");
     shutdown_signal().await;

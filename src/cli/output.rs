@@ -54,7 +54,10 @@ impl Output {
     }
 
     fn json(&self, value: &Value) {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     }
 
     /// The answer of an ECS action.
@@ -63,10 +66,18 @@ impl Output {
             return self.json(answer);
         }
         match action {
-            "CreateCluster" | "DeleteCluster" => self.clusters(std::slice::from_ref(&answer["cluster"]), &[]),
+            "CreateCluster" | "DeleteCluster" => {
+                self.clusters(std::slice::from_ref(&answer["cluster"]), &[])
+            }
             "DescribeClusters" => self.clusters(
-                answer["clusters"].as_array().map(Vec::as_slice).unwrap_or_default(),
-                answer["failures"].as_array().map(Vec::as_slice).unwrap_or_default(),
+                answer["clusters"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
+                answer["failures"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default(),
             ),
             "ListClusters" => {
                 for arn in answer["clusterArns"].as_array().into_iter().flatten() {
@@ -74,7 +85,12 @@ impl Output {
                 }
             }
             "RunTask" | "DescribeTasks" => {
-                self.tasks(answer["tasks"].as_array().map(Vec::as_slice).unwrap_or_default());
+                self.tasks(
+                    answer["tasks"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                );
                 self.failures(answer);
                 if let Some(explanation) = answer["explanation"].as_array() {
                     let rows: Vec<Vec<String>> = explanation
@@ -85,6 +101,31 @@ impl Output {
                 }
             }
             "StopTask" => self.tasks(std::slice::from_ref(&answer["task"])),
+            "CreateService" | "UpdateService" | "DeleteService" => {
+                self.services(std::slice::from_ref(&answer["service"]))
+            }
+            "DescribeServices" => {
+                let services = answer["services"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                self.services(services);
+                for service in services {
+                    println!(
+                        "\nevents of {} (newest first):",
+                        text(service, "serviceName")
+                    );
+                    for event in service["events"].as_array().into_iter().flatten().take(10) {
+                        println!("  {}", text(event, "message"));
+                    }
+                }
+                self.failures(answer);
+            }
+            "ListServices" => {
+                for arn in answer["serviceArns"].as_array().into_iter().flatten() {
+                    println!("{}", arn.as_str().unwrap_or_default());
+                }
+            }
             "ListTasks" | "ListTaskDefinitions" | "ListContainerInstances" => {
                 let key = match action {
                     "ListTasks" => "taskArns",
@@ -99,21 +140,117 @@ impl Output {
                 self.task_definitions(std::slice::from_ref(&answer["taskDefinition"]))
             }
             "DeleteTaskDefinitions" => {
-                self.task_definitions(answer["taskDefinitions"].as_array().map(Vec::as_slice).unwrap_or_default());
+                self.task_definitions(
+                    answer["taskDefinitions"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                );
                 self.failures(answer);
             }
             "DescribeContainerInstances" | "UpdateContainerInstancesState" => {
-                self.instances(answer["containerInstances"].as_array().map(Vec::as_slice).unwrap_or_default());
+                self.instances(
+                    answer["containerInstances"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                );
                 self.failures(answer);
             }
             _ => self.json(answer),
         }
     }
 
+    fn services(&self, services: &[Value]) {
+        let mut rows = Vec::new();
+        for service in services {
+            let deployments = service["deployments"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for (i, deployment) in deployments.iter().enumerate() {
+                let first = i == 0;
+                rows.push(vec![
+                    if first {
+                        text(service, "serviceName")
+                    } else {
+                        String::new()
+                    },
+                    if first {
+                        text(service, "status")
+                    } else {
+                        String::new()
+                    },
+                    if first {
+                        format!(
+                            "{}/{}",
+                            text(service, "runningCount"),
+                            text(service, "desiredCount")
+                        )
+                    } else {
+                        String::new()
+                    },
+                    text(deployment, "id"),
+                    text(deployment, "status"),
+                    text(deployment, "taskDefinition")
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                    format!(
+                        "{}/{}",
+                        text(deployment, "runningCount"),
+                        text(deployment, "desiredCount")
+                    ),
+                    text(deployment, "rolloutState"),
+                ]);
+            }
+            if deployments.is_empty() {
+                rows.push(vec![
+                    text(service, "serviceName"),
+                    text(service, "status"),
+                    format!(
+                        "{}/{}",
+                        text(service, "runningCount"),
+                        text(service, "desiredCount")
+                    ),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+            }
+        }
+        println!(
+            "{}",
+            table(
+                &[
+                    "SERVICE",
+                    "STATUS",
+                    "RUNNING",
+                    "DEPLOYMENT",
+                    "ROLE",
+                    "DEFINITION",
+                    "RUNNING",
+                    "ROLLOUT"
+                ],
+                &rows
+            )
+        );
+    }
+
     fn failures(&self, answer: &Value) {
         for failure in answer["failures"].as_array().into_iter().flatten() {
-            let detail = failure["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
-            eprintln!("failure: {}: {}{detail}", text(failure, "arn"), text(failure, "reason"));
+            let detail = failure["detail"]
+                .as_str()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            eprintln!(
+                "failure: {}: {}{detail}",
+                text(failure, "arn"),
+                text(failure, "reason")
+            );
         }
     }
 
@@ -121,8 +258,16 @@ impl Output {
         let rows: Vec<Vec<String>> = tasks
             .iter()
             .map(|t| {
-                let id = text(t, "taskArn").rsplit('/').next().unwrap_or_default().to_string();
-                let definition = text(t, "taskDefinitionArn").rsplit('/').next().unwrap_or_default().to_string();
+                let id = text(t, "taskArn")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let definition = text(t, "taskDefinitionArn")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let instance = t["containerInstanceArn"]
                     .as_str()
                     .map(|a| a.rsplit('/').next().unwrap_or(a).chars().take(12).collect())
@@ -132,7 +277,14 @@ impl Output {
                     .into_iter()
                     .flatten()
                     .flat_map(|c| c["networkBindings"].as_array().cloned().unwrap_or_default())
-                    .map(|b| format!("{}->{}/{}", b["hostPort"], b["containerPort"], b["protocol"].as_str().unwrap_or("tcp")))
+                    .map(|b| {
+                        format!(
+                            "{}->{}/{}",
+                            b["hostPort"],
+                            b["containerPort"],
+                            b["protocol"].as_str().unwrap_or("tcp")
+                        )
+                    })
                     .collect();
                 let exits: Vec<String> = t["containers"]
                     .as_array()
@@ -154,15 +306,36 @@ impl Output {
                     text(t, "desiredStatus"),
                     text(t, "healthStatus"),
                     instance,
-                    if ports.is_empty() { "-".into() } else { ports.join(",") },
-                    if exits.is_empty() { "-".into() } else { exits.join(",") },
+                    if ports.is_empty() {
+                        "-".into()
+                    } else {
+                        ports.join(",")
+                    },
+                    if exits.is_empty() {
+                        "-".into()
+                    } else {
+                        exits.join(",")
+                    },
                     stopped,
                 ]
             })
             .collect();
         println!(
             "{}",
-            table(&["TASK", "DEFINITION", "LAST", "DESIRED", "HEALTH", "INSTANCE", "PORTS", "EXIT", "STOPPED"], &rows)
+            table(
+                &[
+                    "TASK",
+                    "DEFINITION",
+                    "LAST",
+                    "DESIRED",
+                    "HEALTH",
+                    "INSTANCE",
+                    "PORTS",
+                    "EXIT",
+                    "STOPPED"
+                ],
+                &rows
+            )
         );
     }
 
@@ -176,10 +349,17 @@ impl Output {
                     .flatten()
                     .map(|c| format!("{} ({})", text(c, "name"), text(c, "image")))
                     .collect();
-                vec![format!("{}:{}", text(d, "family"), text(d, "revision")), text(d, "status"), containers.join(", ")]
+                vec![
+                    format!("{}:{}", text(d, "family"), text(d, "revision")),
+                    text(d, "status"),
+                    containers.join(", "),
+                ]
             })
             .collect();
-        println!("{}", table(&["TASK DEFINITION", "STATUS", "CONTAINERS"], &rows));
+        println!(
+            "{}",
+            table(&["TASK DEFINITION", "STATUS", "CONTAINERS"], &rows)
+        );
     }
 
     fn instances(&self, instances: &[Value]) {
@@ -208,15 +388,35 @@ impl Output {
                     text(i, "status"),
                     text(i, "agentConnected"),
                     arch,
-                    format!("{}/{}", resource(i, "remainingResources", "CPU"), resource(i, "registeredResources", "CPU")),
-                    format!("{}/{}", resource(i, "remainingResources", "MEMORY"), resource(i, "registeredResources", "MEMORY")),
+                    format!(
+                        "{}/{}",
+                        resource(i, "remainingResources", "CPU"),
+                        resource(i, "registeredResources", "CPU")
+                    ),
+                    format!(
+                        "{}/{}",
+                        resource(i, "remainingResources", "MEMORY"),
+                        resource(i, "registeredResources", "MEMORY")
+                    ),
                     text(i, "runningTasksCount"),
                 ]
             })
             .collect();
         println!(
             "{}",
-            table(&["INSTANCE", "HOST", "STATUS", "CONNECTED", "ARCH", "CPU FREE", "MEM FREE", "RUNNING"], &rows)
+            table(
+                &[
+                    "INSTANCE",
+                    "HOST",
+                    "STATUS",
+                    "CONNECTED",
+                    "ARCH",
+                    "CPU FREE",
+                    "MEM FREE",
+                    "RUNNING"
+                ],
+                &rows
+            )
         );
     }
 
@@ -234,7 +434,20 @@ impl Output {
                 ]
             })
             .collect();
-        println!("{}", table(&["NAME", "STATUS", "INSTANCES", "RUNNING", "PENDING", "SERVICES"], &rows));
+        println!(
+            "{}",
+            table(
+                &[
+                    "NAME",
+                    "STATUS",
+                    "INSTANCES",
+                    "RUNNING",
+                    "PENDING",
+                    "SERVICES"
+                ],
+                &rows
+            )
+        );
         for failure in failures {
             eprintln!("{}: {}", text(failure, "arn"), text(failure, "reason"));
         }
@@ -261,7 +474,11 @@ impl Output {
         println!(
             "leader {} at {}, term {}, commit {}, applied {}, snapshot {}, revision {}",
             status.leader_id,
-            if status.leader_address.is_empty() { "-" } else { &status.leader_address },
+            if status.leader_address.is_empty() {
+                "-"
+            } else {
+                &status.leader_address
+            },
             status.term,
             status.commit_index,
             status.applied_index,
@@ -275,7 +492,8 @@ impl Output {
     pub fn members(&self, cluster_id: &str, members: &[Member]) {
         if self.format == OutputFormat::Json {
             let members: Vec<Value> = members.iter().map(member_json).collect();
-            return self.json(&serde_json::json!({"controlPlaneId": cluster_id, "members": members}));
+            return self
+                .json(&serde_json::json!({"controlPlaneId": cluster_id, "members": members}));
         }
         self.member_table(members);
     }
@@ -294,7 +512,13 @@ impl Output {
                 ]
             })
             .collect();
-        println!("{}", table(&["ID", "ADDRESS", "ROLE", "VOTER", "MATCHED", "HEALTH"], &rows));
+        println!(
+            "{}",
+            table(
+                &["ID", "ADDRESS", "ROLE", "VOTER", "MATCHED", "HEALTH"],
+                &rows
+            )
+        );
     }
 }
 

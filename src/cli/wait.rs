@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use super::{WaitCommand, WaitTasks};
+use super::{WaitCommand, WaitServices, WaitTasks};
 use crate::client::Client;
 
 /// A progress line that rewrites itself on a terminal.
@@ -52,11 +52,74 @@ impl Default for Progress {
 
 /// Runs a wait command.
 pub async fn run(endpoint: &str, command: WaitCommand) -> anyhow::Result<()> {
-    let (args, want_running) = match command {
-        WaitCommand::TasksRunning(args) => (args, true),
-        WaitCommand::TasksStopped(args) => (args, false),
-    };
-    wait_tasks(endpoint, &args, want_running).await
+    match command {
+        WaitCommand::TasksRunning(args) => wait_tasks(endpoint, &args, true).await,
+        WaitCommand::TasksStopped(args) => wait_tasks(endpoint, &args, false).await,
+        WaitCommand::ServicesStable(args) => wait_services(endpoint, &args).await,
+    }
+}
+
+/// Whether an ECS service description is stable: one deployment, running = desired.
+pub fn is_stable(service: &Value) -> bool {
+    service["deployments"].as_array().map(Vec::len) == Some(1)
+        && service["runningCount"] == service["desiredCount"]
+        && service["pendingCount"] == 0
+}
+
+async fn wait_services(endpoint: &str, args: &WaitServices) -> anyhow::Result<()> {
+    let client = Client::new(endpoint)?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut progress = Progress::new();
+    loop {
+        let (answer, _) = client
+            .call(
+                "DescribeServices",
+                json!({"cluster": args.cluster, "services": args.services}),
+            )
+            .await?;
+        if let Some(missing) = answer["failures"].as_array().and_then(|f| f.first()) {
+            bail!(
+                "service {} was not found: check the name and --cluster",
+                missing["arn"].as_str().unwrap_or("?")
+            );
+        }
+        let services: Vec<Value> = answer["services"].as_array().cloned().unwrap_or_default();
+        let line: Vec<String> = services
+            .iter()
+            .map(|s| {
+                let deployments: Vec<String> = s["deployments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        format!(
+                            "{} {}/{} {}",
+                            d["status"].as_str().unwrap_or("?"),
+                            d["runningCount"],
+                            d["desiredCount"],
+                            d["rolloutState"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{}: {}",
+                    s["serviceName"].as_str().unwrap_or("?"),
+                    deployments.join(", ")
+                )
+            })
+            .collect();
+        progress.update(&line.join("; "));
+        if services.iter().all(is_stable) {
+            progress.finish();
+            eprintln!("{} stable", args.services.join(", "));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            progress.finish();
+            bail!("timed out after {} s waiting for services to be stable: see the events in `orc describe-services`", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn wait_tasks(endpoint: &str, args: &WaitTasks, want_running: bool) -> anyhow::Result<()> {
@@ -66,10 +129,16 @@ async fn wait_tasks(endpoint: &str, args: &WaitTasks, want_running: bool) -> any
     let goal = if want_running { "RUNNING" } else { "STOPPED" };
     loop {
         let (answer, _) = client
-            .call("DescribeTasks", json!({"cluster": args.cluster, "tasks": args.tasks}))
+            .call(
+                "DescribeTasks",
+                json!({"cluster": args.cluster, "tasks": args.tasks}),
+            )
             .await?;
         if let Some(missing) = answer["failures"].as_array().and_then(|f| f.first()) {
-            bail!("task {} was not found: check the id and --cluster", missing["arn"].as_str().unwrap_or("?"));
+            bail!(
+                "task {} was not found: check the id and --cluster",
+                missing["arn"].as_str().unwrap_or("?")
+            );
         }
         let tasks: Vec<Value> = answer["tasks"].as_array().cloned().unwrap_or_default();
         let reached = tasks.iter().filter(|t| t["lastStatus"] == goal).count();
@@ -77,7 +146,11 @@ async fn wait_tasks(endpoint: &str, args: &WaitTasks, want_running: bool) -> any
             .iter()
             .map(|t| t["lastStatus"].as_str().unwrap_or("?").to_string())
             .collect();
-        progress.update(&format!("{reached}/{} tasks {goal} ({})", tasks.len(), statuses.join(", ")));
+        progress.update(&format!(
+            "{reached}/{} tasks {goal} ({})",
+            tasks.len(),
+            statuses.join(", ")
+        ));
         if reached == tasks.len() {
             progress.finish();
             eprintln!("{reached}/{} tasks {goal}", tasks.len());
@@ -89,7 +162,9 @@ async fn wait_tasks(endpoint: &str, args: &WaitTasks, want_running: bool) -> any
                 bail!(
                     "task {} stopped instead of running: {} ({}); see `orc describe-tasks`",
                     stopped["taskArn"].as_str().unwrap_or("?"),
-                    stopped["stoppedReason"].as_str().unwrap_or("no reason given"),
+                    stopped["stoppedReason"]
+                        .as_str()
+                        .unwrap_or("no reason given"),
                     stopped["stopCode"].as_str().unwrap_or("-")
                 );
             }

@@ -175,12 +175,21 @@ impl RaftHandle {
     }
 
     /// Proposes a membership change; `address` travels with it.
-    pub async fn change_membership(&self, change_type: ConfChangeType, node_id: u64, address: &str) -> Outcome {
+    pub async fn change_membership(
+        &self,
+        change_type: ConfChangeType,
+        node_id: u64,
+        address: &str,
+    ) -> Outcome {
         let mut change = ConfChange::default();
         change.set_change_type(change_type);
         change.node_id = node_id;
         let (reply, receive) = oneshot::channel();
-        self.send(NodeMessage::ConfChange(change, address.as_bytes().to_vec(), reply))?;
+        self.send(NodeMessage::ConfChange(
+            change,
+            address.as_bytes().to_vec(),
+            reply,
+        ))?;
         self.wait(receive, "commit the membership change").await
     }
 
@@ -239,8 +248,12 @@ pub fn start(
     transport: Arc<Transport>,
 ) -> Result<RaftHandle> {
     let applied = store.applied_index();
-    let raw = RawNode::new(&config.raft_config(applied), storage.clone(), &super::log::logger(config.node_id))
-        .map_err(|e| Error::Internal(format!("cannot start raft: {e}")))?;
+    let raw = RawNode::new(
+        &config.raft_config(applied),
+        storage.clone(),
+        &super::log::logger(config.node_id),
+    )
+    .map_err(|e| Error::Internal(format!("cannot start raft: {e}")))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (status_tx, status) = watch::channel(NodeStatus {
         id: config.node_id,
@@ -339,11 +352,14 @@ impl RaftNode {
         let leader = self.raw.raft.leader_id;
         if leader == 0 || leader == self.config.node_id {
             Error::Unavailable(
-                "no leader is elected right now (is a majority of servers up?); retry in a moment".into(),
+                "no leader is elected right now (is a majority of servers up?); retry in a moment"
+                    .into(),
             )
         } else {
             Error::NotLeader {
-                leader_address: self.store.read(|s| s.member_address(leader).map(str::to_string)),
+                leader_address: self
+                    .store
+                    .read(|s| s.member_address(leader).map(str::to_string)),
             }
         }
     }
@@ -361,14 +377,20 @@ impl RaftNode {
                 let data = match serde_json::to_vec(&proposal) {
                     Ok(data) => data,
                     Err(error) => {
-                        let _ = reply.send(Err(Error::Internal(format!("cannot encode a proposal: {error}"))));
+                        let _ = reply.send(Err(Error::Internal(format!(
+                            "cannot encode a proposal: {error}"
+                        ))));
                         return;
                     }
                 };
                 let sequence = self.sequence();
-                match self.raw.propose(context(self.config.node_id, sequence, &[]), data) {
+                match self
+                    .raw
+                    .propose(context(self.config.node_id, sequence, &[]), data)
+                {
                     Ok(()) => {
-                        self.pending_proposals.insert(sequence, (reply, Instant::now()));
+                        self.pending_proposals
+                            .insert(sequence, (reply, Instant::now()));
                     }
                     Err(_) => {
                         let _ = reply.send(Err(self.not_leader()));
@@ -381,7 +403,8 @@ impl RaftNode {
                     return;
                 }
                 let sequence = self.sequence();
-                self.raw.read_index(context(self.config.node_id, sequence, &[]));
+                self.raw
+                    .read_index(context(self.config.node_id, sequence, &[]));
                 self.pending_reads.insert(sequence, (reply, Instant::now()));
             }
             NodeMessage::ConfChange(change, address, reply) => {
@@ -401,7 +424,8 @@ impl RaftNode {
                     .propose_conf_change(context(self.config.node_id, sequence, &address), change)
                 {
                     Ok(()) => {
-                        self.pending_proposals.insert(sequence, (reply, Instant::now()));
+                        self.pending_proposals
+                            .insert(sequence, (reply, Instant::now()));
                     }
                     Err(error) => {
                         let _ = reply.send(Err(Error::InvalidInput(format!(
@@ -433,8 +457,10 @@ impl RaftNode {
     /// is safe).
     fn expire_pending(&mut self) {
         let timeout = self.config.request_timeout;
-        self.pending_proposals.retain(|_, (reply, since)| since.elapsed() < timeout && !reply.is_closed());
-        self.pending_reads.retain(|_, (reply, since)| since.elapsed() < timeout && !reply.is_closed());
+        self.pending_proposals
+            .retain(|_, (reply, since)| since.elapsed() < timeout && !reply.is_closed());
+        self.pending_reads
+            .retain(|_, (reply, since)| since.elapsed() < timeout && !reply.is_closed());
     }
 
     /// On the leader: a learner that caught up becomes a voter.
@@ -443,14 +469,19 @@ impl RaftNode {
             return;
         }
         let committed = self.raw.raft.raft_log.committed;
-        let learners = self.raw.raft.prs().conf().learners().iter().copied().collect::<Vec<u64>>();
+        let learners = self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect::<Vec<u64>>();
         for learner in learners {
-            let caught_up = self
-                .raw
-                .raft
-                .prs()
-                .get(learner)
-                .is_some_and(|progress| progress.matched + 5 >= committed && progress.recent_active);
+            let caught_up = self.raw.raft.prs().get(learner).is_some_and(|progress| {
+                progress.matched + 5 >= committed && progress.recent_active
+            });
             if caught_up {
                 let address = self
                     .store
@@ -460,12 +491,18 @@ impl RaftNode {
                 change.set_change_type(ConfChangeType::AddNode);
                 change.node_id = learner;
                 let sequence = self.sequence();
-                match self
-                    .raw
-                    .propose_conf_change(context(self.config.node_id, sequence, address.as_bytes()), change)
-                {
-                    Ok(()) => tracing::info!(node = self.config.node_id, learner, "promoting a caught-up learner to voter"),
-                    Err(error) => tracing::warn!(node = self.config.node_id, learner, %error, "could not promote a learner"),
+                match self.raw.propose_conf_change(
+                    context(self.config.node_id, sequence, address.as_bytes()),
+                    change,
+                ) {
+                    Ok(()) => tracing::info!(
+                        node = self.config.node_id,
+                        learner,
+                        "promoting a caught-up learner to voter"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(node = self.config.node_id, learner, %error, "could not promote a learner")
+                    }
                 }
                 return;
             }
@@ -484,7 +521,11 @@ impl RaftNode {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             let index = snapshot.get_metadata().index;
-            tracing::info!(node = self.config.node_id, index, "installing a snapshot from the leader");
+            tracing::info!(
+                node = self.config.node_id,
+                index,
+                "installing a snapshot from the leader"
+            );
             self.store.restore(index, &snapshot.data)?;
             self.storage.apply_snapshot(&snapshot)?;
             must_flush = true;
@@ -558,7 +599,11 @@ impl RaftNode {
                 }
                 EntryType::EntryConfChangeV2 => {
                     self.flush_batch(&mut batch, &mut contexts)?;
-                    tracing::error!(node = self.config.node_id, index = entry.index, "joint conf changes are not used by orc; skipped");
+                    tracing::error!(
+                        node = self.config.node_id,
+                        index = entry.index,
+                        "joint conf changes are not used by orc; skipped"
+                    );
                     self.store.advance_applied(entry.index)?;
                 }
             }
@@ -566,7 +611,11 @@ impl RaftNode {
         self.flush_batch(&mut batch, &mut contexts)
     }
 
-    fn flush_batch(&mut self, batch: &mut Vec<(u64, Option<Proposal>)>, contexts: &mut HashMap<u64, u64>) -> Result<()> {
+    fn flush_batch(
+        &mut self,
+        batch: &mut Vec<(u64, Option<Proposal>)>,
+        contexts: &mut HashMap<u64, u64>,
+    ) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -583,13 +632,18 @@ impl RaftNode {
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<()> {
-        let change = ConfChange::parse_from_bytes(&entry.data)
-            .map_err(|e| Error::Internal(format!("undecodable conf change at index {}: {e}", entry.index)))?;
+        let change = ConfChange::parse_from_bytes(&entry.data).map_err(|e| {
+            Error::Internal(format!(
+                "undecodable conf change at index {}: {e}",
+                entry.index
+            ))
+        })?;
         let before = self.storage.conf_state();
         let outcome = match self.raw.apply_conf_change(&change) {
             Ok(conf_state) => {
                 self.storage.set_conf_state(&conf_state)?;
-                let (proposer, sequence, address) = parse_context(&entry.context).unwrap_or((0, 0, &[]));
+                let (proposer, sequence, address) =
+                    parse_context(&entry.context).unwrap_or((0, 0, &[]));
                 let address = String::from_utf8_lossy(address).to_string();
                 let removed = change.get_change_type() == ConfChangeType::RemoveNode;
                 self.store.apply_membership(
@@ -608,8 +662,14 @@ impl RaftNode {
                     learners = ?conf_state.learners,
                     "membership changed"
                 );
-                if removed && change.node_id == self.config.node_id && was_member(&before, self.config.node_id) {
-                    tracing::warn!(node = self.config.node_id, "this server was removed from the control plane");
+                if removed
+                    && change.node_id == self.config.node_id
+                    && was_member(&before, self.config.node_id)
+                {
+                    tracing::warn!(
+                        node = self.config.node_id,
+                        "this server was removed from the control plane"
+                    );
                     self.removed = true;
                 }
                 if proposer == self.config.node_id {
@@ -653,7 +713,13 @@ impl RaftNode {
         let progress = if raft.state == StateRole::Leader {
             raft.prs()
                 .iter()
-                .map(|(id, progress)| (*id, progress.matched, progress.recent_active || *id == self.config.node_id))
+                .map(|(id, progress)| {
+                    (
+                        *id,
+                        progress.matched,
+                        progress.recent_active || *id == self.config.node_id,
+                    )
+                })
                 .collect()
         } else {
             Vec::new()

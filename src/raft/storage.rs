@@ -63,17 +63,21 @@ impl SledStorage {
         let meta = db.open_tree("raft_meta")?;
         let mut bounds = Bounds::default();
         if let Some(bytes) = meta.get(HARD_STATE_KEY)? {
-            bounds.hard_state = HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard state", e))?;
+            bounds.hard_state =
+                HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard state", e))?;
         }
         if let Some(bytes) = meta.get(CONF_STATE_KEY)? {
-            bounds.conf_state = ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf state", e))?;
+            bounds.conf_state =
+                ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf state", e))?;
         }
         if let Some(bytes) = meta.get(COMPACTED_KEY)? {
-            bounds.compacted =
-                SnapshotMetadata::parse_from_bytes(&bytes).map_err(|e| corrupt("compaction point", e))?;
+            bounds.compacted = SnapshotMetadata::parse_from_bytes(&bytes)
+                .map_err(|e| corrupt("compaction point", e))?;
         }
         bounds.last_index = match log.last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|e| corrupt("log key", e))?),
+            Some((k, _)) => {
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|e| corrupt("log key", e))?)
+            }
             None => bounds.compacted.index,
         };
         Ok(SledStorage {
@@ -118,7 +122,9 @@ impl SledStorage {
 
     /// Appends entries, replacing any conflicting suffix (not yet durable).
     pub fn append(&self, entries: &[Entry]) -> crate::Result<()> {
-        let Some(first) = entries.first() else { return Ok(()) };
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         let mut bounds = self.bounds_mut();
         if first.index <= bounds.compacted.index {
             return Err(crate::Error::Internal(format!(
@@ -141,7 +147,9 @@ impl SledStorage {
 
     /// Saves the hard state (not yet durable).
     pub fn set_hard_state(&self, hard_state: &HardState) -> crate::Result<()> {
-        let bytes = hard_state.write_to_bytes().map_err(|e| corrupt("hard state", e))?;
+        let bytes = hard_state
+            .write_to_bytes()
+            .map_err(|e| corrupt("hard state", e))?;
         self.meta.insert(HARD_STATE_KEY, bytes)?;
         self.bounds_mut().hard_state = hard_state.clone();
         Ok(())
@@ -159,7 +167,9 @@ impl SledStorage {
 
     /// Saves the conf state (after a conf change was applied).
     pub fn set_conf_state(&self, conf_state: &ConfState) -> crate::Result<()> {
-        let bytes = conf_state.write_to_bytes().map_err(|e| corrupt("conf state", e))?;
+        let bytes = conf_state
+            .write_to_bytes()
+            .map_err(|e| corrupt("conf state", e))?;
         self.meta.insert(CONF_STATE_KEY, bytes)?;
         self.bounds_mut().conf_state = conf_state.clone();
         Ok(())
@@ -168,7 +178,8 @@ impl SledStorage {
     /// Drops log entries up to and including `index`, which the state machine
     /// has applied and made durable. The next snapshot replaces them.
     pub fn compact(&self, index: u64) -> crate::Result<()> {
-        let term = raft::Storage::term(self, index).map_err(|e| crate::Error::Internal(format!("compact: {e}")))?;
+        let term = raft::Storage::term(self, index)
+            .map_err(|e| crate::Error::Internal(format!("compact: {e}")))?;
         let mut bounds = self.bounds_mut();
         if index <= bounds.compacted.index {
             return Ok(());
@@ -177,7 +188,9 @@ impl SledStorage {
         compacted.index = index;
         compacted.term = term;
         compacted.set_conf_state(bounds.conf_state.clone());
-        let bytes = compacted.write_to_bytes().map_err(|e| corrupt("compaction point", e))?;
+        let bytes = compacted
+            .write_to_bytes()
+            .map_err(|e| corrupt("compaction point", e))?;
         // The compaction point is written before entries go, so a crash in
         // between leaves extra entries, never a hole.
         self.meta.insert(COMPACTED_KEY, bytes)?;
@@ -207,14 +220,23 @@ impl SledStorage {
         hard_state.term = hard_state.term.max(metadata.term);
         self.meta.insert(
             HARD_STATE_KEY,
-            hard_state.write_to_bytes().map_err(|e| corrupt("hard state", e))?,
+            hard_state
+                .write_to_bytes()
+                .map_err(|e| corrupt("hard state", e))?,
         )?;
         self.meta.insert(
             CONF_STATE_KEY,
-            metadata.get_conf_state().write_to_bytes().map_err(|e| corrupt("conf state", e))?,
+            metadata
+                .get_conf_state()
+                .write_to_bytes()
+                .map_err(|e| corrupt("conf state", e))?,
         )?;
-        self.meta
-            .insert(COMPACTED_KEY, metadata.write_to_bytes().map_err(|e| corrupt("compaction point", e))?)?;
+        self.meta.insert(
+            COMPACTED_KEY,
+            metadata
+                .write_to_bytes()
+                .map_err(|e| corrupt("compaction point", e))?,
+        )?;
         bounds.hard_state = hard_state;
         bounds.conf_state = metadata.get_conf_state().clone();
         bounds.compacted = metadata.clone();
@@ -228,7 +250,9 @@ impl SledStorage {
     /// carries the full membership, never from a log that lacks it.
     pub fn bootstrap(&self, node_id: u64) -> crate::Result<()> {
         if !self.is_empty() {
-            return Err(crate::Error::Conflict("the raft storage already holds state".into()));
+            return Err(crate::Error::Conflict(
+                "the raft storage already holds state".into(),
+            ));
         }
         let mut snapshot = Snapshot::default();
         let metadata = snapshot.mut_metadata();
@@ -247,7 +271,10 @@ impl SledStorage {
 impl raft::Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let bounds = self.bounds();
-        Ok(RaftState::new(bounds.hard_state.clone(), bounds.conf_state.clone()))
+        Ok(RaftState::new(
+            bounds.hard_state.clone(),
+            bounds.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -312,7 +339,9 @@ impl raft::Storage for SledStorage {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let (applied_index, data) = self.store.snapshot().map_err(storage_error)?;
         if applied_index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         let term = self.term(applied_index)?;
         let mut snapshot = Snapshot::default();
@@ -353,7 +382,10 @@ mod tests {
         assert_eq!(storage.first_index().unwrap(), 1);
         assert_eq!(storage.last_index().unwrap(), 0);
         assert_eq!(storage.term(0).unwrap(), 0);
-        assert!(matches!(storage.term(1), Err(raft::Error::Store(StorageError::Unavailable))));
+        assert!(matches!(
+            storage.term(1),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
         assert!(!storage.initial_state().unwrap().initialized());
     }
 
@@ -361,18 +393,27 @@ mod tests {
     fn append_truncates_conflicts_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, storage) = open(dir.path());
-        storage.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
+        storage
+            .append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
         storage.append(&[entry(2, 2)]).unwrap();
         assert_eq!(storage.last_index().unwrap(), 2);
         assert_eq!(storage.term(2).unwrap(), 2);
-        let all = storage.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(all.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+        let all = storage
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2)]
+        );
         assert!(matches!(
             storage.entries(1, 4, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Unavailable))
         ));
         // A size limit still returns at least one entry.
-        let limited = storage.entries(1, 3, Some(1), GetEntriesContext::empty(false)).unwrap();
+        let limited = storage
+            .entries(1, 3, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(limited.len(), 1);
     }
 
@@ -380,17 +421,28 @@ mod tests {
     fn compaction_answers_compacted_and_keeps_the_boundary_term() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, storage) = open(dir.path());
-        storage.append(&(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>()).unwrap();
+        storage
+            .append(&(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>())
+            .unwrap();
         storage.compact(6).unwrap();
         assert_eq!(storage.first_index().unwrap(), 7);
         assert_eq!(storage.last_index().unwrap(), 10);
         assert_eq!(storage.term(6).unwrap(), 2);
-        assert!(matches!(storage.term(5), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            storage.term(5),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
         assert!(matches!(
             storage.entries(5, 8, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-        assert_eq!(storage.entries(7, 11, None, GetEntriesContext::empty(false)).unwrap().len(), 4);
+        assert_eq!(
+            storage
+                .entries(7, 11, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            4
+        );
     }
 
     #[test]
@@ -398,19 +450,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_db, storage) = open(dir.path());
-            storage.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).unwrap();
+            storage
+                .append(&[entry(1, 1), entry(2, 1), entry(3, 2)])
+                .unwrap();
             let mut hard_state = HardState::default();
             hard_state.term = 2;
             hard_state.vote = 7;
             hard_state.commit = 3;
             storage.set_hard_state(&hard_state).unwrap();
-            storage.set_conf_state(&ConfState::from((vec![7, 8], vec![9]))).unwrap();
+            storage
+                .set_conf_state(&ConfState::from((vec![7, 8], vec![9])))
+                .unwrap();
             storage.compact(1).unwrap();
             storage.flush().unwrap();
         }
         let (_db, storage) = open(dir.path());
         let state = storage.initial_state().unwrap();
-        assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (2, 7, 3));
+        assert_eq!(
+            (
+                state.hard_state.term,
+                state.hard_state.vote,
+                state.hard_state.commit
+            ),
+            (2, 7, 3)
+        );
         assert_eq!(state.conf_state.voters, vec![7, 8]);
         assert_eq!(state.conf_state.learners, vec![9]);
         assert_eq!(storage.first_index().unwrap(), 2);
@@ -422,8 +485,12 @@ mod tests {
     fn snapshot_reflects_the_state_machine_and_installs() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, storage) = open(dir.path());
-        storage.append(&[entry(1, 1), entry(2, 1), entry(3, 3)]).unwrap();
-        storage.set_conf_state(&ConfState::from((vec![1], vec![]))).unwrap();
+        storage
+            .append(&[entry(1, 1), entry(2, 1), entry(3, 3)])
+            .unwrap();
+        storage
+            .set_conf_state(&ConfState::from((vec![1], vec![])))
+            .unwrap();
         storage.store.advance_applied(3).unwrap();
         let snapshot = storage.snapshot(2, 5).unwrap();
         assert_eq!(snapshot.get_metadata().index, 3);
@@ -431,7 +498,9 @@ mod tests {
         assert_eq!(snapshot.get_metadata().get_conf_state().voters, vec![1]);
         assert!(matches!(
             storage.snapshot(4, 5),
-            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
         ));
 
         let other_dir = tempfile::tempdir().unwrap();

@@ -32,7 +32,12 @@ pub struct Transport {
 
 impl Transport {
     /// A transport that spawns its sender tasks on `runtime`.
-    pub fn new(node_id: u64, advertise: String, cluster_id: String, runtime: tokio::runtime::Handle) -> Arc<Transport> {
+    pub fn new(
+        node_id: u64,
+        advertise: String,
+        cluster_id: String,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
             advertise,
@@ -63,16 +68,26 @@ impl Transport {
         if addresses.get(&id).map(String::as_str) != Some(address) {
             addresses.insert(id, address.to_string());
             // A new address needs a new connection.
-            self.senders.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.senders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         }
     }
 
     fn address(&self, id: u64) -> Option<String> {
-        if let Some(address) = self.addresses.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        if let Some(address) = self
+            .addresses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
             return Some(address.clone());
         }
         let node = self.node.get()?;
-        let address = node.store().read(|s| s.member_address(id).map(str::to_string))?;
+        let address = node
+            .store()
+            .read(|s| s.member_address(id).map(str::to_string))?;
         self.set_address(id, &address);
         Some(address)
     }
@@ -87,7 +102,11 @@ impl Transport {
                     let _ = sender.send(message);
                 }
                 None => {
-                    tracing::debug!(node = self.node_id, to, "no address known for a peer; message dropped");
+                    tracing::debug!(
+                        node = self.node_id,
+                        to,
+                        "no address known for a peer; message dropped"
+                    );
                     if let Some(node) = self.node.get() {
                         node.report_unreachable(to);
                     }
@@ -97,7 +116,12 @@ impl Transport {
     }
 
     fn sender(&self, to: u64) -> Option<mpsc::UnboundedSender<Message>> {
-        if let Some(sender) = self.senders.lock().unwrap_or_else(|e| e.into_inner()).get(&to) {
+        if let Some(sender) = self
+            .senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+        {
             if !sender.is_closed() {
                 return Some(sender.clone());
             }
@@ -132,7 +156,10 @@ struct PeerWorker {
 
 impl PeerWorker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Message>) {
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{}", self.address)) {
+        let endpoint = match tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            self.address
+        )) {
             Ok(endpoint) => endpoint
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(Duration::from_secs(10))
@@ -158,7 +185,10 @@ impl PeerWorker {
                 .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
                 .map(|m| m.to)
                 .collect();
-            let encoded: Vec<Vec<u8>> = batch.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
+            let encoded: Vec<Vec<u8>> = batch
+                .iter()
+                .filter_map(|m| m.write_to_bytes().ok())
+                .collect();
             let request = RaftBatch {
                 cluster_id: self.cluster_id.clone(),
                 from_id: self.from_id,

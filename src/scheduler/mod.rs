@@ -3,6 +3,7 @@
 
 pub mod placement;
 pub mod query;
+pub mod service;
 
 use std::collections::BTreeMap;
 

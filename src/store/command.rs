@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ecs::{PlannedTask, TaskLaunch};
-use crate::model::{InstanceRegistration, Tag, TaskStateChange};
+use super::services::{PlanResult, ServiceUpdate};
+use crate::model::{InstanceRegistration, Service, Tag, TaskStateChange};
 use crate::taskdef::TaskDefinition;
 use crate::Error;
 
@@ -140,5 +141,56 @@ pub enum Command {
     PruneStoppedTasks {
         /// The cut-off.
         stopped_before_ms: u64,
+    },
+    /// ECS CreateService.
+    CreateService {
+        /// The service as requested (deployments are made when applied).
+        service: Box<Service>,
+        /// When.
+        now_ms: u64,
+    },
+    /// ECS UpdateService.
+    UpdateService {
+        /// The cluster.
+        cluster: String,
+        /// The service.
+        service_name: String,
+        /// What changes.
+        update: ServiceUpdate,
+        /// When.
+        now_ms: u64,
+    },
+    /// ECS DeleteService.
+    DeleteService {
+        /// The cluster.
+        cluster: String,
+        /// The service.
+        service_name: String,
+        /// Delete even while scaled above zero.
+        force: bool,
+    },
+    /// The controller starts tasks of a service deployment.
+    ServiceLaunch {
+        /// The service.
+        service_name: String,
+        /// What to run.
+        launch: TaskLaunch,
+        /// Where.
+        planned: Vec<PlannedTask>,
+        /// An extra event (e.g. a placement failure), or empty.
+        event: String,
+        /// When.
+        now_ms: u64,
+    },
+    /// The controller applies the rest of a reconcile plan.
+    ServicePlan {
+        /// The cluster.
+        cluster: String,
+        /// The service.
+        service_name: String,
+        /// Stops, rollout changes, events.
+        plan: PlanResult,
+        /// When.
+        now_ms: u64,
     },
 }

@@ -9,7 +9,8 @@ use serde_json::json;
 use super::command::Outcome;
 use super::state::State;
 use crate::model::{
-    self, stop_code, Container, ContainerInstance, InstanceRegistration, Task, TaskStateChange, TaskStatus,
+    self, stop_code, Container, ContainerInstance, InstanceRegistration, Task, TaskStateChange,
+    TaskStatus,
 };
 use crate::scheduler::placement::Protocol;
 use crate::taskdef::{self, TaskDefinition, TaskDefinitionStatus, TaskOverride};
@@ -87,15 +88,21 @@ pub fn demand_of(definition: &TaskDefinition) -> Demand {
 impl State {
     /// The latest revision of a family, any status.
     pub fn latest_revision(&self, family: &str) -> Option<&TaskDefinition> {
-        self.task_definitions.scan_prefix(&format!("{family}:")).last().map(|(_, td)| td)
+        self.task_definitions
+            .scan_prefix(&format!("{family}:"))
+            .last()
+            .map(|(_, td)| td)
     }
 
     /// Resolves `family`, `family:revision` or an ARN to a stored revision;
     /// a bare family means its latest ACTIVE revision.
     pub fn resolve_task_definition(&self, reference: &str) -> Result<&TaskDefinition, Error> {
-        let parsed = taskdef::TaskDefinitionRef::parse(reference).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let parsed = taskdef::TaskDefinitionRef::parse(reference)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
         let found = match parsed.revision {
-            Some(revision) => self.task_definitions.get(&task_definition_key(&parsed.family, revision)),
+            Some(revision) => self
+                .task_definitions
+                .get(&task_definition_key(&parsed.family, revision)),
             None => self
                 .task_definitions
                 .scan_prefix(&format!("{}:", parsed.family))
@@ -115,16 +122,23 @@ impl State {
         let definition = self.resolve_task_definition(&task.task_definition_arn)?;
         match &task.overrides {
             Some(overrides) => {
-                let overrides: TaskOverride = serde_json::from_value(overrides.clone())
-                    .map_err(|e| Error::Internal(format!("stored overrides are undecodable: {e}")))?;
-                taskdef::apply_overrides(definition, &overrides).map_err(|e| Error::InvalidInput(e.to_string()))
+                let overrides: TaskOverride =
+                    serde_json::from_value(overrides.clone()).map_err(|e| {
+                        Error::Internal(format!("stored overrides are undecodable: {e}"))
+                    })?;
+                taskdef::apply_overrides(definition, &overrides)
+                    .map_err(|e| Error::InvalidInput(e.to_string()))
             }
             None => Ok(definition.clone()),
         }
     }
 
     /// A container instance by cluster and id (or ARN).
-    pub fn container_instance(&self, cluster: &str, id_or_arn: &str) -> Result<&ContainerInstance, Error> {
+    pub fn container_instance(
+        &self,
+        cluster: &str,
+        id_or_arn: &str,
+    ) -> Result<&ContainerInstance, Error> {
         let id = id_or_arn.rsplit('/').next().unwrap_or(id_or_arn);
         self.container_instances.get(&scoped_key(cluster, id)).ok_or_else(|| {
             Error::NotFound(format!(
@@ -137,7 +151,9 @@ impl State {
     pub fn task(&self, cluster: &str, id_or_arn: &str) -> Result<&Task, Error> {
         let id = id_or_arn.rsplit('/').next().unwrap_or(id_or_arn);
         self.tasks.get(&scoped_key(cluster, id)).ok_or_else(|| {
-            Error::NotFound(format!("task {id:?} not found in cluster {cluster:?} (see `orc list-tasks`)"))
+            Error::NotFound(format!(
+                "task {id:?} not found in cluster {cluster:?} (see `orc list-tasks`)"
+            ))
         })
     }
 
@@ -190,17 +206,24 @@ impl State {
 
     /// Records that a task holds resources on its instance.
     fn hold(&mut self, task_key: &str) {
-        let Some(task) = self.tasks.get(task_key) else { return };
+        let Some(task) = self.tasks.get(task_key) else {
+            return;
+        };
         if task.last_status == TaskStatus::Stopped {
             return;
         }
-        let Some(instance_id) = task.container_instance_id() else { return };
+        let Some(instance_id) = task.container_instance_id() else {
+            return;
+        };
         let instance_key = scoped_key(&task.cluster_name(), instance_id);
-        let demand = self.task_definition_of(task).map(|td| demand_of(&td)).unwrap_or(Demand {
-            cpu: 0,
-            memory_mib: 0,
-            ports: vec![],
-        });
+        let demand = self
+            .task_definition_of(task)
+            .map(|td| demand_of(&td))
+            .unwrap_or(Demand {
+                cpu: 0,
+                memory_mib: 0,
+                ports: vec![],
+            });
         let group = task.group.clone();
         let usage = self.indexes.usage.entry(instance_key.clone()).or_default();
         if usage.tasks.insert(task_key.to_string()) {
@@ -217,9 +240,13 @@ impl State {
     }
 
     /// Releases what a task held (it reached STOPPED).
-    fn release(&mut self, task_key: &str) {
-        let Some(task) = self.tasks.get(task_key) else { return };
-        let Some(instance_id) = task.container_instance_id() else { return };
+    pub(super) fn release(&mut self, task_key: &str) {
+        let Some(task) = self.tasks.get(task_key) else {
+            return;
+        };
+        let Some(instance_id) = task.container_instance_id() else {
+            return;
+        };
         let instance_key = scoped_key(&task.cluster_name(), instance_id);
         let demand = self.task_definition_of(task).map(|td| demand_of(&td)).ok();
         let group = task.group.clone();
@@ -247,27 +274,45 @@ impl State {
 }
 
 /// ECS RegisterTaskDefinition: the next revision of the family.
-pub fn register_task_definition(state: &mut State, definition: &TaskDefinition, now_ms: u64) -> Outcome {
+pub fn register_task_definition(
+    state: &mut State,
+    definition: &TaskDefinition,
+    now_ms: u64,
+) -> Outcome {
     taskdef::validate(definition).map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let revision = state.latest_revision(&definition.family).and_then(|td| td.revision).unwrap_or(0) + 1;
+    let revision = state
+        .latest_revision(&definition.family)
+        .and_then(|td| td.revision)
+        .unwrap_or(0)
+        + 1;
     let mut stored = definition.clone();
     stored.revision = Some(revision);
-    stored.task_definition_arn = Some(model::arn("task-definition", &format!("{}:{revision}", definition.family)));
+    stored.task_definition_arn = Some(model::arn(
+        "task-definition",
+        &format!("{}:{revision}", definition.family),
+    ));
     stored.status = Some(TaskDefinitionStatus::Active);
     stored.registered_at = Some(seconds(now_ms));
     stored.compatibilities = vec!["EC2".to_string()];
-    state
-        .task_definitions
-        .insert(task_definition_key(&definition.family, revision), stored.clone());
+    state.task_definitions.insert(
+        task_definition_key(&definition.family, revision),
+        stored.clone(),
+    );
     Ok(json!({ "taskDefinition": stored }))
 }
 
 /// ECS DeregisterTaskDefinition: the revision turns INACTIVE.
-pub fn deregister_task_definition(state: &mut State, family: &str, revision: i64, now_ms: u64) -> Outcome {
+pub fn deregister_task_definition(
+    state: &mut State,
+    family: &str,
+    revision: i64,
+    now_ms: u64,
+) -> Outcome {
     let key = task_definition_key(family, revision);
-    let definition = state.task_definitions.get_mut(&key).ok_or_else(|| {
-        Error::NotFound(format!("task definition {family}:{revision} not found"))
-    })?;
+    let definition = state
+        .task_definitions
+        .get_mut(&key)
+        .ok_or_else(|| Error::NotFound(format!("task definition {family}:{revision} not found")))?;
     if definition.status == Some(TaskDefinitionStatus::Active) {
         definition.status = Some(TaskDefinitionStatus::Inactive);
         definition.deregistered_at = Some(seconds(now_ms));
@@ -317,7 +362,10 @@ pub fn register_container_instance(
             instance
         }
         None => ContainerInstance {
-            container_instance_arn: model::arn("container-instance", &format!("{cluster}/{instance_id}")),
+            container_instance_arn: model::arn(
+                "container-instance",
+                &format!("{cluster}/{instance_id}"),
+            ),
             ec2_instance_id: instance_id.to_string(),
             cluster: cluster.to_string(),
             status: "ACTIVE".into(),
@@ -333,10 +381,17 @@ pub fn register_container_instance(
 }
 
 /// ECS UpdateContainerInstancesState: ACTIVE or DRAINING.
-pub fn update_container_instances_state(state: &mut State, cluster: &str, ids: &[String], status: &str) -> Outcome {
+pub fn update_container_instances_state(
+    state: &mut State,
+    cluster: &str,
+    ids: &[String],
+    status: &str,
+) -> Outcome {
     state.active_cluster(cluster)?;
     if status != "ACTIVE" && status != "DRAINING" {
-        return Err(Error::InvalidInput(format!("status: must be ACTIVE or DRAINING, got {status:?}")));
+        return Err(Error::InvalidInput(format!(
+            "status: must be ACTIVE or DRAINING, got {status:?}"
+        )));
     }
     let mut updated = Vec::new();
     let mut failures = Vec::new();
@@ -360,11 +415,17 @@ pub fn update_container_instances_state(state: &mut State, cluster: &str, ids: &
 }
 
 /// The leader's liveness check: heartbeats stopped (or resumed).
-pub fn set_instance_connected(state: &mut State, cluster: &str, instance_id: &str, connected: bool) -> Outcome {
+pub fn set_instance_connected(
+    state: &mut State,
+    cluster: &str,
+    instance_id: &str,
+    connected: bool,
+) -> Outcome {
     let instance = state
         .container_instances
         .get_mut(&scoped_key(cluster, instance_id))
         .ok_or_else(|| Error::NotFound(format!("container instance {instance_id} not found")))?;
+    let mut lost = false;
     if instance.agent_connected != connected {
         instance.agent_connected = connected;
         instance.status = match (connected, instance.desired_state.as_str()) {
@@ -373,8 +434,38 @@ pub fn set_instance_connected(state: &mut State, cluster: &str, instance_id: &st
             (false, _) => "DISCONNECTED".into(),
         };
         instance.version += 1;
+        lost = !connected;
     }
-    Ok(json!({ "containerInstance": instance.clone() }))
+    let answer = json!({ "containerInstance": instance.clone() });
+    if lost {
+        // Its tasks are gone as far as the cluster knows: services replace them elsewhere.
+        let hostname = instance.registration.hostname.clone();
+        let keys: Vec<String> = state
+            .indexes
+            .assigned
+            .get(&scoped_key(cluster, instance_id))
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            state.release(&key);
+            if let Some(task) = state.tasks.get_mut(&key) {
+                task.last_status = TaskStatus::Stopped;
+                task.desired_status = TaskStatus::Stopped;
+                if task.group.starts_with("service:") && task.stop_code.is_none() {
+                    task.stop_code = Some(stop_code::SERVICE_SCHEDULER_INITIATED.to_string());
+                }
+                if task.stopped_reason.is_none() {
+                    task.stopped_reason =
+                        Some(format!("Host {hostname} ({instance_id}) is unreachable"));
+                }
+                for container in task.containers.iter_mut() {
+                    container.last_status = "STOPPED".into();
+                }
+                task.version += 1;
+            }
+        }
+    }
+    Ok(answer)
 }
 
 /// One task of a run-task decision: its id and the instance chosen for it.
@@ -404,7 +495,12 @@ pub struct TaskLaunch {
 /// Creates the placed tasks, re-checking each placement against the
 /// instance's capacity now: a stale decision becomes a failure, never a
 /// double booking.
-pub fn run_task(state: &mut State, launch: &TaskLaunch, planned: &[PlannedTask], now_ms: u64) -> Outcome {
+pub fn run_task(
+    state: &mut State,
+    launch: &TaskLaunch,
+    planned: &[PlannedTask],
+    now_ms: u64,
+) -> Outcome {
     let cluster = model::cluster_name_from(&launch.cluster);
     let cluster_arn = state.active_cluster(&cluster)?.cluster_arn.clone();
     let stub = Task {
@@ -466,7 +562,10 @@ pub fn run_task(state: &mut State, launch: &TaskLaunch, planned: &[PlannedTask],
             .container_definitions
             .iter()
             .map(|c| Container {
-                container_arn: model::arn("container", &format!("{cluster}/{}/{}", plan.task_id, c.name)),
+                container_arn: model::arn(
+                    "container",
+                    &format!("{cluster}/{}/{}", plan.task_id, c.name),
+                ),
                 task_arn: task_arn.clone(),
                 name: c.name.clone(),
                 image: c.image.clone(),
@@ -488,7 +587,14 @@ pub fn run_task(state: &mut State, launch: &TaskLaunch, planned: &[PlannedTask],
 
 /// ECS StopTask (and the service scheduler's stops): desired STOPPED. A task
 /// that never reached an instance stops at once.
-pub fn stop_task(state: &mut State, cluster: &str, task_id: &str, reason: &str, code: &str, now_ms: u64) -> Outcome {
+pub fn stop_task(
+    state: &mut State,
+    cluster: &str,
+    task_id: &str,
+    reason: &str,
+    code: &str,
+    now_ms: u64,
+) -> Outcome {
     let cluster = model::cluster_name_from(cluster);
     let key = scoped_key(&cluster, task_id.rsplit('/').next().unwrap_or(task_id));
     state.task(&cluster, task_id)?;
@@ -514,9 +620,19 @@ pub fn stop_task(state: &mut State, cluster: &str, task_id: &str, reason: &str, 
 
 /// An agent's report. States only move forward: a report that would move a
 /// task back is ignored (the current task is returned unchanged).
-pub fn submit_task_state_change(state: &mut State, cluster: &str, instance_id: &str, change: &TaskStateChange) -> Outcome {
+pub fn submit_task_state_change(
+    state: &mut State,
+    cluster: &str,
+    instance_id: &str,
+    change: &TaskStateChange,
+) -> Outcome {
     let cluster = model::cluster_name_from(cluster);
-    let task_id = change.task_arn.rsplit('/').next().unwrap_or(&change.task_arn).to_string();
+    let task_id = change
+        .task_arn
+        .rsplit('/')
+        .next()
+        .unwrap_or(&change.task_arn)
+        .to_string();
     let key = scoped_key(&cluster, &task_id);
     let task = state.task(&cluster, &task_id)?;
     if task.container_instance_id() != Some(instance_id) {
@@ -527,7 +643,8 @@ pub fn submit_task_state_change(state: &mut State, cluster: &str, instance_id: &
     if change.status < task.last_status {
         return Ok(json!({ "task": task.clone(), "ignored": "states only move forward" }));
     }
-    let stopped_now = change.status == TaskStatus::Stopped && task.last_status != TaskStatus::Stopped;
+    let stopped_now =
+        change.status == TaskStatus::Stopped && task.last_status != TaskStatus::Stopped;
     if stopped_now {
         state.release(&key);
     }
@@ -538,7 +655,11 @@ pub fn submit_task_state_change(state: &mut State, cluster: &str, instance_id: &
     task.last_status = change.status;
     task.health_status = change.health_status.clone();
     for report in &change.containers {
-        if let Some(container) = task.containers.iter_mut().find(|c| c.name == report.container_name) {
+        if let Some(container) = task
+            .containers
+            .iter_mut()
+            .find(|c| c.name == report.container_name)
+        {
             container.runtime_id = report.runtime_id.clone().or(container.runtime_id.take());
             container.last_status = report.status.clone();
             container.exit_code = report.exit_code.or(container.exit_code);
@@ -549,7 +670,9 @@ pub fn submit_task_state_change(state: &mut State, cluster: &str, instance_id: &
             container.health_status = report.health_status.clone();
         }
     }
-    if change.status >= TaskStatus::Deactivating && task.desired_status != TaskStatus::Stopped {
+    let failed_on_its_own =
+        change.status >= TaskStatus::Deactivating && task.desired_status != TaskStatus::Stopped;
+    if failed_on_its_own {
         // The agent stopped it on its own (essential container exited, failed to start).
         task.desired_status = TaskStatus::Stopped;
         task.stop_code = change
@@ -565,7 +688,11 @@ pub fn submit_task_state_change(state: &mut State, cluster: &str, instance_id: &
         task.stopped_at = Some(seconds(change.at_ms));
     }
     task.version += 1;
-    Ok(json!({ "task": task.clone() }))
+    let answer = json!({ "task": task.clone() });
+    if failed_on_its_own {
+        super::services::record_failed_launch(state, &key, change.at_ms);
+    }
+    Ok(answer)
 }
 
 /// Forgets stopped tasks that stopped before `before_ms` (ECS keeps them an hour).
@@ -574,7 +701,9 @@ pub fn prune_stopped_tasks(state: &mut State, before_ms: u64) -> Outcome {
     let old: Vec<String> = state
         .tasks
         .iter()
-        .filter(|(_, t)| t.last_status == TaskStatus::Stopped && t.stopped_at.is_some_and(|at| at < cutoff))
+        .filter(|(_, t)| {
+            t.last_status == TaskStatus::Stopped && t.stopped_at.is_some_and(|at| at < cutoff)
+        })
         .map(|(key, _)| key.clone())
         .collect();
     for key in &old {

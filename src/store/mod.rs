@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod ecs;
+pub mod services;
 pub mod state;
 pub mod table;
 
@@ -61,8 +62,13 @@ impl Store {
         load_table(&tree, "clusters/", &mut state.clusters)?;
         load_table(&tree, "requests/", &mut state.requests)?;
         load_table(&tree, "task_definitions/", &mut state.task_definitions)?;
-        load_table(&tree, "container_instances/", &mut state.container_instances)?;
+        load_table(
+            &tree,
+            "container_instances/",
+            &mut state.container_instances,
+        )?;
         load_table(&tree, "tasks/", &mut state.tasks)?;
+        load_table(&tree, "services/", &mut state.services)?;
         state.rebuild_indexes();
         let applied_index = match tree.get(APPLIED_KEY)? {
             Some(bytes) => u64_from(&bytes)?,
@@ -120,7 +126,10 @@ impl Store {
     /// index, and the proposal (`None` for entries without one, such as a new
     /// leader's empty entry); membership changes go through `apply_membership`.
     /// Returns one outcome per proposal.
-    pub fn apply_entries(&self, entries: Vec<(u64, Option<Proposal>)>) -> Result<Vec<(u64, Outcome)>> {
+    pub fn apply_entries(
+        &self,
+        entries: Vec<(u64, Option<Proposal>)>,
+    ) -> Result<Vec<(u64, Outcome)>> {
         let Some(last_index) = entries.last().map(|(index, _)| *index) else {
             return Ok(Vec::new());
         };
@@ -157,8 +166,13 @@ impl Store {
         dirty_rows(&mut batch, "clusters/", &mut state.clusters)?;
         dirty_rows(&mut batch, "requests/", &mut state.requests)?;
         dirty_rows(&mut batch, "task_definitions/", &mut state.task_definitions)?;
-        dirty_rows(&mut batch, "container_instances/", &mut state.container_instances)?;
+        dirty_rows(
+            &mut batch,
+            "container_instances/",
+            &mut state.container_instances,
+        )?;
         dirty_rows(&mut batch, "tasks/", &mut state.tasks)?;
+        dirty_rows(&mut batch, "services/", &mut state.services)?;
         batch.insert(META_KEY, serde_json::to_vec(&state.meta)?);
         batch.insert(APPLIED_KEY, &applied_index.to_be_bytes());
         self.tree.apply_batch(batch)?;
@@ -201,14 +215,20 @@ impl Store {
         full_rows(&mut batch, "clusters/", &fresh.clusters)?;
         full_rows(&mut batch, "requests/", &fresh.requests)?;
         full_rows(&mut batch, "task_definitions/", &fresh.task_definitions)?;
-        full_rows(&mut batch, "container_instances/", &fresh.container_instances)?;
+        full_rows(
+            &mut batch,
+            "container_instances/",
+            &fresh.container_instances,
+        )?;
         full_rows(&mut batch, "tasks/", &fresh.tasks)?;
+        full_rows(&mut batch, "services/", &fresh.services)?;
         fresh.members.clear_dirty();
         fresh.clusters.clear_dirty();
         fresh.requests.clear_dirty();
         fresh.task_definitions.clear_dirty();
         fresh.container_instances.clear_dirty();
         fresh.tasks.clear_dirty();
+        fresh.services.clear_dirty();
         *state = fresh;
         // Rows are written above; persist adds meta and the applied index.
         batch.insert(META_KEY, serde_json::to_vec(&state.meta)?);
@@ -233,7 +253,11 @@ fn u64_from(bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(array))
 }
 
-fn load_table<V: DeserializeOwned>(tree: &sled::Tree, prefix: &str, table: &mut Table<V>) -> Result<()> {
+fn load_table<V: DeserializeOwned>(
+    tree: &sled::Tree,
+    prefix: &str,
+    table: &mut Table<V>,
+) -> Result<()> {
     for row in tree.scan_prefix(prefix.as_bytes()) {
         let (key, value) = row?;
         let key = String::from_utf8_lossy(&key[prefix.len()..]).to_string();
@@ -243,7 +267,11 @@ fn load_table<V: DeserializeOwned>(tree: &sled::Tree, prefix: &str, table: &mut 
     Ok(())
 }
 
-fn dirty_rows<V: Serialize>(batch: &mut sled::Batch, prefix: &str, table: &mut Table<V>) -> Result<()> {
+fn dirty_rows<V: Serialize>(
+    batch: &mut sled::Batch,
+    prefix: &str,
+    table: &mut Table<V>,
+) -> Result<()> {
     for (key, value) in table.take_dirty() {
         let full_key = format!("{prefix}{key}");
         match value {
@@ -256,7 +284,10 @@ fn dirty_rows<V: Serialize>(batch: &mut sled::Batch, prefix: &str, table: &mut T
 
 fn full_rows<V: Serialize>(batch: &mut sled::Batch, prefix: &str, table: &Table<V>) -> Result<()> {
     for (key, value) in table.iter() {
-        batch.insert(format!("{prefix}{key}").as_bytes(), serde_json::to_vec(value)?);
+        batch.insert(
+            format!("{prefix}{key}").as_bytes(),
+            serde_json::to_vec(value)?,
+        );
     }
     Ok(())
 }

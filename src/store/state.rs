@@ -9,9 +9,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, Outcome, Proposal};
-use super::table::Table;
 use super::ecs;
-use crate::model::{self, Cluster, ClusterCounts, ContainerInstance, Task, TaskStatus, DEFAULT_CLUSTER};
+use super::services;
+use super::table::Table;
+use crate::model::{
+    self, Cluster, ClusterCounts, ContainerInstance, Service, Task, TaskStatus, DEFAULT_CLUSTER,
+};
 use crate::taskdef::TaskDefinition;
 use crate::Error;
 
@@ -62,6 +65,8 @@ pub struct State {
     pub container_instances: Table<ContainerInstance>,
     /// Tasks by `cluster/id`.
     pub tasks: Table<Task>,
+    /// Services by `cluster/name`.
+    pub services: Table<Service>,
     /// Resource usage and assignments per instance; rebuilt after loading.
     #[serde(skip)]
     pub(crate) indexes: super::ecs::Indexes,
@@ -117,6 +122,11 @@ impl State {
                 .container_instances
                 .scan_prefix(&format!("{cluster_name}/"))
                 .filter(|(_, i)| i.status != "INACTIVE")
+                .count() as u64,
+            active_services_count: self
+                .services
+                .scan_prefix(&format!("{cluster_name}/"))
+                .filter(|(_, s)| s.status == "ACTIVE")
                 .count() as u64,
             ..Default::default()
         };
@@ -211,30 +221,81 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             model::validate_cluster_name(cluster_name)?;
             create_cluster(state, cluster_name, tags, *now_ms)
         }
-        Command::RegisterTaskDefinition { task_definition, now_ms } => {
-            ecs::register_task_definition(state, task_definition, *now_ms)
+        Command::RegisterTaskDefinition {
+            task_definition,
+            now_ms,
+        } => ecs::register_task_definition(state, task_definition, *now_ms),
+        Command::DeregisterTaskDefinition {
+            family,
+            revision,
+            now_ms,
+        } => ecs::deregister_task_definition(state, family, *revision, *now_ms),
+        Command::DeleteTaskDefinitions { task_definitions } => {
+            ecs::delete_task_definitions(state, task_definitions)
         }
-        Command::DeregisterTaskDefinition { family, revision, now_ms } => {
-            ecs::deregister_task_definition(state, family, *revision, *now_ms)
+        Command::RegisterContainerInstance {
+            cluster,
+            instance_id,
+            registration,
+            now_ms,
+        } => ecs::register_container_instance(state, cluster, instance_id, registration, *now_ms),
+        Command::UpdateContainerInstancesState {
+            cluster,
+            instance_ids,
+            status,
+        } => ecs::update_container_instances_state(state, cluster, instance_ids, status),
+        Command::SetInstanceConnected {
+            cluster,
+            instance_id,
+            connected,
+        } => ecs::set_instance_connected(state, cluster, instance_id, *connected),
+        Command::RunTask {
+            launch,
+            planned,
+            now_ms,
+        } => ecs::run_task(state, launch, planned, *now_ms),
+        Command::StopTask {
+            cluster,
+            task_id,
+            reason,
+            stop_code,
+            now_ms,
+        } => ecs::stop_task(state, cluster, task_id, reason, stop_code, *now_ms),
+        Command::SubmitTaskStateChange {
+            cluster,
+            instance_id,
+            change,
+        } => ecs::submit_task_state_change(state, cluster, instance_id, change),
+        Command::PruneStoppedTasks { stopped_before_ms } => {
+            ecs::prune_stopped_tasks(state, *stopped_before_ms)
         }
-        Command::DeleteTaskDefinitions { task_definitions } => ecs::delete_task_definitions(state, task_definitions),
-        Command::RegisterContainerInstance { cluster, instance_id, registration, now_ms } => {
-            ecs::register_container_instance(state, cluster, instance_id, registration, *now_ms)
+        Command::CreateService { service, now_ms } => {
+            services::create_service(state, service, *now_ms)
         }
-        Command::UpdateContainerInstancesState { cluster, instance_ids, status } => {
-            ecs::update_container_instances_state(state, cluster, instance_ids, status)
-        }
-        Command::SetInstanceConnected { cluster, instance_id, connected } => {
-            ecs::set_instance_connected(state, cluster, instance_id, *connected)
-        }
-        Command::RunTask { launch, planned, now_ms } => ecs::run_task(state, launch, planned, *now_ms),
-        Command::StopTask { cluster, task_id, reason, stop_code, now_ms } => {
-            ecs::stop_task(state, cluster, task_id, reason, stop_code, *now_ms)
-        }
-        Command::SubmitTaskStateChange { cluster, instance_id, change } => {
-            ecs::submit_task_state_change(state, cluster, instance_id, change)
-        }
-        Command::PruneStoppedTasks { stopped_before_ms } => ecs::prune_stopped_tasks(state, *stopped_before_ms),
+        Command::UpdateService {
+            cluster,
+            service_name,
+            update,
+            now_ms,
+        } => services::update_service(state, cluster, service_name, update, *now_ms),
+        Command::DeleteService {
+            cluster,
+            service_name,
+            force,
+        } => services::delete_service(state, cluster, service_name, *force),
+        Command::ServiceLaunch {
+            service_name,
+            launch,
+            planned,
+            event,
+            now_ms,
+        } => services::launch(state, service_name, launch, planned, event, *now_ms),
+        Command::ServicePlan {
+            cluster,
+            service_name,
+            plan,
+            now_ms,
+        } => services::apply_plan(state, cluster, service_name, plan, *now_ms),
         Command::DeleteCluster { cluster_name } => {
             let name = model::cluster_name_from(cluster_name);
             state.active_cluster(&name)?;
@@ -250,6 +311,15 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             {
                 return Err(Error::Conflict(format!(
                     "the cluster {name} still has container instances registered: deregister them first (ClusterContainsContainerInstancesException)"
+                )));
+            }
+            if state
+                .services
+                .scan_prefix(&format!("{name}/"))
+                .any(|(_, s)| s.status != "INACTIVE")
+            {
+                return Err(Error::Conflict(format!(
+                    "the cluster {name} still has active services: delete them first (ClusterContainsServicesException)"
                 )));
             }
             if state
@@ -337,7 +407,10 @@ mod tests {
             history().iter().map(|p| apply(&mut second, p)).collect();
         assert_eq!(first, second);
         assert_eq!(outcomes_first, outcomes_second);
-        assert_eq!(first.meta.revision, 5, "the retried request must not bump the revision");
+        assert_eq!(
+            first.meta.revision, 5,
+            "the retried request must not bump the revision"
+        );
         assert!(outcomes_first[2].is_err());
         assert_eq!(first.clusters.get("other").unwrap().status, "INACTIVE");
         assert!(first.active_cluster("default").is_ok());
@@ -376,7 +449,11 @@ mod tests {
     fn request_memory_is_bounded() {
         let mut state = State::default();
         for i in 0..(REQUEST_MEMORY + 5) {
-            apply(&mut state, &proposal(&format!("r{i}"), create(&format!("c{}", i % 3)))).unwrap();
+            apply(
+                &mut state,
+                &proposal(&format!("r{i}"), create(&format!("c{}", i % 3))),
+            )
+            .unwrap();
         }
         assert_eq!(state.requests.len(), REQUEST_MEMORY);
         assert!(!state.requests.contains("r0"));

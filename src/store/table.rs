@@ -85,7 +85,10 @@ impl<V> Table<V> {
     }
 
     /// Rows whose key starts with `prefix`, in key order.
-    pub fn scan_prefix<'a>(&'a self, prefix: &str) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
+    pub fn scan_prefix<'a>(
+        &'a self,
+        prefix: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
         let prefix = prefix.to_string();
         self.rows
             .range(prefix.clone()..)

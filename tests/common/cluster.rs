@@ -83,7 +83,10 @@ impl TestServer {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
-            Some(child) => child.try_wait().map(|status| status.is_none()).unwrap_or(false),
+            Some(child) => child
+                .try_wait()
+                .map(|status| status.is_none())
+                .unwrap_or(false),
             None => false,
         }
     }
@@ -107,7 +110,12 @@ impl TestServer {
             if self.client().cluster_status(false).await.is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "server {} never became ready:\n{}", self.address, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "server {} never became ready:\n{}",
+                self.address,
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -130,7 +138,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

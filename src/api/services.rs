@@ -1,0 +1,327 @@
+//! ECS verbs about services: create, update, delete, describe, list. The
+//! reconciliation itself runs in the leader's controller.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ecs::{now_ms, parse, ActionResult};
+use crate::model::{self, DeploymentConfiguration, LoadBalancer, Service, TaskStatus};
+use crate::raft::node::RaftHandle;
+use crate::scheduler::placement::{self, PlacementConstraint, PlacementStrategy};
+use crate::store::services::ServiceUpdate;
+use crate::store::{Command, Proposal, State};
+use crate::{Error, Result};
+
+fn cluster_of(cluster: &Option<String>) -> String {
+    model::cluster_name_from(cluster.as_deref().unwrap_or(model::DEFAULT_CLUSTER))
+}
+
+/// Handles the service actions; `None` for other actions.
+pub async fn call(
+    raft: &RaftHandle,
+    action: &str,
+    body: &str,
+    request_id: String,
+) -> Option<Result<ActionResult>> {
+    let result = match action {
+        "CreateService" => create_service(raft, body, request_id).await,
+        "UpdateService" => update_service(raft, body, request_id).await,
+        "DeleteService" => delete_service(raft, body, request_id).await,
+        "DescribeServices" => describe_services(raft, body).await,
+        "ListServices" => list_services(raft, body).await,
+        _ => return None,
+    };
+    Some(result)
+}
+
+async fn propose(raft: &RaftHandle, request_id: String, command: Command) -> Result<Value> {
+    raft.propose(Proposal {
+        request_id,
+        command,
+    })
+    .await
+}
+
+/// Checks deployment percentages as ECS does.
+fn check_deployment_configuration(config: &DeploymentConfiguration) -> Result<()> {
+    if config.maximum_percent < 100 || config.maximum_percent > 200 {
+        return Err(Error::InvalidInput(format!(
+            "deploymentConfiguration.maximumPercent: must be between 100 and 200, got {}",
+            config.maximum_percent
+        )));
+    }
+    if config.minimum_healthy_percent > 100 {
+        return Err(Error::InvalidInput(format!(
+            "deploymentConfiguration.minimumHealthyPercent: must be between 0 and 100, got {}",
+            config.minimum_healthy_percent
+        )));
+    }
+    Ok(())
+}
+
+async fn create_service(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request {
+        cluster: Option<String>,
+        service_name: String,
+        task_definition: String,
+        desired_count: Option<u32>,
+        deployment_configuration: Option<DeploymentConfiguration>,
+        #[serde(default)]
+        placement_strategy: Vec<PlacementStrategy>,
+        #[serde(default)]
+        placement_constraints: Vec<PlacementConstraint>,
+        #[serde(default)]
+        load_balancers: Vec<LoadBalancer>,
+        health_check_grace_period_seconds: Option<u32>,
+        scheduling_strategy: Option<String>,
+    }
+    let request: Request = parse("CreateService", body)?;
+    model::validate_cluster_name(&request.service_name)
+        .map_err(|e| Error::InvalidInput(e.to_string().replace("clusterName", "serviceName")))?;
+    let scheduling = request
+        .scheduling_strategy
+        .clone()
+        .unwrap_or_else(|| "REPLICA".into());
+    if scheduling != "REPLICA" && scheduling != "DAEMON" {
+        return Err(Error::InvalidInput(format!(
+            "schedulingStrategy: must be REPLICA or DAEMON, got {scheduling:?}"
+        )));
+    }
+    if scheduling == "DAEMON" && request.desired_count.is_some() {
+        return Err(Error::InvalidInput(
+            "desiredCount: a DAEMON service runs one task per instance; leave desiredCount out"
+                .into(),
+        ));
+    }
+    let config = request.deployment_configuration.clone().unwrap_or_default();
+    check_deployment_configuration(&config)?;
+    placement::validate_strategies(&request.placement_strategy)
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    placement::validate_constraints(&request.placement_constraints)
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let cluster = cluster_of(&request.cluster);
+    let service = Service {
+        service_arn: model::arn("service", &format!("{cluster}/{}", request.service_name)),
+        service_name: request.service_name,
+        cluster_arn: model::arn("cluster", &cluster),
+        status: "ACTIVE".into(),
+        desired_count: request
+            .desired_count
+            .unwrap_or(if scheduling == "DAEMON" { 0 } else { 1 }),
+        task_definition: request.task_definition,
+        deployment_configuration: config,
+        placement_strategy: request.placement_strategy,
+        placement_constraints: request.placement_constraints,
+        load_balancers: request.load_balancers,
+        health_check_grace_period_seconds: request.health_check_grace_period_seconds.unwrap_or(0),
+        scheduling_strategy: scheduling,
+        deployments: vec![],
+        events: vec![],
+        created_at: 0.0,
+        next_deployment: 0,
+        last_completed_task_definition: None,
+    };
+    propose(
+        raft,
+        request_id.clone(),
+        Command::CreateService {
+            service: Box::new(service.clone()),
+            now_ms: now_ms(),
+        },
+    )
+    .await?;
+    raft.store().read(|state| {
+        let stored = state.service(&cluster, &service.service_name)?;
+        Ok(json!({ "service": service_view(state, stored) }).into())
+    })
+}
+
+async fn update_service(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request {
+        cluster: Option<String>,
+        service: String,
+        desired_count: Option<u32>,
+        task_definition: Option<String>,
+        #[serde(default)]
+        force_new_deployment: bool,
+        deployment_configuration: Option<DeploymentConfiguration>,
+        health_check_grace_period_seconds: Option<u32>,
+    }
+    let request: Request = parse("UpdateService", body)?;
+    if let Some(config) = &request.deployment_configuration {
+        check_deployment_configuration(config)?;
+    }
+    let cluster = cluster_of(&request.cluster);
+    let name = request
+        .service
+        .rsplit('/')
+        .next()
+        .unwrap_or(&request.service)
+        .to_string();
+    let update = ServiceUpdate {
+        desired_count: request.desired_count,
+        task_definition: request.task_definition,
+        force_new_deployment: request.force_new_deployment,
+        deployment_configuration: request.deployment_configuration,
+        health_check_grace_period_seconds: request.health_check_grace_period_seconds,
+    };
+    let command = Command::UpdateService {
+        cluster: cluster.clone(),
+        service_name: name.clone(),
+        update,
+        now_ms: now_ms(),
+    };
+    propose(raft, request_id, command).await?;
+    raft.store().read(|state| {
+        let stored = state.service(&cluster, &name)?;
+        Ok(json!({ "service": service_view(state, stored) }).into())
+    })
+}
+
+async fn delete_service(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request {
+        cluster: Option<String>,
+        service: String,
+        #[serde(default)]
+        force: bool,
+    }
+    let request: Request = parse("DeleteService", body)?;
+    let cluster = cluster_of(&request.cluster);
+    let name = request
+        .service
+        .rsplit('/')
+        .next()
+        .unwrap_or(&request.service)
+        .to_string();
+    let command = Command::DeleteService {
+        cluster: cluster.clone(),
+        service_name: name.clone(),
+        force: request.force,
+    };
+    propose(raft, request_id, command).await?;
+    raft.store().read(|state| {
+        let stored = state.service(&cluster, &name)?;
+        Ok(json!({ "service": service_view(state, stored) }).into())
+    })
+}
+
+async fn describe_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request {
+        cluster: Option<String>,
+        services: Vec<String>,
+    }
+    let request: Request = parse("DescribeServices", body)?;
+    let cluster = cluster_of(&request.cluster);
+    raft.read_barrier().await?;
+    raft.store().read(|state| {
+        let mut services = Vec::new();
+        let mut failures = Vec::new();
+        for name in &request.services {
+            match state.service(&cluster, name) {
+                Ok(service) => services.push(service_view(state, service)),
+                Err(_) => failures.push(json!({"arn": model::arn("service", &format!("{cluster}/{name}")), "reason": "MISSING"})),
+            }
+        }
+        Ok(json!({ "services": services, "failures": failures }).into())
+    })
+}
+
+async fn list_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Request {
+        cluster: Option<String>,
+    }
+    let request: Request = parse("ListServices", body)?;
+    let cluster = cluster_of(&request.cluster);
+    raft.read_barrier().await?;
+    raft.store().read(|state| {
+        state.active_cluster(&cluster)?;
+        let arns: Vec<&str> = state
+            .services
+            .scan_prefix(&format!("{cluster}/"))
+            .map(|(_, s)| s)
+            .filter(|s| s.status != "INACTIVE")
+            .map(|s| s.service_arn.as_str())
+            .collect();
+        Ok(json!({ "serviceArns": arns }).into())
+    })
+}
+
+/// A service as ECS describes it, with counts derived from its tasks.
+pub fn service_view(state: &State, service: &Service) -> Value {
+    let cluster = model::cluster_name_from(&service.cluster_arn);
+    let tasks = state.service_tasks(&cluster, &service.service_name);
+    let live: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.desired_status == TaskStatus::Running && t.last_status != TaskStatus::Stopped)
+        .collect();
+    let running = |deployment: Option<&str>| {
+        live.iter()
+            .filter(|t| deployment.is_none_or(|d| t.started_by.as_deref() == Some(d)))
+            .filter(|t| t.last_status == TaskStatus::Running)
+            .count()
+    };
+    let pending = |deployment: Option<&str>| {
+        live.iter()
+            .filter(|t| deployment.is_none_or(|d| t.started_by.as_deref() == Some(d)))
+            .filter(|t| t.last_status < TaskStatus::Running)
+            .count()
+    };
+    let desired = if service.scheduling_strategy == "DAEMON" {
+        crate::scheduler::cluster_views(state, &cluster)
+            .iter()
+            .filter(|v| v.status == placement::InstanceStatus::Active)
+            .count() as u32
+    } else {
+        service.desired_count
+    };
+    let deployments: Vec<Value> = service
+        .deployments
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "status": d.status,
+                "taskDefinition": d.task_definition,
+                "desiredCount": if d.status == "PRIMARY" { desired } else { 0 },
+                "runningCount": running(Some(&d.id)),
+                "pendingCount": pending(Some(&d.id)),
+                "failedTasks": d.failed_tasks,
+                "rolloutState": d.rollout_state,
+                "rolloutStateReason": d.rollout_state_reason,
+                "createdAt": d.created_at,
+                "updatedAt": d.updated_at,
+                "launchType": "EC2",
+            })
+        })
+        .collect();
+    json!({
+        "serviceArn": service.service_arn,
+        "serviceName": service.service_name,
+        "clusterArn": service.cluster_arn,
+        "status": service.status,
+        "desiredCount": desired,
+        "runningCount": running(None),
+        "pendingCount": pending(None),
+        "launchType": "EC2",
+        "taskDefinition": service.task_definition,
+        "deploymentConfiguration": service.deployment_configuration,
+        "deployments": deployments,
+        "events": service.events,
+        "placementStrategy": service.placement_strategy,
+        "placementConstraints": service.placement_constraints,
+        "loadBalancers": service.load_balancers,
+        "healthCheckGracePeriodSeconds": service.health_check_grace_period_seconds,
+        "schedulingStrategy": service.scheduling_strategy,
+        "createdAt": service.created_at,
+    })
+}

@@ -1,0 +1,398 @@
+//! The service reconciler: a pure function from (service, its tasks, the
+//! instances) to a plan of starts, stops and deployment changes. The
+//! leader's controller carries the plan out through Raft; the next tick
+//! recomputes from scratch, so a lost or refused step is simply redone.
+//!
+//! Rules, as ECS documents them: a deployment starts new tasks up to
+//! `maximumPercent` of the desired count and stops old ones only while
+//! `minimumHealthyPercent` stay healthy; a new task counts once it is
+//! RUNNING and, behind a load balancer, healthy or past the grace period;
+//! the circuit breaker fails a deployment after max(10, min(200, ⌈desired/2⌉))
+//! failed launches and rolls back when asked; crash loops back off
+//! exponentially.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{Service, Task, TaskStatus};
+use crate::scheduler::placement::{InstanceStatus, InstanceView, PlacementConstraint};
+use crate::scheduler::query::QuerySubject;
+
+/// The first restart delay of a crash loop; it doubles per consecutive failure.
+pub const BACKOFF_BASE_MS: u64 = 250;
+/// The longest restart delay.
+pub const BACKOFF_CAP_MS: u64 = 30_000;
+
+/// Tasks to start for a deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The deployment they belong to.
+    pub deployment_id: String,
+    /// Its task definition.
+    pub task_definition: String,
+    /// How many.
+    pub count: usize,
+    /// For DAEMON services: the one instance the task must go to.
+    pub instance_id: Option<String>,
+}
+
+/// A change to one deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentChange {
+    /// Which deployment.
+    pub deployment_id: String,
+    /// New rollout state.
+    pub rollout_state: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What the reconciler wants done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Tasks to start.
+    pub starts: Vec<Start>,
+    /// Tasks to stop, with the reason.
+    pub stops: Vec<(String, String)>,
+    /// Rollout state changes.
+    pub deployment_changes: Vec<DeploymentChange>,
+    /// Deployments left with no tasks (they turn INACTIVE).
+    pub finished_deployments: Vec<String>,
+    /// Roll back: start a new deployment with this task definition.
+    pub rollback_to: Option<String>,
+    /// Events in ECS's wording.
+    pub events: Vec<String>,
+    /// The service (being deleted) has no tasks left: INACTIVE.
+    pub inactive: bool,
+}
+
+impl Plan {
+    /// Whether nothing needs doing.
+    pub fn is_empty(&self) -> bool {
+        *self == Plan::default()
+    }
+}
+
+/// The circuit breaker's failed-launch threshold for a desired count.
+pub fn failure_threshold(desired: u32) -> u32 {
+    desired.div_ceil(2).clamp(10, 200)
+}
+
+/// The restart delay after `failures` consecutive failed launches.
+pub fn backoff_ms(failures: u32) -> u64 {
+    if failures == 0 {
+        return 0;
+    }
+    BACKOFF_BASE_MS
+        .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
+        .min(BACKOFF_CAP_MS)
+}
+
+fn is_live(task: &Task) -> bool {
+    task.desired_status == TaskStatus::Running && task.last_status != TaskStatus::Stopped
+}
+
+/// Whether a task counts toward the healthy minimum.
+pub fn is_healthy(service: &Service, task: &Task, now_ms: u64) -> bool {
+    if task.last_status != TaskStatus::Running || task.health_status == "UNHEALTHY" {
+        return false;
+    }
+    if service.load_balancers.is_empty() || task.health_status == "HEALTHY" {
+        return true;
+    }
+    let grace_ms = u64::from(service.health_check_grace_period_seconds) * 1000;
+    task.started_at
+        .is_some_and(|started| (started * 1000.0) as u64 + grace_ms <= now_ms)
+}
+
+/// Stop order: tasks that are not running first, then the newest.
+fn stop_order<'a>(mut tasks: Vec<&'a Task>) -> Vec<&'a Task> {
+    tasks.sort_by(|a, b| {
+        (a.last_status == TaskStatus::Running)
+            .cmp(&(b.last_status == TaskStatus::Running))
+            .then(b.created_at.total_cmp(&a.created_at))
+            .then(a.task_arn.cmp(&b.task_arn))
+    });
+    tasks
+}
+
+fn message(service: &Service, text: &str) -> String {
+    format!("(service {}) {text}", service.service_name)
+}
+
+/// Decides what to change for one service.
+pub fn reconcile(
+    service: &Service,
+    tasks: &[&Task],
+    instances: &[InstanceView],
+    now_ms: u64,
+) -> Plan {
+    let mut plan = Plan::default();
+    let live: Vec<&Task> = tasks.iter().copied().filter(|t| is_live(t)).collect();
+    if service.status != "ACTIVE" {
+        for task in &live {
+            plan.stops
+                .push((task.task_arn.clone(), "Service is being deleted".into()));
+        }
+        plan.inactive =
+            live.is_empty() && tasks.iter().all(|t| t.last_status == TaskStatus::Stopped);
+        return plan;
+    }
+    let Some(primary) = service.deployments.first() else {
+        return plan;
+    };
+    let status_of: BTreeMap<&str, InstanceStatus> = instances
+        .iter()
+        .map(|v| (v.id.as_str(), v.status))
+        .collect();
+    let on_leaving_instance = |task: &Task| {
+        task.container_instance_id().is_some_and(|id| {
+            status_of
+                .get(id)
+                .is_none_or(|status| *status != InstanceStatus::Active)
+        })
+    };
+    if service.scheduling_strategy == "DAEMON" {
+        reconcile_daemon(service, primary, &live, instances, &mut plan);
+    } else {
+        reconcile_replica(
+            service,
+            primary,
+            &live,
+            &on_leaving_instance,
+            now_ms,
+            &mut plan,
+        );
+    }
+    // Deployments that hold no tasks any more are done.
+    let stopping: BTreeSet<&str> = plan.stops.iter().map(|(arn, _)| arn.as_str()).collect();
+    for deployment in service.deployments.iter().skip(1) {
+        let holds = live.iter().any(|t| {
+            t.started_by.as_deref() == Some(deployment.id.as_str())
+                && !stopping.contains(t.task_arn.as_str())
+        });
+        if !holds {
+            plan.finished_deployments.push(deployment.id.clone());
+        }
+    }
+    plan
+}
+
+fn reconcile_replica(
+    service: &Service,
+    primary: &crate::model::Deployment,
+    live: &[&Task],
+    on_leaving_instance: &dyn Fn(&Task) -> bool,
+    now_ms: u64,
+    plan: &mut Plan,
+) {
+    let desired = service.desired_count as usize;
+    let config = &service.deployment_configuration;
+    let max_total = (desired * config.maximum_percent as usize) / 100;
+    let min_healthy = (desired * config.minimum_healthy_percent as usize).div_ceil(100);
+    let (primary_tasks, others): (Vec<&Task>, Vec<&Task>) = live.iter().copied().partition(|t| {
+        t.started_by.as_deref() == Some(primary.id.as_str()) && !on_leaving_instance(t)
+    });
+
+    // Scale in: too many primary tasks.
+    let mut stopping_primary = 0;
+    if primary_tasks.len() > desired {
+        for task in stop_order(primary_tasks.clone())
+            .into_iter()
+            .take(primary_tasks.len() - desired)
+        {
+            plan.stops.push((
+                task.task_arn.clone(),
+                "Scaling activity initiated by deployment".into(),
+            ));
+            stopping_primary += 1;
+        }
+    }
+    let primary_count = primary_tasks.len() - stopping_primary;
+
+    // Start what the primary lacks, within maximumPercent.
+    let breaker = &config.deployment_circuit_breaker;
+    let failed = primary.rollout_state == "FAILED";
+    let need = desired.saturating_sub(primary_count);
+    let room = if others.is_empty() {
+        need
+    } else {
+        max_total.saturating_sub(live.len() - stopping_primary)
+    };
+    let mut starting = need.min(room);
+    if failed && breaker.enable {
+        starting = 0;
+    }
+    if starting > 0 && primary.consecutive_failures > 0 {
+        let wait_until = primary.last_failure_ms + backoff_ms(primary.consecutive_failures);
+        if now_ms < wait_until {
+            starting = 0;
+        }
+    }
+    if starting > 0 {
+        plan.starts.push(Start {
+            deployment_id: primary.id.clone(),
+            task_definition: primary.task_definition.clone(),
+            count: starting,
+            instance_id: None,
+        });
+    }
+
+    // Stop old tasks (older deployments, draining instances) while enough stay healthy.
+    let healthy_total = live
+        .iter()
+        .filter(|t| is_healthy(service, t, now_ms))
+        .count();
+    let mut may_stop_healthy = healthy_total.saturating_sub(min_healthy);
+    for task in stop_order(others.clone()) {
+        let healthy = is_healthy(service, task, now_ms);
+        // A healthy old task goes only when a primary task can take its place.
+        if healthy {
+            if may_stop_healthy == 0 {
+                continue;
+            }
+            may_stop_healthy -= 1;
+        }
+        let reason = if on_leaving_instance(task) {
+            "Task stopped because its container instance is draining"
+        } else {
+            "Task stopped by a deployment of a new revision"
+        };
+        plan.stops.push((task.task_arn.clone(), reason.into()));
+    }
+
+    // Rollout progress.
+    let primary_healthy = primary_tasks
+        .iter()
+        .filter(|t| is_healthy(service, t, now_ms))
+        .count();
+    let old_left = others.len()
+        > plan
+            .stops
+            .iter()
+            .filter(|(arn, _)| others.iter().any(|t| &t.task_arn == arn))
+            .count();
+    if primary.rollout_state == "IN_PROGRESS" {
+        if breaker.enable && primary.failed_tasks >= failure_threshold(service.desired_count) {
+            plan.deployment_changes.push(DeploymentChange {
+                deployment_id: primary.id.clone(),
+                rollout_state: "FAILED".into(),
+                reason: format!(
+                    "ECS deployment circuit breaker: {} tasks failed to start.",
+                    primary.failed_tasks
+                ),
+            });
+            plan.events.push(message(
+                service,
+                &format!(
+                    "(deployment {}) deployment failed: tasks failed to start.",
+                    primary.id
+                ),
+            ));
+            if breaker.rollback {
+                if let Some(previous) = service
+                    .last_completed_task_definition
+                    .clone()
+                    .filter(|previous| previous != &primary.task_definition)
+                {
+                    plan.events.push(message(
+                        service,
+                        &format!("(deployment {}) rolling back to {previous}.", primary.id),
+                    ));
+                    plan.rollback_to = Some(previous);
+                }
+            }
+        } else if primary_healthy >= desired && primary_count == desired && !old_left {
+            plan.deployment_changes.push(DeploymentChange {
+                deployment_id: primary.id.clone(),
+                rollout_state: "COMPLETED".into(),
+                reason: "ECS deployment completed.".into(),
+            });
+            plan.events
+                .push(message(service, "has reached a steady state."));
+        }
+    }
+}
+
+fn reconcile_daemon(
+    service: &Service,
+    primary: &crate::model::Deployment,
+    live: &[&Task],
+    instances: &[InstanceView],
+    plan: &mut Plan,
+) {
+    let eligible: Vec<&InstanceView> = instances
+        .iter()
+        .filter(|v| v.status == InstanceStatus::Active)
+        .filter(|v| {
+            service.placement_constraints.iter().all(|c| match c {
+                PlacementConstraint::MemberOf(expression) => expression.matches(&ViewSubject(v)),
+                PlacementConstraint::DistinctInstance => true,
+            })
+        })
+        .collect();
+    let eligible_ids: BTreeSet<&str> = eligible.iter().map(|v| v.id.as_str()).collect();
+    let mut per_instance: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for task in live {
+        let instance = task.container_instance_id().unwrap_or_default();
+        let current = task.started_by.as_deref() == Some(primary.id.as_str());
+        if !eligible_ids.contains(instance) || !current {
+            plan.stops.push((
+                task.task_arn.clone(),
+                "Task stopped by the daemon scheduler".into(),
+            ));
+        } else {
+            per_instance.entry(instance).or_default().push(task);
+        }
+    }
+    for (_, tasks) in per_instance.iter() {
+        for extra in stop_order(tasks.clone())
+            .into_iter()
+            .take(tasks.len().saturating_sub(1))
+        {
+            plan.stops.push((
+                extra.task_arn.clone(),
+                "Task stopped by the daemon scheduler".into(),
+            ));
+        }
+    }
+    for instance in &eligible {
+        if !per_instance.contains_key(instance.id.as_str()) {
+            plan.starts.push(Start {
+                deployment_id: primary.id.clone(),
+                task_definition: primary.task_definition.clone(),
+                count: 1,
+                instance_id: Some(instance.id.clone()),
+            });
+        }
+    }
+    if primary.rollout_state == "IN_PROGRESS" && plan.starts.is_empty() && plan.stops.is_empty() {
+        plan.deployment_changes.push(DeploymentChange {
+            deployment_id: primary.id.clone(),
+            rollout_state: "COMPLETED".into(),
+            reason: "ECS deployment completed.".into(),
+        });
+        plan.events
+            .push(message(service, "has reached a steady state."));
+    }
+}
+
+/// Lets a constraint expression look at an instance view.
+struct ViewSubject<'a>(&'a InstanceView);
+
+impl QuerySubject for ViewSubject<'_> {
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.0.attributes.get(name).map(String::as_str)
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.0.id
+    }
+
+    fn running_tasks_count(&self) -> u32 {
+        self.0.running_tasks_count
+    }
+
+    fn any_task_group(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.0.tasks_by_group.keys().any(|group| f(group))
+    }
+}

@@ -1,0 +1,361 @@
+//! The services part of the state machine: create, update (new
+//! deployments), delete, the controller's launches and plan results, and
+//! the bookkeeping of failed launches that drives back-off and the circuit
+//! breaker. Pure, like the rest of `apply`.
+
+use serde_json::json;
+
+use super::command::Outcome;
+use super::ecs::{self, scoped_key, PlannedTask, TaskLaunch};
+use super::state::State;
+use crate::model::{
+    self, stop_code, Deployment, DeploymentConfiguration, Service, ServiceEvent, Task, TaskStatus,
+};
+use crate::Error;
+
+/// How many events a service keeps.
+pub const MAX_EVENTS: usize = 100;
+
+fn seconds(now_ms: u64) -> f64 {
+    now_ms as f64 / 1000.0
+}
+
+/// What the controller decided for one service, applied in one command.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlanResult {
+    /// Tasks to stop with their reasons.
+    pub stops: Vec<(String, String)>,
+    /// (deployment id, rollout state, reason).
+    pub deployment_changes: Vec<(String, String, String)>,
+    /// Deployments without tasks.
+    pub finished_deployments: Vec<String>,
+    /// Start a rollback deployment with this task definition.
+    pub rollback_to: Option<String>,
+    /// Events to record.
+    pub events: Vec<String>,
+    /// The deleted service has no tasks left.
+    pub inactive: bool,
+}
+
+impl State {
+    /// A service by cluster and name (or ARN).
+    pub fn service(&self, cluster: &str, name_or_arn: &str) -> Result<&Service, Error> {
+        let name = name_or_arn.rsplit('/').next().unwrap_or(name_or_arn);
+        self.services
+            .get(&scoped_key(cluster, name))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "service {name:?} not found in cluster {cluster:?} (see `orc list-services`)"
+                ))
+            })
+    }
+
+    /// The tasks of a service (any status), by its group.
+    pub fn service_tasks(&self, cluster: &str, service_name: &str) -> Vec<&Task> {
+        let group = format!("service:{service_name}");
+        self.tasks
+            .scan_prefix(&format!("{cluster}/"))
+            .map(|(_, t)| t)
+            .filter(|t| t.group == group)
+            .collect()
+    }
+}
+
+fn push_event(service: &mut Service, text: String, now_ms: u64) {
+    // The same message again within a minute adds nothing (placement failures repeat every tick).
+    if let Some(newest) = service.events.first() {
+        if newest.message == text && seconds(now_ms) - newest.created_at < 60.0 {
+            return;
+        }
+    }
+    service.events.insert(
+        0,
+        ServiceEvent {
+            id: format!("{}-{}", service.service_name, now_ms),
+            created_at: seconds(now_ms),
+            message: text,
+        },
+    );
+    service.events.truncate(MAX_EVENTS);
+}
+
+fn new_deployment(service: &mut Service, task_definition: &str, now_ms: u64) {
+    service.next_deployment += 1;
+    for deployment in service.deployments.iter_mut() {
+        deployment.status = "ACTIVE".into();
+    }
+    let deployment = Deployment {
+        id: format!("ecs-svc/{:019}", service.next_deployment),
+        status: "PRIMARY".into(),
+        task_definition: task_definition.to_string(),
+        rollout_state: "IN_PROGRESS".into(),
+        rollout_state_reason: "ECS deployment in progress.".into(),
+        failed_tasks: 0,
+        consecutive_failures: 0,
+        last_failure_ms: 0,
+        created_at: seconds(now_ms),
+        updated_at: seconds(now_ms),
+    };
+    service.deployments.insert(0, deployment);
+    service.task_definition = task_definition.to_string();
+}
+
+/// ECS CreateService.
+pub fn create_service(state: &mut State, service: &Service, now_ms: u64) -> Outcome {
+    let cluster = model::cluster_name_from(&service.cluster_arn);
+    state.active_cluster(&cluster)?;
+    let key = scoped_key(&cluster, &service.service_name);
+    if let Some(existing) = state.services.get(&key) {
+        if existing.status != "INACTIVE" {
+            return Err(Error::InvalidInput(format!(
+                "creation of service was not idempotent: a service named {} already exists in cluster {cluster}",
+                service.service_name
+            )));
+        }
+    }
+    let definition = state.resolve_task_definition(&service.task_definition)?;
+    let arn = definition.task_definition_arn.clone().unwrap_or_default();
+    let mut stored = service.clone();
+    stored.deployments.clear();
+    stored.events.clear();
+    stored.created_at = seconds(now_ms);
+    new_deployment(&mut stored, &arn, now_ms);
+    state.services.insert(key, stored.clone());
+    Ok(json!({ "service": stored }))
+}
+
+/// The changes `update-service` may carry.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceUpdate {
+    /// New desired count.
+    pub desired_count: Option<u32>,
+    /// New task definition (a new deployment).
+    pub task_definition: Option<String>,
+    /// Start a new deployment even without changes.
+    pub force_new_deployment: bool,
+    /// New deployment configuration.
+    pub deployment_configuration: Option<DeploymentConfiguration>,
+    /// New health check grace period.
+    pub health_check_grace_period_seconds: Option<u32>,
+}
+
+/// ECS UpdateService.
+pub fn update_service(
+    state: &mut State,
+    cluster: &str,
+    name: &str,
+    update: &ServiceUpdate,
+    now_ms: u64,
+) -> Outcome {
+    let cluster = model::cluster_name_from(cluster);
+    let existing = state.service(&cluster, name)?;
+    if existing.status != "ACTIVE" {
+        return Err(Error::InvalidInput(format!(
+            "service {name} is {}: it cannot be updated",
+            existing.status
+        )));
+    }
+    let key = scoped_key(&cluster, &existing.service_name);
+    let new_definition = match &update.task_definition {
+        Some(reference) => Some(
+            state
+                .resolve_task_definition(reference)?
+                .task_definition_arn
+                .clone()
+                .unwrap_or_default(),
+        ),
+        None => None,
+    };
+    let service = state.services.get_mut(&key).expect("checked above");
+    if let Some(count) = update.desired_count {
+        service.desired_count = count;
+        // A new desired count restarts the rollout's bookkeeping so a steady state is announced again.
+        if let Some(primary) = service.deployments.first_mut() {
+            if primary.rollout_state == "COMPLETED" {
+                primary.rollout_state = "IN_PROGRESS".into();
+            }
+            primary.consecutive_failures = 0;
+        }
+    }
+    if let Some(config) = &update.deployment_configuration {
+        service.deployment_configuration = config.clone();
+    }
+    if let Some(grace) = update.health_check_grace_period_seconds {
+        service.health_check_grace_period_seconds = grace;
+    }
+    let changed_definition = new_definition
+        .as_ref()
+        .is_some_and(|arn| *arn != service.task_definition);
+    if changed_definition || update.force_new_deployment {
+        let arn = new_definition.unwrap_or_else(|| service.task_definition.clone());
+        new_deployment(service, &arn, now_ms);
+    }
+    Ok(json!({ "service": service.clone() }))
+}
+
+/// ECS DeleteService: DRAINING until its tasks stopped, then INACTIVE.
+pub fn delete_service(state: &mut State, cluster: &str, name: &str, force: bool) -> Outcome {
+    let cluster = model::cluster_name_from(cluster);
+    let existing = state.service(&cluster, name)?;
+    if existing.status == "INACTIVE" {
+        return Err(Error::NotFound(format!(
+            "service {name} is already deleted"
+        )));
+    }
+    if existing.desired_count > 0 && !force && existing.scheduling_strategy != "DAEMON" {
+        return Err(Error::InvalidInput(format!(
+            "the service cannot be stopped while it is scaled above 0: run `orc update-service --service {name} --desired-count 0` first, or pass --force"
+        )));
+    }
+    let key = scoped_key(&cluster, &existing.service_name);
+    let service = state.services.get_mut(&key).expect("checked above");
+    service.status = "DRAINING".into();
+    service.desired_count = 0;
+    Ok(json!({ "service": service.clone() }))
+}
+
+/// The controller starts tasks for a deployment (placement re-checked by `ecs::run_task`).
+pub fn launch(
+    state: &mut State,
+    service_name: &str,
+    launch: &TaskLaunch,
+    planned: &[PlannedTask],
+    event: &str,
+    now_ms: u64,
+) -> Outcome {
+    let cluster = model::cluster_name_from(&launch.cluster);
+    let outcome = ecs::run_task(state, launch, planned, now_ms)?;
+    if let Some(service) = state.services.get_mut(&scoped_key(&cluster, service_name)) {
+        let started: Vec<String> = outcome["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["taskArn"].as_str())
+            .map(|arn| format!("(task {})", arn.rsplit('/').next().unwrap_or(arn)))
+            .collect();
+        if !started.is_empty() {
+            let text = format!(
+                "(service {service_name}) has started {} tasks: {}.",
+                started.len(),
+                started.join(" ")
+            );
+            push_event(service, text, now_ms);
+        }
+        if !event.is_empty() {
+            push_event(service, event.to_string(), now_ms);
+        }
+    }
+    Ok(outcome)
+}
+
+/// The controller records the rest of a plan: stops, rollout states, events.
+pub fn apply_plan(
+    state: &mut State,
+    cluster: &str,
+    service_name: &str,
+    plan: &PlanResult,
+    now_ms: u64,
+) -> Outcome {
+    let cluster = model::cluster_name_from(cluster);
+    let key = scoped_key(&cluster, service_name);
+    state.service(&cluster, service_name)?;
+    let mut stopped = Vec::new();
+    for (task_arn, reason) in &plan.stops {
+        let live = state
+            .task(&cluster, task_arn)
+            .map(|t| t.desired_status == TaskStatus::Running)
+            .unwrap_or(false);
+        if live {
+            ecs::stop_task(
+                state,
+                &cluster,
+                task_arn,
+                reason,
+                stop_code::SERVICE_SCHEDULER_INITIATED,
+                now_ms,
+            )?;
+            stopped.push(format!(
+                "(task {})",
+                task_arn.rsplit('/').next().unwrap_or(task_arn)
+            ));
+        }
+    }
+    let service = state.services.get_mut(&key).expect("checked above");
+    if !stopped.is_empty() {
+        let text = format!(
+            "(service {service_name}) has stopped {} running tasks: {}.",
+            stopped.len(),
+            stopped.join(" ")
+        );
+        push_event(service, text, now_ms);
+    }
+    for (deployment_id, rollout_state, reason) in &plan.deployment_changes {
+        let mut completed_definition = None;
+        if let Some(deployment) = service
+            .deployments
+            .iter_mut()
+            .find(|d| &d.id == deployment_id)
+        {
+            if deployment.rollout_state != *rollout_state {
+                deployment.rollout_state = rollout_state.clone();
+                deployment.rollout_state_reason = reason.clone();
+                deployment.updated_at = seconds(now_ms);
+                if rollout_state == "COMPLETED" {
+                    deployment.consecutive_failures = 0;
+                    completed_definition = Some(deployment.task_definition.clone());
+                }
+            }
+        }
+        if let Some(definition) = completed_definition {
+            service.last_completed_task_definition = Some(definition);
+        }
+    }
+    service
+        .deployments
+        .retain(|d| d.status == "PRIMARY" || !plan.finished_deployments.contains(&d.id));
+    for event in &plan.events {
+        push_event(service, event.clone(), now_ms);
+    }
+    if let Some(previous) = &plan.rollback_to {
+        new_deployment(service, previous, now_ms);
+    }
+    if plan.inactive {
+        service.status = "INACTIVE".into();
+    }
+    Ok(json!({ "service": service.clone() }))
+}
+
+/// Called when a service's task reached STOPPED on its own (its essential
+/// container exited or it failed to start): counts a failed launch.
+pub fn record_failed_launch(state: &mut State, task_key: &str, at_ms: u64) {
+    let Some(task) = state.tasks.get(task_key) else {
+        return;
+    };
+    let Some(name) = task.group.strip_prefix("service:") else {
+        return;
+    };
+    let service_key = scoped_key(&task.cluster_name(), name);
+    let deployment_id = task.started_by.clone().unwrap_or_default();
+    let task_id = task.id().to_string();
+    let reason = task.stopped_reason.clone().unwrap_or_default();
+    if let Some(service) = state.services.get_mut(&service_key) {
+        if let Some(deployment) = service
+            .deployments
+            .iter_mut()
+            .find(|d| d.id == deployment_id)
+        {
+            deployment.failed_tasks += 1;
+            deployment.consecutive_failures += 1;
+            deployment.last_failure_ms = at_ms;
+            let failures = deployment.consecutive_failures;
+            if failures > 1 {
+                let delay = crate::scheduler::service::backoff_ms(failures);
+                let text = format!(
+                    "(service {name}) (task {task_id}) failed: {reason}. The service is restarting tasks with a back-off of {:.1} s after {failures} consecutive failures.",
+                    delay as f64 / 1000.0
+                );
+                push_event(service, text, at_ms);
+            }
+        }
+    }
+}
