@@ -396,3 +396,238 @@ impl QuerySubject for ViewSubject<'_> {
         self.0.tasks_by_group.keys().any(|group| f(group))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Deployment, DeploymentCircuitBreaker, DeploymentConfiguration};
+    use std::collections::BTreeMap as Map;
+
+    fn deployment(id: &str, status: &str, definition: &str) -> Deployment {
+        Deployment {
+            id: id.into(),
+            status: status.into(),
+            task_definition: definition.into(),
+            rollout_state: "IN_PROGRESS".into(),
+            rollout_state_reason: String::new(),
+            failed_tasks: 0,
+            consecutive_failures: 0,
+            last_failure_ms: 0,
+            created_at: 0.0,
+            updated_at: 0.0,
+        }
+    }
+
+    fn service(desired: u32, min: u32, max: u32, deployments: Vec<Deployment>) -> Service {
+        Service {
+            service_arn: "arn:svc/web".into(),
+            service_name: "web".into(),
+            cluster_arn: "arn:cluster/default".into(),
+            status: "ACTIVE".into(),
+            desired_count: desired,
+            task_definition: deployments[0].task_definition.clone(),
+            deployment_configuration: DeploymentConfiguration {
+                maximum_percent: max,
+                minimum_healthy_percent: min,
+                deployment_circuit_breaker: DeploymentCircuitBreaker::default(),
+            },
+            placement_strategy: vec![],
+            placement_constraints: vec![],
+            load_balancers: vec![],
+            health_check_grace_period_seconds: 0,
+            scheduling_strategy: "REPLICA".into(),
+            deployments,
+            events: vec![],
+            created_at: 0.0,
+            next_deployment: 2,
+            last_completed_task_definition: Some("web:1".into()),
+        }
+    }
+
+    fn task(id: &str, deployment: &str, status: TaskStatus, instance: &str) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "taskArn": format!("arn:task/default/{id}"),
+            "clusterArn": "arn:cluster/default",
+            "taskDefinitionArn": "web:1",
+            "containerInstanceArn": format!("arn:container-instance/default/{instance}"),
+            "lastStatus": status,
+            "desiredStatus": "RUNNING",
+            "cpu": "0", "memory": "0", "containers": [],
+            "startedBy": deployment, "group": "service:web", "version": 1,
+            "launchType": "EC2", "healthStatus": "UNKNOWN", "createdAt": 1.0,
+            "startedAt": 1.0,
+        }))
+        .unwrap()
+    }
+
+    fn view(id: &str, status: InstanceStatus) -> InstanceView {
+        InstanceView {
+            id: id.into(),
+            status,
+            attributes: Map::new(),
+            remaining_cpu: 4096,
+            remaining_memory_mib: 4096,
+            used_ports: Default::default(),
+            tasks_by_group: Map::new(),
+            running_tasks_count: 0,
+        }
+    }
+
+    #[test]
+    fn a_new_service_starts_its_desired_count() {
+        let service = service(3, 100, 200, vec![deployment("d2", "PRIMARY", "web:1")]);
+        let plan = reconcile(&service, &[], &[view("a", InstanceStatus::Active)], 0);
+        assert_eq!(plan.starts.len(), 1);
+        assert_eq!(plan.starts[0].count, 3);
+        assert!(plan.stops.is_empty());
+    }
+
+    #[test]
+    fn rolling_deployment_respects_minimum_healthy_and_maximum_percent() {
+        // desired 4, min 50% (2 healthy), max 150% (6 in total): 4 old running.
+        let service = service(
+            4,
+            50,
+            150,
+            vec![
+                deployment("d2", "PRIMARY", "web:2"),
+                deployment("d1", "ACTIVE", "web:1"),
+            ],
+        );
+        let old: Vec<Task> = (0..4)
+            .map(|i| task(&format!("o{i}"), "d1", TaskStatus::Running, "a"))
+            .collect();
+        let refs: Vec<&Task> = old.iter().collect();
+        let plan = reconcile(
+            &service,
+            &refs,
+            &[view("a", InstanceStatus::Active)],
+            10_000,
+        );
+        assert_eq!(plan.starts[0].count, 2, "only 2 more fit under 150%");
+        assert_eq!(plan.stops.len(), 2, "2 old may go while 2 stay healthy");
+        assert!(plan.deployment_changes.is_empty());
+    }
+
+    #[test]
+    fn a_completed_rollout_reaches_a_steady_state() {
+        let service = service(2, 100, 200, vec![deployment("d2", "PRIMARY", "web:2")]);
+        let tasks: Vec<Task> = (0..2)
+            .map(|i| task(&format!("n{i}"), "d2", TaskStatus::Running, "a"))
+            .collect();
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let plan = reconcile(
+            &service,
+            &refs,
+            &[view("a", InstanceStatus::Active)],
+            10_000,
+        );
+        assert!(plan.starts.is_empty() && plan.stops.is_empty());
+        assert_eq!(plan.deployment_changes[0].rollout_state, "COMPLETED");
+        assert_eq!(
+            plan.events,
+            vec!["(service web) has reached a steady state.".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_circuit_breaker_fails_and_rolls_back() {
+        let mut primary = deployment("d2", "PRIMARY", "web:2");
+        primary.failed_tasks = failure_threshold(2);
+        let mut service = service(
+            2,
+            100,
+            200,
+            vec![primary, deployment("d1", "ACTIVE", "web:1")],
+        );
+        service.deployment_configuration.deployment_circuit_breaker = DeploymentCircuitBreaker {
+            enable: true,
+            rollback: true,
+        };
+        let old: Vec<Task> = (0..2)
+            .map(|i| task(&format!("o{i}"), "d1", TaskStatus::Running, "a"))
+            .collect();
+        let refs: Vec<&Task> = old.iter().collect();
+        let plan = reconcile(
+            &service,
+            &refs,
+            &[view("a", InstanceStatus::Active)],
+            10_000,
+        );
+        assert_eq!(plan.deployment_changes[0].rollout_state, "FAILED");
+        assert_eq!(plan.rollback_to.as_deref(), Some("web:1"));
+        assert!(
+            plan.stops.is_empty(),
+            "old tasks stay while the new ones are not healthy"
+        );
+        assert_eq!(failure_threshold(2), 10);
+        assert_eq!(failure_threshold(100), 50);
+        assert_eq!(failure_threshold(1000), 200);
+    }
+
+    #[test]
+    fn crash_loops_back_off() {
+        let mut primary = deployment("d2", "PRIMARY", "web:2");
+        primary.consecutive_failures = 4;
+        primary.last_failure_ms = 10_000;
+        let service = service(1, 100, 200, vec![primary]);
+        let waiting = reconcile(
+            &service,
+            &[],
+            &[view("a", InstanceStatus::Active)],
+            10_000 + backoff_ms(4) - 1,
+        );
+        assert!(waiting.starts.is_empty());
+        let ready = reconcile(
+            &service,
+            &[],
+            &[view("a", InstanceStatus::Active)],
+            10_000 + backoff_ms(4),
+        );
+        assert_eq!(ready.starts[0].count, 1);
+        assert_eq!(backoff_ms(1), 250);
+        assert_eq!(backoff_ms(4), 2_000);
+        assert_eq!(backoff_ms(30), BACKOFF_CAP_MS);
+    }
+
+    #[test]
+    fn draining_moves_tasks_while_keeping_the_minimum() {
+        let service = service(2, 50, 200, vec![deployment("d1", "PRIMARY", "web:1")]);
+        let tasks = [
+            task("t0", "d1", TaskStatus::Running, "a"),
+            task("t1", "d1", TaskStatus::Running, "a"),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let instances = [
+            view("a", InstanceStatus::Draining),
+            view("b", InstanceStatus::Active),
+        ];
+        let plan = reconcile(&service, &refs, &instances, 10_000);
+        assert_eq!(plan.starts[0].count, 2, "replacements start elsewhere");
+        assert_eq!(
+            plan.stops.len(),
+            1,
+            "one may stop now, one must stay for 50% healthy"
+        );
+    }
+
+    #[test]
+    fn daemon_runs_one_task_per_active_instance() {
+        let mut service = service(0, 100, 200, vec![deployment("d1", "PRIMARY", "web:1")]);
+        service.scheduling_strategy = "DAEMON".into();
+        let tasks = [
+            task("t0", "d1", TaskStatus::Running, "a"),
+            task("t1", "d1", TaskStatus::Running, "gone"),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let instances = [
+            view("a", InstanceStatus::Active),
+            view("b", InstanceStatus::Active),
+            view("c", InstanceStatus::Draining),
+        ];
+        let plan = reconcile(&service, &refs, &instances, 0);
+        assert_eq!(plan.starts.len(), 1);
+        assert_eq!(plan.starts[0].instance_id.as_deref(), Some("b"));
+        assert_eq!(plan.stops.len(), 1, "the task on an unknown instance stops");
+    }
+}
