@@ -343,8 +343,14 @@ impl<'a> TaskCtx<'a, '_> {
             return (self.cleanup(), None);
         }
         let (by_name, mut actions) = self.by_name();
-        let mut cause = self.stop_cause(&by_name);
+        // A stop the control plane asked for carries its own stop code; the
+        // exits it causes are no cause of ours.
         let stopping_wanted = self.a.task.desired_status == TaskStatus::Stopped;
+        let mut cause = if stopping_wanted {
+            None
+        } else {
+            self.stop_cause(&by_name)
+        };
         if cause.is_none() && !stopping_wanted {
             match self.start(&by_name) {
                 Ok(mut start) => {
@@ -819,3 +825,465 @@ fn secs(s: i64) -> Duration {
     Duration::from_secs(u64::try_from(s).unwrap_or(0))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ARN: &str = "arn:orc:ecs:local:000000000000:task/default/";
+
+    fn assignment(id: &str, desired: TaskStatus, containers: serde_json::Value) -> Assignment {
+        let task = json!({
+            "taskArn": format!("{ARN}{id}"),
+            "clusterArn": "arn:orc:ecs:local:000000000000:cluster/default",
+            "taskDefinitionArn": "arn:orc:ecs:local:000000000000:task-definition/web:1",
+            "lastStatus": "PENDING",
+            "desiredStatus": desired,
+            "cpu": "0", "memory": "0", "containers": [], "group": "family:web",
+            "version": 1, "launchType": "EC2", "healthStatus": "UNKNOWN", "createdAt": 0.0
+        });
+        Assignment {
+            task: serde_json::from_value(task).unwrap(),
+            task_definition: serde_json::from_value(
+                json!({"family": "web", "containerDefinitions": containers}),
+            )
+            .unwrap(),
+        }
+    }
+
+    fn web(id: &str) -> Assignment {
+        assignment(
+            id,
+            TaskStatus::Running,
+            json!([{"name": "web", "image": "app:1", "portMappings": [{"containerPort": 80}]}]),
+        )
+    }
+
+    fn observed(task: &str, name: &str, state: ContainerState) -> ObservedContainer {
+        ObservedContainer {
+            id: format!("id-{task}-{name}"),
+            name: container_name(task, name),
+            task_arn: format!("{ARN}{task}"),
+            container_name: name.into(),
+            state,
+            exit_code: state.is_terminal().then_some(0),
+            health: HealthStatus::None,
+            error: None,
+            oom_killed: false,
+            host_ports: Vec::new(),
+            stop_timeout: Duration::from_secs(30),
+        }
+    }
+
+    struct World {
+        assignments: Vec<Assignment>,
+        containers: Vec<ObservedContainer>,
+        networks: Vec<ObservedNetwork>,
+        memory: Memory,
+        busy: Busy,
+    }
+
+    impl World {
+        fn new(assignments: Vec<Assignment>) -> World {
+            World {
+                assignments,
+                containers: Vec::new(),
+                networks: Vec::new(),
+                memory: Memory {
+                    have_snapshot: true,
+                    ..Default::default()
+                },
+                busy: Busy::default(),
+            }
+        }
+
+        fn plan(&self) -> Plan {
+            self.plan_with(&|_, _| true)
+        }
+
+        fn plan_with(&self, bindable: &dyn Fn(u16, Protocol) -> bool) -> Plan {
+            reconcile(&Input {
+                cluster: "default",
+                instance_id: "i-1",
+                assignments: &self.assignments,
+                containers: &self.containers,
+                networks: &self.networks,
+                memory: &self.memory,
+                busy: &self.busy,
+                subnet_pool: SubnetPool::default(),
+                bindable,
+                now_ms: 7,
+            })
+        }
+    }
+
+    fn work(plan: &Plan, task: &str) -> Vec<Action> {
+        plan.work.get(&format!("{ARN}{task}")).cloned().unwrap_or_default()
+    }
+
+    /// A compact view of actions: "pull app:1", "create web", "start web"...
+    fn names(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::EnsureImage { image, .. } => format!("pull {image}"),
+                Action::CreateNetwork { name, .. } => format!("network {name}"),
+                Action::CreateContainer { container_name, .. } => format!("create {container_name}"),
+                Action::StartContainer { container_name, .. } => format!("start {container_name}"),
+                Action::StopContainer { container_name, .. } => format!("stop {container_name}"),
+                Action::RemoveContainer { id } => format!("remove {id}"),
+                Action::RemoveNetwork { name } => format!("rmnet {name}"),
+            })
+            .collect()
+    }
+
+    fn specs(actions: &[Action]) -> Vec<&ContainerSpec> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreateContainer { spec, .. } => Some(spec.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_single_container_task_is_pulled_created_started_and_reported_pending() {
+        let w = World::new(vec![web("t1")]);
+        let plan = w.plan();
+        assert_eq!(
+            names(&work(&plan, "t1")),
+            ["pull app:1", "create web", "start web"]
+        );
+        let spec = specs(&plan.work[&format!("{ARN}t1")])[0].clone();
+        assert_eq!(spec.name, "orc-t1-web");
+        assert_eq!(spec.network, None, "a single container uses the default bridge");
+        assert_eq!(spec.labels[labels::TASK_ARN], format!("{ARN}t1"));
+        assert_eq!(spec.labels[labels::CONTAINER_NAME], "web");
+        assert_eq!(spec.labels[labels::INSTANCE_ID], "i-1");
+        assert_eq!(spec.labels[labels::MANAGED], "1");
+        assert_eq!(spec.cpu_shares, Some(2));
+        assert_eq!(spec.port_bindings[0].host_port, 32768);
+        assert_eq!(spec.labels[labels::PORTS], "80/tcp=32768");
+        assert_eq!(plan.reports.len(), 1);
+        assert_eq!(plan.reports[0].status, TaskStatus::Pending);
+        assert_eq!(plan.reports[0].at_ms, 7);
+    }
+
+    #[test]
+    fn adopted_containers_are_not_created_again() {
+        let mut w = World::new(vec![web("t1")]);
+        let mut c = observed("t1", "web", ContainerState::Running);
+        c.host_ports = ports::decode("80/tcp=32768");
+        w.containers.push(c);
+        let plan = w.plan();
+        assert!(plan.work.is_empty(), "{:?}", plan.work);
+        assert_eq!(plan.reports[0].status, TaskStatus::Running);
+        assert_eq!(plan.reports[0].containers[0].network_bindings[0].host_port, 32768);
+        // Once reported, the same state is not reported again.
+        let mut remembered = plan.reports[0].clone();
+        remembered.at_ms = 0;
+        w.memory.reported.insert(remembered.task_arn.clone(), remembered);
+        assert!(w.plan().reports.is_empty());
+    }
+
+    #[test]
+    fn orphans_are_removed_only_after_a_snapshot() {
+        let mut w = World::new(vec![]);
+        w.containers.push(observed("gone", "web", ContainerState::Running));
+        w.containers.push(observed("gone", "db", ContainerState::Exited));
+        w.networks.push(ObservedNetwork {
+            name: "orc-gone".into(),
+            task_arn: format!("{ARN}gone"),
+            subnet: Some("10.231.0.0/28".into()),
+        });
+        assert_eq!(
+            names(&work(&w.plan(), "gone")),
+            ["stop web", "remove id-gone-web", "remove id-gone-db", "rmnet orc-gone"]
+        );
+        w.memory.have_snapshot = false;
+        assert!(w.plan().work.is_empty(), "nothing is an orphan before the first snapshot");
+    }
+
+    #[test]
+    fn depends_on_each_condition() {
+        let defs = |cond: &str| {
+            json!([
+                {"name": "db", "image": "db:1", "essential": false,
+                 "healthCheck": {"command": ["CMD", "true"]}},
+                {"name": "app", "image": "app:1",
+                 "dependsOn": [{"containerName": "db", "condition": cond}]}
+            ])
+        };
+        // START: both start in the same pass, db first.
+        let w = World::new(vec![assignment("t1", TaskStatus::Running, defs("START"))]);
+        assert_eq!(
+            names(&work(&w.plan(), "t1")),
+            ["network orc-t1", "pull db:1", "create db", "pull app:1", "create app", "start db", "start app"]
+        );
+        for (cond, db_state, exit, health, starts_app) in [
+            ("COMPLETE", ContainerState::Running, None, HealthStatus::None, false),
+            ("COMPLETE", ContainerState::Exited, Some(1), HealthStatus::None, true),
+            ("SUCCESS", ContainerState::Running, None, HealthStatus::None, false),
+            ("SUCCESS", ContainerState::Exited, Some(0), HealthStatus::None, true),
+            ("HEALTHY", ContainerState::Running, None, HealthStatus::Starting, false),
+            ("HEALTHY", ContainerState::Running, None, HealthStatus::Healthy, true),
+        ] {
+            let mut w = World::new(vec![assignment("t1", TaskStatus::Running, defs(cond))]);
+            w.networks.push(ObservedNetwork {
+                name: "orc-t1".into(),
+                task_arn: format!("{ARN}t1"),
+                subnet: Some("10.231.0.0/28".into()),
+            });
+            let mut db = observed("t1", "db", db_state);
+            db.exit_code = exit;
+            db.health = health;
+            w.containers.push(db);
+            w.containers.push(observed("t1", "app", ContainerState::Created));
+            let expected: Vec<String> = if starts_app {
+                vec!["start app".into()]
+            } else {
+                vec![]
+            };
+            assert_eq!(names(&work(&w.plan(), "t1")), expected, "{cond} {db_state:?} {health:?}");
+        }
+        // SUCCESS can no longer hold: the task fails to start.
+        let mut w = World::new(vec![assignment("t1", TaskStatus::Running, defs("SUCCESS"))]);
+        let mut db = observed("t1", "db", ContainerState::Exited);
+        db.exit_code = Some(2);
+        w.containers.push(db);
+        w.containers.push(observed("t1", "app", ContainerState::Created));
+        let plan = w.plan();
+        assert_eq!(
+            names(&work(&plan, "t1")),
+            ["remove id-t1-db", "remove id-t1-app"]
+        );
+        assert_eq!(plan.reports[0].status, TaskStatus::Stopped);
+        assert_eq!(plan.reports[0].stop_code.as_deref(), Some("TaskFailedToStart"));
+        assert!(plan.reports[0].reason.as_deref().unwrap().contains("code 2"));
+    }
+
+    #[test]
+    fn essential_exit_stops_the_others_then_reports_and_cleans_up() {
+        let defs = json!([
+            {"name": "main", "image": "app:1"},
+            {"name": "side", "image": "app:1", "essential": false, "stopTimeout": 5}
+        ]);
+        let mut w = World::new(vec![assignment("t1", TaskStatus::Running, defs)]);
+        let mut main = observed("t1", "main", ContainerState::Exited);
+        main.exit_code = Some(3);
+        w.containers.push(main);
+        let mut side = observed("t1", "side", ContainerState::Running);
+        side.stop_timeout = Duration::from_secs(5);
+        w.containers.push(side);
+        w.networks.push(ObservedNetwork {
+            name: "orc-t1".into(),
+            task_arn: format!("{ARN}t1"),
+            subnet: None,
+        });
+        let plan = w.plan();
+        assert_eq!(names(&work(&plan, "t1")), ["stop side"]);
+        assert!(matches!(
+            &work(&plan, "t1")[0],
+            Action::StopContainer { timeout, .. } if *timeout == Duration::from_secs(5)
+        ));
+        assert!(plan.reports.is_empty(), "no report until everything stopped");
+
+        w.containers[1].state = ContainerState::Exited;
+        w.containers[1].exit_code = Some(143);
+        let plan = w.plan();
+        assert_eq!(
+            names(&work(&plan, "t1")),
+            ["remove id-t1-main", "remove id-t1-side", "rmnet orc-t1"]
+        );
+        let r = &plan.reports[0];
+        assert_eq!(r.status, TaskStatus::Stopped);
+        assert_eq!(r.stop_code.as_deref(), Some("EssentialContainerExited"));
+        assert_eq!(r.reason.as_deref(), Some(ESSENTIAL_EXITED_REASON));
+        assert_eq!(r.containers[0].exit_code, Some(3));
+        assert_eq!(r.containers[1].exit_code, Some(143));
+        assert!(r.containers.iter().all(|c| c.status == "STOPPED"));
+
+        // Reported and cleaned: never started again while still assigned.
+        w.memory.finished.insert(format!("{ARN}t1"));
+        w.containers.clear();
+        w.networks.clear();
+        let plan = w.plan();
+        assert!(plan.work.is_empty() && plan.reports.is_empty());
+    }
+
+    #[test]
+    fn non_essential_exit_is_only_reported() {
+        let defs = json!([
+            {"name": "main", "image": "app:1"},
+            {"name": "init", "image": "app:1", "essential": false}
+        ]);
+        let mut w = World::new(vec![assignment("t1", TaskStatus::Running, defs)]);
+        w.networks.push(ObservedNetwork {
+            name: "orc-t1".into(),
+            task_arn: format!("{ARN}t1"),
+            subnet: None,
+        });
+        w.containers.push(observed("t1", "main", ContainerState::Running));
+        let mut init = observed("t1", "init", ContainerState::Exited);
+        init.exit_code = Some(1);
+        w.containers.push(init);
+        let plan = w.plan();
+        assert!(plan.work.is_empty());
+        assert_eq!(plan.reports[0].status, TaskStatus::Running);
+        assert_eq!(plan.reports[0].containers[1].status, "STOPPED");
+        assert_eq!(plan.reports[0].containers[1].exit_code, Some(1));
+    }
+
+    #[test]
+    fn desired_stopped_stops_then_removes() {
+        let mut w = World::new(vec![assignment(
+            "t1",
+            TaskStatus::Stopped,
+            json!([{"name": "web", "image": "app:1"}]),
+        )]);
+        w.containers.push(observed("t1", "web", ContainerState::Running));
+        assert_eq!(names(&work(&w.plan(), "t1")), ["stop web"]);
+        w.containers[0].state = ContainerState::Exited;
+        w.containers[0].exit_code = Some(0);
+        let plan = w.plan();
+        assert_eq!(names(&work(&plan, "t1")), ["remove id-t1-web"]);
+        assert_eq!(plan.reports[0].status, TaskStatus::Stopped);
+        assert_eq!(plan.reports[0].stop_code, None, "the control plane set its own stop code");
+        assert_eq!(plan.reports[0].containers[0].exit_code, Some(0));
+    }
+
+    #[test]
+    fn a_task_whose_start_failed_is_stopped_with_the_reason() {
+        let mut w = World::new(vec![web("t1")]);
+        w.memory.failures.insert(
+            format!("{ARN}t1"),
+            ("web".into(), "CannotPullContainerError: app:1: denied".into()),
+        );
+        let plan = w.plan();
+        assert!(plan.work.is_empty());
+        let r = &plan.reports[0];
+        assert_eq!(r.status, TaskStatus::Stopped);
+        assert_eq!(r.stop_code.as_deref(), Some("TaskFailedToStart"));
+        assert_eq!(r.reason.as_deref(), Some("CannotPullContainerError: app:1: denied"));
+        assert_eq!(r.containers[0].reason, r.reason);
+    }
+
+    #[test]
+    fn static_and_dynamic_ports_never_collide() {
+        let static_task = assignment(
+            "s1",
+            TaskStatus::Running,
+            json!([{"name": "web", "image": "app:1",
+                    "portMappings": [{"containerPort": 80, "hostPort": 32770}]}]),
+        );
+        let mut w = World::new(vec![web("t1"), web("t2"), static_task, web("t3"), web("t4")]);
+        // An adopted container holds 32768; 32769 is held by something else on the host;
+        // a batch in flight holds 32771.
+        let mut c = observed("t1", "web", ContainerState::Running);
+        c.host_ports = ports::decode("80/tcp=32768");
+        w.containers.push(c);
+        w.busy.ports.insert((32771, Protocol::Tcp));
+        let plan = w.plan_with(&|p, _| p != 32769);
+        let port = |t: &str| specs(&plan.work[&format!("{ARN}{t}")])[0].port_bindings[0].host_port;
+        assert_eq!(port("t2"), 32772);
+        assert_eq!(port("s1"), 32770);
+        assert_eq!(port("t3"), 32773);
+        assert_eq!(port("t4"), 32774);
+        assert!(!plan.work.contains_key(&format!("{ARN}t1")));
+    }
+
+    #[test]
+    fn multi_container_task_gets_a_network_with_aliases_from_names_and_links() {
+        let defs = json!([
+            {"name": "db", "image": "db:1"},
+            {"name": "web", "image": "app:1", "links": ["db:database"],
+             "cpu": 256, "memory": 128, "memoryReservation": 64,
+             "environment": [{"name": "A", "value": "1"}],
+             "dockerLabels": {"orc.test": "1"},
+             "extraHosts": [{"hostname": "h", "ipAddress": "10.0.0.9"}]}
+        ]);
+        let mut w = World::new(vec![assignment("t1", TaskStatus::Running, defs.clone())]);
+        w.networks.push(ObservedNetwork {
+            name: "orc-other".into(),
+            task_arn: format!("{ARN}other"),
+            subnet: Some("10.231.0.0/28".into()),
+        });
+        w.assignments.push(assignment("other", TaskStatus::Running, defs));
+        w.busy.tasks.insert(format!("{ARN}other"));
+        let plan = w.plan();
+        let actions = work(&plan, "t1");
+        match &actions[0] {
+            Action::CreateNetwork { name, subnet, labels: l } => {
+                assert_eq!(name, "orc-t1");
+                assert_eq!(subnet.cidr, "10.231.0.16/28", "the used subnet is skipped");
+                assert_eq!(l[labels::TASK_ARN], format!("{ARN}t1"));
+            }
+            other => panic!("expected a network first, got {other:?}"),
+        }
+        let specs = specs(&actions);
+        assert_eq!(specs[0].network.as_deref(), Some("orc-t1"));
+        assert_eq!(specs[0].network_aliases, ["db", "database"]);
+        assert_eq!(specs[1].network_aliases, ["web"]);
+        assert_eq!(specs[1].cpu_shares, Some(256));
+        assert_eq!(specs[1].memory_limit_mib, Some(128));
+        assert_eq!(specs[1].memory_reservation_mib, Some(64));
+        assert_eq!(specs[1].environment, [("A".to_string(), "1".to_string())]);
+        assert_eq!(specs[1].labels["orc.test"], "1");
+        assert_eq!(specs[1].extra_hosts, ["h:10.0.0.9"]);
+        assert!(!plan.work.contains_key(&format!("{ARN}other")), "busy tasks are left alone");
+    }
+
+    #[test]
+    fn never_reports_backwards_and_reports_health() {
+        let mut a = assignment(
+            "t1",
+            TaskStatus::Running,
+            json!([{"name": "web", "image": "app:1", "healthCheck": {"command": ["CMD", "true"]}}]),
+        );
+        a.task.last_status = TaskStatus::Running;
+        let mut w = World::new(vec![a]);
+        // Restarted agent recreating a container that vanished: PENDING < RUNNING, no report.
+        let plan = w.plan();
+        assert_eq!(names(&work(&plan, "t1")), ["pull app:1", "create web", "start web"]);
+        assert!(plan.reports.is_empty());
+        let mut c = observed("t1", "web", ContainerState::Running);
+        c.health = HealthStatus::Starting;
+        w.containers.push(c);
+        let r = w.plan().reports.remove(0);
+        assert_eq!((r.status, r.health_status.as_str()), (TaskStatus::Running, "UNKNOWN"));
+        w.containers[0].health = HealthStatus::Healthy;
+        let r = w.plan().reports.remove(0);
+        assert_eq!(r.health_status, "HEALTHY");
+        assert_eq!(r.containers[0].health_status, "HEALTHY");
+        w.containers[0].health = HealthStatus::Unhealthy;
+        assert_eq!(w.plan().reports[0].health_status, "UNHEALTHY");
+    }
+
+    #[test]
+    fn duplicates_are_removed_keeping_the_running_one() {
+        let mut w = World::new(vec![web("t1")]);
+        let mut dup = observed("t1", "web", ContainerState::Exited);
+        dup.id = "old".into();
+        w.containers.push(dup);
+        w.containers.push(observed("t1", "web", ContainerState::Running));
+        assert_eq!(names(&work(&w.plan(), "t1")), ["remove old"]);
+    }
+
+    #[test]
+    fn stopped_tasks_in_the_snapshot_are_only_cleaned_up() {
+        let mut a = web("t1");
+        a.task.last_status = TaskStatus::Stopped;
+        let mut w = World::new(vec![a]);
+        assert!(w.plan().work.is_empty());
+        w.containers.push(observed("t1", "web", ContainerState::Exited));
+        assert_eq!(names(&work(&w.plan(), "t1")), ["remove id-t1-web"]);
+    }
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(container_name("abc", "my web/1"), "orc-abc-my-web-1");
+        assert_eq!(network_name("abc"), "orc-abc");
+    }
+}
