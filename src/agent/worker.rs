@@ -624,6 +624,7 @@ async fn reconcile_loop(
     let mut assignments: Arc<Vec<Assignment>> = Arc::new(Vec::new());
     let mut cache = HashMap::new();
     let mut engine_down = false;
+    let mut snapshot_arrived = false;
     let mut backoff = Backoff::new(config.max_backoff);
     let probe = config.probe_ports;
     let bindable = move |port: u16, proto| !probe || ports::can_bind(port, proto);
@@ -634,7 +635,7 @@ async fn reconcile_loop(
             apply_outcome(&mut memory, &mut busy, &mut held, outcome);
         }
         // Snapshot from the control plane.
-        if assign_rx.has_changed().unwrap_or(false) {
+        if std::mem::take(&mut snapshot_arrived) || assign_rx.has_changed().unwrap_or(false) {
             if let Some(list) = assign_rx.borrow_and_update().clone() {
                 let arns: HashSet<&str> = list.iter().map(|a| a.task.task_arn.as_str()).collect();
                 memory.failures.retain(|k, _| arns.contains(k.as_str()));
@@ -730,6 +731,7 @@ async fn reconcile_loop(
                     // The watch loop is gone: the agent is shutting down.
                     return;
                 }
+                snapshot_arrived = true;
             }
             Some(outcome) = done_rx.recv() => {
                 apply_outcome(&mut memory, &mut busy, &mut held, outcome);
