@@ -101,7 +101,10 @@ impl Plane {
 
     /// The newest report with `status` for the task, if one arrived.
     fn report(&self, arn: &str, status: TaskStatus) -> Option<TaskStateChange> {
-        self.reports(arn).into_iter().rev().find(|r| r.status == status)
+        self.reports(arn)
+            .into_iter()
+            .rev()
+            .find(|r| r.status == status)
     }
 
     async fn serve(&self) -> (String, tokio::task::JoinHandle<()>) {
@@ -137,7 +140,10 @@ impl AgentApi for Plane {
         };
         s.registrations.push((id.clone(), r.instance_json));
         Ok(Response::new(RegisterInstanceResponse {
-            container_instance_arn: format!("arn:orc:ecs:local:000000000000:container-instance/{}/{id}", r.cluster),
+            container_instance_arn: format!(
+                "arn:orc:ecs:local:000000000000:container-instance/{}/{id}",
+                r.cluster
+            ),
             container_instance_id: id,
             instance_json: String::new(),
         }))
@@ -235,7 +241,10 @@ fn suffix() -> String {
         .unwrap()
         .as_nanos() as u64;
     let x = nanos ^ (u64::from(std::process::id()) << 20) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:08x}", (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+    format!(
+        "{:08x}",
+        (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+    )
 }
 
 /// Docker tests run one at a time: agents in one process would race for
@@ -306,7 +315,13 @@ fn docker_ids(cluster: &str, extra: &str) -> Vec<String> {
 
 fn docker_networks(cluster: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["network", "ls", "-q", "--filter", &format!("label=orc.cluster={cluster}")])
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=orc.cluster={cluster}"),
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -343,8 +358,10 @@ fn assignment(cluster: &str, id: &str, containers: serde_json::Value) -> Assignm
     });
     Assignment {
         task: serde_json::from_value(task).unwrap(),
-        task_definition: serde_json::from_value(json!({"family": "t", "containerDefinitions": containers}))
-            .unwrap(),
+        task_definition: serde_json::from_value(
+            json!({"family": "t", "containerDefinitions": containers}),
+        )
+        .unwrap(),
     }
 }
 
@@ -395,8 +412,12 @@ async fn docker() -> Arc<dyn Runtime> {
 }
 
 async fn http_get(port: u16) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
     let mut body = String::new();
     tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut body))
         .await
@@ -476,7 +497,10 @@ async fn web_task_is_reachable_on_its_dynamic_host_port() {
     plane.assign(assignment(
         &cluster,
         "web",
-        json!([container("web", json!({"portMappings": [{"containerPort": 80}]}))]),
+        json!([container(
+            "web",
+            json!({"portMappings": [{"containerPort": 80}]})
+        )]),
     ));
     let task = arn(&cluster, "web");
     let running = until(Duration::from_secs(60), "the web task RUNNING", || async {
@@ -526,7 +550,10 @@ async fn essential_exit_stops_the_task_with_exit_codes() {
         "ess",
         json!([
             container("main", json!({"command": ["sh", "-c", "sleep 2; exit 3"]})),
-            container("side", json!({"essential": false, "command": ["sleep", "600"]}))
+            container(
+                "side",
+                json!({"essential": false, "command": ["sleep", "600"]})
+            )
         ]),
     ));
     let task = arn(&cluster, "ess");
@@ -534,11 +561,20 @@ async fn essential_exit_stops_the_task_with_exit_codes() {
         plane.report(&task, TaskStatus::Stopped)
     })
     .await;
-    assert_eq!(stopped.stop_code.as_deref(), Some("EssentialContainerExited"));
-    assert_eq!(stopped.reason.as_deref(), Some("Essential container in task exited"));
+    assert_eq!(
+        stopped.stop_code.as_deref(),
+        Some("EssentialContainerExited")
+    );
+    assert_eq!(
+        stopped.reason.as_deref(),
+        Some("Essential container in task exited")
+    );
     let main = &stopped.containers[0];
     let side = &stopped.containers[1];
-    assert_eq!((main.container_name.as_str(), main.exit_code), ("main", Some(3)));
+    assert_eq!(
+        (main.container_name.as_str(), main.exit_code),
+        ("main", Some(3))
+    );
     assert_eq!(side.container_name, "side");
     assert!(
         matches!(side.exit_code, Some(137) | Some(143)),
@@ -546,9 +582,14 @@ async fn essential_exit_stops_the_task_with_exit_codes() {
     );
     assert!(stopped.containers.iter().all(|c| c.status == "STOPPED"));
     assert!(plane.report(&task, TaskStatus::Running).is_some());
-    until(Duration::from_secs(30), "containers and network removed", || async {
-        (docker_ids(&cluster, "").is_empty() && docker_networks(&cluster).is_empty()).then_some(())
-    })
+    until(
+        Duration::from_secs(30),
+        "containers and network removed",
+        || async {
+            (docker_ids(&cluster, "").is_empty() && docker_networks(&cluster).is_empty())
+                .then_some(())
+        },
+    )
     .await;
     agent.abort();
 }
@@ -576,8 +617,11 @@ async fn containers_of_a_task_reach_each_other_by_name_and_link_alias() {
         "net",
         json!([
             container("web", json!({})),
-            container("client", json!({"essential": false, "links": ["web:www"],
-                                       "command": ["sh", "-c", probe]}))
+            container(
+                "client",
+                json!({"essential": false, "links": ["web:www"],
+                                       "command": ["sh", "-c", probe]})
+            )
         ]),
     ));
     let task = arn(&cluster, "net");
@@ -590,7 +634,11 @@ async fn containers_of_a_task_reach_each_other_by_name_and_link_alias() {
     })
     .await;
     assert_eq!(report.status, TaskStatus::Running, "{report:?}");
-    assert_eq!(report.containers[1].exit_code, Some(0), "client could not reach web: {report:?}");
+    assert_eq!(
+        report.containers[1].exit_code,
+        Some(0),
+        "client could not reach web: {report:?}"
+    );
     assert_eq!(report.containers[0].status, "RUNNING");
     assert_eq!(docker_networks(&cluster).len(), 1);
     agent.abort();
@@ -680,7 +728,8 @@ async fn a_restarted_agent_adopts_its_containers_and_applies_stops_made_while_do
         .then_some(())
     })
     .await;
-    let port = plane.report(&keep, TaskStatus::Running).unwrap().containers[0].network_bindings[0].host_port;
+    let port = plane.report(&keep, TaskStatus::Running).unwrap().containers[0].network_bindings[0]
+        .host_port;
     let keep_ids = docker_ids(&cluster, &format!("label=orc.task-arn={keep}"));
     assert_eq!(keep_ids.len(), 2);
 
@@ -691,22 +740,31 @@ async fn a_restarted_agent_adopts_its_containers_and_applies_stops_made_while_do
     let first_id = plane.lock().registrations[0].0.clone();
 
     let agent = start_agent(config(&address, &cluster, dir.path()), runtime);
-    let stopped = until(Duration::from_secs(60), "the stopped task STOPPED", || async {
-        plane.report(&gone, TaskStatus::Stopped)
-    })
+    let stopped = until(
+        Duration::from_secs(60),
+        "the stopped task STOPPED",
+        || async { plane.report(&gone, TaskStatus::Stopped) },
+    )
     .await;
     assert_eq!(stopped.containers[0].status, "STOPPED");
-    until(Duration::from_secs(30), "the stopped task's container removed", || async {
-        docker_ids(&cluster, &format!("label=orc.task-arn={gone}"))
-            .is_empty()
-            .then_some(())
-    })
+    until(
+        Duration::from_secs(30),
+        "the stopped task's container removed",
+        || async {
+            docker_ids(&cluster, &format!("label=orc.task-arn={gone}"))
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await;
     // The same instance, the same containers, no duplicates, the same port.
     let regs = plane.lock().registrations.clone();
     assert_eq!(regs.len(), 2);
     assert_eq!(regs[1].0, first_id);
-    assert_eq!(docker_ids(&cluster, &format!("label=orc.task-arn={keep}")), keep_ids);
+    assert_eq!(
+        docker_ids(&cluster, &format!("label=orc.task-arn={keep}")),
+        keep_ids
+    );
     assert_eq!(docker_ids(&cluster, "status=running"), keep_ids);
     until(Duration::from_secs(30), "the kept page", || async {
         http_get(port).await.filter(|b| b.contains("hello from"))

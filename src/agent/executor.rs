@@ -31,14 +31,16 @@ pub struct Outcome {
     pub unavailable: bool,
 }
 
+/// Per image: when it was last made available; the async mutex serialises
+/// pulls of one image.
+type ImageSlots = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>>;
+
 /// Runs batches against a runtime.
 #[derive(Clone)]
 pub struct Executor {
     runtime: Arc<dyn Runtime>,
     pull_behavior: PullBehavior,
-    /// Per image: when it was last made available; the mutex serialises
-    /// pulls of one image.
-    images: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>>,
+    images: ImageSlots,
 }
 
 impl Executor {
@@ -234,7 +236,13 @@ mod tests {
                 ],
             )
             .await;
-        assert_eq!(out, Outcome { task_arn: "t1".into(), ..Default::default() });
+        assert_eq!(
+            out,
+            Outcome {
+                task_arn: "t1".into(),
+                ..Default::default()
+            }
+        );
         assert_eq!(rt.container_count(), 0);
     }
 

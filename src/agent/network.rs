@@ -140,6 +140,9 @@ mod tests {
             assert!(e.contains("10.231.0.0/16"), "{e}");
         }
         // Host bits are cleared.
-        assert_eq!("10.1.2.3/16".parse::<SubnetPool>().unwrap().to_string(), "10.1.0.0/16");
+        assert_eq!(
+            "10.1.2.3/16".parse::<SubnetPool>().unwrap().to_string(),
+            "10.1.0.0/16"
+        );
     }
 }

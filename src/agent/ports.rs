@@ -27,7 +27,9 @@ pub fn allocate(
     protocol: Protocol,
     bindable: &dyn Fn(u16, Protocol) -> bool,
 ) -> Option<u16> {
-    DYNAMIC_RANGE.into_iter().find(|p| !used.contains(&(*p, protocol)) && bindable(*p, protocol))
+    DYNAMIC_RANGE
+        .into_iter()
+        .find(|p| !used.contains(&(*p, protocol)) && bindable(*p, protocol))
 }
 
 /// Whether nothing on this host holds `port` on 0.0.0.0 right now.
@@ -97,11 +99,14 @@ mod tests {
         assert_eq!(encode(&b), "80/tcp=32768,53/udp=5353");
         assert_eq!(decode(&encode(&b)), b);
         assert_eq!(decode(""), vec![]);
-        assert_eq!(decode("x=1,80/tcp=81"), vec![PortBinding {
-            container_port: 80,
-            host_port: 81,
-            protocol: Protocol::Tcp
-        }]);
+        assert_eq!(
+            decode("x=1,80/tcp=81"),
+            vec![PortBinding {
+                container_port: 80,
+                host_port: 81,
+                protocol: Protocol::Tcp
+            }]
+        );
     }
 
     #[test]

@@ -135,14 +135,21 @@ pub enum Action {
         spec: Box<ContainerSpec>,
     },
     /// `id` may be the engine's name of a container created earlier in the batch.
-    StartContainer { container_name: String, id: String },
+    StartContainer {
+        container_name: String,
+        id: String,
+    },
     StopContainer {
         container_name: String,
         id: String,
         timeout: Duration,
     },
-    RemoveContainer { id: String },
-    RemoveNetwork { name: String },
+    RemoveContainer {
+        id: String,
+    },
+    RemoveNetwork {
+        name: String,
+    },
 }
 
 /// What [`reconcile`] decided.
@@ -428,7 +435,10 @@ impl<'a> TaskCtx<'a, '_> {
         }
         // Dependency conditions that can never hold for a container not started yet.
         for def in &self.td().container_definitions {
-            if by_name.get(def.name.as_str()).is_some_and(|c| started(c.state)) {
+            if by_name
+                .get(def.name.as_str())
+                .is_some_and(|c| started(c.state))
+            {
                 continue;
             }
             for dep in &def.depends_on {
@@ -593,8 +603,7 @@ impl<'a> TaskCtx<'a, '_> {
     fn bind_ports(&mut self, def: &ContainerDefinition) -> Result<Vec<PortBinding>, StopCause> {
         let mut out = Vec::new();
         for pm in &def.port_mappings {
-            let Some(container_port) = pm.container_port.and_then(|p| u16::try_from(p).ok())
-            else {
+            let Some(container_port) = pm.container_port.and_then(|p| u16::try_from(p).ok()) else {
                 continue;
             };
             let protocol = convert_protocol(pm.protocol);
@@ -636,10 +645,11 @@ impl<'a> TaskCtx<'a, '_> {
         let status = if stopped {
             TaskStatus::Stopped
         } else {
-            let all_started = td
-                .container_definitions
-                .iter()
-                .all(|d| by_name.get(d.name.as_str()).is_some_and(|c| started(c.state)));
+            let all_started = td.container_definitions.iter().all(|d| {
+                by_name
+                    .get(d.name.as_str())
+                    .is_some_and(|c| started(c.state))
+            });
             let any_running = by_name.values().any(|c| running(c.state));
             if all_started {
                 TaskStatus::Running
@@ -772,7 +782,10 @@ pub fn container_spec(
         (labels::CONTAINER_NAME, def.name.clone()),
         (labels::INSTANCE_ID, instance_id.to_string()),
         (labels::PORTS, ports::encode(&port_bindings)),
-        (labels::STOP_TIMEOUT, def.stop_timeout_secs().max(0).to_string()),
+        (
+            labels::STOP_TIMEOUT,
+            def.stop_timeout_secs().max(0).to_string(),
+        ),
     ] {
         spec.labels.insert(k.to_string(), v);
     }
@@ -824,7 +837,6 @@ pub fn container_spec(
 fn secs(s: i64) -> Duration {
     Duration::from_secs(u64::try_from(s).unwrap_or(0))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -919,7 +931,10 @@ mod tests {
     }
 
     fn work(plan: &Plan, task: &str) -> Vec<Action> {
-        plan.work.get(&format!("{ARN}{task}")).cloned().unwrap_or_default()
+        plan.work
+            .get(&format!("{ARN}{task}"))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// A compact view of actions: "pull app:1", "create web", "start web"...
@@ -929,7 +944,9 @@ mod tests {
             .map(|a| match a {
                 Action::EnsureImage { image, .. } => format!("pull {image}"),
                 Action::CreateNetwork { name, .. } => format!("network {name}"),
-                Action::CreateContainer { container_name, .. } => format!("create {container_name}"),
+                Action::CreateContainer { container_name, .. } => {
+                    format!("create {container_name}")
+                }
                 Action::StartContainer { container_name, .. } => format!("start {container_name}"),
                 Action::StopContainer { container_name, .. } => format!("stop {container_name}"),
                 Action::RemoveContainer { id } => format!("remove {id}"),
@@ -958,7 +975,10 @@ mod tests {
         );
         let spec = specs(&plan.work[&format!("{ARN}t1")])[0].clone();
         assert_eq!(spec.name, "orc-t1-web");
-        assert_eq!(spec.network, None, "a single container uses the default bridge");
+        assert_eq!(
+            spec.network, None,
+            "a single container uses the default bridge"
+        );
         assert_eq!(spec.labels[labels::TASK_ARN], format!("{ARN}t1"));
         assert_eq!(spec.labels[labels::CONTAINER_NAME], "web");
         assert_eq!(spec.labels[labels::INSTANCE_ID], "i-1");
@@ -980,19 +1000,26 @@ mod tests {
         let plan = w.plan();
         assert!(plan.work.is_empty(), "{:?}", plan.work);
         assert_eq!(plan.reports[0].status, TaskStatus::Running);
-        assert_eq!(plan.reports[0].containers[0].network_bindings[0].host_port, 32768);
+        assert_eq!(
+            plan.reports[0].containers[0].network_bindings[0].host_port,
+            32768
+        );
         // Once reported, the same state is not reported again.
         let mut remembered = plan.reports[0].clone();
         remembered.at_ms = 0;
-        w.memory.reported.insert(remembered.task_arn.clone(), remembered);
+        w.memory
+            .reported
+            .insert(remembered.task_arn.clone(), remembered);
         assert!(w.plan().reports.is_empty());
     }
 
     #[test]
     fn orphans_are_removed_only_after_a_snapshot() {
         let mut w = World::new(vec![]);
-        w.containers.push(observed("gone", "web", ContainerState::Running));
-        w.containers.push(observed("gone", "db", ContainerState::Exited));
+        w.containers
+            .push(observed("gone", "web", ContainerState::Running));
+        w.containers
+            .push(observed("gone", "db", ContainerState::Exited));
         w.networks.push(ObservedNetwork {
             name: "orc-gone".into(),
             task_arn: format!("{ARN}gone"),
@@ -1000,10 +1027,18 @@ mod tests {
         });
         assert_eq!(
             names(&work(&w.plan(), "gone")),
-            ["stop web", "remove id-gone-web", "remove id-gone-db", "rmnet orc-gone"]
+            [
+                "stop web",
+                "remove id-gone-web",
+                "remove id-gone-db",
+                "rmnet orc-gone"
+            ]
         );
         w.memory.have_snapshot = false;
-        assert!(w.plan().work.is_empty(), "nothing is an orphan before the first snapshot");
+        assert!(
+            w.plan().work.is_empty(),
+            "nothing is an orphan before the first snapshot"
+        );
     }
 
     #[test]
@@ -1020,15 +1055,59 @@ mod tests {
         let w = World::new(vec![assignment("t1", TaskStatus::Running, defs("START"))]);
         assert_eq!(
             names(&work(&w.plan(), "t1")),
-            ["network orc-t1", "pull db:1", "create db", "pull app:1", "create app", "start db", "start app"]
+            [
+                "network orc-t1",
+                "pull db:1",
+                "create db",
+                "pull app:1",
+                "create app",
+                "start db",
+                "start app"
+            ]
         );
         for (cond, db_state, exit, health, starts_app) in [
-            ("COMPLETE", ContainerState::Running, None, HealthStatus::None, false),
-            ("COMPLETE", ContainerState::Exited, Some(1), HealthStatus::None, true),
-            ("SUCCESS", ContainerState::Running, None, HealthStatus::None, false),
-            ("SUCCESS", ContainerState::Exited, Some(0), HealthStatus::None, true),
-            ("HEALTHY", ContainerState::Running, None, HealthStatus::Starting, false),
-            ("HEALTHY", ContainerState::Running, None, HealthStatus::Healthy, true),
+            (
+                "COMPLETE",
+                ContainerState::Running,
+                None,
+                HealthStatus::None,
+                false,
+            ),
+            (
+                "COMPLETE",
+                ContainerState::Exited,
+                Some(1),
+                HealthStatus::None,
+                true,
+            ),
+            (
+                "SUCCESS",
+                ContainerState::Running,
+                None,
+                HealthStatus::None,
+                false,
+            ),
+            (
+                "SUCCESS",
+                ContainerState::Exited,
+                Some(0),
+                HealthStatus::None,
+                true,
+            ),
+            (
+                "HEALTHY",
+                ContainerState::Running,
+                None,
+                HealthStatus::Starting,
+                false,
+            ),
+            (
+                "HEALTHY",
+                ContainerState::Running,
+                None,
+                HealthStatus::Healthy,
+                true,
+            ),
         ] {
             let mut w = World::new(vec![assignment("t1", TaskStatus::Running, defs(cond))]);
             w.networks.push(ObservedNetwork {
@@ -1040,28 +1119,41 @@ mod tests {
             db.exit_code = exit;
             db.health = health;
             w.containers.push(db);
-            w.containers.push(observed("t1", "app", ContainerState::Created));
+            w.containers
+                .push(observed("t1", "app", ContainerState::Created));
             let expected: Vec<String> = if starts_app {
                 vec!["start app".into()]
             } else {
                 vec![]
             };
-            assert_eq!(names(&work(&w.plan(), "t1")), expected, "{cond} {db_state:?} {health:?}");
+            assert_eq!(
+                names(&work(&w.plan(), "t1")),
+                expected,
+                "{cond} {db_state:?} {health:?}"
+            );
         }
         // SUCCESS can no longer hold: the task fails to start.
         let mut w = World::new(vec![assignment("t1", TaskStatus::Running, defs("SUCCESS"))]);
         let mut db = observed("t1", "db", ContainerState::Exited);
         db.exit_code = Some(2);
         w.containers.push(db);
-        w.containers.push(observed("t1", "app", ContainerState::Created));
+        w.containers
+            .push(observed("t1", "app", ContainerState::Created));
         let plan = w.plan();
         assert_eq!(
             names(&work(&plan, "t1")),
             ["remove id-t1-db", "remove id-t1-app"]
         );
         assert_eq!(plan.reports[0].status, TaskStatus::Stopped);
-        assert_eq!(plan.reports[0].stop_code.as_deref(), Some("TaskFailedToStart"));
-        assert!(plan.reports[0].reason.as_deref().unwrap().contains("code 2"));
+        assert_eq!(
+            plan.reports[0].stop_code.as_deref(),
+            Some("TaskFailedToStart")
+        );
+        assert!(plan.reports[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("code 2"));
     }
 
     #[test]
@@ -1088,7 +1180,10 @@ mod tests {
             &work(&plan, "t1")[0],
             Action::StopContainer { timeout, .. } if *timeout == Duration::from_secs(5)
         ));
-        assert!(plan.reports.is_empty(), "no report until everything stopped");
+        assert!(
+            plan.reports.is_empty(),
+            "no report until everything stopped"
+        );
 
         w.containers[1].state = ContainerState::Exited;
         w.containers[1].exit_code = Some(143);
@@ -1125,7 +1220,8 @@ mod tests {
             task_arn: format!("{ARN}t1"),
             subnet: None,
         });
-        w.containers.push(observed("t1", "main", ContainerState::Running));
+        w.containers
+            .push(observed("t1", "main", ContainerState::Running));
         let mut init = observed("t1", "init", ContainerState::Exited);
         init.exit_code = Some(1);
         w.containers.push(init);
@@ -1143,14 +1239,18 @@ mod tests {
             TaskStatus::Stopped,
             json!([{"name": "web", "image": "app:1"}]),
         )]);
-        w.containers.push(observed("t1", "web", ContainerState::Running));
+        w.containers
+            .push(observed("t1", "web", ContainerState::Running));
         assert_eq!(names(&work(&w.plan(), "t1")), ["stop web"]);
         w.containers[0].state = ContainerState::Exited;
         w.containers[0].exit_code = Some(0);
         let plan = w.plan();
         assert_eq!(names(&work(&plan, "t1")), ["remove id-t1-web"]);
         assert_eq!(plan.reports[0].status, TaskStatus::Stopped);
-        assert_eq!(plan.reports[0].stop_code, None, "the control plane set its own stop code");
+        assert_eq!(
+            plan.reports[0].stop_code, None,
+            "the control plane set its own stop code"
+        );
         assert_eq!(plan.reports[0].containers[0].exit_code, Some(0));
     }
 
@@ -1159,14 +1259,20 @@ mod tests {
         let mut w = World::new(vec![web("t1")]);
         w.memory.failures.insert(
             format!("{ARN}t1"),
-            ("web".into(), "CannotPullContainerError: app:1: denied".into()),
+            (
+                "web".into(),
+                "CannotPullContainerError: app:1: denied".into(),
+            ),
         );
         let plan = w.plan();
         assert!(plan.work.is_empty());
         let r = &plan.reports[0];
         assert_eq!(r.status, TaskStatus::Stopped);
         assert_eq!(r.stop_code.as_deref(), Some("TaskFailedToStart"));
-        assert_eq!(r.reason.as_deref(), Some("CannotPullContainerError: app:1: denied"));
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("CannotPullContainerError: app:1: denied")
+        );
         assert_eq!(r.containers[0].reason, r.reason);
     }
 
@@ -1178,7 +1284,13 @@ mod tests {
             json!([{"name": "web", "image": "app:1",
                     "portMappings": [{"containerPort": 80, "hostPort": 32770}]}]),
         );
-        let mut w = World::new(vec![web("t1"), web("t2"), static_task, web("t3"), web("t4")]);
+        let mut w = World::new(vec![
+            web("t1"),
+            web("t2"),
+            static_task,
+            web("t3"),
+            web("t4"),
+        ]);
         // An adopted container holds 32768; 32769 is held by something else on the host;
         // a batch in flight holds 32771.
         let mut c = observed("t1", "web", ContainerState::Running);
@@ -1210,12 +1322,17 @@ mod tests {
             task_arn: format!("{ARN}other"),
             subnet: Some("10.231.0.0/28".into()),
         });
-        w.assignments.push(assignment("other", TaskStatus::Running, defs));
+        w.assignments
+            .push(assignment("other", TaskStatus::Running, defs));
         w.busy.tasks.insert(format!("{ARN}other"));
         let plan = w.plan();
         let actions = work(&plan, "t1");
         match &actions[0] {
-            Action::CreateNetwork { name, subnet, labels: l } => {
+            Action::CreateNetwork {
+                name,
+                subnet,
+                labels: l,
+            } => {
                 assert_eq!(name, "orc-t1");
                 assert_eq!(subnet.cidr, "10.231.0.16/28", "the used subnet is skipped");
                 assert_eq!(l[labels::TASK_ARN], format!("{ARN}t1"));
@@ -1232,7 +1349,10 @@ mod tests {
         assert_eq!(specs[1].environment, [("A".to_string(), "1".to_string())]);
         assert_eq!(specs[1].labels["orc.test"], "1");
         assert_eq!(specs[1].extra_hosts, ["h:10.0.0.9"]);
-        assert!(!plan.work.contains_key(&format!("{ARN}other")), "busy tasks are left alone");
+        assert!(
+            !plan.work.contains_key(&format!("{ARN}other")),
+            "busy tasks are left alone"
+        );
     }
 
     #[test]
@@ -1246,13 +1366,19 @@ mod tests {
         let mut w = World::new(vec![a]);
         // Restarted agent recreating a container that vanished: PENDING < RUNNING, no report.
         let plan = w.plan();
-        assert_eq!(names(&work(&plan, "t1")), ["pull app:1", "create web", "start web"]);
+        assert_eq!(
+            names(&work(&plan, "t1")),
+            ["pull app:1", "create web", "start web"]
+        );
         assert!(plan.reports.is_empty());
         let mut c = observed("t1", "web", ContainerState::Running);
         c.health = HealthStatus::Starting;
         w.containers.push(c);
         let r = w.plan().reports.remove(0);
-        assert_eq!((r.status, r.health_status.as_str()), (TaskStatus::Running, "UNKNOWN"));
+        assert_eq!(
+            (r.status, r.health_status.as_str()),
+            (TaskStatus::Running, "UNKNOWN")
+        );
         w.containers[0].health = HealthStatus::Healthy;
         let r = w.plan().reports.remove(0);
         assert_eq!(r.health_status, "HEALTHY");
@@ -1267,7 +1393,8 @@ mod tests {
         let mut dup = observed("t1", "web", ContainerState::Exited);
         dup.id = "old".into();
         w.containers.push(dup);
-        w.containers.push(observed("t1", "web", ContainerState::Running));
+        w.containers
+            .push(observed("t1", "web", ContainerState::Running));
         assert_eq!(names(&work(&w.plan(), "t1")), ["remove old"]);
     }
 
@@ -1277,7 +1404,8 @@ mod tests {
         a.task.last_status = TaskStatus::Stopped;
         let mut w = World::new(vec![a]);
         assert!(w.plan().work.is_empty());
-        w.containers.push(observed("t1", "web", ContainerState::Exited));
+        w.containers
+            .push(observed("t1", "web", ContainerState::Exited));
         assert_eq!(names(&work(&w.plan(), "t1")), ["remove id-t1-web"]);
     }
 

@@ -190,7 +190,11 @@ impl Conn {
     }
 
     fn client(&self) -> AgentApiClient<Channel> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// Our error for a failed call; follows a leader hint, and goes back to
@@ -386,10 +390,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn watch_loop(
-    shared: Arc<Shared>,
-    tx: watch::Sender<Option<Arc<Vec<Assignment>>>>,
-) {
+async fn watch_loop(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<Vec<Assignment>>>>) {
     let mut after = 0u64;
     let mut backoff = Backoff::new(shared.config.max_backoff);
     loop {
@@ -410,10 +411,16 @@ async fn watch_loop(
                             for json in &msg.tasks_json {
                                 match serde_json::from_str::<Assignment>(json) {
                                     Ok(a) => list.push(a),
-                                    Err(e) => tracing::error!(error = %e, "ignoring an assignment the agent cannot read; is the agent older than the server?"),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "ignoring an assignment the agent cannot read; is the agent older than the server?")
+                                    }
                                 }
                             }
-                            tracing::debug!(revision = msg.revision, tasks = list.len(), "assignments");
+                            tracing::debug!(
+                                revision = msg.revision,
+                                tasks = list.len(),
+                                "assignments"
+                            );
                             let _ = tx.send(Some(Arc::new(list)));
                         }
                         Ok(None) => {
@@ -462,7 +469,13 @@ async fn events_loop(shared: Arc<Shared>) {
 async fn report_loop(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(shared.config.max_backoff);
     loop {
-        let batch = std::mem::take(&mut *shared.reports.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let batch = std::mem::take(
+            &mut *shared
+                .reports
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let mut failed = false;
         for (arn, report) in batch {
             if failed {
@@ -714,7 +727,13 @@ async fn reconcile_loop(
                 let mut running: Vec<String> = containers
                     .iter()
                     .filter(|c| c.state == ContainerState::Running)
-                    .map(|c| c.task_arn.rsplit('/').next().unwrap_or(&c.task_arn).to_string())
+                    .map(|c| {
+                        c.task_arn
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or(&c.task_arn)
+                            .to_string()
+                    })
                     .collect();
                 running.sort();
                 running.dedup();
