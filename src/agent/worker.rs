@@ -1,0 +1,859 @@
+//! The agent's main loop (`orc agent`): an ECS container instance.
+//!
+//! [`run`] registers the instance (reusing the id saved in the data dir),
+//! then runs side by side until `shutdown`:
+//! * heartbeats every `heartbeat_interval`;
+//! * the assignment watch: a server stream of every task assigned to this
+//!   instance, resent whole on each change; when it breaks the agent
+//!   reconnects with backoff and resumes after the last revision seen, and
+//!   meanwhile keeps reconciling against the last snapshot it has;
+//! * the engine's event stream, which only wakes the reconciler up;
+//! * the reconciler: observe the engine, [`reconcile`], hand each task's
+//!   actions to the [`Executor`] (tasks in parallel), queue the reports;
+//! * the reporter: sends queued task state changes, retrying with backoff
+//!   (the newest report per task replaces an unsent older one).
+//!
+//! Shutting down leaves every container running, as the ECS agent does: a
+//! restarted agent adopts them by their labels.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::agent::config::AgentConfig;
+use crate::agent::executor::{Executor, Outcome};
+use crate::agent::ports;
+use crate::agent::reconcile::{
+    labels, reconcile, Action, Busy, Input, Memory, ObservedContainer, ObservedNetwork,
+};
+use crate::agent::runtime::{
+    normalize_architecture, ContainerState, ContainerStatus, NodeResources, Runtime,
+};
+use crate::api::status::from_status;
+use crate::model::{Assignment, Attribute, InstanceRegistration, TaskStateChange, TaskStatus};
+use crate::proto::agent_api_client::AgentApiClient;
+use crate::proto::{
+    HeartbeatRequest, RegisterInstanceRequest, TaskStateReport, WatchAssignmentsRequest,
+};
+use crate::{Error, Result};
+
+/// Host ports ECS reserves on every instance.
+pub const RESERVED_PORTS: [u16; 5] = [22, 2375, 2376, 51678, 51679];
+
+/// The file in the data dir that remembers the instance.
+pub const STATE_FILE: &str = "agent.json";
+
+/// What the data dir remembers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedInstance {
+    pub cluster: String,
+    pub container_instance_id: String,
+    pub container_instance_arn: String,
+}
+
+/// Reads `agent.json`; None when the dir is new.
+pub fn load_instance(data_dir: &Path) -> Result<Option<SavedInstance>> {
+    let path = data_dir.join(STATE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            Error::InvalidInput(format!(
+                "{} is corrupt ({e}): remove it to register as a new container instance",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::InvalidInput(format!(
+            "cannot read {}: {e}: check the permissions of --data-dir",
+            path.display()
+        ))),
+    }
+}
+
+fn save_instance(data_dir: &Path, saved: &SavedInstance) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        Error::InvalidInput(format!(
+            "cannot write to the agent data dir {}: {e}: check --data-dir",
+            data_dir.display()
+        ))
+    };
+    std::fs::create_dir_all(data_dir).map_err(fail)?;
+    let tmp = data_dir.join(format!("{STATE_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(saved).expect("serializable");
+    std::fs::write(&tmp, text).map_err(fail)?;
+    std::fs::rename(&tmp, data_dir.join(STATE_FILE)).map_err(fail)
+}
+
+/// What the agent registers: resources from the engine, ECS's built-in
+/// attributes, then the custom ones (which win on equal names).
+pub fn registration(config: &AgentConfig, node: &NodeResources) -> InstanceRegistration {
+    // The engine reports the userland's architecture (a 32-bit Raspberry Pi
+    // OS on a 64-bit kernel is arm/v7), which is what images must match.
+    let arch = if node.architecture.is_empty() {
+        normalize_architecture(std::env::consts::ARCH)
+    } else {
+        normalize_architecture(&node.architecture)
+    };
+    let hostname = if node.hostname.is_empty() {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    } else {
+        node.hostname.clone()
+    };
+    let mut attrs: BTreeMap<String, String> = BTreeMap::from([
+        ("ecs.cpu-architecture".to_string(), arch),
+        ("ecs.os-type".to_string(), "linux".to_string()),
+        ("ecs.instance-type".to_string(), "pi".to_string()),
+        ("orc.hostname".to_string(), hostname.clone()),
+    ]);
+    for (k, v) in &config.attributes {
+        attrs.insert(k.clone(), v.clone());
+    }
+    let memory_mib = i64::try_from(node.memory_bytes / (1024 * 1024)).unwrap_or(i64::MAX);
+    InstanceRegistration {
+        hostname,
+        cpu: 1024 * i64::from(node.cpus),
+        memory_mib: memory_mib
+            .saturating_sub(i64::try_from(config.reserved_memory_mib).unwrap_or(i64::MAX))
+            .max(0),
+        reserved_ports: RESERVED_PORTS.to_vec(),
+        attributes: attrs
+            .into_iter()
+            .map(|(name, value)| Attribute {
+                name,
+                value: Some(value),
+            })
+            .collect(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        docker_version: node.docker_version.clone(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Doubling pause, capped.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+    fn pause(&mut self) -> Duration {
+        let p = self.next;
+        self.next = (self.next * 2).min(self.max);
+        p
+    }
+}
+
+/// The gRPC connection: the configured server, or the leader it named.
+#[derive(Clone)]
+struct Conn {
+    home: String,
+    current: Arc<Mutex<(String, AgentApiClient<Channel>)>>,
+}
+
+impl Conn {
+    fn new(server: &str) -> Result<Conn> {
+        Ok(Conn {
+            home: server.to_string(),
+            current: Arc::new(Mutex::new((server.to_string(), Self::make(server)?))),
+        })
+    }
+
+    fn make(server: &str) -> Result<AgentApiClient<Channel>> {
+        Ok(AgentApiClient::new(crate::client::channel(server)?)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    fn client(&self) -> AgentApiClient<Channel> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Our error for a failed call; follows a leader hint, and goes back to
+    /// the configured server when the one it followed is gone.
+    fn error(&self, status: tonic::Status) -> Error {
+        let error = from_status(status);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let target = match &error {
+            Error::NotLeader {
+                leader_address: Some(leader),
+            } if *leader != current.0 => Some(leader.clone()),
+            Error::Unavailable(_) if current.0 != self.home => Some(self.home.clone()),
+            _ => None,
+        };
+        if let Some(target) = target {
+            if let Ok(client) = Self::make(&target) {
+                tracing::info!(server = %target, "talking to another server");
+                *current = (target, client);
+            }
+        }
+        error
+    }
+}
+
+/// Reports waiting to be sent: the newest per task.
+#[derive(Default)]
+struct ReportQueue {
+    pending: Mutex<BTreeMap<String, TaskStateChange>>,
+    notify: Notify,
+}
+
+impl ReportQueue {
+    fn push(&self, report: TaskStateChange) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(report.task_arn.clone(), report);
+        self.notify.notify_one();
+    }
+}
+
+struct Shared {
+    config: AgentConfig,
+    runtime: Arc<dyn Runtime>,
+    conn: Conn,
+    instance_id: String,
+    reports: ReportQueue,
+    running_task_ids: Mutex<Vec<String>>,
+    wake: Notify,
+}
+
+/// Runs the agent until `shutdown` completes. Containers are left running.
+///
+/// Fails only when the configuration or the data dir is unusable; an
+/// unreachable control plane or engine is waited for.
+pub async fn run(
+    config: AgentConfig,
+    runtime: Arc<dyn Runtime>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    tokio::select! {
+        r = run_inner(config, runtime) => r,
+        () = shutdown => {
+            tracing::info!("agent stopping; containers keep running");
+            Ok(())
+        }
+    }
+}
+
+async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()> {
+    let saved = load_instance(&config.data_dir)?;
+    if let Some(s) = &saved {
+        if s.cluster != config.cluster {
+            return Err(Error::InvalidInput(format!(
+                "the agent data dir {} belongs to container instance {} of cluster {:?}: pass --cluster {} or another --data-dir",
+                config.data_dir.display(),
+                s.container_instance_id,
+                s.cluster,
+                s.cluster
+            )));
+        }
+    }
+    let conn = Conn::new(&config.server)?;
+    let mut backoff = Backoff::new(config.max_backoff);
+
+    // The engine's description of the node.
+    let node = loop {
+        match runtime.info().await {
+            Ok(node) => break node,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot describe the node; retrying");
+                tokio::time::sleep(backoff.pause()).await;
+            }
+        }
+    };
+    let reg = registration(&config, &node);
+    let instance_json = serde_json::to_string(&reg).expect("serializable");
+
+    // Register (or re-register with the saved id).
+    backoff.reset();
+    let mut warned = false;
+    let response = loop {
+        let request = RegisterInstanceRequest {
+            cluster: config.cluster.clone(),
+            container_instance_id: saved
+                .as_ref()
+                .map(|s| s.container_instance_id.clone())
+                .unwrap_or_default(),
+            instance_json: instance_json.clone(),
+        };
+        match conn.client().register_container_instance(request).await {
+            Ok(r) => break r.into_inner(),
+            Err(status) => {
+                let e = conn.error(status);
+                if !e.is_retryable() {
+                    return Err(Error::InvalidInput(format!(
+                        "the control plane at {} refused to register this instance: {e}",
+                        config.server
+                    )));
+                }
+                if !warned {
+                    tracing::warn!(server = %config.server, error = %e, "cannot register yet; retrying until the control plane answers");
+                    warned = true;
+                }
+                tokio::time::sleep(backoff.pause()).await;
+            }
+        }
+    };
+    let saved = SavedInstance {
+        cluster: config.cluster.clone(),
+        container_instance_id: response.container_instance_id.clone(),
+        container_instance_arn: response.container_instance_arn.clone(),
+    };
+    save_instance(&config.data_dir, &saved)?;
+    tracing::info!(instance = %saved.container_instance_id, cluster = %config.cluster, arn = %saved.container_instance_arn, "registered");
+
+    let shared = Arc::new(Shared {
+        config,
+        runtime,
+        conn,
+        instance_id: saved.container_instance_id,
+        reports: ReportQueue::default(),
+        running_task_ids: Mutex::new(Vec::new()),
+        wake: Notify::new(),
+    });
+    let (assign_tx, assign_rx) = watch::channel::<Option<Arc<Vec<Assignment>>>>(None);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(heartbeat_loop(shared.clone()));
+    tasks.spawn(watch_loop(shared.clone(), assign_tx));
+    tasks.spawn(events_loop(shared.clone()));
+    tasks.spawn(report_loop(shared.clone()));
+    tasks.spawn(reconcile_loop(shared.clone(), assign_rx));
+    // The loops run forever; dropping the set (on shutdown) aborts them.
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            if e.is_panic() {
+                return Err(Error::Internal(format!("an agent loop panicked: {e}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let mut reachable = true;
+    loop {
+        let ids = shared
+            .running_task_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let request = HeartbeatRequest {
+            cluster: shared.config.cluster.clone(),
+            container_instance_id: shared.instance_id.clone(),
+            running_task_ids: ids,
+        };
+        match shared.conn.client().heartbeat(request).await {
+            Ok(_) => {
+                if !reachable {
+                    tracing::info!("the control plane answers heartbeats again");
+                }
+                reachable = true;
+            }
+            Err(status) => {
+                let e = shared.conn.error(status);
+                if reachable {
+                    tracing::warn!(error = %e, "heartbeat failed; containers keep running");
+                }
+                reachable = false;
+            }
+        }
+        tokio::time::sleep(shared.config.heartbeat_interval).await;
+    }
+}
+
+async fn watch_loop(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<Vec<Assignment>>>>) {
+    let mut after = 0u64;
+    let mut backoff = Backoff::new(shared.config.max_backoff);
+    loop {
+        let request = WatchAssignmentsRequest {
+            cluster: shared.config.cluster.clone(),
+            container_instance_id: shared.instance_id.clone(),
+            after_revision: after,
+        };
+        match shared.conn.client().watch_assignments(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => {
+                            backoff.reset();
+                            after = after.max(msg.revision);
+                            let mut list = Vec::with_capacity(msg.tasks_json.len());
+                            for json in &msg.tasks_json {
+                                match serde_json::from_str::<Assignment>(json) {
+                                    Ok(a) => list.push(a),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "ignoring an assignment the agent cannot read; is the agent older than the server?")
+                                    }
+                                }
+                            }
+                            tracing::debug!(
+                                revision = msg.revision,
+                                tasks = list.len(),
+                                "assignments"
+                            );
+                            let _ = tx.send(Some(Arc::new(list)));
+                        }
+                        Ok(None) => {
+                            tracing::info!("the assignment stream ended; reconnecting");
+                            break;
+                        }
+                        Err(status) => {
+                            let e = shared.conn.error(status);
+                            tracing::warn!(error = %e, "the assignment stream broke; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                let e = shared.conn.error(status);
+                tracing::debug!(error = %e, "cannot watch assignments yet");
+            }
+        }
+        tokio::time::sleep(backoff.pause()).await;
+    }
+}
+
+async fn events_loop(shared: Arc<Shared>) {
+    let mut backoff = Backoff::new(shared.config.max_backoff);
+    let filter = format!("{}=1", labels::MANAGED);
+    loop {
+        let mut events = shared.runtime.events(Some(&filter));
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(_) => {
+                    backoff.reset();
+                    shared.wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "engine event stream failed");
+                    break;
+                }
+            }
+        }
+        shared.wake.notify_one();
+        tokio::time::sleep(backoff.pause()).await;
+    }
+}
+
+async fn report_loop(shared: Arc<Shared>) {
+    let mut backoff = Backoff::new(shared.config.max_backoff);
+    loop {
+        let batch = std::mem::take(
+            &mut *shared
+                .reports
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut failed = false;
+        for (arn, report) in batch {
+            if failed {
+                requeue(&shared, arn, report);
+                continue;
+            }
+            let request = TaskStateReport {
+                cluster: shared.config.cluster.clone(),
+                container_instance_id: shared.instance_id.clone(),
+                report_json: serde_json::to_string(&report).expect("serializable"),
+            };
+            match shared.conn.client().report_task_state(request).await {
+                Ok(_) => {
+                    tracing::info!(task = %arn, status = report.status.as_str(), health = %report.health_status, "reported");
+                }
+                Err(status) => {
+                    let e = shared.conn.error(status);
+                    if e.is_retryable() {
+                        tracing::debug!(task = %arn, error = %e, "report not delivered; will retry");
+                        requeue(&shared, arn, report);
+                        failed = true;
+                    } else {
+                        tracing::warn!(task = %arn, status = report.status.as_str(), error = %e, "the control plane refused a report");
+                    }
+                }
+            }
+        }
+        if failed {
+            tokio::time::sleep(backoff.pause()).await;
+        } else {
+            backoff.reset();
+            let empty = shared
+                .reports
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if empty {
+                shared.reports.notify.notified().await;
+            }
+        }
+    }
+}
+
+/// Puts a report back unless a newer one for the task was queued meanwhile.
+fn requeue(shared: &Shared, arn: String, report: TaskStateChange) {
+    shared
+        .reports
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(arn)
+        .or_insert(report);
+}
+
+/// Lists the agent's containers and networks of this cluster; inspects a
+/// container when its state changed or it has a health check to follow.
+async fn observe(
+    shared: &Shared,
+    cache: &mut HashMap<String, ContainerStatus>,
+) -> crate::agent::runtime::RuntimeResult<(Vec<ObservedContainer>, Vec<ObservedNetwork>)> {
+    let rt = &shared.runtime;
+    let cluster = shared.config.cluster.as_str();
+    let filter = format!("{}=1", labels::MANAGED);
+    let list: Vec<_> = rt
+        .list_containers(Some(&filter))
+        .await?
+        .into_iter()
+        .filter(|s| s.labels.get(labels::CLUSTER).map(String::as_str) == Some(cluster))
+        .collect();
+    let stale: Vec<String> = list
+        .iter()
+        .filter(|s| match cache.get(&s.id) {
+            None => true,
+            Some(c) => {
+                c.state != s.state
+                    || (s.state == ContainerState::Running
+                        && s.labels.contains_key(labels::HEALTH_CHECK))
+            }
+        })
+        .map(|s| s.id.clone())
+        .collect();
+    let inspected: Vec<_> = futures::stream::iter(stale)
+        .map(|id| async move { (id.clone(), rt.inspect_container(&id).await) })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for (id, r) in inspected {
+        match r {
+            Ok(status) => {
+                cache.insert(id, status);
+            }
+            Err(e) if e.is_not_found() => {
+                cache.remove(&id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let ids: HashSet<&str> = list.iter().map(|s| s.id.as_str()).collect();
+    cache.retain(|id, _| ids.contains(id.as_str()));
+    let containers = list
+        .iter()
+        .filter_map(|s| {
+            let st = cache.get(&s.id)?;
+            Some(ObservedContainer {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                task_arn: s.labels.get(labels::TASK_ARN).cloned().unwrap_or_default(),
+                container_name: s
+                    .labels
+                    .get(labels::CONTAINER_NAME)
+                    .cloned()
+                    .unwrap_or_default(),
+                state: st.state,
+                exit_code: st.exit_code,
+                health: st.health,
+                error: st.error.clone(),
+                oom_killed: st.oom_killed,
+                host_ports: s
+                    .labels
+                    .get(labels::PORTS)
+                    .map(|l| ports::decode(l))
+                    .unwrap_or_default(),
+                stop_timeout: Duration::from_secs(
+                    s.labels
+                        .get(labels::STOP_TIMEOUT)
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(30),
+                ),
+            })
+        })
+        .collect();
+    let networks = rt
+        .list_networks(Some(&filter))
+        .await?
+        .into_iter()
+        .filter(|n| n.labels.get(labels::CLUSTER).map(String::as_str) == Some(cluster))
+        .map(|n| ObservedNetwork {
+            task_arn: n.labels.get(labels::TASK_ARN).cloned().unwrap_or_default(),
+            name: n.name,
+            subnet: n.subnet,
+        })
+        .collect();
+    Ok((containers, networks))
+}
+
+async fn reconcile_loop(
+    shared: Arc<Shared>,
+    mut assign_rx: watch::Receiver<Option<Arc<Vec<Assignment>>>>,
+) {
+    let config = &shared.config;
+    let executor = Executor::new(shared.runtime.clone(), config.image_pull_behavior);
+    let semaphore = Arc::new(Semaphore::new(config.parallel_tasks.max(1)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
+    let mut memory = Memory::default();
+    let mut busy = Busy::default();
+    // What each batch in flight holds back: its ports and subnets.
+    let mut held: HashMap<String, (Vec<ports::HostPort>, Vec<String>)> = HashMap::new();
+    let mut assignments: Arc<Vec<Assignment>> = Arc::new(Vec::new());
+    let mut cache = HashMap::new();
+    let mut engine_down = false;
+    let mut snapshot_arrived = false;
+    let mut backoff = Backoff::new(config.max_backoff);
+    let probe = config.probe_ports;
+    let bindable = move |port: u16, proto| !probe || ports::can_bind(port, proto);
+
+    loop {
+        // Results of finished batches.
+        while let Ok(outcome) = done_rx.try_recv() {
+            apply_outcome(&mut memory, &mut busy, &mut held, outcome);
+        }
+        // Snapshot from the control plane.
+        if std::mem::take(&mut snapshot_arrived) || assign_rx.has_changed().unwrap_or(false) {
+            if let Some(list) = assign_rx.borrow_and_update().clone() {
+                let arns: HashSet<&str> = list.iter().map(|a| a.task.task_arn.as_str()).collect();
+                memory.failures.retain(|k, _| arns.contains(k.as_str()));
+                memory.reported.retain(|k, _| arns.contains(k.as_str()));
+                memory.finished.retain(|k| arns.contains(k.as_str()));
+                memory.have_snapshot = true;
+                assignments = list;
+            }
+        }
+
+        let mut wait = config.reconcile_interval;
+        match observe(&shared, &mut cache).await {
+            Err(e) => {
+                if !engine_down {
+                    tracing::warn!(error = %e, "cannot observe containers; retrying");
+                }
+                engine_down = true;
+                wait = backoff.pause();
+            }
+            Ok((containers, networks)) => {
+                if engine_down {
+                    tracing::info!("the container engine answers again; re-reporting every task");
+                    memory.reported.clear();
+                    engine_down = false;
+                }
+                backoff.reset();
+                let plan = reconcile(&Input {
+                    cluster: &config.cluster,
+                    instance_id: &shared.instance_id,
+                    assignments: &assignments,
+                    containers: &containers,
+                    networks: &networks,
+                    memory: &memory,
+                    busy: &busy,
+                    subnet_pool: config.subnet_pool,
+                    bindable: &bindable,
+                    now_ms: now_ms(),
+                });
+                for report in plan.reports {
+                    let mut remembered = report.clone();
+                    remembered.at_ms = 0;
+                    if report.status == TaskStatus::Stopped {
+                        memory.finished.insert(report.task_arn.clone());
+                    }
+                    memory.reported.insert(report.task_arn.clone(), remembered);
+                    shared.reports.push(report);
+                }
+                for (arn, actions) in plan.work {
+                    let mut hold = (Vec::new(), Vec::new());
+                    for a in &actions {
+                        match a {
+                            Action::CreateContainer { spec, .. } => hold.0.extend(
+                                spec.port_bindings.iter().map(|b| (b.host_port, b.protocol)),
+                            ),
+                            Action::CreateNetwork { subnet, .. } => {
+                                hold.1.push(subnet.cidr.clone())
+                            }
+                            _ => {}
+                        }
+                    }
+                    busy.ports.extend(hold.0.iter().copied());
+                    busy.subnets.extend(hold.1.iter().cloned());
+                    busy.tasks.insert(arn.clone());
+                    held.insert(arn.clone(), hold);
+                    let executor = executor.clone();
+                    let semaphore = semaphore.clone();
+                    let done = done_tx.clone();
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _permit = semaphore.acquire_owned().await;
+                        let outcome = executor.run_batch(&arn, &actions).await;
+                        let _ = done.send(outcome);
+                        shared.wake.notify_one();
+                    });
+                }
+                let mut running: Vec<String> = containers
+                    .iter()
+                    .filter(|c| c.state == ContainerState::Running)
+                    .map(|c| {
+                        c.task_arn
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or(&c.task_arn)
+                            .to_string()
+                    })
+                    .collect();
+                running.sort();
+                running.dedup();
+                *shared
+                    .running_task_ids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = running;
+            }
+        }
+
+        tokio::select! {
+            r = assign_rx.changed() => {
+                if r.is_err() {
+                    // The watch loop is gone: the agent is shutting down.
+                    return;
+                }
+                snapshot_arrived = true;
+            }
+            Some(outcome) = done_rx.recv() => {
+                apply_outcome(&mut memory, &mut busy, &mut held, outcome);
+            }
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn apply_outcome(
+    memory: &mut Memory,
+    busy: &mut Busy,
+    held: &mut HashMap<String, (Vec<ports::HostPort>, Vec<String>)>,
+    outcome: Outcome,
+) {
+    busy.tasks.remove(&outcome.task_arn);
+    if let Some((ports, subnets)) = held.remove(&outcome.task_arn) {
+        for p in ports {
+            busy.ports.remove(&p);
+        }
+        for s in subnets {
+            busy.subnets.remove(&s);
+        }
+    }
+    if let Some(failure) = outcome.failure {
+        memory
+            .failures
+            .entry(outcome.task_arn.clone())
+            .or_insert(failure);
+    }
+    if let Some(subnet) = outcome.bad_subnet {
+        memory.bad_subnets.insert(subnet);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeResources {
+        NodeResources {
+            cpus: 4,
+            memory_bytes: 8 << 30,
+            architecture: "arm/v7".into(),
+            os_type: "linux".into(),
+            kernel_version: "6.6.0-v8+".into(),
+            docker_version: "27.0.1".into(),
+            hostname: "pi-1".into(),
+        }
+    }
+
+    #[test]
+    fn registration_reports_resources_and_attributes() {
+        let mut config = AgentConfig::new("x:1", "default", "/tmp/none".into());
+        config.reserved_memory_mib = 192;
+        config.attributes = vec![
+            ("ecs.availability-zone".into(), "shelf-1".into()),
+            ("ecs.instance-type".into(), "pi5".into()),
+        ];
+        let r = registration(&config, &node());
+        assert_eq!(r.cpu, 4096);
+        assert_eq!(r.memory_mib, 8192 - 192);
+        assert_eq!(r.reserved_ports, vec![22, 2375, 2376, 51678, 51679]);
+        assert_eq!(r.hostname, "pi-1");
+        assert_eq!(r.docker_version, "27.0.1");
+        let get = |n: &str| {
+            r.attributes
+                .iter()
+                .find(|a| a.name == n)
+                .and_then(|a| a.value.clone())
+        };
+        // The engine's (userland's) architecture wins over the kernel's.
+        assert_eq!(get("ecs.cpu-architecture").as_deref(), Some("arm/v7"));
+        assert_eq!(get("ecs.os-type").as_deref(), Some("linux"));
+        assert_eq!(get("ecs.instance-type").as_deref(), Some("pi5"));
+        assert_eq!(get("ecs.availability-zone").as_deref(), Some("shelf-1"));
+        assert_eq!(get("orc.hostname").as_deref(), Some("pi-1"));
+        assert_eq!(r.agent_version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn saved_instance_round_trips_and_corruption_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_instance(dir.path()).unwrap(), None);
+        let s = SavedInstance {
+            cluster: "lab".into(),
+            container_instance_id: "abc".into(),
+            container_instance_arn: "arn:x".into(),
+        };
+        save_instance(&dir.path().join("sub"), &s).unwrap();
+        assert_eq!(load_instance(&dir.path().join("sub")).unwrap(), Some(s));
+        std::fs::write(dir.path().join(STATE_FILE), "{").unwrap();
+        let e = load_instance(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("remove it"), "{e}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let p: Vec<_> = (0..5).map(|_| b.pause().as_millis()).collect();
+        assert_eq!(p, vec![100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.pause().as_millis(), 100);
+    }
+}
