@@ -545,6 +545,13 @@ async fn observe(
         .await?
         .into_iter()
         .filter(|s| s.labels.get(labels::CLUSTER).map(String::as_str) == Some(cluster))
+        // Another agent may share this Docker Engine (two instances on one
+        // machine): only this instance's containers are ours.
+        .filter(|s| {
+            s.labels
+                .get(labels::INSTANCE_ID)
+                .is_none_or(|id| *id == shared.instance_id)
+        })
         .collect();
     let stale: Vec<String> = list
         .iter()
@@ -613,6 +620,11 @@ async fn observe(
         .await?
         .into_iter()
         .filter(|n| n.labels.get(labels::CLUSTER).map(String::as_str) == Some(cluster))
+        .filter(|n| {
+            n.labels
+                .get(labels::INSTANCE_ID)
+                .is_none_or(|id| *id == shared.instance_id)
+        })
         .map(|n| ObservedNetwork {
             task_arn: n.labels.get(labels::TASK_ARN).cloned().unwrap_or_default(),
             name: n.name,

@@ -50,6 +50,25 @@ pub enum Command {
     Up(UpArgs),
     /// Run a control-plane server, or change the control plane's membership.
     Server(ServerCommand),
+    /// Run the container instance agent on this machine (drives the local Docker).
+    Agent(crate::agent::config::AgentArgs),
+    /// Print a task's container logs (from the local Docker Engine).
+    Logs {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The task id or ARN.
+        task: String,
+        /// Only this container (default: every container of the task).
+        #[arg(long)]
+        container: Option<String>,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only lines newer than this many seconds ago.
+        #[arg(long)]
+        since: Option<i64>,
+    },
     /// Control-plane commands.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -373,6 +392,9 @@ pub struct UpArgs {
     /// The API address.
     #[arg(long, default_value = DEFAULT_ENDPOINT)]
     pub listen: String,
+    /// Run only the control plane, no agent (no Docker needed).
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 /// `orc server` and its membership subcommands.
@@ -461,6 +483,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = Output::new(cli.output);
     match cli.command {
         Command::Up(args) => up(args).await,
+        Command::Agent(args) => {
+            let config = crate::agent::config::AgentConfig::try_from(args)?;
+            let runtime = crate::agent::docker::DockerRuntime::connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("orc agent: registering with {} in cluster {}", config.server, config.cluster);
+            crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Logs { cluster, task, container, follow, since } => {
+            logs(&cli.endpoint, cluster, &task, container.as_deref(), follow, since).await
+        }
         Command::Server(ServerCommand {
             action: Some(action),
             ..
@@ -799,11 +833,12 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| default_data_dir("up"));
+    let server_dir = data_dir.join("server");
     let fresh = matches!(
-        crate::datadir::DataDir::inspect(&data_dir)?,
+        crate::datadir::DataDir::inspect(&server_dir)?,
         crate::datadir::DataDir::Fresh(_)
     );
-    let mut options = ServerOptions::new(data_dir.clone(), args.listen.clone());
+    let mut options = ServerOptions::new(server_dir, args.listen.clone());
     options.bootstrap = fresh;
     let server = server::start(options)
         .await
@@ -811,21 +846,114 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut status = server.raft.watch_status();
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
-        status.wait_for(|s| s.applied_index > 0 && s.leader_id != 0),
+        status.wait_for(|s| s.applied_index > 1 && s.leader_id != 0),
     )
     .await;
+    let (stop_agent, agent_stopped) = tokio::sync::watch::channel(false);
+    let agent = if args.no_agent {
+        None
+    } else {
+        let runtime = crate::agent::docker::DockerRuntime::connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; start Docker, or run `orc up --no-agent` for the control plane alone"))?;
+        let config = crate::agent::config::AgentConfig::new(
+            server.advertise.clone(),
+            crate::model::DEFAULT_CLUSTER,
+            data_dir.join("agent"),
+        );
+        let mut agent_stopped = agent_stopped.clone();
+        Some(tokio::spawn(crate::agent::worker::run(
+            config,
+            std::sync::Arc::new(runtime),
+            async move {
+                let _ = agent_stopped.wait_for(|stop| *stop).await;
+            },
+        )))
+    };
     eprintln!("orc is up (data in {})", data_dir.display());
-    eprintln!(
-        "  control plane API   {}   (try: orc cluster status)",
-        server.advertise
-    );
+    eprintln!("  control plane API   {}   (try: orc cluster status)", server.advertise);
+    if agent.is_some() {
+        eprintln!("  container instance  this machine's Docker Engine, cluster default   (try: orc list-container-instances)");
+    }
     eprintln!("  metrics             http://{}/metrics", server.advertise);
-    eprintln!("press ctrl-c to stop");
+    eprintln!("press ctrl-c to stop (running tasks keep running and are adopted on the next start)");
     shutdown_signal().await;
     eprintln!("shutting down");
+    let _ = stop_agent.send(true);
+    if let Some(agent) = agent {
+        let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    }
     server.stop();
     Ok(())
 }
+
+async fn logs(
+    endpoint: &str,
+    cluster: Option<String>,
+    task: &str,
+    container: Option<&str>,
+    follow: bool,
+    since: Option<i64>,
+) -> anyhow::Result<()> {
+    use crate::agent::runtime::Runtime as _;
+    use futures::StreamExt as _;
+    let client = Client::new(endpoint)?;
+    let (answer, _) = client
+        .call("DescribeTasks", json!({"cluster": cluster, "tasks": [task]}))
+        .await?;
+    let Some(described) = answer["tasks"].as_array().and_then(|t| t.first()).cloned() else {
+        anyhow::bail!("task {task} was not found: check the id and --cluster");
+    };
+    let runtime = crate::agent::docker::DockerRuntime::connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let since = since.map(|seconds| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|now| now.as_secs() as i64 - seconds)
+            .unwrap_or(0)
+    });
+    let containers: Vec<serde_json::Value> = described["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| container.is_none_or(|name| c["name"] == name))
+        .cloned()
+        .collect();
+    if containers.is_empty() {
+        anyhow::bail!("task {task} has no container named {:?}", container.unwrap_or(""));
+    }
+    let many = containers.len() > 1;
+    let mut streams = Vec::new();
+    for c in &containers {
+        let name = c["name"].as_str().unwrap_or("?").to_string();
+        let Some(id) = c["runtimeId"].as_str() else {
+            eprintln!(
+                "{name}: no container yet (the task is {})",
+                described["lastStatus"].as_str().unwrap_or("?")
+            );
+            continue;
+        };
+        let prefix = if many { format!("{name} | ") } else { String::new() };
+        streams.push(
+            runtime
+                .logs(id, follow, since, None)
+                .map(move |line| (prefix.clone(), line))
+                .boxed(),
+        );
+    }
+    let mut merged = futures::stream::select_all(streams);
+    while let Some((prefix, line)) = merged.next().await {
+        match line {
+            Ok(line) => println!("{prefix}{}", line.text.trim_end_matches('\n')),
+            Err(error) => anyhow::bail!(
+                "cannot read the logs from the local Docker Engine ({error}); `orc logs` reads the Docker of the machine it runs on, so run it on the task's instance"
+            ),
+        }
+    }
+    Ok(())
+}
+
 
 async fn shutdown_signal() {
     let terminate = async {

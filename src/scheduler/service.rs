@@ -87,6 +87,14 @@ pub fn backoff_ms(failures: u32) -> u64 {
         .min(BACKOFF_CAP_MS)
 }
 
+/// The restart delay of a service: failures are counted in rounds of the
+/// desired count (a service of 4 whose 4 new tasks all fail has failed once),
+/// so a bad revision reaches the circuit breaker quickly while a crash loop
+/// still slows down exponentially.
+pub fn restart_delay_ms(consecutive_failures: u32, desired: u32) -> u64 {
+    backoff_ms(consecutive_failures.div_ceil(desired.max(1)))
+}
+
 fn is_live(task: &Task) -> bool {
     task.desired_status == TaskStatus::Running && task.last_status != TaskStatus::Stopped
 }
@@ -223,7 +231,7 @@ fn reconcile_replica(
         starting = 0;
     }
     if starting > 0 && primary.consecutive_failures > 0 {
-        let wait_until = primary.last_failure_ms + backoff_ms(primary.consecutive_failures);
+        let wait_until = primary.last_failure_ms + restart_delay_ms(primary.consecutive_failures, service.desired_count);
         if now_ms < wait_until {
             starting = 0;
         }
@@ -588,6 +596,8 @@ mod tests {
         assert_eq!(backoff_ms(1), 250);
         assert_eq!(backoff_ms(4), 2_000);
         assert_eq!(backoff_ms(30), BACKOFF_CAP_MS);
+        assert_eq!(restart_delay_ms(4, 4), 250, "four failures of a service of four are one round");
+        assert_eq!(restart_delay_ms(8, 4), 500);
     }
 
     #[test]

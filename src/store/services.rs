@@ -348,8 +348,9 @@ pub fn record_failed_launch(state: &mut State, task_key: &str, at_ms: u64) {
             deployment.consecutive_failures += 1;
             deployment.last_failure_ms = at_ms;
             let failures = deployment.consecutive_failures;
+            let desired = service.desired_count;
             if failures > 1 {
-                let delay = crate::scheduler::service::backoff_ms(failures);
+                let delay = crate::scheduler::service::restart_delay_ms(failures, desired);
                 let text = format!(
                     "(service {name}) (task {task_id}) failed: {reason}. The service is restarting tasks with a back-off of {:.1} s after {failures} consecutive failures.",
                     delay as f64 / 1000.0
