@@ -19,7 +19,7 @@
 //!    attempt may run up to 5 s; orc's client-side retry is off so every attempt
 //!    is one RPC). The figure is the time from the kill to the first attempt
 //!    that succeeds. The killed member is restarted from its data dir and the
-//!    cluster is let settle before the next trial; the median is reported.
+//!    cluster is let settle before the next trial (5 trials); the median is reported.
 //! 3. idle RSS (VmRSS in /proc/PID/status) of each server after 5 s idle on a
 //!    freshly formed cluster, before any load.
 //! 4. bytes written to disk by the idle cluster over 10 s: the sum over
@@ -37,7 +37,7 @@
 //! `etcd` on $PATH or `$ETCD_BIN` (Debian: `apt-get install etcd-server`).
 //!
 //! Knobs (environment): ORC_BENCH_WARMUP_SECS (1), ORC_BENCH_MEASURE_SECS (5),
-//! ORC_BENCH_FAILOVER_TRIALS (3), ORC_BENCH_SYSTEMS ("orc,etcd").
+//! ORC_BENCH_FAILOVER_TRIALS (5), ORC_BENCH_SYSTEMS ("orc,etcd").
 //!
 //! This is a benchmark, not a test: it asserts nothing about timing.
 //! Every child process is killed and every temp dir removed when the guards
@@ -741,11 +741,12 @@ async fn failover_trial(cluster: &mut Cluster, counter: &Arc<AtomicU64>) -> Opti
 
 #[derive(Default)]
 struct Report {
-    kind: Option<Kind>,
     write_size: String,
     rss_kib: Vec<u64>,
     idle_write_bytes: u64,
     idle_write_bytes_each: Vec<u64>,
+    /// CPU used by the idle cluster (all members), in % of one core.
+    idle_cpu_percent: Option<f64>,
     loads: Vec<Load>,
     failovers: Vec<Option<Duration>>,
 }
@@ -762,7 +763,7 @@ impl Report {
 }
 
 async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Report {
-    let mut report = Report { kind: Some(kind), ..Default::default() };
+    let mut report = Report::default();
     report.write_size = match kind {
         Kind::Orc => {
             let (entry, request) = orc_write_sizes();
@@ -779,11 +780,21 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
     report.rss_kib = pids.iter().map(|p| rss_kib(*p)).collect();
     progress!("{}: idle RSS (KiB) {:?}", kind.name(), report.rss_kib);
     let before: Vec<u64> = pids.iter().map(|p| write_bytes(*p)).collect();
+    let cpu_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
     tokio::time::sleep(IDLE_IO_WINDOW).await;
+    let cpu_after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    report.idle_cpu_percent =
+        Some((cpu_after - cpu_before) as f64 / ticks_per_second() / IDLE_IO_WINDOW.as_secs_f64() * 100.0);
     cluster.check_alive();
     report.idle_write_bytes_each = pids.iter().zip(&before).map(|(p, b)| write_bytes(*p).saturating_sub(*b)).collect();
     report.idle_write_bytes = report.idle_write_bytes_each.iter().sum();
-    progress!("{}: idle write_bytes over {:?}: {:?}", kind.name(), IDLE_IO_WINDOW, report.idle_write_bytes_each);
+    progress!(
+        "{}: idle write_bytes over {:?}: {:?}; idle CPU {:.1}% of a core (3 servers)",
+        kind.name(),
+        IDLE_IO_WINDOW,
+        report.idle_write_bytes_each,
+        report.idle_cpu_percent.unwrap_or(0.0)
+    );
 
     let leader = cluster.wait_ready(3, Duration::from_secs(30)).await;
     for clients in LEVELS {
@@ -803,7 +814,7 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
         report.loads.push(load);
     }
 
-    let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 3).max(1);
+    let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 5).max(1);
     for trial in 1..=trials {
         progress!("{}: failover trial {trial}/{trials}", kind.name());
         let took = failover_trial(&mut cluster, &counter).await;
@@ -836,6 +847,11 @@ fn machine() -> String {
         mem_kib as f64 / 1024.0 / 1024.0,
         tmp.display()
     )
+}
+
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn proc_meminfo(key: &str) -> u64 {
@@ -874,7 +890,7 @@ fn ratio(orc: f64, etcd: f64) -> String {
 
 fn table(orc: &Report, etcd: &Report) -> String {
     let mut rows: Vec<[String; 4]> = Vec::new();
-    let mut row = |name: String, o: Option<f64>, e: Option<f64>, fmt: &dyn Fn(f64) -> String| {
+    let row = |rows: &mut Vec<[String; 4]>, name: String, o: Option<f64>, e: Option<f64>, fmt: &dyn Fn(f64) -> String| {
         let cell = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "n/a".into());
         let r = match (o, e) {
             (Some(o), Some(e)) => ratio(o, e),
@@ -887,30 +903,35 @@ fn table(orc: &Report, etcd: &Report) -> String {
         let (o, e) = (find(orc, clients), find(etcd, clients));
         let label = if clients == 1 { "client".to_string() } else { "clients".to_string() };
         row(
+            &mut rows,
             format!("writes/s, {clients} {label}"),
             o.as_ref().map(|l| l.writes_per_second),
             e.as_ref().map(|l| l.writes_per_second),
             &|v| format!("{v:.0}"),
         );
         row(
+            &mut rows,
             format!("p50 commit latency, {clients} {label} (ms)"),
             o.as_ref().map(|l| ms(l.p50)),
             e.as_ref().map(|l| ms(l.p50)),
             &|v| format!("{v:.2}"),
         );
         row(
+            &mut rows,
             format!("p99 commit latency, {clients} {label} (ms)"),
             o.as_ref().map(|l| ms(l.p99)),
             e.as_ref().map(|l| ms(l.p99)),
             &|v| format!("{v:.2}"),
         );
         row(
+            &mut rows,
             format!("failed writes, {clients} {label}"),
             o.as_ref().map(|l| l.errors as f64),
             e.as_ref().map(|l| l.errors as f64),
             &|v| format!("{v:.0}"),
         );
         row(
+            &mut rows,
             format!("server CPU per write, {clients} {label} (µs, 3 servers)"),
             o.as_ref().map(|l| l.cpu_per_write.as_secs_f64() * 1e6),
             e.as_ref().map(|l| l.cpu_per_write.as_secs_f64() * 1e6),
@@ -918,6 +939,7 @@ fn table(orc: &Report, etcd: &Report) -> String {
         );
     }
     row(
+        &mut rows,
         format!("leader failover, kill → first write (ms, median of {})", orc.failovers.len().max(etcd.failovers.len())),
         orc.failover_median().map(ms),
         etcd.failover_median().map(ms),
@@ -932,11 +954,12 @@ fn table(orc: &Report, etcd: &Report) -> String {
     };
     rows.push(["  failover trials (ms)".into(), samples(orc), samples(etcd), String::new()]);
     let max_rss = |r: &Report| r.rss_kib.iter().max().map(|k| *k as f64 / 1024.0);
-    row("idle RSS, largest server (MiB)".into(), max_rss(orc), max_rss(etcd), &|v| format!("{v:.1}"));
+    row(&mut rows, "idle RSS, largest server (MiB)".into(), max_rss(orc), max_rss(etcd), &|v| format!("{v:.1}"));
     let each_rss =
         |r: &Report| r.rss_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / ");
     rows.push(["  idle RSS per server (MiB)".into(), each_rss(orc), each_rss(etcd), String::new()]);
     row(
+        &mut rows,
         format!("idle cluster disk writes in {} s (bytes, 3 servers)", IDLE_IO_WINDOW.as_secs()),
         Some(orc.idle_write_bytes as f64),
         Some(etcd.idle_write_bytes as f64),
@@ -944,6 +967,13 @@ fn table(orc: &Report, etcd: &Report) -> String {
     );
     let each_io = |r: &Report| r.idle_write_bytes_each.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
     rows.push(["  idle disk writes per server (bytes)".into(), each_io(orc), each_io(etcd), String::new()]);
+    row(
+        &mut rows,
+        format!("idle cluster CPU over {} s (% of one core, 3 servers)", IDLE_IO_WINDOW.as_secs()),
+        orc.idle_cpu_percent,
+        etcd.idle_cpu_percent,
+        &|v| format!("{v:.1}"),
+    );
 
     let header = ["figure".to_string(), "orc".into(), "etcd".into(), "orc/etcd".into()];
     let widths: Vec<usize> = (0..4)
@@ -1017,7 +1047,8 @@ fn main() {
     let systems = std::env::var("ORC_BENCH_SYSTEMS").unwrap_or_else(|_| "orc,etcd".into());
     let (entry, request) = orc_write_sizes();
     let value = Arc::new(vec![b'x'; entry]);
-    progress!("machine: {}", machine());
+    let load_at_start = loadavg();
+    progress!("machine: {}; load average {load_at_start}", machine());
     progress!("orc binary: {}", orc_binary().display());
     progress!("write size: orc raft entry {entry} B (gRPC request {request} B); etcd value {entry} B");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
@@ -1048,6 +1079,7 @@ fn main() {
     let mut out = String::new();
     let _ = writeln!(out, "\n## Control plane: orc vs etcd, 3 servers on loopback\n");
     let _ = writeln!(out, "machine: {}", machine());
+    let _ = writeln!(out, "load average at the start: {load_at_start}; at the end: {}", loadavg());
     let _ = writeln!(out, "orc: {} ({})", env!("CARGO_PKG_VERSION"), orc_binary().display());
     let _ = writeln!(out, "etcd: {etcd_version}");
     let _ = writeln!(out, "orc write: {}", if orc.write_size.is_empty() { "n/a" } else { &orc.write_size });
