@@ -19,7 +19,7 @@
 //!    attempt may run up to 5 s; orc's client-side retry is off so every attempt
 //!    is one RPC). The figure is the time from the kill to the first attempt
 //!    that succeeds. The killed member is restarted from its data dir and the
-//!    cluster is let settle before the next trial (5 trials); the median is reported.
+//!    cluster is let settle before the next trial (9 trials); the median is reported.
 //! 3. idle RSS (VmRSS in /proc/PID/status) of each server after 5 s idle on a
 //!    freshly formed cluster, before any load.
 //! 4. bytes written to disk by the idle cluster over 10 s: the sum over
@@ -37,7 +37,7 @@
 //! `etcd` on $PATH or `$ETCD_BIN` (Debian: `apt-get install etcd-server`).
 //!
 //! Knobs (environment): ORC_BENCH_WARMUP_SECS (1), ORC_BENCH_MEASURE_SECS (5),
-//! ORC_BENCH_FAILOVER_TRIALS (5), ORC_BENCH_SYSTEMS ("orc,etcd").
+//! ORC_BENCH_FAILOVER_TRIALS (9), ORC_BENCH_SYSTEMS ("orc,etcd").
 //!
 //! This is a benchmark, not a test: it asserts nothing about timing.
 //! Every child process is killed and every temp dir removed when the guards
@@ -814,7 +814,7 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
         report.loads.push(load);
     }
 
-    let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 5).max(1);
+    let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 9).max(1);
     for trial in 1..=trials {
         progress!("{}: failover trial {trial}/{trials}", kind.name());
         let took = failover_trial(&mut cluster, &counter).await;
