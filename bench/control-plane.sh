@@ -7,7 +7,8 @@
 #
 # Needs: etcd on PATH (Debian: apt-get install -y etcd-server etcd-client;
 # this script installs it when apt-get is there and etcd is not), and
-# `protoc` for the etcd-client crate's build script (the vendored protoc
+# `protoc` for the etcd-client crate's build script (enabled by the
+# bench-etcd feature, which the bench target requires) (the vendored protoc
 # that orc's own build uses is reused when none is installed).
 # The table goes to stdout and to target/control-plane-bench.txt; progress
 # goes to stderr. Knobs: ORC_BENCH_WARMUP_SECS, ORC_BENCH_MEASURE_SECS,
@@ -39,4 +40,4 @@ fi
 
 # `cargo bench` builds the orc binary in the bench (release) profile and hands
 # its path to the bench as CARGO_BIN_EXE_orc.
-cargo bench --bench control_plane | tee "$CARGO_TARGET_DIR/control-plane-bench.txt"
+cargo bench --features bench-etcd --bench control_plane | tee "$CARGO_TARGET_DIR/control-plane-bench.txt"

@@ -2,7 +2,8 @@
 //! cluster, both on loopback on this machine, in one run.
 //!
 //! Run it with `bench/control-plane.sh` (which builds in release and runs
-//! `cargo bench --bench control_plane`). It measures, for each system:
+//! `cargo bench --features bench-etcd --bench control_plane`; the feature
+//! brings in the `etcd-client` crate). It measures, for each system:
 //!
 //! 1. committed writes/s and p50/p99 commit latency at 1, 16 and 256
 //!    concurrent clients. Every client has its own connection to the
