@@ -415,7 +415,7 @@ impl Cluster {
     async fn settled(&self, voters: usize) -> Option<usize> {
         match self.kind {
             Kind::Orc => {
-                // Ask any running member; a follower relays the leader's view.
+                // Ask any running member for the leader.
                 let mut status = None;
                 for member in self.members.iter().filter(|m| m.proc.is_some()) {
                     let mut c = orc::client::Client::new(&member.client_address).ok()?;
@@ -425,7 +425,19 @@ impl Cluster {
                         break;
                     }
                 }
-                let status = status?;
+                let mut status = status?;
+                // Only the leader knows every member's progress and health.
+                if status.answering_node_id != status.leader_id {
+                    if status.leader_address.is_empty() {
+                        return None;
+                    }
+                    let mut c = orc::client::Client::new(&status.leader_address).ok()?;
+                    c.retry_for = Duration::ZERO;
+                    status = tokio::time::timeout(Duration::from_secs(2), c.cluster_status(false)).await.ok()?.ok()?;
+                    if status.answering_node_id != status.leader_id {
+                        return None;
+                    }
+                }
                 let members: Vec<_> = status.members.iter().filter(|m| m.voter).collect();
                 if status.leader_id == 0
                     || members.len() != voters
@@ -470,6 +482,40 @@ impl Cluster {
         }
     }
 
+    /// Each running member's own view, for failure messages.
+    async fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.proc.is_some()) {
+            let view = match self.kind {
+                Kind::Orc => {
+                    let mut client = orc::client::Client::new(&member.client_address).expect("an orc client");
+                    client.retry_for = Duration::ZERO;
+                    match tokio::time::timeout(Duration::from_secs(2), client.cluster_status(false)).await {
+                        Ok(Ok(s)) => format!(
+                            "answering {} leader {} term {} commit {} applied {} members {:?}",
+                            s.answering_node_id,
+                            s.leader_id,
+                            s.term,
+                            s.commit_index,
+                            s.applied_index,
+                            s.members
+                                .iter()
+                                .map(|m| format!("{}:{}:voter={}:healthy={}:matched={}", m.id, m.role, m.voter, m.healthy, m.matched_index))
+                                .collect::<Vec<_>>()
+                        ),
+                        other => format!("no answer: {:?}", other.map(|r| r.err())),
+                    }
+                }
+                Kind::Etcd => match etcd_connect(&member.client_address).await.status().await {
+                    Ok(s) => format!("leader {:x} raft index {} term {}", s.leader(), s.raft_index(), s.raft_term()),
+                    Err(e) => format!("no answer: {e}"),
+                },
+            };
+            let _ = writeln!(out, "    server {}: {view}", i + 1);
+        }
+        out
+    }
+
     async fn wait_ready(&mut self, voters: usize, limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
         loop {
@@ -479,7 +525,8 @@ impl Cluster {
                 return leader;
             }
             if Instant::now() > deadline {
-                self.fail(&format!("not settled with {voters} voters after {limit:?}"));
+                let views = self.describe().await;
+                self.fail(&format!("not settled with {voters} voters after {limit:?}; members' views:\n{views}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
