@@ -300,6 +300,12 @@ pub async fn serve(
     let router = routes
         .into_axum_router()
         .route("/metrics", axum::routing::get(metrics));
+    use axum::serve::ListenerExt as _;
+    // Replies must not wait for Nagle's algorithm (a 40 ms stall per write
+    // against the client's delayed ACK).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

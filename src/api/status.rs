@@ -53,6 +53,17 @@ pub fn from_status(status: Status) -> Error {
                 None => Error::Unavailable(message),
             }
         }
+        // The connection broke mid-request (the server died or restarted):
+        // the request may or may not have been applied, and a retry with the
+        // same request id is safe.
+        Code::Unknown
+            if message.contains("transport error")
+                || message.contains("connection")
+                || message.contains("h2 protocol error")
+                || message.contains("broken pipe") =>
+        {
+            Error::Unavailable(format!("the connection to the server broke ({message}); retry"))
+        }
         _ => Error::Internal(message),
     }
 }
