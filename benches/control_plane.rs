@@ -77,7 +77,10 @@ fn started() -> &'static Instant {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------- processes
@@ -93,7 +96,11 @@ struct Proc {
 impl Proc {
     fn spawn(name: &str, program: &Path, args: &[String]) -> Proc {
         let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             command.pre_exec(|| {
@@ -107,7 +114,10 @@ impl Proc {
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
-        for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -121,7 +131,12 @@ impl Proc {
             });
         }
         let pid = child.id();
-        Proc { name: name.to_string(), child: Some(child), pid, log }
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            pid,
+            log,
+        }
     }
 
     fn alive(&mut self) -> bool {
@@ -156,7 +171,8 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
     listener.local_addr().unwrap().port()
 }
 
@@ -164,7 +180,13 @@ fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+        .and_then(|rest| {
+            rest.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -177,8 +199,12 @@ fn write_bytes(pid: u32) -> u64 {
 
 /// utime + stime in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0;
+    };
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
     let utime: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -189,7 +215,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
 }
 
 // ---------------------------------------------------------------- writers
@@ -223,7 +253,10 @@ impl Writer {
     async fn write(&mut self, n: u64) -> Result<(), String> {
         match self {
             Writer::Orc(client) => client
-                .call("CreateCluster", json!({"clusterName": format!("bench-{n}")}))
+                .call(
+                    "CreateCluster",
+                    json!({"clusterName": format!("bench-{n}")}),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -296,21 +329,39 @@ impl Cluster {
     }
 
     fn pids(&self) -> Vec<u32> {
-        self.members.iter().filter_map(|m| m.proc.as_ref().map(|p| p.pid)).collect()
+        self.members
+            .iter()
+            .filter_map(|m| m.proc.as_ref().map(|p| p.pid))
+            .collect()
     }
 
     fn logs(&self) -> String {
-        self.members.iter().filter_map(|m| m.proc.as_ref().map(Proc::log_tail)).collect()
+        self.members
+            .iter()
+            .filter_map(|m| m.proc.as_ref().map(Proc::log_tail))
+            .collect()
     }
 
     fn fail(&self, what: &str) -> ! {
-        panic!("{} cluster: {what}\nlast server output:\n{}", self.kind.name(), self.logs());
+        panic!(
+            "{} cluster: {what}\nlast server output:\n{}",
+            self.kind.name(),
+            self.logs()
+        );
     }
 
     fn start_member(&mut self, index: usize, restart: bool) {
         let member = &mut self.members[index];
-        let args = if restart { &member.restart_args } else { &member.args };
-        member.proc = Some(Proc::spawn(&format!("{}{}", self.kind.name(), index + 1), &self.binary, args));
+        let args = if restart {
+            &member.restart_args
+        } else {
+            &member.args
+        };
+        member.proc = Some(Proc::spawn(
+            &format!("{}{}", self.kind.name(), index + 1),
+            &self.binary,
+            args,
+        ));
     }
 
     async fn start(kind: Kind, value: Arc<Vec<u8>>) -> Cluster {
@@ -322,10 +373,18 @@ impl Cluster {
             Kind::Orc => orc_binary(),
             Kind::Etcd => etcd_binary(),
         };
-        let mut cluster = Cluster { kind, binary, members: Vec::new(), value, dir: Some(dir) };
+        let mut cluster = Cluster {
+            kind,
+            binary,
+            members: Vec::new(),
+            value,
+            dir: Some(dir),
+        };
         match kind {
             Kind::Orc => {
-                let addresses: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+                let addresses: Vec<String> = (0..3)
+                    .map(|_| format!("127.0.0.1:{}", free_port()))
+                    .collect();
                 for (i, address) in addresses.iter().enumerate() {
                     let data = cluster.dir().join(format!("s{}", i + 1));
                     let base = vec![
@@ -341,18 +400,30 @@ impl Cluster {
                     } else {
                         args.extend(["--join".to_string(), addresses[0].clone()]);
                     }
-                    cluster.members.push(Member { client_address: address.clone(), args, restart_args: base, proc: None });
+                    cluster.members.push(Member {
+                        client_address: address.clone(),
+                        args,
+                        restart_args: base,
+                        proc: None,
+                    });
                 }
                 for i in 0..3 {
-                    progress!("orc: starting server {} on {}", i + 1, cluster.members[i].client_address);
+                    progress!(
+                        "orc: starting server {} on {}",
+                        i + 1,
+                        cluster.members[i].client_address
+                    );
                     cluster.start_member(i, false);
                     cluster.wait_ready(i + 1, Duration::from_secs(60)).await;
                 }
             }
             Kind::Etcd => {
                 let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-                let initial: Vec<String> =
-                    ports.iter().enumerate().map(|(i, (_, peer))| format!("m{}=http://127.0.0.1:{peer}", i + 1)).collect();
+                let initial: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, peer))| format!("m{}=http://127.0.0.1:{peer}", i + 1))
+                    .collect();
                 let token = format!("orc-bench-{:x}", rand::random::<u32>());
                 for (i, (client, peer)) in ports.iter().enumerate() {
                     let data = cluster.dir().join(format!("m{}", i + 1));
@@ -385,7 +456,12 @@ impl Cluster {
                 }
                 progress!(
                     "etcd: starting 3 members on {}",
-                    cluster.members.iter().map(|m| m.client_address.as_str()).collect::<Vec<_>>().join(", ")
+                    cluster
+                        .members
+                        .iter()
+                        .map(|m| m.client_address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 for i in 0..3 {
                     cluster.start_member(i, false);
@@ -420,7 +496,9 @@ impl Cluster {
                 for member in self.members.iter().filter(|m| m.proc.is_some()) {
                     let mut c = orc::client::Client::new(&member.client_address).ok()?;
                     c.retry_for = Duration::ZERO;
-                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.cluster_status(false)).await {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_secs(2), c.cluster_status(false)).await
+                    {
                         status = Some(s);
                         break;
                     }
@@ -433,7 +511,10 @@ impl Cluster {
                     }
                     let mut c = orc::client::Client::new(&status.leader_address).ok()?;
                     c.retry_for = Duration::ZERO;
-                    status = tokio::time::timeout(Duration::from_secs(2), c.cluster_status(false)).await.ok()?.ok()?;
+                    status = tokio::time::timeout(Duration::from_secs(2), c.cluster_status(false))
+                        .await
+                        .ok()?
+                        .ok()?;
                     if status.answering_node_id != status.leader_id {
                         return None;
                     }
@@ -442,12 +523,16 @@ impl Cluster {
                 if status.leader_id == 0
                     || members.len() != voters
                     || status.members.len() != voters
-                    || !members.iter().all(|m| m.healthy && m.matched_index >= status.commit_index)
+                    || !members
+                        .iter()
+                        .all(|m| m.healthy && m.matched_index >= status.commit_index)
                     || status.applied_index < status.commit_index
                 {
                     return None;
                 }
-                self.members.iter().position(|m| m.client_address == status.leader_address)
+                self.members
+                    .iter()
+                    .position(|m| m.client_address == status.leader_address)
             }
             Kind::Etcd => {
                 let mut leader = None;
@@ -457,10 +542,12 @@ impl Cluster {
                     let options = etcd_client::ConnectOptions::new()
                         .with_connect_timeout(Duration::from_millis(500))
                         .with_timeout(Duration::from_secs(2));
-                    let mut client =
-                        etcd_client::Client::connect([format!("http://{}", member.client_address)], Some(options))
-                            .await
-                            .ok()?;
+                    let mut client = etcd_client::Client::connect(
+                        [format!("http://{}", member.client_address)],
+                        Some(options),
+                    )
+                    .await
+                    .ok()?;
                     let status = client.status().await.ok()?;
                     if status.leader() == 0 || leader.is_some_and(|l| l != status.leader()) {
                         return None;
@@ -475,8 +562,13 @@ impl Cluster {
                 let leader = leader?;
                 let position = ids.iter().position(|id| *id == leader)?;
                 // `ids` follows the running members in order.
-                let running: Vec<usize> =
-                    self.members.iter().enumerate().filter(|(_, m)| m.proc.is_some()).map(|(i, _)| i).collect();
+                let running: Vec<usize> = self
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.proc.is_some())
+                    .map(|(i, _)| i)
+                    .collect();
                 Some(running[position])
             }
         }
@@ -485,12 +577,20 @@ impl Cluster {
     /// Each running member's own view, for failure messages.
     async fn describe(&self) -> String {
         let mut out = String::new();
-        for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.proc.is_some()) {
+        for (i, member) in self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.proc.is_some())
+        {
             let view = match self.kind {
                 Kind::Orc => {
-                    let mut client = orc::client::Client::new(&member.client_address).expect("an orc client");
+                    let mut client =
+                        orc::client::Client::new(&member.client_address).expect("an orc client");
                     client.retry_for = Duration::ZERO;
-                    match tokio::time::timeout(Duration::from_secs(2), client.cluster_status(false)).await {
+                    match tokio::time::timeout(Duration::from_secs(2), client.cluster_status(false))
+                        .await
+                    {
                         Ok(Ok(s)) => format!(
                             "answering {} leader {} term {} commit {} applied {} members {:?}",
                             s.answering_node_id,
@@ -500,14 +600,22 @@ impl Cluster {
                             s.applied_index,
                             s.members
                                 .iter()
-                                .map(|m| format!("{}:{}:voter={}:healthy={}:matched={}", m.id, m.role, m.voter, m.healthy, m.matched_index))
+                                .map(|m| format!(
+                                    "{}:{}:voter={}:healthy={}:matched={}",
+                                    m.id, m.role, m.voter, m.healthy, m.matched_index
+                                ))
                                 .collect::<Vec<_>>()
                         ),
                         other => format!("no answer: {:?}", other.map(|r| r.err())),
                     }
                 }
                 Kind::Etcd => match etcd_connect(&member.client_address).await.status().await {
-                    Ok(s) => format!("leader {:x} raft index {} term {}", s.leader(), s.raft_index(), s.raft_term()),
+                    Ok(s) => format!(
+                        "leader {:x} raft index {} term {}",
+                        s.leader(),
+                        s.raft_index(),
+                        s.raft_term()
+                    ),
                     Err(e) => format!("no answer: {e}"),
                 },
             };
@@ -521,12 +629,18 @@ impl Cluster {
         loop {
             self.check_alive();
             if let Some(leader) = self.settled(voters).await {
-                progress!("{}: {voters} voter(s) settled, leader is server {}", self.kind.name(), leader + 1);
+                progress!(
+                    "{}: {voters} voter(s) settled, leader is server {}",
+                    self.kind.name(),
+                    leader + 1
+                );
                 return leader;
             }
             if Instant::now() > deadline {
                 let views = self.describe().await;
-                self.fail(&format!("not settled with {voters} voters after {limit:?}; members' views:\n{views}"));
+                self.fail(&format!(
+                    "not settled with {voters} voters after {limit:?}; members' views:\n{views}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -572,18 +686,26 @@ fn etcd_binary() -> PathBuf {
 async fn scrape(address: &str) -> String {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).await.ok()?;
         Some(body)
     };
-    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or_default()
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -631,7 +753,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn run_load(cluster: &Cluster, leader: usize, clients: usize, counter: &Arc<AtomicU64>) -> Load {
+async fn run_load(
+    cluster: &Cluster,
+    leader: usize,
+    clients: usize,
+    counter: &Arc<AtomicU64>,
+) -> Load {
     let warmup = Duration::from_secs(env_u64("ORC_BENCH_WARMUP_SECS", 1));
     let measure = Duration::from_secs(env_u64("ORC_BENCH_MEASURE_SECS", 5));
     // One connection per client, opened by one untimed write.
@@ -702,7 +829,10 @@ async fn run_load(cluster: &Cluster, leader: usize, clients: usize, counter: &Ar
         Kind::Etcd => None,
     };
     let mut latencies = Vec::new();
-    let mut load = Load { clients, ..Default::default() };
+    let mut load = Load {
+        clients,
+        ..Default::default()
+    };
     while let Some(joined) = tasks.join_next().await {
         let (l, errors, first_error) = joined.expect("a client task");
         latencies.extend(l);
@@ -742,12 +872,19 @@ async fn failover_trial(cluster: &mut Cluster, counter: &Arc<AtomicU64>) -> Opti
         let mut writer = cluster.writer(i, false).await;
         // Open the connection (a write through a follower) before the kill.
         if let Err(error) = writer.write(counter.fetch_add(1, Ordering::Relaxed)).await {
-            cluster.fail(&format!("a write through server {} failed before the kill: {error}", i + 1));
+            cluster.fail(&format!(
+                "a write through server {} failed before the kill: {error}",
+                i + 1
+            ));
         }
         writers.push(writer);
     }
     let killed_at = Instant::now();
-    cluster.members[leader].proc.as_mut().expect("the leader runs").kill();
+    cluster.members[leader]
+        .proc
+        .as_mut()
+        .expect("the leader runs")
+        .kill();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut attempts = tokio::task::JoinSet::new();
     let mut next = 0usize;
@@ -778,7 +915,8 @@ async fn failover_trial(cluster: &mut Cluster, counter: &Arc<AtomicU64>) -> Opti
         "{}: killed leader server {}; first write after {} ({} attempts)",
         cluster.kind.name(),
         leader + 1,
-        took.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3)).unwrap_or_else(|| "never".into()),
+        took.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "never".into()),
         next
     );
     // Bring the killed member back from its data dir.
@@ -821,7 +959,11 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
     };
     let mut cluster = Cluster::start(kind, value).await;
 
-    progress!("{}: idle {:?} before reading RSS", kind.name(), IDLE_BEFORE_RSS);
+    progress!(
+        "{}: idle {:?} before reading RSS",
+        kind.name(),
+        IDLE_BEFORE_RSS
+    );
     tokio::time::sleep(IDLE_BEFORE_RSS).await;
     cluster.check_alive();
     let pids = cluster.pids();
@@ -831,10 +973,15 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
     let cpu_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
     tokio::time::sleep(IDLE_IO_WINDOW).await;
     let cpu_after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
-    report.idle_cpu_percent =
-        Some((cpu_after - cpu_before) as f64 / ticks_per_second() / IDLE_IO_WINDOW.as_secs_f64() * 100.0);
+    report.idle_cpu_percent = Some(
+        (cpu_after - cpu_before) as f64 / ticks_per_second() / IDLE_IO_WINDOW.as_secs_f64() * 100.0,
+    );
     cluster.check_alive();
-    report.idle_write_bytes_each = pids.iter().zip(&before).map(|(p, b)| write_bytes(*p).saturating_sub(*b)).collect();
+    report.idle_write_bytes_each = pids
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| write_bytes(*p).saturating_sub(*b))
+        .collect();
     report.idle_write_bytes = report.idle_write_bytes_each.iter().sum();
     progress!(
         "{}: idle write_bytes over {:?}: {:?}; idle CPU {:.1}% of a core (3 servers)",
@@ -846,7 +993,11 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
 
     let leader = cluster.wait_ready(3, Duration::from_secs(30)).await;
     for clients in LEVELS {
-        progress!("{}: {clients} client(s) on the leader (server {})", kind.name(), leader + 1);
+        progress!(
+            "{}: {clients} client(s) on the leader (server {})",
+            kind.name(),
+            leader + 1
+        );
         let load = run_load(&cluster, leader, clients, &counter).await;
         cluster.check_alive();
         progress!(
@@ -856,8 +1007,15 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
             ms(load.p50),
             ms(load.p99),
             load.errors,
-            load.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
-            if load.note.is_empty() { String::new() } else { format!("; {}", load.note) }
+            load.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            if load.note.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", load.note)
+            }
         );
         report.loads.push(load);
     }
@@ -880,12 +1038,20 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let mem_kib = proc_meminfo("MemTotal");
     let tmp = std::env::temp_dir();
@@ -899,14 +1065,25 @@ fn machine() -> String {
 
 fn loadavg() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn proc_meminfo(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim_start_matches(':').split_whitespace().next()?.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(key).and_then(|r| {
+                r.trim_start_matches(':')
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -922,7 +1099,11 @@ fn mount_of(path: &Path) -> (String, String, String) {
         }
         if path.starts_with(fields[1]) && fields[1].len() >= best_len {
             best_len = fields[1].len();
-            best = (fields[1].to_string(), fields[2].to_string(), fields[0].to_string());
+            best = (
+                fields[1].to_string(),
+                fields[2].to_string(),
+                fields[0].to_string(),
+            );
         }
     }
     best
@@ -930,7 +1111,11 @@ fn mount_of(path: &Path) -> (String, String, String) {
 
 fn ratio(orc: f64, etcd: f64) -> String {
     if etcd == 0.0 {
-        if orc == 0.0 { "= (both 0)".into() } else { "∞ (etcd 0)".into() }
+        if orc == 0.0 {
+            "= (both 0)".into()
+        } else {
+            "∞ (etcd 0)".into()
+        }
     } else {
         format!("{:.2}", orc / etcd)
     }
@@ -938,7 +1123,11 @@ fn ratio(orc: f64, etcd: f64) -> String {
 
 fn table(orc: &Report, etcd: &Report) -> String {
     let mut rows: Vec<[String; 4]> = Vec::new();
-    let row = |rows: &mut Vec<[String; 4]>, name: String, o: Option<f64>, e: Option<f64>, fmt: &dyn Fn(f64) -> String| {
+    let row = |rows: &mut Vec<[String; 4]>,
+               name: String,
+               o: Option<f64>,
+               e: Option<f64>,
+               fmt: &dyn Fn(f64) -> String| {
         let cell = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "n/a".into());
         let r = match (o, e) {
             (Some(o), Some(e)) => ratio(o, e),
@@ -946,10 +1135,16 @@ fn table(orc: &Report, etcd: &Report) -> String {
         };
         rows.push([name, cell(o), cell(e), r]);
     };
-    let find = |report: &Report, clients: usize| report.loads.iter().find(|l| l.clients == clients).cloned();
+    let find = |report: &Report, clients: usize| {
+        report.loads.iter().find(|l| l.clients == clients).cloned()
+    };
     for clients in LEVELS {
         let (o, e) = (find(orc, clients), find(etcd, clients));
-        let label = if clients == 1 { "client".to_string() } else { "clients".to_string() };
+        let label = if clients == 1 {
+            "client".to_string()
+        } else {
+            "clients".to_string()
+        };
         row(
             &mut rows,
             format!("writes/s, {clients} {label}"),
@@ -988,7 +1183,10 @@ fn table(orc: &Report, etcd: &Report) -> String {
     }
     row(
         &mut rows,
-        format!("leader failover, kill → first write (ms, median of {})", orc.failovers.len().max(etcd.failovers.len())),
+        format!(
+            "leader failover, kill → first write (ms, median of {})",
+            orc.failovers.len().max(etcd.failovers.len())
+        ),
         orc.failover_median().map(ms),
         etcd.failover_median().map(ms),
         &|v| format!("{v:.0}"),
@@ -996,36 +1194,88 @@ fn table(orc: &Report, etcd: &Report) -> String {
     let samples = |r: &Report| {
         r.failovers
             .iter()
-            .map(|d| d.map(|d| format!("{:.0}", ms(d))).unwrap_or_else(|| "never".into()))
+            .map(|d| {
+                d.map(|d| format!("{:.0}", ms(d)))
+                    .unwrap_or_else(|| "never".into())
+            })
             .collect::<Vec<_>>()
             .join(" / ")
     };
-    rows.push(["  failover trials (ms)".into(), samples(orc), samples(etcd), String::new()]);
+    rows.push([
+        "  failover trials (ms)".into(),
+        samples(orc),
+        samples(etcd),
+        String::new(),
+    ]);
     let max_rss = |r: &Report| r.rss_kib.iter().max().map(|k| *k as f64 / 1024.0);
-    row(&mut rows, "idle RSS, largest server (MiB)".into(), max_rss(orc), max_rss(etcd), &|v| format!("{v:.1}"));
-    let each_rss =
-        |r: &Report| r.rss_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / ");
-    rows.push(["  idle RSS per server (MiB)".into(), each_rss(orc), each_rss(etcd), String::new()]);
     row(
         &mut rows,
-        format!("idle cluster disk writes in {} s (bytes, 3 servers)", IDLE_IO_WINDOW.as_secs()),
+        "idle RSS, largest server (MiB)".into(),
+        max_rss(orc),
+        max_rss(etcd),
+        &|v| format!("{v:.1}"),
+    );
+    let each_rss = |r: &Report| {
+        r.rss_kib
+            .iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    rows.push([
+        "  idle RSS per server (MiB)".into(),
+        each_rss(orc),
+        each_rss(etcd),
+        String::new(),
+    ]);
+    row(
+        &mut rows,
+        format!(
+            "idle cluster disk writes in {} s (bytes, 3 servers)",
+            IDLE_IO_WINDOW.as_secs()
+        ),
         Some(orc.idle_write_bytes as f64),
         Some(etcd.idle_write_bytes as f64),
         &|v| format!("{v:.0}"),
     );
-    let each_io = |r: &Report| r.idle_write_bytes_each.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
-    rows.push(["  idle disk writes per server (bytes)".into(), each_io(orc), each_io(etcd), String::new()]);
+    let each_io = |r: &Report| {
+        r.idle_write_bytes_each
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    rows.push([
+        "  idle disk writes per server (bytes)".into(),
+        each_io(orc),
+        each_io(etcd),
+        String::new(),
+    ]);
     row(
         &mut rows,
-        format!("idle cluster CPU over {} s (% of one core, 3 servers)", IDLE_IO_WINDOW.as_secs()),
+        format!(
+            "idle cluster CPU over {} s (% of one core, 3 servers)",
+            IDLE_IO_WINDOW.as_secs()
+        ),
         orc.idle_cpu_percent,
         etcd.idle_cpu_percent,
         &|v| format!("{v:.1}"),
     );
 
-    let header = ["figure".to_string(), "orc".into(), "etcd".into(), "orc/etcd".into()];
+    let header = [
+        "figure".to_string(),
+        "orc".into(),
+        "etcd".into(),
+        "orc/etcd".into(),
+    ];
     let widths: Vec<usize> = (0..4)
-        .map(|c| rows.iter().chain(std::iter::once(&header)).map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .chain(std::iter::once(&header))
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     let line = |out: &mut String, r: &[String; 4]| {
@@ -1069,7 +1319,11 @@ fn targets(orc: &Report, etcd: &Report) -> String {
         (None, Some(_)) => Some(false),
         _ => None,
     };
-    let _ = writeln!(out, "- failover no slower than etcd's (median): {}", verdict(failover));
+    let _ = writeln!(
+        out,
+        "- failover no slower than etcd's (median): {}",
+        verdict(failover)
+    );
     for clients in LEVELS {
         let o = orc.loads.iter().find(|l| l.clients == clients);
         let e = etcd.loads.iter().find(|l| l.clients == clients);
@@ -1077,10 +1331,18 @@ fn targets(orc: &Report, etcd: &Report) -> String {
             (Some(o), Some(e)) => Some(o.writes_per_second >= e.writes_per_second),
             _ => None,
         };
-        let _ = writeln!(out, "- writes/s at {clients} client(s) at least etcd's: {}", verdict(met));
+        let _ = writeln!(
+            out,
+            "- writes/s at {clients} client(s) at least etcd's: {}",
+            verdict(met)
+        );
     }
     let rss = orc.rss_kib.iter().max().map(|k| *k < 20 * 1024);
-    let _ = writeln!(out, "- idle orc server RSS under 20 MiB (every server): {}", verdict(rss));
+    let _ = writeln!(
+        out,
+        "- idle orc server RSS under 20 MiB (every server): {}",
+        verdict(rss)
+    );
     let _ = writeln!(
         out,
         "- zero bytes written by an idle orc cluster: {}",
@@ -1098,8 +1360,13 @@ fn main() {
     let load_at_start = loadavg();
     progress!("machine: {}; load average {load_at_start}", machine());
     progress!("orc binary: {}", orc_binary().display());
-    progress!("write size: orc raft entry {entry} B (gRPC request {request} B); etcd value {entry} B");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    progress!(
+        "write size: orc raft entry {entry} B (gRPC request {request} B); etcd value {entry} B"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     let counter = Arc::new(AtomicU64::new(1_000_000));
     // Children are spawned from this (main) thread inside block_on, so
     // PR_SET_PDEATHSIG fires only when the bench process itself ends.
@@ -1125,13 +1392,41 @@ fn main() {
         .unwrap_or_else(|| "etcd version unknown".into());
 
     let mut out = String::new();
-    let _ = writeln!(out, "\n## Control plane: orc vs etcd, 3 servers on loopback\n");
+    let _ = writeln!(
+        out,
+        "\n## Control plane: orc vs etcd, 3 servers on loopback\n"
+    );
     let _ = writeln!(out, "machine: {}", machine());
-    let _ = writeln!(out, "load average at the start: {load_at_start}; at the end: {}", loadavg());
-    let _ = writeln!(out, "orc: {} ({})", env!("CARGO_PKG_VERSION"), orc_binary().display());
+    let _ = writeln!(
+        out,
+        "load average at the start: {load_at_start}; at the end: {}",
+        loadavg()
+    );
+    let _ = writeln!(
+        out,
+        "orc: {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        orc_binary().display()
+    );
     let _ = writeln!(out, "etcd: {etcd_version}");
-    let _ = writeln!(out, "orc write: {}", if orc.write_size.is_empty() { "n/a" } else { &orc.write_size });
-    let _ = writeln!(out, "etcd write: {}", if etcd.write_size.is_empty() { "n/a" } else { &etcd.write_size });
+    let _ = writeln!(
+        out,
+        "orc write: {}",
+        if orc.write_size.is_empty() {
+            "n/a"
+        } else {
+            &orc.write_size
+        }
+    );
+    let _ = writeln!(
+        out,
+        "etcd write: {}",
+        if etcd.write_size.is_empty() {
+            "n/a"
+        } else {
+            &etcd.write_size
+        }
+    );
     let _ = writeln!(
         out,
         "load: every client has its own connection to the leader; writes back to back; {} s warm-up, {} s measured\n",

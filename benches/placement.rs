@@ -24,7 +24,10 @@ fn pure_placement_rate() -> f64 {
             status: InstanceStatus::Active,
             attributes: [
                 ("ecs.cpu-architecture".to_string(), "arm64".to_string()),
-                ("ecs.availability-zone".to_string(), format!("rack-{}", i % 10)),
+                (
+                    "ecs.availability-zone".to_string(),
+                    format!("rack-{}", i % 10),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -60,11 +63,18 @@ async fn committed_placement_rate() -> anyhow::Result<(f64, usize, f64)> {
     let server = orc::server::start(options).await?;
     let endpoint = server.local_address.to_string();
     let mut status = server.raft.watch_status();
-    status.wait_for(|s| s.applied_index > 1 && s.leader_id != 0).await?;
+    status
+        .wait_for(|s| s.applied_index > 1 && s.leader_id != 0)
+        .await?;
     let client = orc::client::Client::new(&endpoint)?;
     // Wait for InitControlPlane (the default cluster).
     for _ in 0..100 {
-        if client.call("DescribeClusters", json!({})).await.map(|(a, _)| a["clusters"].as_array().is_some_and(|c| !c.is_empty())).unwrap_or(false) {
+        if client
+            .call("DescribeClusters", json!({}))
+            .await
+            .map(|(a, _)| a["clusters"].as_array().is_some_and(|c| !c.is_empty()))
+            .unwrap_or(false)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -80,8 +90,14 @@ async fn committed_placement_rate() -> anyhow::Result<(f64, usize, f64)> {
             memory_mib: 8192,
             reserved_ports: vec![22],
             attributes: vec![
-                Attribute { name: "ecs.cpu-architecture".into(), value: Some("arm64".into()) },
-                Attribute { name: "ecs.availability-zone".into(), value: Some(format!("rack-{}", i % 10)) },
+                Attribute {
+                    name: "ecs.cpu-architecture".into(),
+                    value: Some("arm64".into()),
+                },
+                Attribute {
+                    name: "ecs.availability-zone".into(),
+                    value: Some(format!("rack-{}", i % 10)),
+                },
             ],
             agent_version: "bench".into(),
             docker_version: "bench".into(),
@@ -104,7 +120,11 @@ async fn committed_placement_rate() -> anyhow::Result<(f64, usize, f64)> {
         loop {
             for id in &heartbeat_ids {
                 let _ = agent
-                    .heartbeat(HeartbeatRequest { cluster: "default".into(), container_instance_id: id.clone(), running_task_ids: vec![] })
+                    .heartbeat(HeartbeatRequest {
+                        cluster: "default".into(),
+                        container_instance_id: id.clone(),
+                        running_task_ids: vec![],
+                    })
                     .await;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -147,12 +167,18 @@ async fn committed_placement_rate() -> anyhow::Result<(f64, usize, f64)> {
     let before = server.raft.store().read(|s| s.tasks.len());
     let started = Instant::now();
     client
-        .call("CreateService", json!({"serviceName": "bench", "taskDefinition": "bench", "desiredCount": 10_000}))
+        .call(
+            "CreateService",
+            json!({"serviceName": "bench", "taskDefinition": "bench", "desiredCount": 10_000}),
+        )
         .await?;
     let target = before + 10_000;
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.raft.store().read(|s| s.tasks.len()) < target {
-        anyhow::ensure!(Instant::now() < deadline, "the service did not place 10,000 tasks in 120 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the service did not place 10,000 tasks in 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let service_rate = 10_000.0 / started.elapsed().as_secs_f64();
@@ -163,17 +189,39 @@ async fn committed_placement_rate() -> anyhow::Result<(f64, usize, f64)> {
 
 fn main() -> anyhow::Result<()> {
     let pure = pure_placement_rate();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (run_task_rate, run_task_placed, service_rate) = runtime.block_on(committed_placement_rate())?;
-    println!("placement into {INSTANCES} simulated instances (nproc {})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:<58} {:>12} {:>14}", "figure", "placements/s", "vs Nomad C1M");
-    println!("{:<58} {:>12.0} {:>13.1}x", "pure placement::place (no Raft), spread x2", pure, pure / NOMAD_C1M_PER_SECOND);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (run_task_rate, run_task_placed, service_rate) =
+        runtime.block_on(committed_placement_rate())?;
+    println!(
+        "placement into {INSTANCES} simulated instances (nproc {})",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<58} {:>12} {:>14}",
+        "figure", "placements/s", "vs Nomad C1M"
+    );
+    println!(
+        "{:<58} {:>12.0} {:>13.1}x",
+        "pure placement::place (no Raft), spread x2",
+        pure,
+        pure / NOMAD_C1M_PER_SECOND
+    );
     println!(
         "{:<58} {:>12.0} {:>13.1}x",
         format!("run-task, 16 clients x 10 tasks/call, committed ({run_task_placed})"),
         run_task_rate,
         run_task_rate / NOMAD_C1M_PER_SECOND
     );
-    println!("{:<58} {:>12.0} {:>13.1}x", "one service of 10,000 tasks, committed", service_rate, service_rate / NOMAD_C1M_PER_SECOND);
+    println!(
+        "{:<58} {:>12.0} {:>13.1}x",
+        "one service of 10,000 tasks, committed",
+        service_rate,
+        service_rate / NOMAD_C1M_PER_SECOND
+    );
     Ok(())
 }

@@ -19,7 +19,9 @@ const IMAGE: &str = "orc-test/busybox:1";
 fn http_get(port: u16) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
     Some(body)
@@ -36,7 +38,12 @@ fn host_ports(task: &Value) -> Vec<u16> {
 }
 
 fn container<'a>(task: &'a Value, name: &str) -> &'a Value {
-    task["containers"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+    task["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,8 +59,15 @@ async fn run_a_web_task_open_it_and_stop_it() {
     let task = orc.wait_task(&id, "RUNNING").await;
     let ports = host_ports(&task);
     assert_eq!(ports.len(), 1, "one binding: {task}");
-    assert!((32768..=60999).contains(&ports[0]), "a dynamic port from the ECS range: {}", ports[0]);
-    let page = eventually(Duration::from_secs(10), "the page", || async { http_get(ports[0]) }).await;
+    assert!(
+        (32768..=60999).contains(&ports[0]),
+        "a dynamic port from the ECS range: {}",
+        ports[0]
+    );
+    let page = eventually(Duration::from_secs(10), "the page", || async {
+        http_get(ports[0])
+    })
+    .await;
     assert!(page.contains("hello from"), "{page}");
 
     let (ok, _, stderr) = orc.cli(&["stop-task", "--task", &id, "--reason", "lab is over"]);
@@ -61,10 +75,15 @@ async fn run_a_web_task_open_it_and_stop_it() {
     let task = orc.wait_task(&id, "STOPPED").await;
     assert_eq!(task["stopCode"], "UserInitiated");
     assert_eq!(task["stoppedReason"], "lab is over");
-    assert!(container(&task, "web")["exitCode"].is_i64(), "the exit code is reported: {task}");
-    eventually(Duration::from_secs(20), "the container to be removed", || async {
-        orc.containers().is_empty().then_some(())
-    })
+    assert!(
+        container(&task, "web")["exitCode"].is_i64(),
+        "the exit code is reported: {task}"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the container to be removed",
+        || async { orc.containers().is_empty().then_some(()) },
+    )
     .await;
 }
 
@@ -83,7 +102,10 @@ async fn an_essential_container_exiting_stops_the_task() {
     let id = orc.run_task(&definition).await;
     let task = orc.wait_task(&id, "STOPPED").await;
     assert_eq!(task["stopCode"], "EssentialContainerExited", "{task}");
-    assert_eq!(task["stoppedReason"], "Essential container in task exited", "{task}");
+    assert_eq!(
+        task["stoppedReason"], "Essential container in task exited",
+        "{task}"
+    );
     assert_eq!(container(&task, "app")["exitCode"], 3, "{task}");
     assert_eq!(container(&task, "side")["lastStatus"], "STOPPED", "{task}");
     assert!(container(&task, "side")["exitCode"].is_i64(), "{task}");
@@ -110,10 +132,14 @@ async fn depends_on_health_checks_and_dynamic_ports() {
         .await;
     let id = orc.run_task(&definition).await;
     let task = orc.wait_task(&id, "RUNNING").await;
-    let health = eventually(Duration::from_secs(40), "the task to be HEALTHY", || async {
-        let task = orc.task(&id).await;
-        (task["healthStatus"] == "HEALTHY").then_some(task)
-    })
+    let health = eventually(
+        Duration::from_secs(40),
+        "the task to be HEALTHY",
+        || async {
+            let task = orc.task(&id).await;
+            (task["healthStatus"] == "HEALTHY").then_some(task)
+        },
+    )
     .await;
     assert_eq!(container(&health, "db")["healthStatus"], "HEALTHY");
     assert_eq!(task["lastStatus"], "RUNNING");
@@ -124,12 +150,22 @@ async fn depends_on_health_checks_and_dynamic_ports() {
             "name": "web", "image": image, "memory": 16, "portMappings": [{"containerPort": 80}]
         }]}))
         .await;
-    let answer = orc.call("RunTask", json!({"taskDefinition": web, "count": 5})).await;
+    let answer = orc
+        .call("RunTask", json!({"taskDefinition": web, "count": 5}))
+        .await;
     let ids: Vec<String> = answer["tasks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["taskArn"].as_str().unwrap().rsplit('/').next().unwrap().to_string())
+        .map(|t| {
+            t["taskArn"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(ids.len(), 5);
     let mut ports = BTreeSet::new();
@@ -162,7 +198,11 @@ async fn an_agent_killed_and_restarted_adopts_its_containers() {
     orc.kill_agent();
     // Stopped while the agent is down: it must be stopped when the agent returns.
     orc.call("StopTask", json!({"task": stopped})).await;
-    assert_eq!(orc.running_containers().len(), 2, "nothing happens without the agent");
+    assert_eq!(
+        orc.running_containers().len(),
+        2,
+        "nothing happens without the agent"
+    );
     orc.start_agent();
 
     let task = orc.wait_task(&stopped, "STOPPED").await;
@@ -176,10 +216,18 @@ async fn an_agent_killed_and_restarted_adopts_its_containers() {
         orc.agent_log(),
         orc.server.log_text()
     );
-    assert!(before.contains(after.iter().next().unwrap()), "the kept task's container was adopted, not recreated");
+    assert!(
+        before.contains(after.iter().next().unwrap()),
+        "the kept task's container was adopted, not recreated"
+    );
     let kept_task = orc.task(&kept).await;
     assert_eq!(kept_task["lastStatus"], "RUNNING");
-    assert_eq!(orc.containers().len(), 1, "no duplicate and no orphan:\n{}", orc.agent_log());
+    assert_eq!(
+        orc.containers().len(),
+        1,
+        "no duplicate and no orphan:\n{}",
+        orc.agent_log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,24 +241,63 @@ async fn invalid_task_definitions_are_refused_naming_the_field() {
         base
     };
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"family": "bad", "containerDefinitions": [container(json!({"essential": false}))]}), "essential"),
-        (json!({"family": "bad", "containerDefinitions": [container(json!({"memory": 64, "memoryReservation": 128}))]}), "containerDefinitions[0].memoryReservation"),
-        (json!({"family": "bad", "containerDefinitions": [{"name": "web", "image": "busybox"}]}), "containerDefinitions[0]"),
-        (json!({"family": "bad", "containerDefinitions": [container(json!({})), container(json!({}))]}), "containerDefinitions[1].name"),
-        (json!({"family": "bad", "containerDefinitions": (0..11).map(|i| container(json!({"name": format!("c{i}")}))).collect::<Vec<_>>()}), "containerDefinitions"),
-        (json!({"family": "bad", "containerDefinitions": [container(json!({"portMappings": [{"containerPort": 70000}]}))]}), "containerDefinitions[0].portMappings[0].containerPort"),
-        (json!({"family": "bad", "containerDefinitions": [container(json!({"dependsOn": [{"containerName": "ghost", "condition": "START"}]}))]}), "containerDefinitions[0].dependsOn[0].containerName"),
+        (
+            json!({"family": "bad", "containerDefinitions": [container(json!({"essential": false}))]}),
+            "essential",
+        ),
+        (
+            json!({"family": "bad", "containerDefinitions": [container(json!({"memory": 64, "memoryReservation": 128}))]}),
+            "containerDefinitions[0].memoryReservation",
+        ),
+        (
+            json!({"family": "bad", "containerDefinitions": [{"name": "web", "image": "busybox"}]}),
+            "containerDefinitions[0]",
+        ),
+        (
+            json!({"family": "bad", "containerDefinitions": [container(json!({})), container(json!({}))]}),
+            "containerDefinitions[1].name",
+        ),
+        (
+            json!({"family": "bad", "containerDefinitions": (0..11).map(|i| container(json!({"name": format!("c{i}")}))).collect::<Vec<_>>()}),
+            "containerDefinitions",
+        ),
+        (
+            json!({"family": "bad", "containerDefinitions": [container(json!({"portMappings": [{"containerPort": 70000}]}))]}),
+            "containerDefinitions[0].portMappings[0].containerPort",
+        ),
+        (
+            json!({"family": "bad", "containerDefinitions": [container(json!({"dependsOn": [{"containerName": "ghost", "condition": "START"}]}))]}),
+            "containerDefinitions[0].dependsOn[0].containerName",
+        ),
     ];
     for (document, path) in cases {
         let file = orc.root.path().join("td.json");
         std::fs::write(&file, document.to_string()).unwrap();
-        let (ok, _, stderr) = orc.cli(&["register-task-definition", "--cli-input-json", &format!("file://{}", file.display())]);
+        let (ok, _, stderr) = orc.cli(&[
+            "register-task-definition",
+            "--cli-input-json",
+            &format!("file://{}", file.display()),
+        ]);
         assert!(!ok, "{document} should be refused");
-        assert!(stderr.contains(path), "the error should name {path}: {stderr}");
+        assert!(
+            stderr.contains(path),
+            "the error should name {path}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    let answer = orc.call("ListTaskDefinitions", json!({"familyPrefix": "bad"})).await;
-    assert_eq!(answer["taskDefinitionArns"], json!([]), "nothing may be registered");
-    let answer = orc.call("ListTaskDefinitions", json!({"familyPrefix": "bad", "status": "INACTIVE"})).await;
+    let answer = orc
+        .call("ListTaskDefinitions", json!({"familyPrefix": "bad"}))
+        .await;
+    assert_eq!(
+        answer["taskDefinitionArns"],
+        json!([]),
+        "nothing may be registered"
+    );
+    let answer = orc
+        .call(
+            "ListTaskDefinitions",
+            json!({"familyPrefix": "bad", "status": "INACTIVE"}),
+        )
+        .await;
     assert_eq!(answer["taskDefinitionArns"], json!([]));
 }

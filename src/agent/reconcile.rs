@@ -500,7 +500,10 @@ impl<'a> TaskCtx<'a, '_> {
                         (labels::CLUSTER.to_string(), self.input.cluster.to_string()),
                         (labels::TASK_ARN.to_string(), task.task_arn.clone()),
                         (labels::TASK_ID.to_string(), task.id().to_string()),
-                        (labels::INSTANCE_ID.to_string(), self.input.instance_id.to_string()),
+                        (
+                            labels::INSTANCE_ID.to_string(),
+                            self.input.instance_id.to_string(),
+                        ),
                     ]),
                 });
             }

@@ -62,7 +62,9 @@ pub fn from_status(status: Status) -> Error {
                 || message.contains("h2 protocol error")
                 || message.contains("broken pipe") =>
         {
-            Error::Unavailable(format!("the connection to the server broke ({message}); retry"))
+            Error::Unavailable(format!(
+                "the connection to the server broke ({message}); retry"
+            ))
         }
         _ => Error::Internal(message),
     }

@@ -488,12 +488,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = crate::agent::docker::DockerRuntime::connect()
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            eprintln!("orc agent: registering with {} in cluster {}", config.server, config.cluster);
-            crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown_signal()).await?;
+            eprintln!(
+                "orc agent: registering with {} in cluster {}",
+                config.server, config.cluster
+            );
+            crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown_signal())
+                .await?;
             Ok(())
         }
-        Command::Logs { cluster, task, container, follow, since } => {
-            logs(&cli.endpoint, cluster, &task, container.as_deref(), follow, since).await
+        Command::Logs {
+            cluster,
+            task,
+            container,
+            follow,
+            since,
+        } => {
+            logs(
+                &cli.endpoint,
+                cluster,
+                &task,
+                container.as_deref(),
+                follow,
+                since,
+            )
+            .await
         }
         Command::Server(ServerCommand {
             action: Some(action),
@@ -855,7 +873,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     } else {
         let runtime = crate::agent::docker::DockerRuntime::connect()
             .await
-            .map_err(|e| anyhow::anyhow!("{e}; start Docker, or run `orc up --no-agent` for the control plane alone"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; start Docker, or run `orc up --no-agent` for the control plane alone"
+                )
+            })?;
         let config = crate::agent::config::AgentConfig::new(
             server.advertise.clone(),
             crate::model::DEFAULT_CLUSTER,
@@ -871,12 +893,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         )))
     };
     eprintln!("orc is up (data in {})", data_dir.display());
-    eprintln!("  control plane API   {}   (try: orc cluster status)", server.advertise);
+    eprintln!(
+        "  control plane API   {}   (try: orc cluster status)",
+        server.advertise
+    );
     if agent.is_some() {
         eprintln!("  container instance  this machine's Docker Engine, cluster default   (try: orc list-container-instances)");
     }
     eprintln!("  metrics             http://{}/metrics", server.advertise);
-    eprintln!("press ctrl-c to stop (running tasks keep running and are adopted on the next start)");
+    eprintln!(
+        "press ctrl-c to stop (running tasks keep running and are adopted on the next start)"
+    );
     shutdown_signal().await;
     eprintln!("shutting down");
     let _ = stop_agent.send(true);
@@ -899,7 +926,10 @@ async fn logs(
     use futures::StreamExt as _;
     let client = Client::new(endpoint)?;
     let (answer, _) = client
-        .call("DescribeTasks", json!({"cluster": cluster, "tasks": [task]}))
+        .call(
+            "DescribeTasks",
+            json!({"cluster": cluster, "tasks": [task]}),
+        )
         .await?;
     let Some(described) = answer["tasks"].as_array().and_then(|t| t.first()).cloned() else {
         anyhow::bail!("task {task} was not found: check the id and --cluster");
@@ -921,7 +951,10 @@ async fn logs(
         .cloned()
         .collect();
     if containers.is_empty() {
-        anyhow::bail!("task {task} has no container named {:?}", container.unwrap_or(""));
+        anyhow::bail!(
+            "task {task} has no container named {:?}",
+            container.unwrap_or("")
+        );
     }
     let many = containers.len() > 1;
     let mut streams = Vec::new();
@@ -934,7 +967,11 @@ async fn logs(
             );
             continue;
         };
-        let prefix = if many { format!("{name} | ") } else { String::new() };
+        let prefix = if many {
+            format!("{name} | ")
+        } else {
+            String::new()
+        };
         streams.push(
             runtime
                 .logs(id, follow, since, None)
@@ -953,7 +990,6 @@ async fn logs(
     }
     Ok(())
 }
-
 
 async fn shutdown_signal() {
     let terminate = async {

@@ -99,15 +99,25 @@ fn is_live(task: &Task) -> bool {
     task.desired_status == TaskStatus::Running && task.last_status != TaskStatus::Stopped
 }
 
+/// How long a task without a health check must have been RUNNING before a
+/// deployment counts it as healthy. ECS counts it at once; orc waits a
+/// little so a container that exits right after starting (a bad revision)
+/// never replaces a good task. A passing health check counts at once.
+pub const MIN_RUNNING_MS: u64 = 3_000;
+
 /// Whether a task counts toward the healthy minimum.
 pub fn is_healthy(service: &Service, task: &Task, now_ms: u64) -> bool {
     if task.last_status != TaskStatus::Running || task.health_status == "UNHEALTHY" {
         return false;
     }
-    if service.load_balancers.is_empty() || task.health_status == "HEALTHY" {
+    if task.health_status == "HEALTHY" {
         return true;
     }
-    let grace_ms = u64::from(service.health_check_grace_period_seconds) * 1000;
+    let grace_ms = if service.load_balancers.is_empty() {
+        MIN_RUNNING_MS
+    } else {
+        (u64::from(service.health_check_grace_period_seconds) * 1000).max(MIN_RUNNING_MS)
+    };
     task.started_at
         .is_some_and(|started| (started * 1000.0) as u64 + grace_ms <= now_ms)
 }
@@ -231,7 +241,8 @@ fn reconcile_replica(
         starting = 0;
     }
     if starting > 0 && primary.consecutive_failures > 0 {
-        let wait_until = primary.last_failure_ms + restart_delay_ms(primary.consecutive_failures, service.desired_count);
+        let wait_until = primary.last_failure_ms
+            + restart_delay_ms(primary.consecutive_failures, service.desired_count);
         if now_ms < wait_until {
             starting = 0;
         }
@@ -246,15 +257,19 @@ fn reconcile_replica(
     }
 
     // Stop old tasks (older deployments, draining instances) while enough stay healthy.
-    let healthy_total = live
+    // A new task must prove itself (is_healthy); an old one that runs and is
+    // not UNHEALTHY already serves, so it counts, however young it is.
+    let serving =
+        |task: &Task| task.last_status == TaskStatus::Running && task.health_status != "UNHEALTHY";
+    let healthy_total = primary_tasks
         .iter()
         .filter(|t| is_healthy(service, t, now_ms))
-        .count();
+        .count()
+        + others.iter().filter(|t| serving(t)).count();
     let mut may_stop_healthy = healthy_total.saturating_sub(min_healthy);
     for task in stop_order(others.clone()) {
-        let healthy = is_healthy(service, task, now_ms);
-        // A healthy old task goes only when a primary task can take its place.
-        if healthy {
+        // A serving old task goes only while enough others keep serving.
+        if serving(task) {
             if may_stop_healthy == 0 {
                 continue;
             }
@@ -596,7 +611,11 @@ mod tests {
         assert_eq!(backoff_ms(1), 250);
         assert_eq!(backoff_ms(4), 2_000);
         assert_eq!(backoff_ms(30), BACKOFF_CAP_MS);
-        assert_eq!(restart_delay_ms(4, 4), 250, "four failures of a service of four are one round");
+        assert_eq!(
+            restart_delay_ms(4, 4),
+            250,
+            "four failures of a service of four are one round"
+        );
         assert_eq!(restart_delay_ms(8, 4), 500);
     }
 

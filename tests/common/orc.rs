@@ -42,9 +42,19 @@ impl TestOrc {
 
     /// Starts (or restarts) the agent process.
     pub fn start_agent(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.agent_log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.agent_log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_orc"))
-            .args(["agent", "--server", &self.server.address, "--heartbeat-interval-ms", "500"])
+            .args([
+                "agent",
+                "--server",
+                &self.server.address,
+                "--heartbeat-interval-ms",
+                "500",
+            ])
             .arg("--data-dir")
             .arg(&self.agent_dir)
             .env("RUST_LOG", "info")
@@ -111,7 +121,11 @@ impl TestOrc {
     /// Waits until the instance is registered and connected.
     pub async fn wait_instance_connected(&self) {
         eventually(Duration::from_secs(30), "the agent to register", || async {
-            let (answer, _) = self.client().call("DescribeContainerInstances", json!({})).await.ok()?;
+            let (answer, _) = self
+                .client()
+                .call("DescribeContainerInstances", json!({}))
+                .await
+                .ok()?;
             let connected = answer["containerInstances"]
                 .as_array()?
                 .iter()
@@ -133,7 +147,9 @@ impl TestOrc {
 
     /// Runs one task; returns its id.
     pub async fn run_task(&self, definition: &str) -> String {
-        let answer = self.call("RunTask", json!({"taskDefinition": definition})).await;
+        let answer = self
+            .call("RunTask", json!({"taskDefinition": definition}))
+            .await;
         let arn = answer["tasks"][0]["taskArn"]
             .as_str()
             .unwrap_or_else(|| panic!("run-task placed nothing: {answer}"));
@@ -148,28 +164,50 @@ impl TestOrc {
 
     /// Waits until the task's lastStatus is `status`; returns the task.
     pub async fn wait_task(&self, id: &str, status: &str) -> Value {
-        eventually(Duration::from_secs(60), &format!("task {id} to be {status}"), || async {
-            let task = self.task(id).await;
-            (task["lastStatus"] == status).then_some(task)
-        })
+        eventually(
+            Duration::from_secs(60),
+            &format!("task {id} to be {status}"),
+            || async {
+                let task = self.task(id).await;
+                (task["lastStatus"] == status).then_some(task)
+            },
+        )
         .await
     }
 
     /// Docker containers this agent manages (ids), running or not.
     pub fn containers(&self) -> Vec<String> {
-        let Some(id) = self.instance_id() else { return vec![] };
-        docker_ids(&["ps", "-aq", "--filter", &format!("label=orc.instance-id={id}")])
+        let Some(id) = self.instance_id() else {
+            return vec![];
+        };
+        docker_ids(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=orc.instance-id={id}"),
+        ])
     }
 
     /// Running containers of this agent.
     pub fn running_containers(&self) -> Vec<String> {
-        let Some(id) = self.instance_id() else { return vec![] };
-        docker_ids(&["ps", "-q", "--no-trunc", "--filter", &format!("label=orc.instance-id={id}")])
+        let Some(id) = self.instance_id() else {
+            return vec![];
+        };
+        docker_ids(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=orc.instance-id={id}"),
+        ])
     }
 }
 
 fn docker_ids(args: &[&str]) -> Vec<String> {
-    let output = Command::new("docker").args(args).output().expect("run docker");
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(str::to_string)
@@ -185,11 +223,18 @@ impl Drop for TestOrc {
             let label = format!("label=orc.instance-id={id}");
             let containers = docker_ids(&["ps", "-aq", "--filter", &label]);
             if !containers.is_empty() {
-                let _ = Command::new("docker").arg("rm").arg("-f").args(&containers).output();
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&containers)
+                    .output();
             }
             let networks = docker_ids(&["network", "ls", "-q", "--filter", &label]);
             if !networks.is_empty() {
-                let _ = Command::new("docker").args(["network", "rm"]).args(&networks).output();
+                let _ = Command::new("docker")
+                    .args(["network", "rm"])
+                    .args(&networks)
+                    .output();
             }
         }
     }
