@@ -114,7 +114,7 @@ impl Role {
 /// Requests into the node's loop.
 enum NodeMessage {
     Step(Vec<Message>),
-    Propose(Proposal, oneshot::Sender<Outcome>),
+    Propose(Box<Proposal>, oneshot::Sender<Outcome>),
     ReadIndex(oneshot::Sender<Result<u64>>),
     ConfChange(ConfChange, Vec<u8>, oneshot::Sender<Outcome>),
     TransferLeader(u64),
@@ -164,7 +164,7 @@ impl RaftHandle {
     pub async fn propose(&self, proposal: Proposal) -> Outcome {
         let started = Instant::now();
         let (reply, receive) = oneshot::channel();
-        self.send(NodeMessage::Propose(proposal, reply))?;
+        self.send(NodeMessage::Propose(Box::new(proposal), reply))?;
         let outcome = self.wait(receive, "commit the write").await;
         metrics::record_proposal(started.elapsed(), outcome.is_ok());
         outcome

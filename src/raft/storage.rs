@@ -185,8 +185,8 @@ impl SledStorage {
             return Ok(());
         }
         let mut compacted = SnapshotMetadata::default();
-        compacted.index = index;
-        compacted.term = term;
+        compacted.set_index(index);
+        compacted.set_term(term);
         compacted.set_conf_state(bounds.conf_state.clone());
         let bytes = compacted
             .write_to_bytes()
@@ -345,7 +345,7 @@ impl raft::Storage for SledStorage {
         }
         let term = self.term(applied_index)?;
         let mut snapshot = Snapshot::default();
-        snapshot.data = data.into();
+        snapshot.set_data(data.into());
         let metadata = snapshot.mut_metadata();
         metadata.index = applied_index;
         metadata.term = term;
@@ -361,9 +361,9 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         let mut entry = Entry::default();
-        entry.index = index;
-        entry.term = term;
-        entry.data = format!("e{index}").into_bytes().into();
+        entry.set_index(index);
+        entry.set_term(term);
+        entry.set_data(format!("e{index}").into_bytes().into());
         entry
     }
 
@@ -454,9 +454,9 @@ mod tests {
                 .append(&[entry(1, 1), entry(2, 1), entry(3, 2)])
                 .unwrap();
             let mut hard_state = HardState::default();
-            hard_state.term = 2;
-            hard_state.vote = 7;
-            hard_state.commit = 3;
+            hard_state.set_term(2);
+            hard_state.set_vote(7);
+            hard_state.set_commit(3);
             storage.set_hard_state(&hard_state).unwrap();
             storage
                 .set_conf_state(&ConfState::from((vec![7, 8], vec![9])))

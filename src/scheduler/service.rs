@@ -123,7 +123,7 @@ pub fn is_healthy(service: &Service, task: &Task, now_ms: u64) -> bool {
 }
 
 /// Stop order: tasks that are not running first, then the newest.
-fn stop_order<'a>(mut tasks: Vec<&'a Task>) -> Vec<&'a Task> {
+fn stop_order(mut tasks: Vec<&Task>) -> Vec<&Task> {
     tasks.sort_by(|a, b| {
         (a.last_status == TaskStatus::Running)
             .cmp(&(b.last_status == TaskStatus::Running))
