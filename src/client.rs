@@ -146,13 +146,31 @@ impl Client {
             .into_inner())
     }
 
-    /// Removes a server from the control plane.
+    /// Removes a server from the control plane. The server being removed
+    /// may drop the connection as it leaves; when a retry then finds it gone,
+    /// the removal is what happened and counts as done.
     pub async fn remove_server(&self, node_id: u64) -> Result<MembershipResponse> {
-        Ok(self
-            .retrying(
-                |mut orc| async move { orc.remove_server(RemoveServerRequest { node_id }).await },
-            )
-            .await?
-            .into_inner())
+        let deadline = Instant::now() + self.retry_for;
+        let mut interrupted = false;
+        loop {
+            let mut orc = self.orc.clone();
+            match orc.remove_server(RemoveServerRequest { node_id }).await {
+                Ok(answer) => return Ok(answer.into_inner()),
+                Err(status) => match from_status(status) {
+                    Error::NotFound(_) if interrupted => {
+                        let status = self.cluster_status(false).await?;
+                        return Ok(MembershipResponse {
+                            cluster_id: status.cluster_id,
+                            members: status.members,
+                        });
+                    }
+                    error if error.is_retryable() && Instant::now() < deadline => {
+                        interrupted = true;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    error => return Err(error),
+                },
+            }
+        }
     }
 }

@@ -251,7 +251,26 @@ impl Orc for ApiContext {
 #[tonic::async_trait]
 impl Peer for ApiContext {
     async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        let batch = request.into_inner();
+        self.step_batch(request.into_inner())?;
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn raft_stream(
+        &self,
+        request: Request<tonic::Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            self.step_batch(batch)?;
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+}
+
+impl ApiContext {
+    /// Checks a batch's control plane, learns the sender's address, and hands
+    /// the messages to raft.
+    fn step_batch(&self, batch: RaftBatch) -> Result<(), Status> {
         if batch.cluster_id != self.transport.cluster_id() {
             return Err(Status::failed_precondition(format!(
                 "this server belongs to control plane {} but the message came from control plane {}",
@@ -267,8 +286,7 @@ impl Peer for ApiContext {
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             messages.push(message);
         }
-        self.raft.step(messages).map_err(to_status)?;
-        Ok(Response::new(RaftAck {}))
+        self.raft.step(messages).map_err(to_status)
     }
 }
 

@@ -155,6 +155,18 @@ struct PeerWorker {
 }
 
 impl PeerWorker {
+    fn batch(&self, messages: &[Message]) -> RaftBatch {
+        RaftBatch {
+            cluster_id: self.cluster_id.clone(),
+            from_id: self.from_id,
+            from_address: self.from_address.clone(),
+            messages: messages
+                .iter()
+                .filter_map(|m| m.write_to_bytes().ok())
+                .collect(),
+        }
+    }
+
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Message>) {
         let endpoint = match tonic::transport::Endpoint::from_shared(format!(
             "http://{}",
@@ -172,6 +184,8 @@ impl PeerWorker {
         let mut client = PeerClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
+        // The stream of ordinary messages; opened on first use and again after it breaks.
+        let mut stream: Option<mpsc::Sender<RaftBatch>> = None;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -180,29 +194,51 @@ impl PeerWorker {
                     Err(_) => break,
                 }
             }
-            let snapshots: Vec<u64> = batch
-                .iter()
-                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|m| m.to)
-                .collect();
-            let encoded: Vec<Vec<u8>> = batch
-                .iter()
-                .filter_map(|m| m.write_to_bytes().ok())
-                .collect();
-            let request = RaftBatch {
-                cluster_id: self.cluster_id.clone(),
-                from_id: self.from_id,
-                from_address: self.from_address.clone(),
-                messages: encoded,
-            };
-            let delivered = client.raft(request).await;
-            if let Some(node) = &self.node {
-                if let Err(status) = &delivered {
-                    tracing::debug!(to = self.to, address = %self.address, error = %status.message(), "peer unreachable");
-                    node.report_unreachable(self.to);
+            let (snapshots, ordinary): (Vec<Message>, Vec<Message>) = batch
+                .into_iter()
+                .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            if !ordinary.is_empty() {
+                let request = self.batch(&ordinary);
+                // Never wait on a slow peer: a full stream drops the batch (raft-rs resends).
+                let sent = match &stream {
+                    Some(sender) if !sender.is_closed() => match sender.try_send(request) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => true,
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    },
+                    _ => false,
+                };
+                if !sent {
+                    // (Re)open the stream; the batch goes as its first message.
+                    let (sender, receiver) = mpsc::channel(64);
+                    let _ = sender.try_send(self.batch(&ordinary));
+                    let mut call_client = client.clone();
+                    let node = self.node.clone();
+                    let to = self.to;
+                    let address = self.address.clone();
+                    tokio::spawn(async move {
+                        let outcome = call_client
+                            .raft_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                            .await;
+                        if let Err(status) = outcome {
+                            tracing::debug!(to, address = %address, error = %status.message(), "raft stream to peer broke");
+                            if let Some(node) = node {
+                                node.report_unreachable(to);
+                            }
+                        }
+                    });
+                    stream = Some(sender);
                 }
-                for to in snapshots {
-                    node.report_snapshot(to, delivered.is_ok());
+            }
+            for snapshot in snapshots {
+                let request = self.batch(std::slice::from_ref(&snapshot));
+                let delivered = client.raft(request).await;
+                if let Some(node) = &self.node {
+                    if let Err(status) = &delivered {
+                        tracing::debug!(to = self.to, address = %self.address, error = %status.message(), "snapshot not delivered");
+                        node.report_unreachable(self.to);
+                    }
+                    node.report_snapshot(snapshot.to, delivered.is_ok());
                 }
             }
         }
