@@ -289,7 +289,10 @@ impl Stack {
 
     async fn instance_connected(&self, id: &str) -> anyhow::Result<Option<bool>> {
         let answer = self
-            .call("DescribeContainerInstances", json!({"containerInstances": [id]}))
+            .call(
+                "DescribeContainerInstances",
+                json!({"containerInstances": [id]}),
+            )
             .await?;
         Ok(answer["containerInstances"]
             .as_array()
@@ -585,8 +588,17 @@ impl Report {
             .max()
             .unwrap_or(5)
             .max(5);
-        println!("| {:<w$} | {:>v$} | {:<8} | {:<6} |", "figure", "value", "target", "result");
-        println!("|{}|{}:|{}|{}|", "-".repeat(w + 2), "-".repeat(v + 1), "-".repeat(10), "-".repeat(8));
+        println!(
+            "| {:<w$} | {:>v$} | {:<8} | {:<6} |",
+            "figure", "value", "target", "result"
+        );
+        println!(
+            "|{}|{}:|{}|{}|",
+            "-".repeat(w + 2),
+            "-".repeat(v + 1),
+            "-".repeat(10),
+            "-".repeat(8)
+        );
         for r in &self.rows {
             let met = match r.met {
                 Some(true) => "met",
@@ -626,7 +638,10 @@ async fn wait_running(stack: &Stack, id: &str, poll: Duration) -> anyhow::Result
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let tasks = describe(stack, &[id.to_string()]).await?;
-        match tasks.first().map(|t| t["lastStatus"].as_str().unwrap_or("")) {
+        match tasks
+            .first()
+            .map(|t| t["lastStatus"].as_str().unwrap_or(""))
+        {
             Some("RUNNING") => return Ok(()),
             Some("STOPPED") => bail!("task {id} stopped: {}", tasks[0]),
             _ => {}
@@ -654,7 +669,10 @@ async fn orc_start_once(stack: &Stack) -> anyhow::Result<(f64, String)> {
         .output()
         .await?;
     if !out.status.success() {
-        bail!("orc run-task failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "orc run-task failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let answer: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("run-task printed {}", String::from_utf8_lossy(&out.stdout)))?;
@@ -686,7 +704,10 @@ async fn docker_start_once(docker: &Docker, image: &str) -> anyhow::Result<(f64,
         .output()
         .await?;
     if !out.status.success() {
-        bail!("docker run failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "docker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -718,12 +739,19 @@ async fn part1_start_latency(
     let trials = env_usize("ORC_BENCH_START_TRIALS", 10);
     eprintln!("[1] run-task → RUNNING vs docker run -d: 1 warm-up + {trials} trials each");
     stack
-        .call("RegisterTaskDefinition", single_container("bench-start", image))
+        .call(
+            "RegisterTaskDefinition",
+            single_container("bench-start", image),
+        )
         .await?;
     let mut orc_ms = vec![];
     let mut docker_ms = vec![];
     for trial in 0..=trials {
-        let order: [bool; 2] = if trial % 2 == 0 { [true, false] } else { [false, true] };
+        let order: [bool; 2] = if trial % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         let mut orc_task = None;
         let mut docker_id = None;
         let (mut orc_trial, mut docker_trial) = (0.0, 0.0);
@@ -744,7 +772,11 @@ async fn part1_start_latency(
         }
         eprintln!(
             "    trial {trial}{}: orc {orc_trial:.0} ms, docker {docker_trial:.0} ms",
-            if trial == 0 { " (warm-up, not counted)" } else { "" },
+            if trial == 0 {
+                " (warm-up, not counted)"
+            } else {
+                ""
+            },
         );
         // Back to an empty engine before the next trial.
         if let Some(id) = docker_id {
@@ -812,7 +844,10 @@ async fn part2_hundred(
         ids.extend(run_tasks(stack, family, 10).await?);
     }
     let placed = started.elapsed();
-    eprintln!("    10 run-task calls answered in {:.0} ms", placed.as_secs_f64() * 1000.0);
+    eprintln!(
+        "    10 run-task calls answered in {:.0} ms",
+        placed.as_secs_f64() * 1000.0
+    );
     let mut last_report = Instant::now();
     let all_running = loop {
         let tasks = describe(stack, &ids).await?;
@@ -827,14 +862,20 @@ async fn part2_hundred(
         }
         if last_report.elapsed() > Duration::from_secs(1) {
             last_report = Instant::now();
-            eprintln!("    {:>5.1}s  running {running}/100", started.elapsed().as_secs_f64());
+            eprintln!(
+                "    {:>5.1}s  running {running}/100",
+                started.elapsed().as_secs_f64()
+            );
         }
         if started.elapsed() > Duration::from_secs(300) {
             bail!("only {running}/100 RUNNING after 300 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    eprintln!("    all 100 RUNNING after {:.1} s", all_running.as_secs_f64());
+    eprintln!(
+        "    all 100 RUNNING after {:.1} s",
+        all_running.as_secs_f64()
+    );
     let containers = docker_lines(&[
         "ps",
         "-q",
@@ -895,7 +936,10 @@ async fn part3_cpu(
 ) -> anyhow::Result<()> {
     eprintln!("[3] agent CPU while 20 tasks run (10 s)");
     stack
-        .call("RegisterTaskDefinition", single_container("bench-cpu", image))
+        .call(
+            "RegisterTaskDefinition",
+            single_container("bench-cpu", image),
+        )
         .await?;
     let mut ids = run_tasks(stack, "bench-cpu", 10).await?;
     ids.extend(run_tasks(stack, "bench-cpu", 10).await?);
@@ -914,7 +958,11 @@ async fn part3_cpu(
     let agent_pid = stack.agents[0].proc.pid();
     let server_pid = stack.server.pid();
     let ticks = clock_ticks_per_second();
-    let (a0, s0, t0) = (cpu_ticks(agent_pid)?, cpu_ticks(server_pid)?, Instant::now());
+    let (a0, s0, t0) = (
+        cpu_ticks(agent_pid)?,
+        cpu_ticks(server_pid)?,
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (a1, s1, elapsed) = (cpu_ticks(agent_pid)?, cpu_ticks(server_pid)?, t0.elapsed());
     let agent_pct = (a1 - a0) as f64 / ticks / elapsed.as_secs_f64() * 100.0;
@@ -951,7 +999,10 @@ async fn part4_heal(
     let trials = env_usize("ORC_BENCH_HEAL_TRIALS", 5);
     eprintln!("[4] docker kill of a service task → 2 RUNNING again: {trials} trials");
     stack
-        .call("RegisterTaskDefinition", single_container("bench-heal", image))
+        .call(
+            "RegisterTaskDefinition",
+            single_container("bench-heal", image),
+        )
         .await?;
     let mut samples = vec![];
     for trial in 1..=trials {
@@ -985,7 +1036,10 @@ async fn part4_heal(
             .to_string();
         let started = Instant::now();
         docker
-            .kill_container(&victim, None::<bollard::query_parameters::KillContainerOptions>)
+            .kill_container(
+                &victim,
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
             .await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -1024,7 +1078,9 @@ async fn part4_heal(
         "< 2000",
         m < 2000.0,
     );
-    report.notes.push(format!("4. trials (ms): [{}]", list(&raw)));
+    report
+        .notes
+        .push(format!("4. trials (ms): [{}]", list(&raw)));
     Ok(())
 }
 
@@ -1039,7 +1095,10 @@ async fn part5_instance_loss(
         .instance_id()
         .ok_or_else(|| anyhow!("no instance id"))?;
     stack
-        .call("RegisterTaskDefinition", single_container("bench-loss", image))
+        .call(
+            "RegisterTaskDefinition",
+            single_container("bench-loss", image),
+        )
         .await?;
     let mut samples = vec![];
     let mut disconnected_samples = vec![];
@@ -1072,7 +1131,9 @@ async fn part5_instance_loss(
             *per_instance.entry(task_id(arn)).or_default() += 1;
         }
         let on_doomed = per_instance.get(&doomed).copied().unwrap_or(0);
-        eprintln!("    trial {trial}: placement {per_instance:?} ({on_doomed} on the doomed instance)");
+        eprintln!(
+            "    trial {trial}: placement {per_instance:?} ({on_doomed} on the doomed instance)"
+        );
         // A heartbeat of the doomed agent is at most 2 s old here, as on a real cluster.
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -1170,7 +1231,10 @@ async fn bench(report: &mut Report) -> anyhow::Result<()> {
     eprintln!("building the image {IMAGE} (docker import of /bin/busybox) if needed");
     let image = images::busybox_image(IMAGE);
     let docker = Docker::connect_with_local_defaults()?;
-    docker.ping().await.context("the Docker Engine does not answer")?;
+    docker
+        .ping()
+        .await
+        .context("the Docker Engine does not answer")?;
 
     eprintln!("starting orc server --bootstrap and orc agent");
     let mut stack = Stack::start().await?;
@@ -1253,7 +1317,8 @@ fn main() -> anyhow::Result<()> {
         }
     });
     // The guards have dropped; say what the engine still holds.
-    let leftovers_containers = docker_lines(&["ps", "-aq", "--filter", &format!("label={}", bench_label())]);
+    let leftovers_containers =
+        docker_lines(&["ps", "-aq", "--filter", &format!("label={}", bench_label())]);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

@@ -219,6 +219,53 @@ fn rand_like(seed: u64, index: usize) -> u64 {
     x ^ (x >> 33)
 }
 
+/// Placements for PROVISIONING tasks (run-task copies that fit nowhere when
+/// they were started) that fit somewhere now. Pure, like `service_commands`.
+pub fn provisioning_commands(state: &State, seed: u64) -> Vec<Command> {
+    let mut waiting: std::collections::BTreeMap<String, Vec<&crate::model::Task>> =
+        Default::default();
+    for task in state.tasks.values() {
+        if task.last_status == crate::model::TaskStatus::Provisioning
+            && task.desired_status == crate::model::TaskStatus::Running
+        {
+            waiting.entry(task.cluster_name()).or_default().push(task);
+        }
+    }
+    let mut commands = Vec::new();
+    for (cluster, tasks) in waiting {
+        let mut views = scheduler::cluster_views(state, &cluster);
+        let mut planned = Vec::new();
+        for (i, task) in tasks.iter().enumerate() {
+            let Ok(definition) = state.task_definition_of(task) else {
+                continue;
+            };
+            let demand = scheduler::task_demand(&definition, &task.group);
+            let constraints = scheduler::definition_constraints(&definition);
+            let outcome = placement::place(
+                &demand,
+                1,
+                &views,
+                &placement::default_run_task_strategies(),
+                &constraints,
+                seed ^ i as u64,
+            );
+            if let Some(instance_id) = outcome.placements.first() {
+                if let Some(view) = views.iter_mut().find(|v| &v.id == instance_id) {
+                    scheduler::take_room(view, &demand);
+                }
+                planned.push(PlannedTask {
+                    task_id: task.id().to_string(),
+                    instance_id: instance_id.clone(),
+                });
+            }
+        }
+        if !planned.is_empty() {
+            commands.push(Command::PlaceTasks { cluster, planned });
+        }
+    }
+    commands
+}
+
 /// Runs the leader loops for the life of the server.
 pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOptions) {
     let mut status = raft.watch_status();
@@ -289,5 +336,134 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
             node = raft.status().id,
             "no longer leading: control loops stopped"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InstanceRegistration, TaskStateChange, TaskStatus};
+    use crate::store::ecs::{TaskLaunch, UnplacedTask};
+    use crate::store::state::apply;
+
+    fn propose(state: &mut State, command: Command) -> serde_json::Value {
+        let request_id = crate::client::request_id();
+        apply(
+            state,
+            &Proposal {
+                request_id,
+                command,
+            },
+        )
+        .expect("command applies")
+    }
+
+    #[test]
+    fn a_task_that_fits_nowhere_waits_in_provisioning_and_is_placed_when_room_appears() {
+        let mut state = State::default();
+        propose(
+            &mut state,
+            Command::InitControlPlane {
+                control_plane_id: "cp".into(),
+                first_member_id: 1,
+                first_member_address: "a".into(),
+                now_ms: 1,
+            },
+        );
+        let registration = InstanceRegistration {
+            hostname: "pi".into(),
+            cpu: 1024,
+            memory_mib: 512,
+            reserved_ports: vec![],
+            attributes: vec![],
+            agent_version: "t".into(),
+            docker_version: "t".into(),
+        };
+        propose(
+            &mut state,
+            Command::RegisterContainerInstance {
+                cluster: "default".into(),
+                instance_id: "i-1".into(),
+                registration,
+                now_ms: 1,
+            },
+        );
+        let (definition, _) = crate::taskdef::parse_register_input(
+            r#"{"family": "big", "containerDefinitions": [{"name": "c", "image": "x", "memory": 400}]}"#,
+        )
+        .unwrap();
+        propose(
+            &mut state,
+            Command::RegisterTaskDefinition {
+                task_definition: definition,
+                now_ms: 1,
+            },
+        );
+        let launch = TaskLaunch {
+            cluster: "default".into(),
+            task_definition_arn: "big:1".into(),
+            overrides: None,
+            started_by: None,
+            group: "family:big".into(),
+        };
+        let answer = propose(
+            &mut state,
+            Command::RunTask {
+                launch,
+                planned: vec![PlannedTask {
+                    task_id: "first".into(),
+                    instance_id: "i-1".into(),
+                }],
+                unplaced: vec![UnplacedTask {
+                    task_id: "second".into(),
+                    reason: "RESOURCE:MEMORY (1 instance)".into(),
+                }],
+                now_ms: 2,
+            },
+        );
+        assert_eq!(answer["tasks"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            answer["failures"][0]["reason"],
+            "RESOURCE:MEMORY (1 instance)"
+        );
+        let second = state.task("default", "second").unwrap();
+        assert_eq!(second.last_status, TaskStatus::Provisioning);
+        assert_eq!(
+            second.placement_reason.as_deref(),
+            Some("RESOURCE:MEMORY (1 instance)")
+        );
+        assert!(
+            provisioning_commands(&state, 7).is_empty(),
+            "no room while the first task holds 400 of 512 MiB"
+        );
+
+        // The first task stops: its memory is free and the waiting task is placed.
+        let change = TaskStateChange {
+            task_arn: state.task("default", "first").unwrap().task_arn.clone(),
+            status: TaskStatus::Stopped,
+            reason: None,
+            stop_code: None,
+            containers: vec![],
+            health_status: "UNKNOWN".into(),
+            at_ms: 3,
+        };
+        propose(
+            &mut state,
+            Command::SubmitTaskStateChange {
+                cluster: "default".into(),
+                instance_id: "i-1".into(),
+                change,
+            },
+        );
+        let commands = provisioning_commands(&state, 7);
+        assert_eq!(commands.len(), 1);
+        for command in commands {
+            propose(&mut state, command);
+        }
+        let second = state.task("default", "second").unwrap();
+        assert_eq!(second.last_status, TaskStatus::Pending);
+        assert_eq!(second.container_instance_id(), Some("i-1"));
+        assert!(second.placement_reason.is_none());
+        assert_eq!(state.usage("default", "i-1").memory_mib, 400);
     }
 }

@@ -318,6 +318,10 @@ pub struct Task {
     /// When it reached STOPPED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<f64>,
+    /// orc's addition: while PROVISIONING, why no instance can take it
+    /// (`orc explain-task` gives the verdict per instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_reason: Option<String>,
 }
 
 impl Task {

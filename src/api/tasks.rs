@@ -10,7 +10,7 @@ use super::ecs::{now_ms, parse, ActionResult};
 use crate::model::{self, stop_code, ContainerInstance, Task, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::{self, placement};
-use crate::store::ecs::{PlannedTask, TaskLaunch};
+use crate::store::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use crate::store::{Command, Proposal, State};
 use crate::taskdef::{self, TaskDefinitionRef, TaskDefinitionStatus};
 use crate::{Error, Result};
@@ -55,6 +55,7 @@ pub async fn call(
         "RunTask" => run_task(raft, body, request_id).await,
         "StopTask" => stop_task(raft, body, request_id).await,
         "DescribeTasks" => describe_tasks(raft, body).await,
+        "ExplainTask" => explain_task(raft, body).await,
         "ListTasks" => list_tasks(raft, body).await,
         "ListContainerInstances" => list_container_instances(raft, body).await,
         "DescribeContainerInstances" => describe_container_instances(raft, body).await,
@@ -229,24 +230,30 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
     placement::validate_constraints(&request.placement_constraints).map_err(invalid)?;
     let cluster = cluster_of(&request.cluster);
     raft.read_barrier().await?;
-    let (launch, planned, failures, explanation) = raft.store().read(|state| -> Result<_> {
+    let (launch, planned, unplaced, explanation) = raft.store().read(|state| -> Result<_> {
         state.active_cluster(&cluster)?;
         let definition = state.resolve_task_definition(&request.task_definition)?;
         let arn = definition.task_definition_arn.clone().unwrap_or_default();
         let resolved = match &request.overrides {
             Some(overrides) => {
-                let parsed = taskdef::parse_overrides(&overrides.to_string()).map_err(|e| invalid(format!("overrides.{e}")))?;
-                taskdef::apply_overrides(definition, &parsed).map_err(|e| invalid(format!("overrides.{e}")))?
+                let parsed = taskdef::parse_overrides(&overrides.to_string())
+                    .map_err(|e| invalid(format!("overrides.{e}")))?;
+                taskdef::apply_overrides(definition, &parsed)
+                    .map_err(|e| invalid(format!("overrides.{e}")))?
             }
             None => definition.clone(),
         };
-        let group = request.group.clone().unwrap_or_else(|| format!("family:{}", resolved.family));
+        let group = request
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("family:{}", resolved.family));
         let demand = crate::store::ecs::demand_of(&resolved);
         let mut constraints = request.placement_constraints.clone();
         for constraint in &resolved.placement_constraints {
             if let Some(expression) = &constraint.expression {
                 constraints.push(
-                    placement::PlacementConstraint::from_parts("memberOf", Some(expression)).map_err(invalid)?,
+                    placement::PlacementConstraint::from_parts("memberOf", Some(expression))
+                        .map_err(invalid)?,
                 );
             }
         }
@@ -263,7 +270,14 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
             static_ports: demand.ports.clone(),
             architectures: None,
         };
-        let outcome = placement::place(&task_demand, count as usize, &views, &strategies, &constraints, rand::random());
+        let outcome = placement::place(
+            &task_demand,
+            count as usize,
+            &views,
+            &strategies,
+            &constraints,
+            rand::random(),
+        );
         let planned: Vec<PlannedTask> = outcome
             .placements
             .iter()
@@ -272,10 +286,15 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
                 instance_id: instance_id.clone(),
             })
             .collect();
-        let failures: Vec<Value> = outcome
+        // A copy that fits nowhere stays visible as a PROVISIONING task with
+        // its reason; the leader places it once room appears.
+        let unplaced: Vec<UnplacedTask> = outcome
             .failures
             .iter()
-            .map(|f| json!({"arn": model::arn("cluster", &cluster), "reason": f.reason, "detail": f.detail}))
+            .map(|f| UnplacedTask {
+                task_id: format!("{:032x}", rand::random::<u128>()),
+                reason: format!("{} ({})", f.reason, f.detail),
+            })
             .collect();
         let launch = TaskLaunch {
             cluster: cluster.clone(),
@@ -284,25 +303,19 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
             started_by: request.started_by.clone(),
             group,
         };
-        Ok((launch, planned, failures, outcome.explanation))
+        Ok((launch, planned, unplaced, outcome.explanation))
     })?;
-    let mut answer = if planned.is_empty() {
-        json!({"tasks": [], "failures": []})
-    } else {
-        propose(
-            raft,
-            request_id,
-            Command::RunTask {
-                launch,
-                planned,
-                now_ms: now_ms(),
-            },
-        )
-        .await?
-    };
-    if let Some(list) = answer["failures"].as_array_mut() {
-        list.extend(failures);
-    }
+    let mut answer = propose(
+        raft,
+        request_id,
+        Command::RunTask {
+            launch,
+            planned,
+            unplaced,
+            now_ms: now_ms(),
+        },
+    )
+    .await?;
     if request.explain {
         answer["explanation"] = json!(explanation);
     }
@@ -329,6 +342,42 @@ async fn stop_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<
         now_ms: now_ms(),
     };
     Ok(propose(raft, request_id, command).await?.into())
+}
+
+/// orc's addition: per instance, why a task was (or would be) placed there
+/// or not, judged against the cluster as it is now.
+async fn explain_task(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request {
+        cluster: Option<String>,
+        task: String,
+    }
+    let request: Request = parse("ExplainTask", body)?;
+    let cluster = cluster_of(&request.cluster);
+    read(raft, |state| {
+        let task = state.task(&cluster, &request.task)?;
+        let definition = state.task_definition_of(task)?;
+        let demand = scheduler::task_demand(&definition, &task.group);
+        let constraints = scheduler::definition_constraints(&definition);
+        let views: Vec<placement::InstanceView> = scheduler::cluster_views(state, &cluster)
+            .into_iter()
+            .filter(|v| Some(v.id.as_str()) != task.container_instance_id())
+            .collect();
+        let outcome = placement::place(&demand, 1, &views, &placement::default_run_task_strategies(), &constraints, 0);
+        let mut explanation = serde_json::to_value(&outcome.explanation).unwrap_or_default();
+        if let (Some(list), Some(instance)) = (explanation.as_array_mut(), task.container_instance_id()) {
+            list.insert(0, json!({"instance_id": instance, "placed": 1, "verdict": "chosen: the task runs here"}));
+        }
+        Ok(json!({
+            "task": task,
+            "needs": {"cpu": demand.cpu, "memoryMiB": demand.memory_mib,
+                      "hostPorts": demand.static_ports.iter().map(|(p, proto)| format!("{p}/{proto}")).collect::<Vec<_>>()},
+            "explanation": explanation,
+        })
+        .into())
+    })
+    .await
 }
 
 async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {

@@ -148,6 +148,14 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Why a task runs where it runs, or why it fits nowhere: a verdict per instance.
+    ExplainTask {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The task id or ARN.
+        task: String,
+    },
     /// Describe tasks.
     DescribeTasks {
         /// The cluster.
@@ -623,6 +631,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let body = json!({"cluster": cluster, "task": task, "reason": reason});
             ecs(&cli.endpoint, &output, "StopTask", body).await
+        }
+        Command::ExplainTask { cluster, task } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "ExplainTask",
+                json!({"cluster": cluster, "task": task}),
+            )
+            .await
         }
         Command::DescribeTasks { cluster, tasks } => {
             ecs(

@@ -101,6 +101,31 @@ impl Output {
                 }
             }
             "StopTask" => self.tasks(std::slice::from_ref(&answer["task"])),
+            "ExplainTask" => {
+                self.tasks(std::slice::from_ref(&answer["task"]));
+                let needs = &answer["needs"];
+                println!(
+                    "\nneeds {} CPU units, {} MiB memory, host ports {}",
+                    needs["cpu"],
+                    needs["memoryMiB"],
+                    needs["hostPorts"]
+                        .as_array()
+                        .filter(|p| !p.is_empty())
+                        .map(|p| p
+                            .iter()
+                            .map(|v| v.as_str().unwrap_or("?"))
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_else(|| "none".into())
+                );
+                let rows: Vec<Vec<String>> = answer["explanation"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| vec![text(v, "instance_id"), text(v, "verdict")])
+                    .collect();
+                println!("{}", table(&["INSTANCE", "VERDICT"], &rows));
+            }
             "CreateService" | "UpdateService" | "DeleteService" => {
                 self.services(std::slice::from_ref(&answer["service"]))
             }
@@ -293,7 +318,12 @@ impl Output {
                     .filter(|c| !c["exitCode"].is_null())
                     .map(|c| format!("{}={}", text(c, "name"), c["exitCode"]))
                     .collect();
-                let stopped = match (t["stopCode"].as_str(), t["stoppedReason"].as_str()) {
+                let stopped = match (
+                    t["stopCode"].as_str(),
+                    t["stoppedReason"]
+                        .as_str()
+                        .or(t["placementReason"].as_str()),
+                ) {
                     (Some(code), Some(reason)) => format!("{code}: {reason}"),
                     (Some(code), None) => code.to_string(),
                     (None, Some(reason)) => reason.to_string(),

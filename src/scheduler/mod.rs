@@ -54,3 +54,42 @@ pub fn cluster_views(state: &State, cluster: &str) -> Vec<InstanceView> {
         .map(|instance| instance_view(state, instance))
         .collect()
 }
+
+/// What one task of `definition` needs from an instance, for the placer.
+pub fn task_demand(
+    definition: &crate::taskdef::TaskDefinition,
+    group: &str,
+) -> placement::TaskDemand {
+    let demand = crate::store::ecs::demand_of(definition);
+    placement::TaskDemand {
+        group: group.to_string(),
+        cpu: demand.cpu,
+        memory_mib: demand.memory_mib,
+        static_ports: demand.ports,
+        architectures: None,
+    }
+}
+
+/// The task definition's own `memberOf` constraints.
+pub fn definition_constraints(
+    definition: &crate::taskdef::TaskDefinition,
+) -> Vec<placement::PlacementConstraint> {
+    definition
+        .placement_constraints
+        .iter()
+        .filter_map(|c| c.expression.as_deref())
+        .filter_map(|expression| {
+            placement::PlacementConstraint::from_parts("memberOf", Some(expression)).ok()
+        })
+        .collect()
+}
+
+/// Records in a view that a task was just placed on it (so the next
+/// decision of the same pass sees the room it took).
+pub fn take_room(view: &mut InstanceView, demand: &placement::TaskDemand) {
+    view.remaining_cpu -= demand.cpu;
+    view.remaining_memory_mib -= demand.memory_mib;
+    view.used_ports.extend(demand.static_ports.iter().copied());
+    view.running_tasks_count += 1;
+    *view.tasks_by_group.entry(demand.group.clone()).or_default() += 1;
+}

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ecs::{PlannedTask, TaskLaunch};
+use super::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use super::services::{PlanResult, ServiceUpdate};
 use crate::model::{InstanceRegistration, Service, Tag, TaskStateChange};
 use crate::taskdef::TaskDefinition;
@@ -112,8 +112,18 @@ pub enum Command {
         launch: TaskLaunch,
         /// Where each task goes.
         planned: Vec<PlannedTask>,
+        /// Copies that fit nowhere: created PROVISIONING with the reason.
+        #[serde(default)]
+        unplaced: Vec<UnplacedTask>,
         /// When.
         now_ms: u64,
+    },
+    /// The leader found instances for PROVISIONING tasks.
+    PlaceTasks {
+        /// The cluster.
+        cluster: String,
+        /// Task ids and their instances.
+        planned: Vec<PlannedTask>,
     },
     /// ECS StopTask, or a stop decided by the control plane.
     StopTask {

@@ -492,13 +492,70 @@ pub struct TaskLaunch {
     pub group: String,
 }
 
+/// A run-task copy that fit on no instance: it stays PROVISIONING, with the
+/// reason, until the leader finds room for it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UnplacedTask {
+    /// The new task's id.
+    pub task_id: String,
+    /// Why it fits nowhere (ECS reason and detail).
+    pub reason: String,
+}
+
+fn containers_for(
+    definition: &crate::taskdef::TaskDefinition,
+    cluster: &str,
+    task_id: &str,
+    task_arn: &str,
+) -> Vec<Container> {
+    definition
+        .container_definitions
+        .iter()
+        .map(|c| Container {
+            container_arn: model::arn("container", &format!("{cluster}/{task_id}/{}", c.name)),
+            task_arn: task_arn.to_string(),
+            name: c.name.clone(),
+            image: c.image.clone(),
+            runtime_id: None,
+            last_status: "PENDING".into(),
+            exit_code: None,
+            reason: None,
+            network_bindings: vec![],
+            health_status: "UNKNOWN".into(),
+            essential: c.is_essential(),
+        })
+        .collect()
+}
+
+/// The instance's ARN when `demand` may go there now, or an ECS failure.
+fn admit(
+    state: &State,
+    cluster: &str,
+    instance_id: &str,
+    demand: &Demand,
+) -> Result<String, serde_json::Value> {
+    let instance = state
+        .container_instance(cluster, instance_id)
+        .map_err(|_| json!({"arn": instance_id, "reason": "MISSING"}))?;
+    if instance.status != "ACTIVE" || !instance.agent_connected {
+        return Err(
+            json!({"arn": instance.container_instance_arn, "reason": format!("INSTANCE {}", instance.status)}),
+        );
+    }
+    if let Some(reason) = state.misfit(instance, demand) {
+        return Err(json!({"arn": instance.container_instance_arn, "reason": reason}));
+    }
+    Ok(instance.container_instance_arn.clone())
+}
+
 /// Creates the placed tasks, re-checking each placement against the
 /// instance's capacity now: a stale decision becomes a failure, never a
-/// double booking.
+/// double booking. Copies that fit nowhere are created PROVISIONING.
 pub fn run_task(
     state: &mut State,
     launch: &TaskLaunch,
     planned: &[PlannedTask],
+    unplaced: &[UnplacedTask],
     now_ms: u64,
 ) -> Outcome {
     let cluster = model::cluster_name_from(&launch.cluster);
@@ -525,64 +582,86 @@ pub fn run_task(
         started_at: None,
         stopping_at: None,
         stopped_at: None,
+        placement_reason: None,
     };
     let definition = state.task_definition_of(&stub)?;
     let demand = demand_of(&definition);
     let mut tasks = Vec::new();
     let mut failures = Vec::new();
-    for plan in planned {
-        let instance = match state.container_instance(&cluster, &plan.instance_id) {
-            Ok(instance) => instance,
-            Err(_) => {
-                failures.push(json!({"arn": plan.instance_id, "reason": "MISSING"}));
-                continue;
-            }
-        };
-        if instance.status != "ACTIVE" {
-            failures.push(json!({"arn": instance.container_instance_arn, "reason": format!("INSTANCE {}", instance.status)}));
-            continue;
-        }
-        if let Some(reason) = state.misfit(instance, &demand) {
-            failures.push(json!({"arn": instance.container_instance_arn, "reason": reason}));
-            continue;
-        }
-        let task_arn = model::arn("task", &format!("{cluster}/{}", plan.task_id));
-        let key = scoped_key(&cluster, &plan.task_id);
+    let copies = planned
+        .iter()
+        .map(|p| (p.task_id.as_str(), Some(p.instance_id.as_str()), None))
+        .chain(
+            unplaced
+                .iter()
+                .map(|u| (u.task_id.as_str(), None, Some(u.reason.clone()))),
+        );
+    for (task_id, instance_id, reason) in copies {
+        let task_arn = model::arn("task", &format!("{cluster}/{task_id}"));
+        let key = scoped_key(&cluster, task_id);
         if state.tasks.contains(&key) {
             failures.push(json!({"arn": task_arn, "reason": "DUPLICATE_TASK_ID"}));
             continue;
         }
         let mut task = stub.clone();
-        task.container_instance_arn = Some(instance.container_instance_arn.clone());
         task.task_arn = task_arn.clone();
-        task.last_status = TaskStatus::Pending;
         task.cpu = demand.cpu.to_string();
         task.memory = demand.memory_mib.to_string();
-        task.containers = definition
-            .container_definitions
-            .iter()
-            .map(|c| Container {
-                container_arn: model::arn(
-                    "container",
-                    &format!("{cluster}/{}/{}", plan.task_id, c.name),
-                ),
-                task_arn: task_arn.clone(),
-                name: c.name.clone(),
-                image: c.image.clone(),
-                runtime_id: None,
-                last_status: "PENDING".into(),
-                exit_code: None,
-                reason: None,
-                network_bindings: vec![],
-                health_status: "UNKNOWN".into(),
-                essential: c.is_essential(),
-            })
-            .collect();
+        task.containers = containers_for(&definition, &cluster, task_id, &task_arn);
+        match instance_id {
+            Some(instance_id) => match admit(state, &cluster, instance_id, &demand) {
+                Ok(instance_arn) => {
+                    task.container_instance_arn = Some(instance_arn);
+                    task.last_status = TaskStatus::Pending;
+                }
+                Err(failure) => {
+                    failures.push(failure);
+                    continue;
+                }
+            },
+            None => {
+                let reason = reason.unwrap_or_default();
+                failures.push(json!({"arn": task_arn, "reason": reason.clone()}));
+                task.placement_reason = Some(reason);
+            }
+        }
         state.tasks.insert(key.clone(), task.clone());
         state.hold(&key);
         tasks.push(task);
     }
     Ok(json!({ "tasks": tasks, "failures": failures }))
+}
+
+/// The leader found room for PROVISIONING tasks: they move to their
+/// instances (re-checked like any placement).
+pub fn place_tasks(state: &mut State, cluster: &str, planned: &[PlannedTask]) -> Outcome {
+    let cluster = model::cluster_name_from(cluster);
+    let mut placed = Vec::new();
+    for plan in planned {
+        let key = scoped_key(&cluster, &plan.task_id);
+        let Some(task) = state.tasks.get(&key) else {
+            continue;
+        };
+        if task.last_status != TaskStatus::Provisioning
+            || task.desired_status != TaskStatus::Running
+        {
+            continue;
+        }
+        let Ok(definition) = state.task_definition_of(task) else {
+            continue;
+        };
+        let demand = demand_of(&definition);
+        if let Ok(instance_arn) = admit(state, &cluster, &plan.instance_id, &demand) {
+            let task = state.tasks.get_mut(&key).expect("checked above");
+            task.container_instance_arn = Some(instance_arn);
+            task.last_status = TaskStatus::Pending;
+            task.placement_reason = None;
+            task.version += 1;
+            state.hold(&key);
+            placed.push(plan.task_id.clone());
+        }
+    }
+    Ok(json!({ "placed": placed }))
 }
 
 /// ECS StopTask (and the service scheduler's stops): desired STOPPED. A task

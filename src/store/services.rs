@@ -224,7 +224,7 @@ pub fn launch(
     now_ms: u64,
 ) -> Outcome {
     let cluster = model::cluster_name_from(&launch.cluster);
-    let outcome = ecs::run_task(state, launch, planned, now_ms)?;
+    let outcome = ecs::run_task(state, launch, planned, &[], now_ms)?;
     if let Some(service) = state.services.get_mut(&scoped_key(&cluster, service_name)) {
         let started: Vec<String> = outcome["tasks"]
             .as_array()

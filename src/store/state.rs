@@ -252,8 +252,10 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
         Command::RunTask {
             launch,
             planned,
+            unplaced,
             now_ms,
-        } => ecs::run_task(state, launch, planned, *now_ms),
+        } => ecs::run_task(state, launch, planned, unplaced, *now_ms),
+        Command::PlaceTasks { cluster, planned } => ecs::place_tasks(state, cluster, planned),
         Command::StopTask {
             cluster,
             task_id,
