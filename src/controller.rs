@@ -138,17 +138,8 @@ fn launch_command(
     seed: u64,
 ) -> Option<Command> {
     let definition = state.resolve_task_definition(&start.task_definition).ok()?;
-    let demand = crate::store::ecs::demand_of(definition);
     let mut constraints = service.placement_constraints.clone();
-    for constraint in &definition.placement_constraints {
-        if let Some(expression) = &constraint.expression {
-            if let Ok(parsed) =
-                placement::PlacementConstraint::from_parts("memberOf", Some(expression))
-            {
-                constraints.push(parsed);
-            }
-        }
-    }
+    constraints.extend(scheduler::definition_constraints(definition));
     let strategies = if service.placement_strategy.is_empty() {
         placement::default_service_strategies()
     } else {
@@ -158,13 +149,7 @@ fn launch_command(
         Some(id) => views.iter().filter(|v| &v.id == id).cloned().collect(),
         None => views.to_vec(),
     };
-    let task_demand = placement::TaskDemand {
-        group: service.group(),
-        cpu: demand.cpu,
-        memory_mib: demand.memory_mib,
-        static_ports: demand.ports.clone(),
-        architectures: None,
-    };
+    let task_demand = scheduler::task_demand(definition, &service.group());
     let outcome = placement::place(
         &task_demand,
         start.count,

@@ -247,29 +247,21 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
             .group
             .clone()
             .unwrap_or_else(|| format!("family:{}", resolved.family));
-        let demand = crate::store::ecs::demand_of(&resolved);
-        let mut constraints = request.placement_constraints.clone();
         for constraint in &resolved.placement_constraints {
             if let Some(expression) = &constraint.expression {
-                constraints.push(
-                    placement::PlacementConstraint::from_parts("memberOf", Some(expression))
-                        .map_err(invalid)?,
-                );
+                placement::PlacementConstraint::from_parts("memberOf", Some(expression))
+                    .map_err(invalid)?;
             }
         }
+        let mut constraints = request.placement_constraints.clone();
+        constraints.extend(scheduler::definition_constraints(&resolved));
         let strategies = if request.placement_strategy.is_empty() {
             placement::default_run_task_strategies()
         } else {
             request.placement_strategy.clone()
         };
         let views = scheduler::cluster_views(state, &cluster);
-        let task_demand = placement::TaskDemand {
-            group: group.clone(),
-            cpu: demand.cpu,
-            memory_mib: demand.memory_mib,
-            static_ports: demand.ports.clone(),
-            architectures: None,
-        };
+        let task_demand = scheduler::task_demand(&resolved, &group);
         let outcome = placement::place(
             &task_demand,
             count as usize,
