@@ -454,6 +454,16 @@ async fn events_loop(shared: Arc<Shared>) {
                 Ok(_) => {
                     backoff.reset();
                     shared.wake.notify_one();
+                    // Docker sends `die` a moment before its container list
+                    // says "exited": look again shortly so an exit is acted
+                    // on in milliseconds, not at the next reconcile tick.
+                    let later = shared.clone();
+                    tokio::spawn(async move {
+                        for pause in [50, 200, 500] {
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                            later.wake.notify_one();
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "engine event stream failed");
