@@ -131,7 +131,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
             Marker { format: datadir::FORMAT, node_id: random_id(), control_plane_id: format!("{:016x}", rand::random::<u64>()) },
             true,
         ),
-        (DataDir::Fresh(path), false, Some(join)) => {
+        (DataDir::Fresh(_), false, Some(join)) => {
             let node_id = random_id();
             let client = Client::new(join)?;
             let answer = client
@@ -139,7 +139,6 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
                 .await
                 .with_context(|| format!("cannot join the control plane at {join}"))?;
             tracing::info!(node = node_id, control_plane = %answer.cluster_id, "joined as a learner; catching up");
-            let _ = path;
             (Marker { format: datadir::FORMAT, node_id, control_plane_id: answer.cluster_id }, false)
         }
         (DataDir::Fresh(path), false, None) => bail!(

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::ecs::now_ms;
 use super::status::to_status;
 use super::ApiContext;
-use crate::model::{Assignment, InstanceRegistration, TaskStateChange, TaskStatus};
+use crate::model::{Assignment, InstanceRegistration, TaskStateChange};
 use crate::proto::agent_api_client::AgentApiClient;
 use crate::proto::agent_api_server::AgentApi;
 use crate::proto::{
@@ -209,7 +209,6 @@ impl AgentApi for ApiContext {
             &request.cluster
         });
         tracing::debug!(cluster = %cluster, instance = %request.container_instance_id, task = %change.task_arn, status = change.status.as_str(), "task state reported");
-        let stopped = change.status == TaskStatus::Stopped;
         let command = Command::SubmitTaskStateChange {
             cluster,
             instance_id: request.container_instance_id,
@@ -222,7 +221,6 @@ impl AgentApi for ApiContext {
             })
             .await
             .map_err(to_status)?;
-        let _ = stopped;
         Ok(Response::new(ReportAck {
             revision: self.raft.store().revision(),
         }))
