@@ -125,7 +125,7 @@ pub fn open_db(path: &Path, cache_mib: u64) -> Result<sled::Db> {
         .path(path.join("db"))
         .cache_capacity(cache_mib * 1024 * 1024)
         .flush_every_ms(None)
-        .mode(sled::Mode::LowSpace)
+        .mode(sled::Mode::HighThroughput)
         .open()
         .map_err(|e| {
             Error::InvalidInput(format!(
