@@ -368,7 +368,19 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> (sled::Db, SledStorage) {
-        let db = sled::Config::new().path(dir).open().unwrap();
+        // sled's background threads may hold the previous handle's file lock
+        // for a moment after it was dropped: wait for it, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    let _ = error;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("cannot reopen the sled db: {error}"),
+            }
+        };
         let store = Arc::new(Store::open(&db).unwrap());
         let storage = SledStorage::open(&db, store).unwrap();
         (db, storage)
