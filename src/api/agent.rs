@@ -51,6 +51,15 @@ impl Liveness {
     }
 }
 
+/// The cluster an agent names (name or ARN), `default` when empty.
+fn cluster_or_default(cluster: &str) -> String {
+    crate::model::cluster_name_from(if cluster.is_empty() {
+        crate::model::DEFAULT_CLUSTER
+    } else {
+        cluster
+    })
+}
+
 fn bad_json(what: &str, error: serde_json::Error) -> Status {
     to_status(Error::InvalidInput(format!(
         "{what}: invalid json: {error}"
@@ -84,11 +93,7 @@ impl AgentApi for ApiContext {
         let request = request.into_inner();
         let registration: InstanceRegistration = serde_json::from_str(&request.instance_json)
             .map_err(|e| bad_json("instance_json", e))?;
-        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() {
-            "default"
-        } else {
-            &request.cluster
-        });
+        let cluster = cluster_or_default(&request.cluster);
         let instance_id = if request.container_instance_id.is_empty() {
             format!("{:032x}", rand::random::<u128>())
         } else {
@@ -160,11 +165,7 @@ impl AgentApi for ApiContext {
         request: Request<WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let request = request.into_inner();
-        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() {
-            "default"
-        } else {
-            &request.cluster
-        });
+        let cluster = cluster_or_default(&request.cluster);
         let instance_id = request.container_instance_id.clone();
         let store = self.raft.store().clone();
         // Subscribe before the first read so no change is missed.
@@ -203,11 +204,7 @@ impl AgentApi for ApiContext {
         let request = request.into_inner();
         let change: TaskStateChange =
             serde_json::from_str(&request.report_json).map_err(|e| bad_json("report_json", e))?;
-        let cluster = crate::model::cluster_name_from(if request.cluster.is_empty() {
-            "default"
-        } else {
-            &request.cluster
-        });
+        let cluster = cluster_or_default(&request.cluster);
         tracing::debug!(cluster = %cluster, instance = %request.container_instance_id, task = %change.task_arn, status = change.status.as_str(), "task state reported");
         let command = Command::SubmitTaskStateChange {
             cluster,

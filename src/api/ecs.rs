@@ -160,8 +160,29 @@ pub async fn call(
     }
 }
 
+/// The cluster a request names (name or ARN), `default` when it names none.
+pub(crate) fn cluster_of(cluster: &Option<String>) -> String {
+    model::cluster_name_from(cluster.as_deref().unwrap_or(model::DEFAULT_CLUSTER))
+}
+
+/// Proposes one command under the request's id and waits for its outcome.
+pub(crate) async fn propose(
+    raft: &RaftHandle,
+    request_id: String,
+    command: Command,
+) -> Result<serde_json::Value> {
+    raft.propose(Proposal {
+        request_id,
+        command,
+    })
+    .await
+}
+
 /// Reads after a ReadIndex barrier: linearizable.
-async fn read_linearizable<R>(raft: &RaftHandle, f: impl FnOnce(&State) -> Result<R>) -> Result<R> {
+pub(crate) async fn read_linearizable<R>(
+    raft: &RaftHandle,
+    f: impl FnOnce(&State) -> Result<R>,
+) -> Result<R> {
     raft.read_barrier().await?;
     raft.store().read(f)
 }

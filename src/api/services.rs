@@ -4,17 +4,13 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{now_ms, parse, ActionResult};
+use super::ecs::{cluster_of, now_ms, parse, propose, read_linearizable, ActionResult};
 use crate::model::{self, DeploymentConfiguration, LoadBalancer, Service, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::placement::{self, PlacementConstraint, PlacementStrategy};
 use crate::store::services::ServiceUpdate;
-use crate::store::{Command, Proposal, State};
+use crate::store::{Command, State};
 use crate::{Error, Result};
-
-fn cluster_of(cluster: &Option<String>) -> String {
-    model::cluster_name_from(cluster.as_deref().unwrap_or(model::DEFAULT_CLUSTER))
-}
 
 /// Handles the service actions; `None` for other actions.
 pub async fn call(
@@ -32,14 +28,6 @@ pub async fn call(
         _ => return None,
     };
     Some(result)
-}
-
-async fn propose(raft: &RaftHandle, request_id: String, command: Command) -> Result<Value> {
-    raft.propose(Proposal {
-        request_id,
-        command,
-    })
-    .await
 }
 
 /// Checks deployment percentages as ECS does.
@@ -220,8 +208,7 @@ async fn describe_services(raft: &RaftHandle, body: &str) -> Result<ActionResult
     }
     let request: Request = parse("DescribeServices", body)?;
     let cluster = cluster_of(&request.cluster);
-    raft.read_barrier().await?;
-    raft.store().read(|state| {
+    read_linearizable(raft, |state| {
         let mut services = Vec::new();
         let mut failures = Vec::new();
         for name in &request.services {
@@ -232,6 +219,7 @@ async fn describe_services(raft: &RaftHandle, body: &str) -> Result<ActionResult
         }
         Ok(json!({ "services": services, "failures": failures }).into())
     })
+    .await
 }
 
 async fn list_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
@@ -242,8 +230,7 @@ async fn list_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     }
     let request: Request = parse("ListServices", body)?;
     let cluster = cluster_of(&request.cluster);
-    raft.read_barrier().await?;
-    raft.store().read(|state| {
+    read_linearizable(raft, |state| {
         state.active_cluster(&cluster)?;
         let arns: Vec<&str> = state
             .services
@@ -254,6 +241,7 @@ async fn list_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
             .collect();
         Ok(json!({ "serviceArns": arns }).into())
     })
+    .await
 }
 
 /// A service as ECS describes it, with counts derived from its tasks.

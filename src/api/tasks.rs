@@ -6,12 +6,12 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{now_ms, parse, ActionResult};
+use super::ecs::{cluster_of, now_ms, parse, propose, read_linearizable as read, ActionResult};
 use crate::model::{self, stop_code, ContainerInstance, Task, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::{self, placement};
 use crate::store::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
-use crate::store::{Command, Proposal, State};
+use crate::store::{Command, State};
 use crate::taskdef::{self, TaskDefinitionRef, TaskDefinitionStatus};
 use crate::{Error, Result};
 
@@ -20,23 +20,6 @@ const MAX_RUN_TASK_COUNT: u64 = 10;
 
 fn invalid(error: impl std::fmt::Display) -> Error {
     Error::InvalidInput(error.to_string())
-}
-
-fn cluster_of(cluster: &Option<String>) -> String {
-    model::cluster_name_from(cluster.as_deref().unwrap_or(model::DEFAULT_CLUSTER))
-}
-
-async fn propose(raft: &RaftHandle, request_id: String, command: Command) -> Result<Value> {
-    raft.propose(Proposal {
-        request_id,
-        command,
-    })
-    .await
-}
-
-async fn read<R>(raft: &RaftHandle, f: impl FnOnce(&State) -> Result<R>) -> Result<R> {
-    raft.read_barrier().await?;
-    raft.store().read(f)
 }
 
 /// Handles the actions of this module; `None` when the action is not one of them.

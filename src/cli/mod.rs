@@ -764,8 +764,30 @@ pub fn read_json_argument(flag: &str, value: &str) -> anyhow::Result<serde_json:
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{flag}: invalid json: {e}"))
 }
 
-fn create_service_body(args: &CreateServiceArgs) -> anyhow::Result<serde_json::Value> {
+/// `--placement-constraints` and `--placement-strategy` (JSON or shorthand),
+/// parsed the same way for run-task and create-service.
+fn placement_flags(
+    constraints: &Option<String>,
+    strategies: &Option<String>,
+) -> anyhow::Result<(
+    Vec<crate::scheduler::placement::PlacementConstraint>,
+    Vec<crate::scheduler::placement::PlacementStrategy>,
+)> {
     use crate::scheduler::placement;
+    let constraints = match constraints {
+        Some(text) => placement::parse_constraints(text)
+            .map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
+        None => vec![],
+    };
+    let strategies = match strategies {
+        Some(text) => placement::parse_strategies(text)
+            .map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
+        None => vec![],
+    };
+    Ok((constraints, strategies))
+}
+
+fn create_service_body(args: &CreateServiceArgs) -> anyhow::Result<serde_json::Value> {
     let configuration = args
         .deployment_configuration
         .as_deref()
@@ -777,16 +799,8 @@ fn create_service_body(args: &CreateServiceArgs) -> anyhow::Result<serde_json::V
         .map(|l| shorthand::parse_list("--load-balancers", l))
         .transpose()?
         .unwrap_or_else(|| json!([]));
-    let constraints = match &args.placement_constraints {
-        Some(text) => placement::parse_constraints(text)
-            .map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
-        None => vec![],
-    };
-    let strategies = match &args.placement_strategy {
-        Some(text) => placement::parse_strategies(text)
-            .map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
-        None => vec![],
-    };
+    let (constraints, strategies) =
+        placement_flags(&args.placement_constraints, &args.placement_strategy)?;
     Ok(json!({
         "cluster": args.cluster, "serviceName": args.service_name, "taskDefinition": args.task_definition,
         "desiredCount": args.desired_count, "deploymentConfiguration": configuration,
@@ -797,22 +811,13 @@ fn create_service_body(args: &CreateServiceArgs) -> anyhow::Result<serde_json::V
 }
 
 fn run_task_body(args: &RunTaskArgs) -> anyhow::Result<serde_json::Value> {
-    use crate::scheduler::placement;
     let overrides = args
         .overrides
         .as_deref()
         .map(|o| read_json_argument("--overrides", o))
         .transpose()?;
-    let constraints = match &args.placement_constraints {
-        Some(text) => placement::parse_constraints(text)
-            .map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
-        None => vec![],
-    };
-    let strategies = match &args.placement_strategy {
-        Some(text) => placement::parse_strategies(text)
-            .map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
-        None => vec![],
-    };
+    let (constraints, strategies) =
+        placement_flags(&args.placement_constraints, &args.placement_strategy)?;
     Ok(json!({
         "cluster": args.cluster, "taskDefinition": args.task_definition, "count": args.count,
         "startedBy": args.started_by, "group": args.group, "overrides": overrides,

@@ -50,7 +50,8 @@ pub fn scoped_key(cluster: &str, id: &str) -> String {
     format!("{cluster}/{id}")
 }
 
-fn seconds(now_ms: u64) -> f64 {
+/// Milliseconds since the epoch as the epoch seconds ECS prints.
+pub(super) fn seconds(now_ms: u64) -> f64 {
     now_ms as f64 / 1000.0
 }
 

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::command::Outcome;
-use super::ecs::{self, scoped_key, PlannedTask, TaskLaunch};
+use super::ecs::{self, scoped_key, seconds, PlannedTask, TaskLaunch};
 use super::state::State;
 use crate::model::{
     self, stop_code, Deployment, DeploymentConfiguration, Service, ServiceEvent, Task, TaskStatus,
@@ -15,10 +15,6 @@ use crate::Error;
 
 /// How many events a service keeps.
 pub const MAX_EVENTS: usize = 100;
-
-fn seconds(now_ms: u64) -> f64 {
-    now_ms as f64 / 1000.0
-}
 
 /// What the controller decided for one service, applied in one command.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
