@@ -158,7 +158,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     let storage = SledStorage::open(&db, store.clone())?;
     if fresh_bootstrap {
         storage.bootstrap(marker.node_id)?;
-        store.advance_applied(1)?;
+        store.advance_applied(1);
+        store.checkpoint()?;
         storage.flush()?;
         datadir::write_marker(data_dir.path(), &marker)?;
     } else if matches!(data_dir, DataDir::Fresh(_)) {

@@ -621,7 +621,7 @@ impl RaftNode {
                         index = entry.index,
                         "joint conf changes are not used by orc; skipped"
                     );
-                    self.store.advance_applied(entry.index)?;
+                    self.store.advance_applied(entry.index);
                 }
             }
         }
@@ -636,7 +636,7 @@ impl RaftNode {
         if batch.is_empty() {
             return Ok(());
         }
-        let outcomes = self.store.apply_entries(std::mem::take(batch))?;
+        let outcomes = self.store.apply_entries(std::mem::take(batch));
         for (index, outcome) in outcomes {
             if let Some(sequence) = contexts.remove(&index) {
                 if let Some((reply, _)) = self.pending_proposals.remove(&sequence) {
@@ -655,19 +655,29 @@ impl RaftNode {
                 entry.index
             ))
         })?;
+        let (proposer, sequence, address) = parse_context(&entry.context).unwrap_or((0, 0, &[]));
+        let address = String::from_utf8_lossy(address).to_string();
+        let removed = change.get_change_type() == ConfChangeType::RemoveNode;
+        if entry.index <= self.storage.conf_index() {
+            // Re-applied after a restart (the state checkpoint is older than
+            // this entry): raft-rs already started from the conf state that
+            // includes it, so only the state machine's member list is replayed.
+            self.store.apply_membership(
+                entry.index,
+                change.node_id,
+                if removed { None } else { Some(address) },
+            );
+            return Ok(());
+        }
         let before = self.storage.conf_state();
         let outcome = match self.raw.apply_conf_change(&change) {
             Ok(conf_state) => {
-                self.storage.set_conf_state(&conf_state)?;
-                let (proposer, sequence, address) =
-                    parse_context(&entry.context).unwrap_or((0, 0, &[]));
-                let address = String::from_utf8_lossy(address).to_string();
-                let removed = change.get_change_type() == ConfChangeType::RemoveNode;
+                self.storage.set_conf_state(&conf_state, entry.index)?;
                 self.store.apply_membership(
                     entry.index,
                     change.node_id,
                     if removed { None } else { Some(address.clone()) },
-                )?;
+                );
                 if !removed && !address.is_empty() {
                     self.transport.set_address(change.node_id, &address);
                 }
@@ -698,7 +708,8 @@ impl RaftNode {
             }
             Err(error) => {
                 tracing::warn!(node = self.config.node_id, %error, "conf change rejected");
-                self.store.advance_applied(entry.index)
+                self.store.advance_applied(entry.index);
+                Ok(())
             }
         };
         outcome
@@ -716,7 +727,9 @@ impl RaftNode {
         if to <= compacted {
             return Ok(());
         }
-        // The state machine must be durable before its log entries go.
+        // The state machine must be durable before its log entries go: write
+        // a checkpoint of it (as of `applied`, past `to`) and flush.
+        self.store.checkpoint()?;
         self.storage.flush()?;
         self.storage.compact(to)?;
         metrics::record_compaction();

@@ -8,7 +8,15 @@
 //! the state machine itself (`store::Store::snapshot`), taken when raft-rs
 //! asks for one. Only the raft node's thread writes here, and durability
 //! comes from `flush`, which the node calls once per Ready (group commit).
+//!
+//! The newest entries are also kept in memory (`Bounds::tail`, at most
+//! `TAIL_ENTRIES` entries and `TAIL_BYTES` bytes): raft-rs asks for terms and
+//! entries near the end of the log on every message and every commit, and
+//! answering those from memory instead of sled's page cache is most of what
+//! a write costs the raft thread. sled stays the source of truth: the tail is
+//! only ever a copy of the log's last entries.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
 use protobuf::Message as _;
@@ -20,17 +28,80 @@ use crate::store::Store;
 const HARD_STATE_KEY: &[u8] = b"hard_state";
 const CONF_STATE_KEY: &[u8] = b"conf_state";
 const COMPACTED_KEY: &[u8] = b"compacted";
+const CONF_INDEX_KEY: &[u8] = b"conf_index";
+
+/// At most this many of the newest entries are kept in memory.
+const TAIL_ENTRIES: usize = 4096;
+/// ... and at most this many bytes of their data.
+const TAIL_BYTES: usize = 4 * 1024 * 1024;
 
 /// Cached bounds of the log, so reads never scan.
 #[derive(Clone, Default)]
 struct Bounds {
     hard_state: HardState,
     conf_state: ConfState,
+    /// The raft index of the entry (or snapshot) `conf_state` comes from.
+    conf_index: u64,
     /// Index and term of the last entry folded into the state machine and
     /// removed from the log (0/0 for a log never compacted).
     compacted: SnapshotMetadata,
     /// Index of the last entry in the log (`compacted.index` when empty).
     last_index: u64,
+    /// The newest entries, contiguous and ending at `last_index` (or empty).
+    tail: VecDeque<Entry>,
+    /// Bytes of entry data held in `tail`.
+    tail_bytes: usize,
+}
+
+impl Bounds {
+    /// The cached entry at `index`, if the tail holds it.
+    fn cached(&self, index: u64) -> Option<&Entry> {
+        let first = self.tail.front()?.index;
+        if index < first {
+            return None;
+        }
+        self.tail.get((index - first) as usize)
+    }
+
+    /// Replaces the tail from `entries[0].index` on with `entries`.
+    fn cache(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        while self.tail.back().is_some_and(|e| e.index >= first) {
+            self.pop_back();
+        }
+        if self.tail.back().is_some_and(|e| e.index + 1 != first) {
+            self.tail.clear();
+            self.tail_bytes = 0;
+        }
+        for entry in entries {
+            self.tail_bytes += entry.data.len() + entry.context.len();
+            self.tail.push_back(entry.clone());
+        }
+        while self.tail.len() > TAIL_ENTRIES || self.tail_bytes > TAIL_BYTES {
+            self.pop_front();
+        }
+    }
+
+    /// Forgets cached entries up to and including `index`.
+    fn uncache_through(&mut self, index: u64) {
+        while self.tail.front().is_some_and(|e| e.index <= index) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(entry) = self.tail.pop_front() {
+            self.tail_bytes -= entry.data.len() + entry.context.len();
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(entry) = self.tail.pop_back() {
+            self.tail_bytes -= entry.data.len() + entry.context.len();
+        }
+    }
 }
 
 /// raft-rs storage on sled.
@@ -69,6 +140,13 @@ impl SledStorage {
         if let Some(bytes) = meta.get(CONF_STATE_KEY)? {
             bounds.conf_state =
                 ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf state", e))?;
+        }
+        if let Some(bytes) = meta.get(CONF_INDEX_KEY)? {
+            let array: [u8; 8] = bytes
+                .as_ref()
+                .try_into()
+                .map_err(|e| corrupt("conf index", e))?;
+            bounds.conf_index = u64::from_be_bytes(array);
         }
         if let Some(bytes) = meta.get(COMPACTED_KEY)? {
             bounds.compacted = SnapshotMetadata::parse_from_bytes(&bytes)
@@ -142,6 +220,7 @@ impl SledStorage {
         }
         self.log.apply_batch(batch)?;
         bounds.last_index = entries.last().map(|e| e.index).unwrap_or(bounds.last_index);
+        bounds.cache(entries);
         Ok(())
     }
 
@@ -165,14 +244,27 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Saves the conf state (after a conf change was applied).
-    pub fn set_conf_state(&self, conf_state: &ConfState) -> crate::Result<()> {
+    /// Saves the conf state after the conf change at raft index `index`
+    /// was applied.
+    pub fn set_conf_state(&self, conf_state: &ConfState, index: u64) -> crate::Result<()> {
         let bytes = conf_state
             .write_to_bytes()
             .map_err(|e| corrupt("conf state", e))?;
-        self.meta.insert(CONF_STATE_KEY, bytes)?;
-        self.bounds_mut().conf_state = conf_state.clone();
+        let mut batch = sled::Batch::default();
+        batch.insert(CONF_STATE_KEY, bytes);
+        batch.insert(CONF_INDEX_KEY, &index.to_be_bytes());
+        self.meta.apply_batch(batch)?;
+        let mut bounds = self.bounds_mut();
+        bounds.conf_state = conf_state.clone();
+        bounds.conf_index = index;
         Ok(())
+    }
+
+    /// The raft index of the newest conf change already reflected in the
+    /// saved conf state. A restarted server re-applies the log after its
+    /// state checkpoint, and must not hand raft-rs a conf change twice.
+    pub fn conf_index(&self) -> u64 {
+        self.bounds().conf_index
     }
 
     /// Drops log entries up to and including `index`, which the state machine
@@ -201,6 +293,7 @@ impl SledStorage {
         }
         self.log.apply_batch(batch)?;
         bounds.compacted = compacted;
+        bounds.uncache_through(index);
         Ok(())
     }
 
@@ -237,10 +330,15 @@ impl SledStorage {
                 .write_to_bytes()
                 .map_err(|e| corrupt("compaction point", e))?,
         )?;
+        self.meta
+            .insert(CONF_INDEX_KEY, &metadata.index.to_be_bytes())?;
         bounds.hard_state = hard_state;
         bounds.conf_state = metadata.get_conf_state().clone();
+        bounds.conf_index = metadata.index;
         bounds.compacted = metadata.clone();
         bounds.last_index = metadata.index;
+        bounds.tail.clear();
+        bounds.tail_bytes = 0;
         Ok(())
     }
 
@@ -294,6 +392,19 @@ impl raft::Storage for SledStorage {
         let max_size = max_size.into();
         let mut entries = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
+        if bounds.cached(low).is_some() {
+            for index in low..high {
+                let Some(entry) = bounds.cached(index) else {
+                    break;
+                };
+                size += u64::from(entry.compute_size());
+                if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                    break;
+                }
+                entries.push(entry.clone());
+            }
+            return Ok(entries);
+        }
         for row in self.log.range(key(low).to_vec()..key(high).to_vec()) {
             let (_, bytes) = row.map_err(storage_error)?;
             let entry = Entry::parse_from_bytes(&bytes).map_err(storage_error)?;
@@ -319,6 +430,9 @@ impl raft::Storage for SledStorage {
         }
         if index > bounds.last_index {
             return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if let Some(entry) = bounds.cached(index) {
+            return Ok(entry.term);
         }
         let bytes = self
             .log
@@ -430,6 +544,69 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_tail_agrees_with_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, storage) = open(dir.path());
+        let total = TAIL_ENTRIES as u64 + 100;
+        storage
+            .append(&(1..=total).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
+        // A conflicting suffix replaces cached entries.
+        storage
+            .append(
+                &(total - 10..=total - 5)
+                    .map(|i| entry(i, 2))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        assert_eq!(storage.last_index().unwrap(), total - 5);
+        assert_eq!(storage.term(total - 10).unwrap(), 2);
+        assert_eq!(storage.term(total - 11).unwrap(), 1);
+        // Entries older than the tail come from sled, newer ones from memory;
+        // a range across both, and the same range after reopening (nothing
+        // cached), read the same.
+        let read = |storage: &SledStorage| {
+            storage
+                .entries(1, total - 4, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .iter()
+                .map(|e| (e.index, e.term, e.data.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let before = read(&storage);
+        assert_eq!(before.len() as u64, total - 5);
+        assert_eq!(before[0], (1, 1, b"e1".to_vec()));
+        assert_eq!(before.last().unwrap().1, 2);
+        let tail_only = storage
+            .entries(total - 20, total - 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            tail_only.iter().map(|e| e.index).collect::<Vec<_>>(),
+            (total - 20..total - 4).collect::<Vec<_>>()
+        );
+        storage.compact(total - 8).unwrap();
+        assert!(matches!(
+            storage.term(total - 9),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(storage.term(total - 7).unwrap(), 2);
+        storage.flush().unwrap();
+        drop(storage);
+        drop(_db);
+        let (_db, reopened) = open(dir.path());
+        assert_eq!(reopened.term(total - 6).unwrap(), 2);
+        assert_eq!(
+            reopened
+                .entries(total - 7, total - 4, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(total - 7, 2), (total - 6, 2), (total - 5, 2)]
+        );
+    }
+
+    #[test]
     fn compaction_answers_compacted_and_keeps_the_boundary_term() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, storage) = open(dir.path());
@@ -471,7 +648,7 @@ mod tests {
             hard_state.set_commit(3);
             storage.set_hard_state(&hard_state).unwrap();
             storage
-                .set_conf_state(&ConfState::from((vec![7, 8], vec![9])))
+                .set_conf_state(&ConfState::from((vec![7, 8], vec![9])), 2)
                 .unwrap();
             storage.compact(1).unwrap();
             storage.flush().unwrap();
@@ -488,6 +665,7 @@ mod tests {
         );
         assert_eq!(state.conf_state.voters, vec![7, 8]);
         assert_eq!(state.conf_state.learners, vec![9]);
+        assert_eq!(storage.conf_index(), 2);
         assert_eq!(storage.first_index().unwrap(), 2);
         assert_eq!(storage.last_index().unwrap(), 3);
         assert_eq!(storage.term(3).unwrap(), 2);
@@ -501,9 +679,9 @@ mod tests {
             .append(&[entry(1, 1), entry(2, 1), entry(3, 3)])
             .unwrap();
         storage
-            .set_conf_state(&ConfState::from((vec![1], vec![])))
+            .set_conf_state(&ConfState::from((vec![1], vec![])), 1)
             .unwrap();
-        storage.store.advance_applied(3).unwrap();
+        storage.store.advance_applied(3);
         let snapshot = storage.snapshot(2, 5).unwrap();
         assert_eq!(snapshot.get_metadata().index, 3);
         assert_eq!(snapshot.get_metadata().term, 3);
@@ -524,5 +702,6 @@ mod tests {
         assert_eq!(other.term(3).unwrap(), 3);
         assert_eq!(other.initial_state().unwrap().hard_state.commit, 3);
         assert_eq!(other.conf_state().voters, vec![1]);
+        assert_eq!(other.conf_index(), 3);
     }
 }

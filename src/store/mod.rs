@@ -1,5 +1,14 @@
 //! The replicated state machine's storage: the in-memory `State`, its durable
-//! copy in the sled tree `state`, and the notifications readers wait on.
+//! checkpoint in the sled tree `state`, and the notifications readers wait on.
+//!
+//! Durability works like etcd's WAL plus backend: every committed command is
+//! already durable in the raft log (`raft::storage`) before it is applied,
+//! so applying only changes memory. The whole state is written to sled as a
+//! checkpoint (`checkpoint`) before the raft log is compacted, and a server
+//! that restarts loads the newest checkpoint and re-applies the log entries
+//! after it (raft-rs hands them over again, from the checkpoint's index on).
+//! A checkpoint is also exactly what a snapshot for a lagging follower
+//! carries.
 //!
 //! Only the raft node (`raft::node`) calls the mutating methods, from its one
 //! thread, with entries Raft has committed. Everyone else reads through
@@ -16,34 +25,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::watch;
 
 pub use command::{Command, Outcome, Proposal};
 pub use state::State;
-use table::Table;
 
 use crate::{Error, Result};
 
-const APPLIED_KEY: &[u8] = b"meta/applied_index";
-const META_KEY: &[u8] = b"meta/state";
+/// The newest checkpoint: `SnapshotData` as JSON.
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+/// A row of the per-row layout of orc's first development version.
+const LEGACY_META_KEY: &[u8] = b"meta/state";
 
-/// What a snapshot carries: the whole state as of `applied_index`.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// What a snapshot and a checkpoint carry: the whole state as of
+/// `applied_index`.
+#[derive(serde::Deserialize)]
 struct SnapshotData {
     applied_index: u64,
     state: State,
 }
 
+/// `SnapshotData` borrowed, to serialize without copying the state.
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    applied_index: u64,
+    state: &'a State,
+}
+
 /// The state machine and its durable copy.
 pub struct Store {
-    /// The sled tree holding one row per table entry, plus meta rows.
+    /// The sled tree holding the checkpoint.
     tree: sled::Tree,
     /// The state every reader sees.
     state: RwLock<State>,
     /// The raft index of the last applied entry.
     applied_index: AtomicU64,
+    /// The raft index the newest checkpoint reflects.
+    checkpoint_index: AtomicU64,
     /// Publishes the applied index (for read barriers).
     applied_tx: watch::Sender<u64>,
     /// Publishes the revision (for watchers).
@@ -51,28 +69,26 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the state tree in `db` and loads it into memory.
+    /// Opens the state tree in `db` and loads the newest checkpoint.
     pub fn open(db: &sled::Db) -> Result<Store> {
         let tree = db.open_tree("state")?;
-        let mut state = State::default();
-        if let Some(bytes) = tree.get(META_KEY)? {
-            state.meta = decode(&bytes, "meta/state")?;
-        }
-        load_table(&tree, "members/", &mut state.members)?;
-        load_table(&tree, "clusters/", &mut state.clusters)?;
-        load_table(&tree, "requests/", &mut state.requests)?;
-        load_table(&tree, "task_definitions/", &mut state.task_definitions)?;
-        load_table(
-            &tree,
-            "container_instances/",
-            &mut state.container_instances,
-        )?;
-        load_table(&tree, "tasks/", &mut state.tasks)?;
-        load_table(&tree, "services/", &mut state.services)?;
-        state.rebuild_indexes();
-        let applied_index = match tree.get(APPLIED_KEY)? {
-            Some(bytes) => u64_from(&bytes)?,
-            None => 0,
+        let (state, applied_index) = match tree.get(CHECKPOINT_KEY)? {
+            Some(bytes) => {
+                let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Internal(format!(
+                        "the data dir's state checkpoint is undecodable ({e}): restore the data dir from a backup, or remove this server and join it again with an empty data dir"
+                    ))
+                })?;
+                let mut state = data.state;
+                state.rebuild_indexes();
+                (state, data.applied_index)
+            }
+            None if tree.get(LEGACY_META_KEY)?.is_some() => {
+                return Err(Error::Internal(
+                    "the data dir was written by a development version of orc that stored state row by row: start this server from an empty data dir".into(),
+                ))
+            }
+            None => (State::default(), 0),
         };
         let (applied_tx, _) = watch::channel(applied_index);
         let (revision_tx, _) = watch::channel(state.meta.revision);
@@ -80,6 +96,7 @@ impl Store {
             tree,
             state: RwLock::new(state),
             applied_index: AtomicU64::new(applied_index),
+            checkpoint_index: AtomicU64::new(applied_index),
             applied_tx,
             revision_tx,
         })
@@ -121,17 +138,14 @@ impl Store {
         }
     }
 
-    /// Applies committed entries in order and persists the changed rows and
-    /// the new applied index in one atomic sled batch. Each item is the raft
-    /// index, and the proposal (`None` for entries without one, such as a new
-    /// leader's empty entry); membership changes go through `apply_membership`.
-    /// Returns one outcome per proposal.
-    pub fn apply_entries(
-        &self,
-        entries: Vec<(u64, Option<Proposal>)>,
-    ) -> Result<Vec<(u64, Outcome)>> {
+    /// Applies committed entries in order (in memory: the raft log already
+    /// holds them durably). Each item is the raft index, and the proposal
+    /// (`None` for entries without one, such as a new leader's empty entry);
+    /// membership changes go through `apply_membership`. Returns one outcome
+    /// per proposal.
+    pub fn apply_entries(&self, entries: Vec<(u64, Option<Proposal>)>) -> Vec<(u64, Outcome)> {
         let Some(last_index) = entries.last().map(|(index, _)| *index) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -140,42 +154,27 @@ impl Store {
                 outcomes.push((index, state::apply(&mut state, &proposal)));
             }
         }
-        self.persist(&mut state, last_index)?;
-        Ok(outcomes)
+        self.publish(&state, last_index);
+        outcomes
     }
 
     /// Records a committed membership change at raft index `index`.
-    pub fn apply_membership(&self, index: u64, id: u64, address: Option<String>) -> Result<()> {
+    pub fn apply_membership(&self, index: u64, id: u64, address: Option<String>) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state::apply_membership(&mut state, id, address);
-        self.persist(&mut state, index)
+        self.publish(&state, index);
     }
 
     /// Moves the applied index past entries that change nothing.
-    pub fn advance_applied(&self, index: u64) -> Result<()> {
+    pub fn advance_applied(&self, index: u64) {
         if index > self.applied_index() {
-            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            self.persist(&mut state, index)?;
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            self.publish(&state, index);
         }
-        Ok(())
     }
 
-    fn persist(&self, state: &mut State, applied_index: u64) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        dirty_rows(&mut batch, "members/", &mut state.members)?;
-        dirty_rows(&mut batch, "clusters/", &mut state.clusters)?;
-        dirty_rows(&mut batch, "requests/", &mut state.requests)?;
-        dirty_rows(&mut batch, "task_definitions/", &mut state.task_definitions)?;
-        dirty_rows(
-            &mut batch,
-            "container_instances/",
-            &mut state.container_instances,
-        )?;
-        dirty_rows(&mut batch, "tasks/", &mut state.tasks)?;
-        dirty_rows(&mut batch, "services/", &mut state.services)?;
-        batch.insert(META_KEY, serde_json::to_vec(&state.meta)?);
-        batch.insert(APPLIED_KEY, &applied_index.to_be_bytes());
-        self.tree.apply_batch(batch)?;
+    /// Tells readers and watchers that `index` is applied.
+    fn publish(&self, state: &State, applied_index: u64) {
         self.applied_index.store(applied_index, Ordering::Release);
         self.applied_tx.send_replace(applied_index);
         let revision = state.meta.revision;
@@ -184,56 +183,52 @@ impl Store {
             *current = revision;
             changed
         });
-        Ok(())
+    }
+
+    /// Writes the whole state as the new checkpoint (durable at the next
+    /// flush of the db) and returns the index it reflects. The raft log may
+    /// be compacted up to that index once the checkpoint is flushed.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let (index, bytes) = self.snapshot()?;
+        self.tree.insert(CHECKPOINT_KEY, bytes)?;
+        self.checkpoint_index.store(index, Ordering::Release);
+        Ok(index)
+    }
+
+    /// The raft index the newest checkpoint reflects.
+    pub fn checkpoint_index(&self) -> u64 {
+        self.checkpoint_index.load(Ordering::Acquire)
     }
 
     /// The whole state as snapshot bytes, with the index it reflects.
     pub fn snapshot(&self) -> Result<(u64, Vec<u8>)> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let applied_index = self.applied_index();
-        let data = SnapshotData {
+        let data = SnapshotRef {
             applied_index,
-            state: state.clone(),
+            state: &state,
         };
         Ok((applied_index, serde_json::to_vec(&data)?))
     }
 
     /// Replaces the whole state with a snapshot's (on a follower that fell
-    /// behind the leader's compacted log).
+    /// behind the leader's compacted log); the snapshot becomes the
+    /// checkpoint.
     pub fn restore(&self, index: u64, bytes: &[u8]) -> Result<()> {
         let data: SnapshotData = serde_json::from_slice(bytes)
             .map_err(|e| Error::Internal(format!("undecodable snapshot at index {index}: {e}")))?;
+        if data.applied_index != index {
+            return Err(Error::Internal(format!(
+                "the snapshot for index {index} holds the state of index {}",
+                data.applied_index
+            )));
+        }
         let mut fresh = data.state;
         fresh.rebuild_indexes();
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let mut batch = sled::Batch::default();
-        for row in self.tree.iter() {
-            let (key, _) = row?;
-            batch.remove(key);
-        }
-        full_rows(&mut batch, "members/", &fresh.members)?;
-        full_rows(&mut batch, "clusters/", &fresh.clusters)?;
-        full_rows(&mut batch, "requests/", &fresh.requests)?;
-        full_rows(&mut batch, "task_definitions/", &fresh.task_definitions)?;
-        full_rows(
-            &mut batch,
-            "container_instances/",
-            &fresh.container_instances,
-        )?;
-        full_rows(&mut batch, "tasks/", &fresh.tasks)?;
-        full_rows(&mut batch, "services/", &fresh.services)?;
-        fresh.members.clear_dirty();
-        fresh.clusters.clear_dirty();
-        fresh.requests.clear_dirty();
-        fresh.task_definitions.clear_dirty();
-        fresh.container_instances.clear_dirty();
-        fresh.tasks.clear_dirty();
-        fresh.services.clear_dirty();
+        self.tree.insert(CHECKPOINT_KEY, bytes)?;
+        self.checkpoint_index.store(index, Ordering::Release);
         *state = fresh;
-        // Rows are written above; persist adds meta and the applied index.
-        batch.insert(META_KEY, serde_json::to_vec(&state.meta)?);
-        batch.insert(APPLIED_KEY, &index.to_be_bytes());
-        self.tree.apply_batch(batch)?;
         self.applied_index.store(index, Ordering::Release);
         self.applied_tx.send_replace(index);
         self.revision_tx.send_replace(state.meta.revision);
@@ -241,53 +236,73 @@ impl Store {
     }
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::Internal(format!("the data dir holds an undecodable row {what}: {e}")))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn u64_from(bytes: &[u8]) -> Result<u64> {
-    let array: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| Error::Internal("the data dir holds a malformed applied index".into()))?;
-    Ok(u64::from_be_bytes(array))
-}
-
-fn load_table<V: DeserializeOwned>(
-    tree: &sled::Tree,
-    prefix: &str,
-    table: &mut Table<V>,
-) -> Result<()> {
-    for row in tree.scan_prefix(prefix.as_bytes()) {
-        let (key, value) = row?;
-        let key = String::from_utf8_lossy(&key[prefix.len()..]).to_string();
-        let value = decode(&value, &format!("{prefix}{key}"))?;
-        table.load(key, value);
-    }
-    Ok(())
-}
-
-fn dirty_rows<V: Serialize>(
-    batch: &mut sled::Batch,
-    prefix: &str,
-    table: &mut Table<V>,
-) -> Result<()> {
-    for (key, value) in table.take_dirty() {
-        let full_key = format!("{prefix}{key}");
-        match value {
-            Some(value) => batch.insert(full_key.as_bytes(), serde_json::to_vec(value)?),
-            None => batch.remove(full_key.as_bytes()),
+    fn create(name: &str) -> Proposal {
+        Proposal {
+            request_id: format!("r-{name}"),
+            command: Command::CreateCluster {
+                cluster_name: name.to_string(),
+                tags: Vec::new(),
+                now_ms: 1,
+            },
         }
     }
-    Ok(())
-}
 
-fn full_rows<V: Serialize>(batch: &mut sled::Batch, prefix: &str, table: &Table<V>) -> Result<()> {
-    for (key, value) in table.iter() {
-        batch.insert(
-            format!("{prefix}{key}").as_bytes(),
-            serde_json::to_vec(value)?,
-        );
+    fn names(store: &Store) -> Vec<String> {
+        store.read(|s| s.clusters.iter().map(|(k, _)| k.clone()).collect())
     }
-    Ok(())
+
+    #[test]
+    fn a_reopened_store_starts_from_its_newest_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let store = Store::open(&db).unwrap();
+        assert_eq!(store.applied_index(), 0);
+        store.apply_entries(vec![(2, Some(create("a"))), (3, None)]);
+        assert_eq!(store.checkpoint().unwrap(), 3);
+        let at_checkpoint = store.read(|s| s.clone());
+        // Applied after the checkpoint: only in memory (the raft log holds
+        // it), so a restart replays it from the log.
+        store.apply_entries(vec![(4, Some(create("b")))]);
+        assert_eq!(names(&store), vec!["a", "b"]);
+        assert_eq!(store.applied_index(), 4);
+        assert_eq!(store.checkpoint_index(), 3);
+        db.flush().unwrap();
+        drop(store);
+
+        let reopened = Store::open(&db).unwrap();
+        assert_eq!(reopened.applied_index(), 3);
+        assert_eq!(reopened.checkpoint_index(), 3);
+        assert!(reopened.read(|s| *s == at_checkpoint));
+        // Replaying the same entries gives the same state as before.
+        reopened.apply_entries(vec![(4, Some(create("b")))]);
+        assert_eq!(names(&reopened), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_snapshot_restores_into_another_store_and_becomes_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let leader = Store::open(&db).unwrap();
+        leader.apply_entries(vec![(5, Some(create("x")))]);
+        let (index, bytes) = leader.snapshot().unwrap();
+        assert_eq!(index, 5);
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let other_db = sled::Config::new().path(other_dir.path()).open().unwrap();
+        let follower = Store::open(&other_db).unwrap();
+        assert!(
+            follower.restore(4, &bytes).is_err(),
+            "index mismatch is refused"
+        );
+        follower.restore(5, &bytes).unwrap();
+        assert_eq!(names(&follower), vec!["x"]);
+        assert_eq!(follower.checkpoint_index(), 5);
+        other_db.flush().unwrap();
+        drop(follower);
+        assert_eq!(names(&Store::open(&other_db).unwrap()), vec!["x"]);
+    }
 }

@@ -1,25 +1,21 @@
-//! A sorted in-memory table that remembers which rows changed, so the store
-//! can persist exactly those rows after an apply.
+//! A sorted in-memory table: the rows of one kind of ECS object, by key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Rows by key, plus the keys changed since the last `take_dirty`.
+/// Rows by key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Table<V> {
     /// The rows, sorted by key so iteration is deterministic.
     rows: BTreeMap<String, V>,
-    /// Keys inserted or removed since the store last persisted this table.
-    #[serde(skip)]
-    dirty: BTreeSet<String>,
 }
 
 impl<V> Default for Table<V> {
     fn default() -> Self {
         Table {
             rows: BTreeMap::new(),
-            dirty: BTreeSet::new(),
         }
     }
 }
@@ -36,27 +32,19 @@ impl<V> Table<V> {
         self.rows.get(key)
     }
 
-    /// A row to change in place; it is marked changed.
+    /// A row to change in place.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        let row = self.rows.get_mut(key)?;
-        self.dirty.insert(key.to_string());
-        Some(row)
+        self.rows.get_mut(key)
     }
 
     /// Inserts or replaces a row.
     pub fn insert(&mut self, key: impl Into<String>, value: V) {
-        let key = key.into();
-        self.dirty.insert(key.clone());
-        self.rows.insert(key, value);
+        self.rows.insert(key.into(), value);
     }
 
     /// Removes a row.
     pub fn remove(&mut self, key: &str) -> Option<V> {
-        let removed = self.rows.remove(key);
-        if removed.is_some() {
-            self.dirty.insert(key.to_string());
-        }
-        removed
+        self.rows.remove(key)
     }
 
     /// Whether a row exists.
@@ -93,28 +81,5 @@ impl<V> Table<V> {
         self.rows
             .range(prefix.clone()..)
             .take_while(move |(key, _)| key.starts_with(&prefix))
-    }
-
-    /// Loads a row read back from disk without marking it changed.
-    pub fn load(&mut self, key: String, value: V) {
-        self.rows.insert(key, value);
-    }
-
-    /// The changed keys with their current value (`None` = removed), and
-    /// forgets them.
-    pub fn take_dirty(&mut self) -> Vec<(String, Option<&V>)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .map(|key| {
-                let value = self.rows.get(&key);
-                (key, value)
-            })
-            .collect()
-    }
-
-    /// Forgets the changed keys (after a snapshot restore rewrote everything).
-    pub fn clear_dirty(&mut self) {
-        self.dirty.clear();
     }
 }
