@@ -1,11 +1,18 @@
 //! Carries raft-rs messages between servers over the gRPC `Peer` service.
-//! One sender task per peer drains its queue into batches, so a burst of
-//! appends costs one RPC. Failures are reported back to raft-rs
+//! Per peer, ordinary messages flow through one long-lived client stream
+//! (`Peer.RaftStream`) whose body is read straight from the raft thread's
+//! queue: whatever queued up since the last poll goes as one batch, and no
+//! task sits in between. Snapshots go one by one as unary `Peer.Raft` calls
+//! on a task of their own. Failures are reported back to raft-rs
 //! (`report_unreachable`, `report_snapshot`); raft-rs retries by itself, so
-//! a failed batch is dropped, never queued without bound.
+//! messages queued while a peer is unreachable are dropped, never kept
+//! without bound.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -18,6 +25,11 @@ use crate::proto::RaftBatch;
 
 /// How many messages one RPC carries at most.
 const MAX_BATCH: usize = 512;
+/// Messages queued for a peer beyond this are dropped (the peer stopped
+/// reading; raft-rs resends once it answers again).
+const MAX_QUEUED: usize = 4096;
+/// How long one snapshot may take to deliver.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Outbound raft traffic of one server.
 pub struct Transport {
@@ -26,7 +38,7 @@ pub struct Transport {
     cluster_id: String,
     runtime: tokio::runtime::Handle,
     addresses: RwLock<HashMap<u64, String>>,
-    senders: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    senders: Mutex<HashMap<u64, PeerQueues>>,
     node: OnceLock<RaftHandle>,
 }
 
@@ -98,8 +110,14 @@ impl Transport {
             let to = message.to;
             let sender = self.sender(to);
             match sender {
-                Some(sender) => {
-                    let _ = sender.send(message);
+                Some(queues) => {
+                    if message.get_msg_type() == MessageType::MsgSnapshot {
+                        let _ = queues.snapshots.send(message);
+                    } else if queues.queued.fetch_add(1, Ordering::AcqRel) < MAX_QUEUED {
+                        let _ = queues.ordinary.send(message);
+                    } else {
+                        queues.queued.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
                 None => {
                     tracing::debug!(
@@ -115,46 +133,86 @@ impl Transport {
         }
     }
 
-    fn sender(&self, to: u64) -> Option<mpsc::UnboundedSender<Message>> {
-        if let Some(sender) = self
+    fn sender(&self, to: u64) -> Option<PeerQueues> {
+        if let Some(queues) = self
             .senders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&to)
         {
-            if !sender.is_closed() {
-                return Some(sender.clone());
+            if !queues.ordinary.is_closed() && !queues.snapshots.is_closed() {
+                return Some(queues.clone());
             }
         }
         let address = self.address(to)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (ordinary, ordinary_rx) = mpsc::unbounded_channel();
+        let (snapshots, snapshots_rx) = mpsc::unbounded_channel();
+        let queues = PeerQueues {
+            ordinary,
+            snapshots,
+            queued: Arc::new(AtomicUsize::new(0)),
+        };
         self.senders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(to, tx.clone());
-        let worker = PeerWorker {
+            .insert(to, queues.clone());
+        let peer = Arc::new(PeerLink {
             from_id: self.node_id,
             from_address: self.advertise.clone(),
             cluster_id: self.cluster_id.clone(),
             to,
+            client: peer_client(&address)?,
             address,
             node: self.node.get().cloned(),
-        };
-        self.runtime.spawn(worker.run(rx));
-        Some(tx)
+            queued: queues.queued.clone(),
+        });
+        self.runtime
+            .spawn(peer.clone().stream_ordinary(ordinary_rx));
+        self.runtime.spawn(peer.send_snapshots(snapshots_rx));
+        Some(queues)
     }
 }
 
-struct PeerWorker {
+/// The two queues of one peer.
+#[derive(Clone)]
+struct PeerQueues {
+    ordinary: mpsc::UnboundedSender<Message>,
+    snapshots: mpsc::UnboundedSender<Message>,
+    /// How many messages wait in `ordinary`.
+    queued: Arc<AtomicUsize>,
+}
+
+fn peer_client(address: &str) -> Option<PeerClient<tonic::transport::Channel>> {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true),
+        Err(error) => {
+            tracing::warn!(address = %address, %error, "invalid peer address");
+            return None;
+        }
+    };
+    Some(
+        PeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024),
+    )
+}
+
+/// Where one peer is and how to reach it.
+struct PeerLink {
     from_id: u64,
     from_address: String,
     cluster_id: String,
     to: u64,
     address: String,
+    client: PeerClient<tonic::transport::Channel>,
     node: Option<RaftHandle>,
+    /// Shared with `PeerQueues::queued`.
+    queued: Arc<AtomicUsize>,
 }
 
-impl PeerWorker {
+impl PeerLink {
     fn batch(&self, messages: &[Message]) -> RaftBatch {
         RaftBatch {
             cluster_id: self.cluster_id.clone(),
@@ -167,80 +225,115 @@ impl PeerWorker {
         }
     }
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Message>) {
-        let endpoint = match tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            self.address
-        )) {
-            Ok(endpoint) => endpoint
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(10))
-                .tcp_nodelay(true),
-            Err(error) => {
-                tracing::warn!(to = self.to, address = %self.address, %error, "invalid peer address");
+    fn report_unreachable(&self) {
+        if let Some(node) = &self.node {
+            node.report_unreachable(self.to);
+        }
+    }
+
+    /// Keeps one `RaftStream` call open to the peer, fed from `queue`; when
+    /// it breaks, drops what queued meanwhile and opens a new one with the
+    /// next message.
+    async fn stream_ordinary(self: Arc<Self>, queue: mpsc::UnboundedReceiver<Message>) {
+        let queue = Arc::new(Mutex::new(queue));
+        loop {
+            let first = {
+                let queue = queue.clone();
+                std::future::poll_fn(move |cx| {
+                    queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .poll_recv(cx)
+                })
+                .await
+            };
+            let Some(first) = first else {
                 return;
-            }
-        };
-        let mut client = PeerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024);
-        // The stream of ordinary messages; opened on first use and again after it breaks.
-        let mut stream: Option<mpsc::Sender<RaftBatch>> = None;
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(message) => batch.push(message),
-                    Err(_) => break,
-                }
-            }
-            let (snapshots, ordinary): (Vec<Message>, Vec<Message>) = batch
-                .into_iter()
-                .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
-            if !ordinary.is_empty() {
-                let request = self.batch(&ordinary);
-                // Never wait on a slow peer: a full stream drops the batch (raft-rs resends).
-                let sent = match &stream {
-                    Some(sender) if !sender.is_closed() => match sender.try_send(request) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => true,
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    },
-                    _ => false,
-                };
-                if !sent {
-                    // (Re)open the stream; the batch goes as its first message.
-                    let (sender, receiver) = mpsc::channel(64);
-                    let _ = sender.try_send(self.batch(&ordinary));
-                    let mut call_client = client.clone();
-                    let node = self.node.clone();
-                    let to = self.to;
-                    let address = self.address.clone();
-                    tokio::spawn(async move {
-                        let outcome = call_client
-                            .raft_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                            .await;
-                        if let Err(status) = outcome {
-                            tracing::debug!(to, address = %address, error = %status.message(), "raft stream to peer broke");
-                            if let Some(node) = node {
-                                node.report_unreachable(to);
-                            }
-                        }
-                    });
-                    stream = Some(sender);
-                }
-            }
-            for snapshot in snapshots {
-                let request = self.batch(std::slice::from_ref(&snapshot));
-                let delivered = client.raft(request).await;
-                if let Some(node) = &self.node {
-                    if let Err(status) = &delivered {
-                        tracing::debug!(to = self.to, address = %self.address, error = %status.message(), "snapshot not delivered");
-                        node.report_unreachable(self.to);
-                    }
-                    node.report_snapshot(snapshot.to, delivered.is_ok());
-                }
+            };
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            let body = BatchStream {
+                link: self.clone(),
+                queue: queue.clone(),
+                first: Some(first),
+            };
+            let outcome = self.client.clone().raft_stream(body).await;
+            let error = match outcome {
+                Ok(_) => "the peer closed the stream".to_string(),
+                Err(status) => status.message().to_string(),
+            };
+            tracing::debug!(to = self.to, address = %self.address, %error, "raft stream to peer ended");
+            self.report_unreachable();
+            // raft-rs resends whatever matters once the peer answers again.
+            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+            while queue.try_recv().is_ok() {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
             }
         }
+    }
+
+    /// Sends snapshots one at a time and tells raft-rs how each went.
+    async fn send_snapshots(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Message>) {
+        while let Some(snapshot) = queue.recv().await {
+            let request = self.batch(std::slice::from_ref(&snapshot));
+            let delivered =
+                match tokio::time::timeout(SNAPSHOT_TIMEOUT, self.client.clone().raft(request))
+                    .await
+                {
+                    Ok(delivered) => delivered,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "the snapshot took longer than {SNAPSHOT_TIMEOUT:?}"
+                    ))),
+                };
+            if let Err(status) = &delivered {
+                tracing::debug!(to = self.to, address = %self.address, error = %status.message(), "snapshot not delivered");
+                self.report_unreachable();
+            }
+            if let Some(node) = &self.node {
+                node.report_snapshot(snapshot.to, delivered.is_ok());
+            }
+        }
+    }
+}
+
+/// The body of a `RaftStream` call: each item is everything the raft thread
+/// queued for the peer since the previous one (at most `MAX_BATCH`).
+struct BatchStream {
+    link: Arc<PeerLink>,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Message>>>,
+    first: Option<Message>,
+}
+
+impl futures::Stream for BatchStream {
+    type Item = RaftBatch;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RaftBatch>> {
+        let this = &mut *self;
+        let mut queue = this.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Vec::new();
+        // `first` was already taken off the queue (and its count).
+        let mut from_queue = 0;
+        if let Some(first) = this.first.take() {
+            batch.push(first);
+        } else {
+            match queue.poll_recv(cx) {
+                Poll::Ready(Some(message)) => {
+                    batch.push(message);
+                    from_queue += 1;
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(message) => {
+                    batch.push(message);
+                    from_queue += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        this.link.queued.fetch_sub(from_queue, Ordering::AcqRel);
+        Poll::Ready(Some(this.link.batch(&batch)))
     }
 }
