@@ -14,13 +14,20 @@
 //!    ECS action `CreateCluster {"clusterName": "bench-<n>"}` through
 //!    `orc::client::Client::call`; an etcd write is `Put bench/<n>` with a value
 //!    as long as orc's raft entry for that write (the JSON proposal orc
-//!    replicates), through the `etcd-client` crate.
+//!    replicates), through the `etcd-client` crate. Both clusters run side
+//!    by side and the windows are interleaved: per level, ORC_BENCH_ROUNDS
+//!    rounds (3) of one window per system, the order alternating between
+//!    rounds, and the window with the median writes/s is reported (with
+//!    every round's figure). A shared 2-core machine drifts by tens of
+//!    per cent within minutes; interleaving puts both systems under the
+//!    same drift instead of measuring one early and the other late.
 //! 2. leader failover: SIGKILL the leader, then from the kill start a new write
 //!    attempt every 20 ms, alternating between the two surviving members (each
 //!    attempt may run up to 5 s; orc's client-side retry is off so every attempt
 //!    is one RPC). The figure is the time from the kill to the first attempt
 //!    that succeeds. The killed member is restarted from its data dir and the
-//!    cluster is let settle before the next trial (9 trials); the median is reported.
+//!    cluster is let settle before the next trial (9 trials, alternating
+//!    between the systems); the median is reported.
 //! 3. idle RSS (VmRSS in /proc/PID/status) of each server after 5 s idle on a
 //!    freshly formed cluster, before any load.
 //! 4. bytes written to disk by the idle cluster over 10 s: the sum over
@@ -38,7 +45,8 @@
 //! `etcd` on $PATH or `$ETCD_BIN` (Debian: `apt-get install etcd-server`).
 //!
 //! Knobs (environment): ORC_BENCH_WARMUP_SECS (1), ORC_BENCH_MEASURE_SECS (5),
-//! ORC_BENCH_FAILOVER_TRIALS (9), ORC_BENCH_SYSTEMS ("orc,etcd").
+//! ORC_BENCH_ROUNDS (3), ORC_BENCH_FAILOVER_TRIALS (9), ORC_BENCH_SYSTEMS
+//! ("orc,etcd").
 //!
 //! This is a benchmark, not a test: it asserts nothing about timing.
 //! Every child process is killed and every temp dir removed when the guards
@@ -934,6 +942,8 @@ struct Report {
     /// CPU used by the idle cluster (all members), in % of one core.
     idle_cpu_percent: Option<f64>,
     loads: Vec<Load>,
+    /// Per level: writes/s of every round.
+    rounds: Vec<(usize, Vec<f64>)>,
     failovers: Vec<Option<Duration>>,
 }
 
@@ -948,7 +958,8 @@ impl Report {
     }
 }
 
-async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Report {
+/// Starts `kind`'s cluster and measures it idle: RSS, disk writes, CPU.
+async fn start_idle(kind: Kind, value: Arc<Vec<u8>>) -> (Cluster, Report) {
     let mut report = Report::default();
     report.write_size = match kind {
         Kind::Orc => {
@@ -990,45 +1001,93 @@ async fn bench(kind: Kind, value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Repo
         report.idle_write_bytes_each,
         report.idle_cpu_percent.unwrap_or(0.0)
     );
+    (cluster, report)
+}
 
+/// One load window of `clients` on `kind`'s leader.
+async fn one_load(
+    kind: Kind,
+    cluster: &mut Cluster,
+    clients: usize,
+    round: usize,
+    counter: &Arc<AtomicU64>,
+) -> Load {
     let leader = cluster.wait_ready(3, Duration::from_secs(30)).await;
+    progress!(
+        "{}: round {round}, {clients} client(s) on the leader (server {})",
+        kind.name(),
+        leader + 1
+    );
+    let load = run_load(cluster, leader, clients, counter).await;
+    cluster.check_alive();
+    progress!(
+        "{}: {clients} client(s): {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}{}",
+        kind.name(),
+        load.writes_per_second,
+        ms(load.p50),
+        ms(load.p99),
+        load.errors,
+        load.first_error
+            .as_ref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default(),
+        if load.note.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", load.note)
+        }
+    );
+    load
+}
+
+/// Runs every system's load windows interleaved: per round and level, each
+/// system in turn (the order alternates between rounds), so a machine that
+/// speeds up or slows down during the run affects both alike. Per level, a
+/// report keeps the window with the median writes/s and every round's figure.
+async fn bench_all(kinds: &[Kind], value: Arc<Vec<u8>>, counter: Arc<AtomicU64>) -> Vec<Report> {
+    let mut clusters = Vec::new();
+    let mut reports = Vec::new();
+    for kind in kinds {
+        let (cluster, report) = start_idle(*kind, value.clone()).await;
+        clusters.push(cluster);
+        reports.push(report);
+    }
+    let rounds = env_u64("ORC_BENCH_ROUNDS", 3).max(1) as usize;
     for clients in LEVELS {
-        progress!(
-            "{}: {clients} client(s) on the leader (server {})",
-            kind.name(),
-            leader + 1
-        );
-        let load = run_load(&cluster, leader, clients, &counter).await;
-        cluster.check_alive();
-        progress!(
-            "{}: {clients} client(s): {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}{}",
-            kind.name(),
-            load.writes_per_second,
-            ms(load.p50),
-            ms(load.p99),
-            load.errors,
-            load.first_error
-                .as_ref()
-                .map(|e| format!(" (first: {e})"))
-                .unwrap_or_default(),
-            if load.note.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", load.note)
+        let mut windows: Vec<Vec<Load>> = vec![Vec::new(); kinds.len()];
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..kinds.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
             }
-        );
-        report.loads.push(load);
+            for i in order {
+                let load = one_load(kinds[i], &mut clusters[i], clients, round + 1, &counter).await;
+                windows[i].push(load);
+            }
+        }
+        for (i, mut loads) in windows.into_iter().enumerate() {
+            reports[i]
+                .rounds
+                .push((clients, loads.iter().map(|l| l.writes_per_second).collect()));
+            loads.sort_by(|a, b| a.writes_per_second.total_cmp(&b.writes_per_second));
+            let median = loads.swap_remove(loads.len() / 2);
+            reports[i].loads.push(median);
+        }
     }
 
     let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 9).max(1);
     for trial in 1..=trials {
-        progress!("{}: failover trial {trial}/{trials}", kind.name());
-        let took = failover_trial(&mut cluster, &counter).await;
-        report.failovers.push(took);
+        for (i, kind) in kinds.iter().enumerate() {
+            progress!("{}: failover trial {trial}/{trials}", kind.name());
+            let took = failover_trial(&mut clusters[i], &counter).await;
+            reports[i].failovers.push(took);
+        }
     }
-    progress!("{}: stopping", kind.name());
-    drop(cluster);
-    report
+    for kind in kinds {
+        progress!("{}: stopping", kind.name());
+    }
+    drop(clusters);
+    reports
 }
 
 // ---------------------------------------------------------------- output
@@ -1152,6 +1211,26 @@ fn table(orc: &Report, etcd: &Report) -> String {
             e.as_ref().map(|l| l.writes_per_second),
             &|v| format!("{v:.0}"),
         );
+        let per_round = |report: &Report| {
+            report
+                .rounds
+                .iter()
+                .find(|(c, _)| *c == clients)
+                .map(|(_, figures)| {
+                    figures
+                        .iter()
+                        .map(|f| format!("{f:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                })
+                .unwrap_or_default()
+        };
+        rows.push([
+            "  writes/s in each round (median above)".into(),
+            per_round(orc),
+            per_round(etcd),
+            String::new(),
+        ]);
         row(
             &mut rows,
             format!("p50 commit latency, {clients} {label} (ms)"),
@@ -1371,16 +1450,20 @@ fn main() {
     // Children are spawned from this (main) thread inside block_on, so
     // PR_SET_PDEATHSIG fires only when the bench process itself ends.
     let (orc, etcd) = runtime.block_on(async {
-        let orc = if systems.contains("orc") {
-            bench(Kind::Orc, value.clone(), counter.clone()).await
-        } else {
-            Report::default()
-        };
+        let mut kinds = Vec::new();
+        if systems.contains("orc") {
+            kinds.push(Kind::Orc);
+        }
+        if systems.contains("etcd") {
+            kinds.push(Kind::Etcd);
+        }
+        let mut reports = bench_all(&kinds, value.clone(), counter.clone()).await;
         let etcd = if systems.contains("etcd") {
-            bench(Kind::Etcd, value.clone(), counter.clone()).await
+            reports.pop().unwrap_or_default()
         } else {
             Report::default()
         };
+        let orc = reports.pop().unwrap_or_default();
         (orc, etcd)
     });
     let etcd_version = Command::new(etcd_binary())
