@@ -224,7 +224,7 @@ impl Orc for ApiContext {
             .map_err(to_status)
     }
 
-    #[tracing::instrument(skip_all, fields(action = %request.get_ref().action))]
+    #[tracing::instrument(level = "debug", skip_all, fields(action = %request.get_ref().action))]
     async fn call(
         &self,
         request: Request<ActionRequest>,

@@ -2,7 +2,11 @@
 //! leaves to us: appending entries, saving the hard and conf state,
 //! compacting the log, and installing a snapshot.
 //!
-//! Layout: tree `raft_log` maps a big-endian index to an encoded `Entry`;
+//! Layout: tree `raft_log` holds the log in runs: the key is the big-endian
+//! index of a run's first entry, the value the run's entries, each encoded
+//! as a 4-byte big-endian length and the `Entry` protobuf. One append (one
+//! Ready) is one run, so a burst of proposals costs one sled insert, and
+//! compaction removes runs, not entries. A run ends where the next begins;
 //! tree `raft_meta` holds the hard state, the conf state and the metadata of
 //! the last compaction point. Snapshot data is not stored separately: it is
 //! the state machine itself (`store::Store::snapshot`), taken when raft-rs
@@ -119,6 +123,34 @@ fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// Encodes a run of consecutive entries as one sled value.
+fn encode_run(entries: &[Entry]) -> crate::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(entries.iter().map(|e| 4 + e.data.len() + 32).sum());
+    for entry in entries {
+        let encoded = entry.write_to_bytes().map_err(|e| corrupt("entry", e))?;
+        bytes.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&encoded);
+    }
+    Ok(bytes)
+}
+
+/// Decodes a run written by `encode_run`.
+fn decode_run(mut bytes: &[u8]) -> crate::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 4 {
+            return Err(corrupt("log", "a run ends inside a length"));
+        }
+        let length = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let Some(encoded) = bytes.get(4..4 + length) else {
+            return Err(corrupt("log", "a run ends inside an entry"));
+        };
+        entries.push(Entry::parse_from_bytes(encoded).map_err(|e| corrupt("entry", e))?);
+        bytes = &bytes[4 + length..];
+    }
+    Ok(entries)
+}
+
 fn storage_error(error: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(error.to_string().into()))
 }
@@ -153,9 +185,10 @@ impl SledStorage {
                 .map_err(|e| corrupt("compaction point", e))?;
         }
         bounds.last_index = match log.last()? {
-            Some((k, _)) => {
-                u64::from_be_bytes(k.as_ref().try_into().map_err(|e| corrupt("log key", e))?)
-            }
+            Some((_, run)) => decode_run(&run)?
+                .last()
+                .map(|e| e.index)
+                .unwrap_or(bounds.compacted.index),
             None => bounds.compacted.index,
         };
         Ok(SledStorage {
@@ -211,13 +244,27 @@ impl SledStorage {
             )));
         }
         let mut batch = sled::Batch::default();
-        for stale in (first.index..=bounds.last_index).rev() {
-            batch.remove(&key(stale));
+        if first.index <= bounds.last_index {
+            // A conflicting suffix goes: runs that start inside it entirely,
+            // and the run that straddles its start keeps its older part.
+            for row in self.log.range(key(first.index).to_vec()..) {
+                let (k, _) = row?;
+                batch.remove(k);
+            }
+            if let Some((k, run)) = self
+                .log
+                .range(..key(first.index).to_vec())
+                .next_back()
+                .transpose()?
+            {
+                let kept: Vec<Entry> = decode_run(&run)?
+                    .into_iter()
+                    .filter(|e| e.index < first.index)
+                    .collect();
+                batch.insert(k, encode_run(&kept)?);
+            }
         }
-        for entry in entries {
-            let bytes = entry.write_to_bytes().map_err(|e| corrupt("entry", e))?;
-            batch.insert(&key(entry.index), bytes);
-        }
+        batch.insert(&key(first.index), encode_run(entries)?);
         self.log.apply_batch(batch)?;
         bounds.last_index = entries.last().map(|e| e.index).unwrap_or(bounds.last_index);
         bounds.cache(entries);
@@ -286,10 +333,21 @@ impl SledStorage {
         // The compaction point is written before entries go, so a crash in
         // between leaves extra entries, never a hole.
         self.meta.insert(COMPACTED_KEY, bytes)?;
+        // Whole runs up to `index` go; the run holding `index` and later
+        // entries stays (its older entries are below the compaction point and
+        // never read again).
         let mut batch = sled::Batch::default();
+        let mut starts: Vec<sled::IVec> = Vec::new();
         for row in self.log.range(..=key(index).to_vec()) {
-            let (k, _) = row?;
-            batch.remove(k);
+            starts.push(row?.0);
+        }
+        let next_starts_after =
+            self.log.get(key(index + 1))?.is_some() || index >= bounds.last_index;
+        if !next_starts_after {
+            starts.pop();
+        }
+        for start in starts {
+            batch.remove(start);
         }
         self.log.apply_batch(batch)?;
         bounds.compacted = compacted;
@@ -405,14 +463,29 @@ impl raft::Storage for SledStorage {
             }
             return Ok(entries);
         }
-        for row in self.log.range(key(low).to_vec()..key(high).to_vec()) {
-            let (_, bytes) = row.map_err(storage_error)?;
-            let entry = Entry::parse_from_bytes(&bytes).map_err(storage_error)?;
-            size += u64::from(entry.compute_size());
-            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
-                break;
+        let first_run = self
+            .log
+            .range(..=key(low).to_vec())
+            .next_back()
+            .transpose()
+            .map_err(storage_error)?
+            .map(|(k, _)| k.to_vec())
+            .unwrap_or_else(|| key(low).to_vec());
+        'runs: for row in self.log.range(first_run..key(high).to_vec()) {
+            let (_, run) = row.map_err(storage_error)?;
+            for entry in decode_run(&run).map_err(storage_error)? {
+                if entry.index < low {
+                    continue;
+                }
+                if entry.index >= high {
+                    break 'runs;
+                }
+                size += u64::from(entry.compute_size());
+                if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                    break 'runs;
+                }
+                entries.push(entry);
             }
-            entries.push(entry);
         }
         if entries.is_empty() && low < high {
             return Err(raft::Error::Store(StorageError::Unavailable));
@@ -434,12 +507,19 @@ impl raft::Storage for SledStorage {
         if let Some(entry) = bounds.cached(index) {
             return Ok(entry.term);
         }
-        let bytes = self
+        let (_, run) = self
             .log
-            .get(key(index))
+            .range(..=key(index).to_vec())
+            .next_back()
+            .transpose()
             .map_err(storage_error)?
             .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        Ok(Entry::parse_from_bytes(&bytes).map_err(storage_error)?.term)
+        decode_run(&run)
+            .map_err(storage_error)?
+            .into_iter()
+            .find(|e| e.index == index)
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -541,6 +621,48 @@ mod tests {
             .entries(1, 3, Some(1), GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(limited.len(), 1);
+    }
+
+    #[test]
+    fn runs_are_truncated_compacted_and_read_back_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, storage) = open(dir.path());
+            for run in [1..=3, 4..=6, 7..=9] {
+                storage
+                    .append(&run.map(|i| entry(i, 1)).collect::<Vec<_>>())
+                    .unwrap();
+            }
+            // A conflict inside the middle run keeps its first entry and
+            // drops the last run.
+            storage.append(&[entry(5, 2), entry(6, 2)]).unwrap();
+            assert_eq!(storage.last_index().unwrap(), 6);
+            assert_eq!(storage.log.len(), 3);
+            storage.append(&[entry(7, 3), entry(8, 3)]).unwrap();
+            // Compacting to a run boundary removes whole runs only.
+            storage.compact(4).unwrap();
+            assert_eq!(storage.log.len(), 2);
+            storage.compact(6).unwrap();
+            assert_eq!(storage.log.len(), 1);
+            storage.flush().unwrap();
+        }
+        let (_db, storage) = open(dir.path());
+        assert_eq!(storage.first_index().unwrap(), 7);
+        assert_eq!(storage.last_index().unwrap(), 8);
+        assert_eq!(storage.term(6).unwrap(), 2);
+        assert_eq!(storage.term(8).unwrap(), 3);
+        assert_eq!(
+            storage
+                .entries(7, 9, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
+            vec![(7, 3), (8, 3)]
+        );
+        // An undecodable run is reported, not a panic.
+        storage.log.insert(key(9), &[0, 0, 0, 9, 1][..]).unwrap();
+        assert!(decode_run(&storage.log.get(key(9)).unwrap().unwrap()).is_err());
     }
 
     #[test]
