@@ -243,6 +243,8 @@ struct RaftNode {
     pending_proposals: HashMap<u64, (oneshot::Sender<Outcome>, Instant)>,
     pending_reads: HashMap<u64, (oneshot::Sender<Result<u64>>, Instant)>,
     removed: bool,
+    /// Bytes of entries applied since the newest state checkpoint.
+    applied_bytes: u64,
 }
 
 /// Starts the raft node on its own thread and returns its handle.
@@ -292,6 +294,7 @@ pub fn start(
         pending_proposals: HashMap::new(),
         pending_reads: HashMap::new(),
         removed: false,
+        applied_bytes: 0,
     };
     std::thread::Builder::new()
         .name(format!("raft-{}", node.config.node_id))
@@ -542,6 +545,7 @@ impl RaftNode {
             );
             self.store.restore(index, &snapshot.data)?;
             self.storage.apply_snapshot(&snapshot)?;
+            self.applied_bytes = 0;
             must_flush = true;
         }
         self.apply_committed(ready.take_committed_entries())?;
@@ -588,6 +592,7 @@ impl RaftNode {
         let mut batch: Vec<(u64, Option<Proposal>)> = Vec::new();
         let mut contexts: HashMap<u64, u64> = HashMap::new();
         for entry in entries {
+            self.applied_bytes += (entry.data.len() + entry.context.len()) as u64;
             match entry.get_entry_type() {
                 EntryType::EntryNormal => {
                     if entry.data.is_empty() {
@@ -721,6 +726,13 @@ impl RaftNode {
         if applied <= compacted + self.config.snapshot_threshold {
             return Ok(());
         }
+        // A checkpoint writes the whole state: wait until at least as many
+        // bytes of log were applied since the last one, so checkpoints cost
+        // at most one byte per byte written to the log however big the state
+        // grows (the log then holds about one state's worth at most).
+        if self.applied_bytes < self.store.checkpoint_bytes() {
+            return Ok(());
+        }
         // Keep a tail so a briefly lagging follower catches up from the log.
         let keep = self.config.snapshot_threshold / 4;
         let to = applied.saturating_sub(keep);
@@ -732,6 +744,7 @@ impl RaftNode {
         self.store.checkpoint()?;
         self.storage.flush()?;
         self.storage.compact(to)?;
+        self.applied_bytes = 0;
         metrics::record_compaction();
         tracing::debug!(node = self.config.node_id, to, "compacted the raft log");
         Ok(())

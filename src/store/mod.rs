@@ -62,6 +62,8 @@ pub struct Store {
     applied_index: AtomicU64,
     /// The raft index the newest checkpoint reflects.
     checkpoint_index: AtomicU64,
+    /// The size of the newest checkpoint in bytes.
+    checkpoint_bytes: AtomicU64,
     /// Publishes the applied index (for read barriers).
     applied_tx: watch::Sender<u64>,
     /// Publishes the revision (for watchers).
@@ -72,6 +74,7 @@ impl Store {
     /// Opens the state tree in `db` and loads the newest checkpoint.
     pub fn open(db: &sled::Db) -> Result<Store> {
         let tree = db.open_tree("state")?;
+        let checkpoint_bytes = tree.get(CHECKPOINT_KEY)?.map_or(0, |b| b.len() as u64);
         let (state, applied_index) = match tree.get(CHECKPOINT_KEY)? {
             Some(bytes) => {
                 let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| {
@@ -97,6 +100,7 @@ impl Store {
             state: RwLock::new(state),
             applied_index: AtomicU64::new(applied_index),
             checkpoint_index: AtomicU64::new(applied_index),
+            checkpoint_bytes: AtomicU64::new(checkpoint_bytes),
             applied_tx,
             revision_tx,
         })
@@ -190,9 +194,16 @@ impl Store {
     /// be compacted up to that index once the checkpoint is flushed.
     pub fn checkpoint(&self) -> Result<u64> {
         let (index, bytes) = self.snapshot()?;
+        self.checkpoint_bytes
+            .store(bytes.len() as u64, Ordering::Release);
         self.tree.insert(CHECKPOINT_KEY, bytes)?;
         self.checkpoint_index.store(index, Ordering::Release);
         Ok(index)
+    }
+
+    /// The size of the newest checkpoint in bytes.
+    pub fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes.load(Ordering::Acquire)
     }
 
     /// The raft index the newest checkpoint reflects.
@@ -228,6 +239,8 @@ impl Store {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         self.tree.insert(CHECKPOINT_KEY, bytes)?;
         self.checkpoint_index.store(index, Ordering::Release);
+        self.checkpoint_bytes
+            .store(bytes.len() as u64, Ordering::Release);
         *state = fresh;
         self.applied_index.store(index, Ordering::Release);
         self.applied_tx.send_replace(index);
