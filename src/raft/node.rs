@@ -3,9 +3,11 @@
 //! `RawNode`. Everything else talks to it through a cloneable `RaftHandle`:
 //! proposals, read barriers (ReadIndex), membership changes, inbound peer
 //! messages. The loop follows raft-rs's Ready cycle: send messages, install a
-//! snapshot, apply committed entries, append entries and save the hard state,
-//! flush once (group commit: every proposal that arrived meanwhile shares
-//! that fsync), send the messages that had to wait for the flush, advance.
+//! snapshot, apply committed entries (the leader, to answer clients early),
+//! append entries and save the hard state, flush once (group commit: every
+//! proposal that arrived meanwhile shares that fsync), send the messages that
+//! had to wait for the flush, apply committed entries (a follower, after its
+//! acknowledgement is on its way), advance.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -548,7 +550,13 @@ impl RaftNode {
             self.applied_bytes = 0;
             must_flush = true;
         }
-        self.apply_committed(ready.take_committed_entries())?;
+        // The leader answers clients for committed entries before its own
+        // fsync; a follower acknowledges the new entries first (the leader
+        // waits on that) and applies after.
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if leader {
+            self.apply_committed(ready.take_committed_entries())?;
+        }
         if !ready.entries().is_empty() {
             self.storage.append(ready.entries())?;
             must_flush = true;
@@ -567,6 +575,9 @@ impl RaftNode {
         }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
+        }
+        if !leader {
+            self.apply_committed(ready.take_committed_entries())?;
         }
         for read_state in ready.take_read_states() {
             if let Some((node, sequence, _)) = parse_context(&read_state.request_ctx) {
