@@ -545,7 +545,6 @@ impl RaftNode {
                 index,
                 "installing a snapshot from the leader"
             );
-            self.store.restore(index, &snapshot.data)?;
             self.storage.apply_snapshot(&snapshot)?;
             self.applied_bytes = 0;
             must_flush = true;

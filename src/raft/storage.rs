@@ -26,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use sled::Transactional as _;
 
 use crate::store::Store;
 
@@ -355,41 +356,62 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Installs a snapshot's raft metadata: the log is replaced by the
-    /// snapshot point. The caller restores the state machine from its data.
+    /// Installs a snapshot: the log is replaced by the snapshot point and,
+    /// when the snapshot carries state (every snapshot but the bootstrap
+    /// point), that state becomes the state machine's checkpoint and its
+    /// in-memory state. The log, the raft metadata and the checkpoint change
+    /// in one sled transaction, so a crash leaves either the old server or
+    /// the new one, never a checkpoint ahead of its log (durable at the next
+    /// flush).
     pub fn apply_snapshot(&self, snapshot: &Snapshot) -> crate::Result<()> {
         let metadata = snapshot.get_metadata();
+        let fresh = if snapshot.data.is_empty() {
+            None
+        } else {
+            Some(Store::decode_snapshot(metadata.index, &snapshot.data)?)
+        };
+        let log_keys = self.log.iter().keys().collect::<Result<Vec<_>, _>>()?;
         let mut bounds = self.bounds_mut();
-        let mut batch = sled::Batch::default();
-        for row in self.log.iter() {
-            let (k, _) = row?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch)?;
         let mut hard_state = bounds.hard_state.clone();
         hard_state.commit = hard_state.commit.max(metadata.index);
         hard_state.term = hard_state.term.max(metadata.term);
-        self.meta.insert(
-            HARD_STATE_KEY,
-            hard_state
-                .write_to_bytes()
-                .map_err(|e| corrupt("hard state", e))?,
-        )?;
-        self.meta.insert(
-            CONF_STATE_KEY,
-            metadata
-                .get_conf_state()
-                .write_to_bytes()
-                .map_err(|e| corrupt("conf state", e))?,
-        )?;
-        self.meta.insert(
-            COMPACTED_KEY,
-            metadata
-                .write_to_bytes()
-                .map_err(|e| corrupt("compaction point", e))?,
-        )?;
-        self.meta
-            .insert(CONF_INDEX_KEY, &metadata.index.to_be_bytes())?;
+        let rows: [(&[u8], Vec<u8>); 4] = [
+            (
+                HARD_STATE_KEY,
+                hard_state
+                    .write_to_bytes()
+                    .map_err(|e| corrupt("hard state", e))?,
+            ),
+            (
+                CONF_STATE_KEY,
+                metadata
+                    .get_conf_state()
+                    .write_to_bytes()
+                    .map_err(|e| corrupt("conf state", e))?,
+            ),
+            (
+                COMPACTED_KEY,
+                metadata
+                    .write_to_bytes()
+                    .map_err(|e| corrupt("compaction point", e))?,
+            ),
+            (CONF_INDEX_KEY, metadata.index.to_be_bytes().to_vec()),
+        ];
+        let checkpoint = fresh.as_ref().map(|_| snapshot.data.as_ref());
+        (&self.log, &self.meta, self.store.tree())
+            .transaction(|(log, meta, state)| {
+                for key in &log_keys {
+                    log.remove(key)?;
+                }
+                for (key, value) in &rows {
+                    meta.insert(*key, value.as_slice())?;
+                }
+                if let Some(bytes) = checkpoint {
+                    state.insert(crate::store::CHECKPOINT_KEY, bytes)?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| crate::Error::Internal(format!("cannot install a snapshot: {e:?}")))?;
         bounds.hard_state = hard_state;
         bounds.conf_state = metadata.get_conf_state().clone();
         bounds.conf_index = metadata.index;
@@ -397,6 +419,11 @@ impl SledStorage {
         bounds.last_index = metadata.index;
         bounds.tail.clear();
         bounds.tail_bytes = 0;
+        drop(bounds);
+        if let Some(state) = fresh {
+            self.store
+                .install(metadata.index, state, snapshot.data.len());
+        }
         Ok(())
     }
 
@@ -825,5 +852,21 @@ mod tests {
         assert_eq!(other.initial_state().unwrap().hard_state.commit, 3);
         assert_eq!(other.conf_state().voters, vec![1]);
         assert_eq!(other.conf_index(), 3);
+        // The state machine came with it, and its checkpoint is durable
+        // together with the raft metadata.
+        assert_eq!(other.store.applied_index(), 3);
+        assert_eq!(other.store.checkpoint_index(), 3);
+        other.flush().unwrap();
+        drop(other);
+        drop(_other_db);
+        let (_db, reopened) = open(other_dir.path());
+        assert_eq!(reopened.store.applied_index(), 3);
+        assert_eq!(reopened.first_index().unwrap(), 4);
+        // A snapshot whose data is not the state of its index is refused
+        // and changes nothing.
+        let mut bad = snapshot.clone();
+        bad.mut_metadata().index = 9;
+        assert!(reopened.apply_snapshot(&bad).is_err());
+        assert_eq!(reopened.first_index().unwrap(), 4);
     }
 }

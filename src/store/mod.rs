@@ -33,7 +33,7 @@ pub use state::State;
 use crate::{Error, Result};
 
 /// The newest checkpoint: `SnapshotData` as JSON.
-const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+pub(crate) const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 /// A row of the per-row layout of orc's first development version.
 const LEGACY_META_KEY: &[u8] = b"meta/state";
 
@@ -222,10 +222,16 @@ impl Store {
         Ok((applied_index, serde_json::to_vec(&data)?))
     }
 
-    /// Replaces the whole state with a snapshot's (on a follower that fell
-    /// behind the leader's compacted log); the snapshot becomes the
-    /// checkpoint.
-    pub fn restore(&self, index: u64, bytes: &[u8]) -> Result<()> {
+    /// The sled tree holding the checkpoint (for `raft::storage`, which
+    /// writes a snapshot's checkpoint in the same transaction as its raft
+    /// metadata).
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Decodes a snapshot's data into the state it carries, checking that it
+    /// is the state of raft index `index`.
+    pub fn decode_snapshot(index: u64, bytes: &[u8]) -> Result<State> {
         let data: SnapshotData = serde_json::from_slice(bytes)
             .map_err(|e| Error::Internal(format!("undecodable snapshot at index {index}: {e}")))?;
         if data.applied_index != index {
@@ -234,18 +240,23 @@ impl Store {
                 data.applied_index
             )));
         }
-        let mut fresh = data.state;
-        fresh.rebuild_indexes();
+        let mut state = data.state;
+        state.rebuild_indexes();
+        Ok(state)
+    }
+
+    /// Replaces the whole state in memory with a snapshot's (on a follower
+    /// that fell behind the leader's compacted log), once its bytes
+    /// (`checkpoint_bytes` long) were written as the checkpoint.
+    pub fn install(&self, index: u64, fresh: State, checkpoint_bytes: usize) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        self.tree.insert(CHECKPOINT_KEY, bytes)?;
+        *state = fresh;
         self.checkpoint_index.store(index, Ordering::Release);
         self.checkpoint_bytes
-            .store(bytes.len() as u64, Ordering::Release);
-        *state = fresh;
+            .store(checkpoint_bytes as u64, Ordering::Release);
         self.applied_index.store(index, Ordering::Release);
         self.applied_tx.send_replace(index);
         self.revision_tx.send_replace(state.meta.revision);
-        Ok(())
     }
 }
 
@@ -296,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_restores_into_another_store_and_becomes_its_checkpoint() {
+    fn a_snapshot_installs_into_another_store() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let leader = Store::open(&db).unwrap();
@@ -304,18 +315,17 @@ mod tests {
         let (index, bytes) = leader.snapshot().unwrap();
         assert_eq!(index, 5);
 
+        assert!(
+            Store::decode_snapshot(4, &bytes).is_err(),
+            "index mismatch is refused"
+        );
+        assert!(Store::decode_snapshot(5, b"{not json").is_err());
         let other_dir = tempfile::tempdir().unwrap();
         let other_db = sled::Config::new().path(other_dir.path()).open().unwrap();
         let follower = Store::open(&other_db).unwrap();
-        assert!(
-            follower.restore(4, &bytes).is_err(),
-            "index mismatch is refused"
-        );
-        follower.restore(5, &bytes).unwrap();
+        follower.install(5, Store::decode_snapshot(5, &bytes).unwrap(), bytes.len());
         assert_eq!(names(&follower), vec!["x"]);
-        assert_eq!(follower.checkpoint_index(), 5);
-        other_db.flush().unwrap();
-        drop(follower);
-        assert_eq!(names(&Store::open(&other_db).unwrap()), vec!["x"]);
+        assert_eq!(follower.applied_index(), 5);
+        assert_eq!(follower.checkpoint_bytes(), bytes.len() as u64);
     }
 }
