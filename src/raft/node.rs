@@ -561,10 +561,14 @@ impl RaftNode {
             must_flush = true;
         }
         if let Some(hard_state) = ready.hs() {
-            self.storage.set_hard_state(hard_state)?;
             // A new term or vote must be durable before anyone hears of it; a
-            // commit index alone can be recomputed, so it rides along with the
-            // next flush instead of costing an fsync (etcd's MustSync rule).
+            // commit index alone can be learned again, so it costs neither a
+            // write nor an fsync (etcd's MustSync rule).
+            if self.storage.term_or_vote_differs(hard_state) {
+                self.storage.set_hard_state(hard_state)?;
+            } else {
+                self.storage.note_commit(hard_state.commit);
+            }
             must_flush |= ready.must_sync();
         }
         if must_flush {
@@ -589,7 +593,7 @@ impl RaftNode {
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.storage.set_commit(commit)?;
+            self.storage.note_commit(commit);
         }
         self.transport.send(light.take_messages());
         self.apply_committed(light.take_committed_entries())?;

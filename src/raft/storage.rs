@@ -282,7 +282,24 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Moves the saved commit index forward.
+    /// Whether `hard_state` has another term or vote than the saved one.
+    pub fn term_or_vote_differs(&self, hard_state: &HardState) -> bool {
+        let bounds = self.bounds();
+        bounds.hard_state.term != hard_state.term || bounds.hard_state.vote != hard_state.vote
+    }
+
+    /// Moves the commit index forward in memory only: a commit index can be
+    /// learned again from the leader (and a restarted server starts from at
+    /// least its checkpoint), so it is written to disk only with the next
+    /// term or vote change instead of costing a write per Ready.
+    pub fn note_commit(&self, commit: u64) {
+        let mut bounds = self.bounds_mut();
+        if commit > bounds.hard_state.commit {
+            bounds.hard_state.commit = commit;
+        }
+    }
+
+    /// Moves the saved commit index forward (written to disk).
     pub fn set_commit(&self, commit: u64) -> crate::Result<()> {
         let mut hard_state = self.bounds().hard_state.clone();
         if commit > hard_state.commit {
