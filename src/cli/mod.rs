@@ -456,7 +456,8 @@ pub struct ServerArgs {
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
-    /// Election time-out in milliseconds (raise it for slow SD cards).
+    /// Election time-out in milliseconds, randomized per election up to
+    /// 1.3 times this (raise it for slow SD cards).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout_ms: u64,
     /// Compact the raft log after this many applied entries.
