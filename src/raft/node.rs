@@ -50,9 +50,10 @@ impl RaftConfig {
             // raft-rs randomizes the time-out in [min, max) ticks; a narrower
             // window than its default [1x, 2x) shortens failover after a
             // leader dies (of two followers, the first picks 1.06x on
-            // average, against 1.29x with [1x, 2x)). Two followers that pick the same
-            // tick count still fire a random part of a tick apart, and pre-vote
-            // settles the rare tie (about 1 in 100 elections) in one more round.
+            // average, against 1.29x with [1x, 2x)). Two followers that pick
+            // the same tick count still fire a random part of a tick apart,
+            // and pre-vote settles the rare tie (about 1 in 100 elections) in
+            // one more round.
             min_election_tick: election_ticks,
             max_election_tick: election_ticks + (election_ticks * 3 / 10).max(1),
             heartbeat_tick: 1,

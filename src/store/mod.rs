@@ -74,8 +74,9 @@ impl Store {
     /// Opens the state tree in `db` and loads the newest checkpoint.
     pub fn open(db: &sled::Db) -> Result<Store> {
         let tree = db.open_tree("state")?;
-        let checkpoint_bytes = tree.get(CHECKPOINT_KEY)?.map_or(0, |b| b.len() as u64);
-        let (state, applied_index) = match tree.get(CHECKPOINT_KEY)? {
+        let checkpoint = tree.get(CHECKPOINT_KEY)?;
+        let checkpoint_bytes = checkpoint.as_ref().map_or(0, |b| b.len() as u64);
+        let (state, applied_index) = match checkpoint {
             Some(bytes) => {
                 let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::Internal(format!(
