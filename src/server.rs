@@ -155,7 +155,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
 
     let db = datadir::open_db(data_dir.path(), options.cache_mib)?;
     let store = Arc::new(Store::open(&db)?);
-    let storage = SledStorage::open(&db, store.clone())?;
+    let mut storage = SledStorage::open(&db, store.clone())?;
+    storage.sync_files_in(&data_dir.path().join("db"))?;
     if fresh_bootstrap {
         storage.bootstrap(marker.node_id)?;
         store.advance_applied(1);

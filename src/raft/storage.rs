@@ -21,7 +21,7 @@
 //! only ever a copy of the log's last entries.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -118,6 +118,52 @@ pub struct SledStorage {
     bounds: Arc<RwLock<Bounds>>,
     /// The state machine, which is also the snapshot.
     store: Arc<Store>,
+    /// sled's files, synced after every flush (see `DiskSync`).
+    disk: Option<Arc<Mutex<DiskSync>>>,
+}
+
+/// sled's `flush` writes its log with `sync_file_range`, which neither
+/// empties the disk's write cache nor commits the file's size, and writes
+/// large pages to files under `blobs/` without syncing them. After each
+/// flush orc therefore `fdatasync`s the log file and every blob file it has
+/// not synced yet (and the blob directory when it gained files), so what is
+/// acknowledged survives a power cut, as etcd's WAL does.
+struct DiskSync {
+    log_file: std::fs::File,
+    blob_dir: std::path::PathBuf,
+    synced_blobs: std::collections::HashSet<std::ffi::OsString>,
+}
+
+impl DiskSync {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.log_file.sync_data()?;
+        let entries = match std::fs::read_dir(&self.blob_dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        let mut present = std::collections::HashSet::new();
+        let mut new_files = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match std::fs::File::open(entry.path()) {
+                    Ok(file) => file.sync_data()?,
+                    // sled removed it meanwhile.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                }
+                new_files = true;
+            }
+            present.insert(name);
+        }
+        if new_files {
+            std::fs::File::open(&self.blob_dir)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -198,6 +244,7 @@ impl SledStorage {
             meta,
             bounds: Arc::new(RwLock::new(bounds)),
             store,
+            disk: None,
         })
     }
 
@@ -462,9 +509,37 @@ impl SledStorage {
         self.apply_snapshot(&snapshot)
     }
 
-    /// Makes every write so far durable (one fsync for a whole Ready).
+    /// Also syncs sled's files in `sled_dir` (the directory sled was opened
+    /// at) after every flush; see `DiskSync`.
+    pub fn sync_files_in(&mut self, sled_dir: &std::path::Path) -> crate::Result<()> {
+        let log_file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(sled_dir.join("db"))
+            .map_err(|e| {
+                crate::Error::Internal(format!(
+                    "cannot open sled's log file in {}: {e}",
+                    sled_dir.display()
+                ))
+            })?;
+        self.disk = Some(Arc::new(Mutex::new(DiskSync {
+            log_file,
+            blob_dir: sled_dir.join("blobs"),
+            synced_blobs: std::collections::HashSet::new(),
+        })));
+        Ok(())
+    }
+
+    /// Makes every write so far durable (one flush and fdatasync for a whole
+    /// Ready).
     pub fn flush(&self) -> crate::Result<usize> {
-        Ok(self.db.flush()?)
+        let written = self.db.flush()?;
+        if let Some(disk) = &self.disk {
+            disk.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync()
+                .map_err(|e| crate::Error::Internal(format!("cannot sync the data dir: {e}")))?;
+        }
+        Ok(written)
     }
 }
 
@@ -622,6 +697,29 @@ mod tests {
         let store = Arc::new(Store::open(&db).unwrap());
         let storage = SledStorage::open(&db, store).unwrap();
         (db, storage)
+    }
+
+    #[test]
+    fn a_flush_syncs_the_log_file_and_every_new_blob_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, mut storage) = open(dir.path());
+        storage.sync_files_in(dir.path()).unwrap();
+        storage.append(&[entry(1, 1)]).unwrap();
+        storage.flush().unwrap();
+        // A page far bigger than a sled segment allows goes to a blob file.
+        db.insert(b"big", vec![7u8; 2 * 1024 * 1024]).unwrap();
+        storage.flush().unwrap();
+        let synced = storage
+            .disk
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .synced_blobs
+            .len();
+        let on_disk = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(on_disk > 0, "sled should have written a blob file");
+        assert_eq!(synced, on_disk);
     }
 
     #[test]
