@@ -58,6 +58,11 @@ struct Bounds {
     tail_bytes: usize,
 }
 
+/// The bytes an entry counts for in the memory tail's budget.
+fn tail_cost(entry: &Entry) -> usize {
+    entry.data.len() + entry.context.len()
+}
+
 impl Bounds {
     /// The cached entry at `index`, if the tail holds it.
     fn cached(&self, index: u64) -> Option<&Entry> {
@@ -81,7 +86,7 @@ impl Bounds {
             self.tail_bytes = 0;
         }
         for entry in entries {
-            self.tail_bytes += entry.data.len() + entry.context.len();
+            self.tail_bytes += tail_cost(entry);
             self.tail.push_back(entry.clone());
         }
         while self.tail.len() > TAIL_ENTRIES || self.tail_bytes > TAIL_BYTES {
@@ -98,13 +103,13 @@ impl Bounds {
 
     fn pop_front(&mut self) {
         if let Some(entry) = self.tail.pop_front() {
-            self.tail_bytes -= entry.data.len() + entry.context.len();
+            self.tail_bytes -= tail_cost(&entry);
         }
     }
 
     fn pop_back(&mut self) {
         if let Some(entry) = self.tail.pop_back() {
-            self.tail_bytes -= entry.data.len() + entry.context.len();
+            self.tail_bytes -= tail_cost(&entry);
         }
     }
 }
@@ -196,6 +201,21 @@ fn decode_run(mut bytes: &[u8]) -> crate::Result<Vec<Entry>> {
         bytes = &bytes[4 + length..];
     }
     Ok(entries)
+}
+
+/// Entries collected for raft-rs up to its size limit (at least one).
+struct SizeLimited {
+    entries: Vec<Entry>,
+    size: u64,
+    max_size: Option<u64>,
+}
+
+impl SizeLimited {
+    /// Counts `entry` and says whether it still fits.
+    fn fits(&mut self, entry: &Entry) -> bool {
+        self.size += u64::from(entry.compute_size());
+        self.entries.is_empty() || self.max_size.is_none_or(|max| self.size <= max)
+    }
 }
 
 fn storage_error(error: impl std::fmt::Display) -> raft::Error {
@@ -299,12 +319,7 @@ impl SledStorage {
                 let (k, _) = row?;
                 batch.remove(k);
             }
-            if let Some((k, run)) = self
-                .log
-                .range(..key(first.index).to_vec())
-                .next_back()
-                .transpose()?
-            {
+            if let Some((k, run)) = self.run_holding(first.index - 1)? {
                 let kept: Vec<Entry> = decode_run(&run)?
                     .into_iter()
                     .filter(|e| e.index < first.index)
@@ -509,6 +524,14 @@ impl SledStorage {
         self.apply_snapshot(&snapshot)
     }
 
+    /// The run holding `index`: the last one that starts at or before it.
+    fn run_holding(&self, index: u64) -> sled::Result<Option<(sled::IVec, sled::IVec)>> {
+        self.log
+            .range(..=key(index).to_vec())
+            .next_back()
+            .transpose()
+    }
+
     /// Also syncs sled's files in `sled_dir` (the directory sled was opened
     /// at) after every flush; see `DiskSync`.
     pub fn sync_files_in(&mut self, sled_dir: &std::path::Path) -> crate::Result<()> {
@@ -566,27 +589,22 @@ impl raft::Storage for SledStorage {
         if high > bounds.last_index + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let max_size = max_size.into();
-        let mut entries = Vec::with_capacity((high - low) as usize);
-        let mut size = 0u64;
+        let mut taken = SizeLimited {
+            entries: Vec::with_capacity((high - low) as usize),
+            size: 0,
+            max_size: max_size.into(),
+        };
         if bounds.cached(low).is_some() {
             for index in low..high {
-                let Some(entry) = bounds.cached(index) else {
-                    break;
-                };
-                size += u64::from(entry.compute_size());
-                if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
-                    break;
+                match bounds.cached(index) {
+                    Some(entry) if taken.fits(entry) => taken.entries.push(entry.clone()),
+                    _ => break,
                 }
-                entries.push(entry.clone());
             }
-            return Ok(entries);
+            return Ok(taken.entries);
         }
         let first_run = self
-            .log
-            .range(..=key(low).to_vec())
-            .next_back()
-            .transpose()
+            .run_holding(low)
             .map_err(storage_error)?
             .map(|(k, _)| k.to_vec())
             .unwrap_or_else(|| key(low).to_vec());
@@ -596,16 +614,13 @@ impl raft::Storage for SledStorage {
                 if entry.index < low {
                     continue;
                 }
-                if entry.index >= high {
+                if entry.index >= high || !taken.fits(&entry) {
                     break 'runs;
                 }
-                size += u64::from(entry.compute_size());
-                if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
-                    break 'runs;
-                }
-                entries.push(entry);
+                taken.entries.push(entry);
             }
         }
+        let entries = taken.entries;
         if entries.is_empty() && low < high {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
@@ -627,10 +642,7 @@ impl raft::Storage for SledStorage {
             return Ok(entry.term);
         }
         let (_, run) = self
-            .log
-            .range(..=key(index).to_vec())
-            .next_back()
-            .transpose()
+            .run_holding(index)
             .map_err(storage_error)?
             .ok_or(raft::Error::Store(StorageError::Unavailable))?;
         decode_run(&run)
