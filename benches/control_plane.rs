@@ -45,8 +45,9 @@
 //! `etcd` on $PATH or `$ETCD_BIN` (Debian: `apt-get install etcd-server`).
 //!
 //! Knobs (environment): ORC_BENCH_WARMUP_SECS (1), ORC_BENCH_MEASURE_SECS (5),
-//! ORC_BENCH_ROUNDS (3), ORC_BENCH_FAILOVER_TRIALS (9), ORC_BENCH_SYSTEMS
-//! ("orc,etcd").
+//! ORC_BENCH_ROUNDS (3), ORC_BENCH_FAILOVER_TRIALS (9; 0 skips failover),
+//! ORC_BENCH_SYSTEMS ("orc,etcd"), ORC_BENCH_LEVELS ("1,16,256"). The
+//! README's figures use the defaults.
 //!
 //! This is a benchmark, not a test: it asserts nothing about timing.
 //! Every child process is killed and every temp dir removed when the guards
@@ -67,6 +68,19 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const LEVELS: [usize; 3] = [1, 16, 256];
+
+/// The client counts to measure: `ORC_BENCH_LEVELS` (e.g. "1,16") or all of
+/// `LEVELS`.
+fn levels() -> Vec<usize> {
+    match std::env::var("ORC_BENCH_LEVELS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .filter(|n| LEVELS.contains(n))
+            .collect(),
+        Err(_) => LEVELS.to_vec(),
+    }
+}
 const ATTEMPT_EVERY: Duration = Duration::from_millis(20);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const FAILOVER_GIVE_UP: Duration = Duration::from_secs(30);
@@ -1058,7 +1072,7 @@ async fn bench_all(kinds: &[Kind], value: Arc<Vec<u8>>, counter: Arc<AtomicU64>)
         reports.push(report);
     }
     let rounds = env_u64("ORC_BENCH_ROUNDS", 3).max(1) as usize;
-    for clients in LEVELS {
+    for clients in levels() {
         let mut windows: Vec<Vec<Load>> = vec![Vec::new(); kinds.len()];
         for round in 0..rounds {
             let mut order: Vec<usize> = (0..kinds.len()).collect();
@@ -1080,7 +1094,7 @@ async fn bench_all(kinds: &[Kind], value: Arc<Vec<u8>>, counter: Arc<AtomicU64>)
         }
     }
 
-    let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 9).max(1);
+    let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 9);
     for trial in 1..=trials {
         for (i, kind) in kinds.iter().enumerate() {
             progress!("{}: failover trial {trial}/{trials}", kind.name());
@@ -1202,7 +1216,7 @@ fn table(orc: &Report, etcd: &Report) -> String {
     let find = |report: &Report, clients: usize| {
         report.loads.iter().find(|l| l.clients == clients).cloned()
     };
-    for clients in LEVELS {
+    for clients in levels() {
         let (o, e) = (find(orc, clients), find(etcd, clients));
         let label = if clients == 1 {
             "client".to_string()
@@ -1408,7 +1422,7 @@ fn targets(orc: &Report, etcd: &Report) -> String {
         "- failover no slower than etcd's (median): {}",
         verdict(failover)
     );
-    for clients in LEVELS {
+    for clients in levels() {
         let o = orc.loads.iter().find(|l| l.clients == clients);
         let e = etcd.loads.iter().find(|l| l.clients == clients);
         let met = match (o, e) {

@@ -67,7 +67,7 @@ impl RaftConfig {
     }
 }
 
-/// What the node reports about itself; published after every loop turn.
+/// What the node reports about itself; updated after every loop turn.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeStatus {
     /// This member's id.
@@ -92,6 +92,20 @@ pub struct NodeStatus {
     pub progress: Vec<(u64, u64, bool)>,
     /// Set once this member has been removed from the control plane.
     pub removed: bool,
+}
+
+impl NodeStatus {
+    /// Whether `other` has the same role, leader, term, membership and
+    /// removal: the fields whose change wakes status watchers.
+    fn same_leadership(&self, other: &NodeStatus) -> bool {
+        self.id == other.id
+            && self.leader_id == other.leader_id
+            && self.term == other.term
+            && self.role == other.role
+            && self.voters == other.voters
+            && self.learners == other.learners
+            && self.removed == other.removed
+    }
 }
 
 /// A member's raft role, in words.
@@ -149,7 +163,10 @@ impl RaftHandle {
         self.status.borrow().clone()
     }
 
-    /// A receiver of status changes.
+    /// A receiver of status changes. It is woken when the role, leader,
+    /// term, membership or removal changes; the indexes and the leader's
+    /// progress are kept current without waking anyone (they move with
+    /// every write), so read them with `status()` or `borrow()`.
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
     }
@@ -804,12 +821,9 @@ impl RaftNode {
         };
         metrics::record_status(&status);
         self.status_tx.send_if_modified(|current| {
-            if *current != status {
-                *current = status;
-                true
-            } else {
-                false
-            }
+            let wake = !current.same_leadership(&status);
+            *current = status;
+            wake
         });
     }
 }
