@@ -145,6 +145,14 @@ impl Transport {
             }
         }
         let address = self.address(to)?;
+        // The channel spawns its connection tasks on the runtime it is made
+        // in. `send` runs on the raft thread, whose own runtime only turns
+        // between two Readys: made there, messages would leave only after
+        // the raft thread's fsync instead of during it.
+        let client = {
+            let _runtime = self.runtime.enter();
+            peer_client(&address)?
+        };
         let (ordinary, ordinary_rx) = mpsc::unbounded_channel();
         let (snapshots, snapshots_rx) = mpsc::unbounded_channel();
         let queues = PeerQueues {
@@ -161,7 +169,7 @@ impl Transport {
             from_address: self.advertise.clone(),
             cluster_id: self.cluster_id.clone(),
             to,
-            client: peer_client(&address)?,
+            client,
             address,
             node: self.node.get().cloned(),
             queued: queues.queued.clone(),
