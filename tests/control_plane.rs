@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{eventually, TestServer};
+use common::cluster::{eventually, wait_voters, TestServer};
 use orc::client::{request_id, Client};
 use serde_json::json;
 
@@ -152,19 +152,6 @@ async fn leader_address(servers: &[&TestServer]) -> String {
         }
         None
     })
-    .await
-}
-
-async fn wait_voters(server: &TestServer, voters: usize) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("{voters} voters"),
-        || async {
-            let status = server.client().cluster_status(true).await.ok()?;
-            let count = status.members.iter().filter(|m| m.voter).count();
-            (count == voters && status.members.len() == voters).then_some(())
-        },
-    )
     .await
 }
 

@@ -145,3 +145,18 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until the control plane `server` belongs to has exactly `voters`
+/// members, all voters (learners promoted).
+pub async fn wait_voters(server: &TestServer, voters: usize) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{voters} voters"),
+        || async {
+            let status = server.client().cluster_status(true).await.ok()?;
+            let count = status.members.iter().filter(|m| m.voter).count();
+            (count == voters && status.members.len() == voters).then_some(())
+        },
+    )
+    .await
+}
