@@ -10,7 +10,7 @@ use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::cluster::{eventually, wait_voters, TestServer};
+use common::cluster::{eventually, three_servers, TestServer};
 use futures::StreamExt as _;
 use orc::client::{request_id, ChangeStream, Client};
 use orc::store::Change;
@@ -78,13 +78,7 @@ fn assert_writes(changes: &[Change], after: u64, prefix: &str, first: u64, reque
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_on_a_follower_sees_each_write_once_and_resumes_without_gap_or_repeat() {
     let root = tempfile::tempdir().unwrap();
-    let first = TestServer::start(root.path(), "s1", &["--bootstrap"], &[]);
-    first.wait_ready().await;
-    let join = ["--join", first.address.as_str()];
-    let second = TestServer::start(root.path(), "s2", &join, &[]);
-    let third = TestServer::start(root.path(), "s3", &join, &[]);
-    wait_voters(&first, 3).await;
-    let servers = [first, second, third];
+    let servers = three_servers(root.path(), &[]).await;
 
     // The leader's revision once membership settled; watch two followers.
     let status = servers[0].client().cluster_status(true).await.unwrap();

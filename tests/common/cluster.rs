@@ -160,3 +160,15 @@ pub async fn wait_voters(server: &TestServer, voters: usize) {
     )
     .await
 }
+
+/// Starts a three-server control plane in `root` (s1 bootstraps, s2 and s3
+/// join it), each with the `tuning` flags, and waits until all three vote.
+pub async fn three_servers(root: &std::path::Path, tuning: &[&str]) -> [TestServer; 3] {
+    let first = TestServer::start(root, "s1", &["--bootstrap"], tuning);
+    first.wait_ready().await;
+    let join = ["--join", first.address.as_str()];
+    let second = TestServer::start(root, "s2", &join, tuning);
+    let third = TestServer::start(root, "s3", &join, tuning);
+    wait_voters(&first, 3).await;
+    [first, second, third]
+}
