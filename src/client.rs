@@ -3,18 +3,25 @@
 //! failed for a retryable reason (no leader yet, leader moved) with the same
 //! request id until a deadline, so a retried write is applied once.
 
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt as _};
 use serde_json::Value;
 use tonic::transport::Channel;
 
+use crate::api::convert;
 use crate::api::status::from_status;
 use crate::proto::orc_client::OrcClient;
 use crate::proto::{
     ActionRequest, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
-    MembershipResponse, RemoveServerRequest,
+    MembershipResponse, RemoveServerRequest, WatchRequest,
 };
+use crate::store::Change;
 use crate::{Error, Result};
+
+/// The changes a watch receives, until an error ends it.
+pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change>> + Send>>;
 
 /// A connection to one orc server.
 #[derive(Clone)]
@@ -123,6 +130,21 @@ impl Client {
             })
             .await?
             .into_inner())
+    }
+
+    /// Watches the changes after `after_revision` (0: only changes from
+    /// now on) on this client's server, in revision order with none missing
+    /// and none twice. A broken connection ends the stream with a retryable
+    /// error: watch again after the last revision received to resume. A
+    /// compacted start or a watcher left behind gets `Error::Conflict`.
+    pub async fn watch(&self, after_revision: u64) -> Result<ChangeStream> {
+        let events = self
+            .retrying(|mut orc| async move { orc.watch(WatchRequest { after_revision }).await })
+            .await?
+            .into_inner();
+        Ok(Box::pin(events.map(|event| {
+            event.map(convert::change).map_err(from_status)
+        })))
     }
 
     /// Adds a server to the control plane (as a learner that is promoted once caught up).

@@ -44,6 +44,8 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// Settings of the leader's control loops.
     pub controller: crate::controller::ControllerOptions,
+    /// How many changes are kept for watchers to resume from.
+    pub watch_history: usize,
 }
 
 impl ServerOptions {
@@ -61,6 +63,7 @@ impl ServerOptions {
             cache_mib: 8,
             request_timeout: Duration::from_secs(10),
             controller: crate::controller::ControllerOptions::default(),
+            watch_history: crate::store::history::CAPACITY,
         }
     }
 }
@@ -154,7 +157,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     };
 
     let db = datadir::open_db(data_dir.path(), options.cache_mib)?;
-    let store = Arc::new(Store::open(&db)?);
+    let store = Arc::new(Store::open_with_history(&db, options.watch_history)?);
     let mut storage = SledStorage::open(&db, store.clone())?;
     storage.sync_files_in(&data_dir.path().join("db"))?;
     if fresh_bootstrap {

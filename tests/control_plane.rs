@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{eventually, TestServer};
+use common::cluster::{eventually, three_servers, wait_voters, TestServer};
 use orc::client::{request_id, Client};
 use serde_json::json;
 
@@ -155,19 +155,6 @@ async fn leader_address(servers: &[&TestServer]) -> String {
     .await
 }
 
-async fn wait_voters(server: &TestServer, voters: usize) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("{voters} voters"),
-        || async {
-            let status = server.client().cluster_status(true).await.ok()?;
-            let count = status.members.iter().filter(|m| m.voter).count();
-            (count == voters && status.members.len() == voters).then_some(())
-        },
-    )
-    .await
-}
-
 async fn wait_caught_up(server: &TestServer, leader: &TestServer) {
     eventually(
         Duration::from_secs(30),
@@ -194,14 +181,7 @@ async fn wait_caught_up(server: &TestServer, leader: &TestServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_survive_leader_loss_restarts_and_compaction() {
     let root = tempfile::tempdir().unwrap();
-    let first = TestServer::start(root.path(), "s1", &["--bootstrap"], TUNING);
-    first.wait_ready().await;
-    let join = ["--join", first.address.as_str()];
-    let second = TestServer::start(root.path(), "s2", &join, TUNING);
-    let third = TestServer::start(root.path(), "s3", &join, TUNING);
-    wait_voters(&first, 3).await;
-
-    let mut servers = [first, second, third];
+    let mut servers = three_servers(root.path(), TUNING).await;
     let writer = Writer::start(servers.iter().map(|s| s.address.clone()).collect());
     writer
         .wait_for_more(20, "writes through every server")
@@ -364,14 +344,7 @@ async fn membership_grows_from_one_to_five_and_shrinks_to_three_under_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_killed_at_once_replays_its_log_and_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let first = TestServer::start(root.path(), "s1", &["--bootstrap"], &[]);
-    first.wait_ready().await;
-    let join = ["--join", first.address.as_str()];
-    let second = TestServer::start(root.path(), "s2", &join, &[]);
-    let third = TestServer::start(root.path(), "s3", &join, &[]);
-    wait_voters(&first, 3).await;
-
-    let mut servers = [first, second, third];
+    let mut servers = three_servers(root.path(), &[]).await;
     let writer = Writer::start(servers.iter().map(|s| s.address.clone()).collect());
     writer
         .wait_for_more(30, "writes before the power cut")

@@ -5,16 +5,14 @@
 //! state, resent whole on every change that touches the instance.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::ecs::now_ms;
 use super::status::to_status;
-use super::ApiContext;
+use super::{async_stream, ApiContext};
 use crate::model::{Assignment, InstanceRegistration, TaskStateChange};
 use crate::proto::agent_api_client::AgentApiClient;
 use crate::proto::agent_api_server::AgentApi;
@@ -81,8 +79,6 @@ pub fn assignments(state: &State, cluster: &str, instance_id: &str) -> Vec<Strin
         })
         .collect()
 }
-
-type AssignmentStream = Pin<Box<dyn Stream<Item = Result<Assignments, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentApi for ApiContext {
@@ -158,7 +154,7 @@ impl AgentApi for ApiContext {
         }))
     }
 
-    type WatchAssignmentsStream = AssignmentStream;
+    type WatchAssignmentsStream = super::ResponseStream<Assignments>;
 
     async fn watch_assignments(
         &self,
@@ -222,15 +218,4 @@ impl AgentApi for ApiContext {
             revision: self.raft.store().revision(),
         }))
     }
-}
-
-/// Turns a producer that writes into a channel into a boxed stream.
-fn async_stream<F, Fut>(producer: F) -> AssignmentStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Assignments, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(producer(sender));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }

@@ -9,10 +9,13 @@ pub mod ecs;
 pub mod services;
 pub mod status;
 pub mod tasks;
+pub mod watch;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::Stream;
 use protobuf::Message as _;
 use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
@@ -22,7 +25,7 @@ use crate::proto::orc_server::{Orc, OrcServer};
 use crate::proto::peer_server::{Peer, PeerServer};
 use crate::proto::{
     ActionRequest, ActionResponse, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
-    MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest,
+    MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, WatchEvent, WatchRequest,
 };
 use crate::raft::node::{RaftHandle, Role};
 use crate::raft::transport::Transport;
@@ -246,6 +249,19 @@ impl Orc for ApiContext {
             warnings: result.warnings,
         }))
     }
+
+    type WatchStream = ResponseStream<WatchEvent>;
+
+    #[tracing::instrument(level = "debug", skip_all, fields(after_revision = request.get_ref().after_revision))]
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let after_revision = request.into_inner().after_revision;
+        watch::open(self.raft.store().clone(), after_revision)
+            .map(Response::new)
+            .map_err(to_status)
+    }
 }
 
 #[tonic::async_trait]
@@ -288,6 +304,23 @@ impl ApiContext {
         }
         self.raft.step(messages).map_err(to_status)
     }
+}
+
+/// A server-streaming answer.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Turns a producer that writes into a channel into a boxed stream. The
+/// producer runs as its own task; it should stop once the channel closes
+/// (the client went away).
+fn async_stream<T, F, Fut>(producer: F) -> ResponseStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(producer(sender));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
 async fn metrics() -> String {

@@ -5,6 +5,7 @@
 pub mod output;
 pub mod shorthand;
 pub mod wait;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +73,14 @@ pub enum Command {
     /// Control-plane commands.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print each change of the control plane's state as it is applied, one
+    /// line each, until ctrl-c; resumes where it was after a lost connection.
+    Watch {
+        /// Print the changes after this revision (default, or 0: the
+        /// server's current revision, so only new changes).
+        #[arg(long)]
+        after_revision: Option<u64>,
+    },
     /// Create an ECS cluster.
     CreateCluster {
         /// The cluster's name.
@@ -466,6 +475,9 @@ pub struct ServerArgs {
     /// sled page cache in MiB.
     #[arg(long, default_value_t = 8)]
     pub cache_mib: u64,
+    /// How many changes to keep for watchers to resume from (lowered by tests).
+    #[arg(long, default_value_t = crate::store::history::CAPACITY, hide = true)]
+    pub watch_history: usize,
 }
 
 /// `orc cluster ...`.
@@ -542,6 +554,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = client.cluster_status(!local).await?;
             output.cluster_status(&status);
             Ok(())
+        }
+        Command::Watch { after_revision } => {
+            watch::run(&cli.endpoint, &output, after_revision).await
         }
         Command::CreateCluster { cluster_name, tags } => {
             let tags: Vec<_> = tags
@@ -851,6 +866,7 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
         Duration::from_millis(args.election_timeout_ms.max(3 * args.heartbeat_ms.max(1)));
     options.snapshot_threshold = args.snapshot_threshold.max(2);
     options.cache_mib = args.cache_mib.max(1);
+    options.watch_history = args.watch_history.max(1);
     options
 }
 

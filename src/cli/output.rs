@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::OutputFormat;
 use crate::proto::{ClusterStatusResponse, Member};
+use crate::store::Change;
 
 /// Prints in the chosen format.
 pub struct Output {
@@ -518,6 +519,16 @@ impl Output {
         self.member_table(&status.members);
     }
 
+    /// One watched change, on one line: a JSON object, or the revision, the
+    /// action, the subjects and the outcome.
+    pub fn change(&self, change: &Change) {
+        if self.format == OutputFormat::Json {
+            println!("{}", serde_json::to_string(change).unwrap_or_default());
+        } else {
+            println!("{}", change_line(change));
+        }
+    }
+
     /// Members after a membership change.
     pub fn members(&self, cluster_id: &str, members: &[Member]) {
         if self.format == OutputFormat::Json {
@@ -552,6 +563,24 @@ impl Output {
     }
 }
 
+/// A watched change as a table line: `42  RunTask  cluster/default task/abc  ok`,
+/// with the error instead of `ok` when the command was refused.
+pub fn change_line(change: &Change) -> String {
+    let subjects = if change.subjects.is_empty() {
+        "-".to_string()
+    } else {
+        change.subjects.join(" ")
+    };
+    let outcome = match &change.error {
+        Some(error) => format!("refused: {error}"),
+        None => "ok".to_string(),
+    };
+    format!(
+        "{:<8}  {:<29}  {subjects}  {outcome}",
+        change.revision, change.action
+    )
+}
+
 fn member_json(member: &Member) -> Value {
     serde_json::json!({
         "id": member.id.to_string(),
@@ -561,4 +590,35 @@ fn member_json(member: &Member) -> Value {
         "matchedIndex": member.matched_index,
         "healthy": member.healthy,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_one_line_with_its_outcome() {
+        let mut change = Change {
+            revision: 42,
+            raft_index: 57,
+            action: "RunTask".into(),
+            request_id: "r".into(),
+            subjects: vec!["cluster/default".into(), "task/abc".into()],
+            error: None,
+        };
+        assert_eq!(
+            change_line(&change),
+            "42        RunTask                        cluster/default task/abc  ok"
+        );
+        change.subjects.clear();
+        change.error = Some("cluster not found: \"x\"".into());
+        assert_eq!(
+            change_line(&change),
+            "42        RunTask                        -  refused: cluster not found: \"x\""
+        );
+        let json = serde_json::to_value(&change).unwrap();
+        assert_eq!(json["raftIndex"], 57);
+        assert_eq!(json["requestId"], "r");
+        assert_eq!(json["error"], "cluster not found: \"x\"");
+    }
 }

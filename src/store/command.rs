@@ -204,3 +204,366 @@ pub enum Command {
         now_ms: u64,
     },
 }
+
+impl Command {
+    /// The action's name as watchers see it: the ECS verb for ECS requests
+    /// (`RunTask`), the variant's name for the control plane's own commands.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::InitControlPlane { .. } => "InitControlPlane",
+            Command::CreateCluster { .. } => "CreateCluster",
+            Command::DeleteCluster { .. } => "DeleteCluster",
+            Command::RegisterTaskDefinition { .. } => "RegisterTaskDefinition",
+            Command::DeregisterTaskDefinition { .. } => "DeregisterTaskDefinition",
+            Command::DeleteTaskDefinitions { .. } => "DeleteTaskDefinitions",
+            Command::RegisterContainerInstance { .. } => "RegisterContainerInstance",
+            Command::UpdateContainerInstancesState { .. } => "UpdateContainerInstancesState",
+            Command::SetInstanceConnected { .. } => "SetInstanceConnected",
+            Command::RunTask { .. } => "RunTask",
+            Command::PlaceTasks { .. } => "PlaceTasks",
+            Command::StopTask { .. } => "StopTask",
+            Command::SubmitTaskStateChange { .. } => "SubmitTaskStateChange",
+            Command::PruneStoppedTasks { .. } => "PruneStoppedTasks",
+            Command::CreateService { .. } => "CreateService",
+            Command::UpdateService { .. } => "UpdateService",
+            Command::DeleteService { .. } => "DeleteService",
+            Command::ServiceLaunch { .. } => "ServiceLaunch",
+            Command::ServicePlan { .. } => "ServicePlan",
+        }
+    }
+
+    /// The ids the command names, each as `kind/id` with ECS's ARN resource
+    /// kinds (`cluster/NAME`, `service/NAME`, `task/ID`,
+    /// `container-instance/ID`, `task-definition/FAMILY[:REVISION]`, and
+    /// `member/ID` for a control-plane member): the cluster first, then the
+    /// service, the task definitions, the tasks and the instances. Names and
+    /// ids given as ARNs are shortened to their last segment. A task
+    /// definition being registered has no revision yet (it is numbered when
+    /// applied), so only its family is named.
+    pub fn subjects(&self) -> Vec<String> {
+        let mut subjects = Subjects::default();
+        match self {
+            Command::InitControlPlane {
+                first_member_id, ..
+            } => {
+                subjects.cluster(crate::model::DEFAULT_CLUSTER);
+                subjects.push("member", &first_member_id.to_string());
+            }
+            Command::CreateCluster { cluster_name, .. }
+            | Command::DeleteCluster { cluster_name } => subjects.cluster(cluster_name),
+            Command::RegisterTaskDefinition {
+                task_definition, ..
+            } => subjects.push("task-definition", &task_definition.family),
+            Command::DeregisterTaskDefinition {
+                family, revision, ..
+            } => subjects.push("task-definition", &format!("{family}:{revision}")),
+            Command::DeleteTaskDefinitions { task_definitions } => {
+                for (family, revision) in task_definitions {
+                    subjects.push("task-definition", &format!("{family}:{revision}"));
+                }
+            }
+            Command::RegisterContainerInstance {
+                cluster,
+                instance_id,
+                ..
+            }
+            | Command::SetInstanceConnected {
+                cluster,
+                instance_id,
+                ..
+            } => {
+                subjects.cluster(cluster);
+                subjects.instances([instance_id.as_str()]);
+            }
+            Command::UpdateContainerInstancesState {
+                cluster,
+                instance_ids,
+                ..
+            } => {
+                subjects.cluster(cluster);
+                subjects.instances(instance_ids.iter().map(String::as_str));
+            }
+            Command::RunTask {
+                launch,
+                planned,
+                unplaced,
+                ..
+            } => {
+                subjects.cluster(&launch.cluster);
+                subjects.planned(planned);
+                for task in unplaced {
+                    subjects.push("task", &task.task_id);
+                }
+            }
+            Command::PlaceTasks { cluster, planned } => {
+                subjects.cluster(cluster);
+                subjects.planned(planned);
+            }
+            Command::StopTask {
+                cluster, task_id, ..
+            } => {
+                subjects.cluster(cluster);
+                subjects.push("task", last_segment(task_id));
+            }
+            Command::SubmitTaskStateChange {
+                cluster,
+                instance_id,
+                change,
+            } => {
+                subjects.cluster(cluster);
+                subjects.push("task", last_segment(&change.task_arn));
+                subjects.instances([instance_id.as_str()]);
+            }
+            Command::PruneStoppedTasks { .. } => {}
+            Command::CreateService { service, .. } => {
+                subjects.cluster(&service.cluster_arn);
+                subjects.push("service", &service.service_name);
+            }
+            Command::UpdateService {
+                cluster,
+                service_name,
+                ..
+            }
+            | Command::DeleteService {
+                cluster,
+                service_name,
+                ..
+            } => {
+                subjects.cluster(cluster);
+                subjects.push("service", last_segment(service_name));
+            }
+            Command::ServiceLaunch {
+                service_name,
+                launch,
+                planned,
+                ..
+            } => {
+                subjects.cluster(&launch.cluster);
+                subjects.push("service", last_segment(service_name));
+                subjects.planned(planned);
+            }
+            Command::ServicePlan {
+                cluster,
+                service_name,
+                plan,
+                ..
+            } => {
+                subjects.cluster(cluster);
+                subjects.push("service", last_segment(service_name));
+                for (task, _) in &plan.stops {
+                    subjects.push("task", last_segment(task));
+                }
+            }
+        }
+        subjects.0
+    }
+}
+
+/// The last `/`-separated segment: the id of an ARN, or a plain id itself.
+fn last_segment(id_or_arn: &str) -> &str {
+    id_or_arn.rsplit('/').next().unwrap_or(id_or_arn)
+}
+
+/// `Command::subjects` being built.
+#[derive(Default)]
+struct Subjects(Vec<String>);
+
+impl Subjects {
+    fn push(&mut self, kind: &str, id: &str) {
+        self.0.push(format!("{kind}/{id}"));
+    }
+
+    fn cluster(&mut self, name_or_arn: &str) {
+        self.push("cluster", &crate::model::cluster_name_from(name_or_arn));
+    }
+
+    /// Instances once each, in the order given.
+    fn instances<'a>(&mut self, ids_or_arns: impl IntoIterator<Item = &'a str>) {
+        let mut seen = std::collections::BTreeSet::new();
+        for id in ids_or_arns.into_iter().map(last_segment) {
+            if seen.insert(id) {
+                self.push("container-instance", id);
+            }
+        }
+    }
+
+    /// The planned tasks, then the instances they go to.
+    fn planned(&mut self, planned: &[PlannedTask]) {
+        for task in planned {
+            self.push("task", &task.task_id);
+        }
+        self.instances(planned.iter().map(|task| task.instance_id.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskStatus;
+
+    fn planned(task_id: &str, instance_id: &str) -> PlannedTask {
+        PlannedTask {
+            task_id: task_id.into(),
+            instance_id: instance_id.into(),
+        }
+    }
+
+    fn launch() -> TaskLaunch {
+        TaskLaunch {
+            cluster: "lab".into(),
+            task_definition_arn: crate::model::arn("task-definition", "web:2"),
+            overrides: None,
+            started_by: None,
+            group: "family:web".into(),
+        }
+    }
+
+    #[test]
+    fn commands_name_their_action_and_the_ids_they_touch() {
+        let cases: Vec<(Command, &str, Vec<&str>)> = vec![
+            (
+                Command::CreateCluster {
+                    cluster_name: "lab".into(),
+                    tags: vec![],
+                    now_ms: 1,
+                },
+                "CreateCluster",
+                vec!["cluster/lab"],
+            ),
+            (
+                Command::DeleteCluster {
+                    cluster_name: crate::model::arn("cluster", "lab"),
+                },
+                "DeleteCluster",
+                vec!["cluster/lab"],
+            ),
+            (
+                Command::DeleteTaskDefinitions {
+                    task_definitions: vec![("web".into(), 1), ("web".into(), 2)],
+                },
+                "DeleteTaskDefinitions",
+                vec!["task-definition/web:1", "task-definition/web:2"],
+            ),
+            (
+                Command::RunTask {
+                    launch: launch(),
+                    planned: vec![
+                        planned("t1", "i1"),
+                        planned("t2", "i2"),
+                        planned("t3", "i1"),
+                    ],
+                    unplaced: vec![UnplacedTask {
+                        task_id: "t4".into(),
+                        reason: "RESOURCE:MEMORY".into(),
+                    }],
+                    now_ms: 1,
+                },
+                "RunTask",
+                vec![
+                    "cluster/lab",
+                    "task/t1",
+                    "task/t2",
+                    "task/t3",
+                    "container-instance/i1",
+                    "container-instance/i2",
+                    "task/t4",
+                ],
+            ),
+            (
+                Command::StopTask {
+                    cluster: "lab".into(),
+                    task_id: crate::model::arn("task", "lab/t1"),
+                    reason: "bye".into(),
+                    stop_code: "UserInitiated".into(),
+                    now_ms: 1,
+                },
+                "StopTask",
+                vec!["cluster/lab", "task/t1"],
+            ),
+            (
+                Command::SubmitTaskStateChange {
+                    cluster: "lab".into(),
+                    instance_id: "i1".into(),
+                    change: TaskStateChange {
+                        task_arn: crate::model::arn("task", "lab/t1"),
+                        status: TaskStatus::Running,
+                        reason: None,
+                        stop_code: None,
+                        containers: vec![],
+                        health_status: "UNKNOWN".into(),
+                        at_ms: 1,
+                    },
+                },
+                "SubmitTaskStateChange",
+                vec!["cluster/lab", "task/t1", "container-instance/i1"],
+            ),
+            (
+                Command::UpdateContainerInstancesState {
+                    cluster: "lab".into(),
+                    instance_ids: vec![
+                        crate::model::arn("container-instance", "lab/i1"),
+                        "i1".into(),
+                        "i2".into(),
+                    ],
+                    status: "DRAINING".into(),
+                },
+                "UpdateContainerInstancesState",
+                vec![
+                    "cluster/lab",
+                    "container-instance/i1",
+                    "container-instance/i2",
+                ],
+            ),
+            (
+                Command::ServiceLaunch {
+                    service_name: "web".into(),
+                    launch: launch(),
+                    planned: vec![planned("t1", "i1")],
+                    event: String::new(),
+                    now_ms: 1,
+                },
+                "ServiceLaunch",
+                vec![
+                    "cluster/lab",
+                    "service/web",
+                    "task/t1",
+                    "container-instance/i1",
+                ],
+            ),
+            (
+                Command::ServicePlan {
+                    cluster: "lab".into(),
+                    service_name: "web".into(),
+                    plan: PlanResult {
+                        stops: vec![(crate::model::arn("task", "lab/t9"), "scale in".into())],
+                        ..PlanResult::default()
+                    },
+                    now_ms: 1,
+                },
+                "ServicePlan",
+                vec!["cluster/lab", "service/web", "task/t9"],
+            ),
+            (
+                Command::PruneStoppedTasks {
+                    stopped_before_ms: 1,
+                },
+                "PruneStoppedTasks",
+                vec![],
+            ),
+            (
+                Command::InitControlPlane {
+                    control_plane_id: "cp".into(),
+                    first_member_id: 42,
+                    first_member_address: "127.0.0.1:1".into(),
+                    now_ms: 1,
+                },
+                "InitControlPlane",
+                vec!["cluster/default", "member/42"],
+            ),
+        ];
+        for (command, action, subjects) in cases {
+            assert_eq!(command.action(), action);
+            assert_eq!(command.subjects(), subjects, "{action}");
+        }
+    }
+}

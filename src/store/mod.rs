@@ -12,22 +12,26 @@
 //!
 //! Only the raft node (`raft::node`) calls the mutating methods, from its one
 //! thread, with entries Raft has committed. Everyone else reads through
-//! `Store::read` and waits with `wait_applied` / `subscribe`. This module
-//! does not know about Raft messages, gRPC or Docker.
+//! `Store::read` and waits with `wait_applied` / `subscribe`; watchers read
+//! what changed with `changes_after` (`history`), recorded under the same
+//! write lock as the apply that made the change. This module does not know
+//! about Raft messages, gRPC or Docker.
 
 pub mod command;
 pub mod ecs;
+pub mod history;
 pub mod services;
 pub mod state;
 pub mod table;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 pub use command::{Command, Outcome, Proposal};
+pub use history::{Change, Compacted};
 pub use state::State;
 
 use crate::{Error, Result};
@@ -58,6 +62,9 @@ pub struct Store {
     tree: sled::Tree,
     /// The state every reader sees.
     state: RwLock<State>,
+    /// The newest changes, for watchers; written only while `state` is
+    /// write-locked, so its newest change is always the state's revision.
+    history: Mutex<history::History>,
     /// The raft index of the last applied entry.
     applied_index: AtomicU64,
     /// The raft index the newest checkpoint reflects.
@@ -73,6 +80,13 @@ pub struct Store {
 impl Store {
     /// Opens the state tree in `db` and loads the newest checkpoint.
     pub fn open(db: &sled::Db) -> Result<Store> {
+        Store::open_with_history(db, history::CAPACITY)
+    }
+
+    /// Like `open`, keeping at most `capacity` changes for watchers. The
+    /// history starts empty: changes up to the checkpoint's revision are
+    /// compacted.
+    pub fn open_with_history(db: &sled::Db, capacity: usize) -> Result<Store> {
         let tree = db.open_tree("state")?;
         let checkpoint = tree.get(CHECKPOINT_KEY)?;
         let checkpoint_bytes = checkpoint.as_ref().map_or(0, |b| b.len() as u64);
@@ -96,9 +110,11 @@ impl Store {
         };
         let (applied_tx, _) = watch::channel(applied_index);
         let (revision_tx, _) = watch::channel(state.meta.revision);
+        let history = history::History::new(state.meta.revision, capacity, history::BYTE_BUDGET);
         Ok(Store {
             tree,
             state: RwLock::new(state),
+            history: Mutex::new(history),
             applied_index: AtomicU64::new(applied_index),
             checkpoint_index: AtomicU64::new(applied_index),
             checkpoint_bytes: AtomicU64::new(checkpoint_bytes),
@@ -128,6 +144,17 @@ impl Store {
         self.revision_tx.subscribe()
     }
 
+    /// The changes after revision `after`, oldest first, with consecutive
+    /// revisions; `Compacted` when this server no longer holds one of them.
+    /// A change is readable here before `subscribe` announces its revision.
+    pub fn changes_after(&self, after: u64) -> Result<Vec<Change>, Compacted> {
+        self.history().changes_after(after)
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, history::History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Waits until the entry at `index` has been applied here.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
         let mut applied = self.applied_tx.subscribe();
@@ -154,11 +181,24 @@ impl Store {
         };
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut history = self.history();
         for (index, proposal) in entries {
             if let Some(proposal) = proposal {
-                outcomes.push((index, state::apply(&mut state, &proposal)));
+                let before = state.meta.revision;
+                let outcome = state::apply(&mut state, &proposal);
+                // A retried request id answers its first outcome and moves nothing.
+                if state.meta.revision != before {
+                    history.record(Change::of_proposal(
+                        state.meta.revision,
+                        index,
+                        &proposal,
+                        &outcome,
+                    ));
+                }
+                outcomes.push((index, outcome));
             }
         }
+        drop(history);
         self.publish(&state, last_index);
         outcomes
     }
@@ -166,7 +206,10 @@ impl Store {
     /// Records a committed membership change at raft index `index`.
     pub fn apply_membership(&self, index: u64, id: u64, address: Option<String>) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let added = address.is_some();
         state::apply_membership(&mut state, id, address);
+        self.history()
+            .record(Change::of_membership(state.meta.revision, index, id, added));
         self.publish(&state, index);
     }
 
@@ -252,6 +295,8 @@ impl Store {
     pub fn install(&self, index: u64, fresh: State, checkpoint_bytes: usize) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         *state = fresh;
+        // What led to the snapshot's state is not known here: compacted.
+        self.history().reset(state.meta.revision);
         self.checkpoint_index.store(index, Ordering::Release);
         self.checkpoint_bytes
             .store(checkpoint_bytes as u64, Ordering::Release);
@@ -328,5 +373,129 @@ mod tests {
         assert_eq!(names(&follower), vec!["x"]);
         assert_eq!(follower.applied_index(), 5);
         assert_eq!(follower.checkpoint_bytes(), bytes.len() as u64);
+    }
+
+    fn open_store(dir: &tempfile::TempDir) -> (sled::Db, Store) {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let store = Store::open(&db).unwrap();
+        (db, store)
+    }
+
+    fn revisions(changes: &[Change]) -> Vec<u64> {
+        changes.iter().map(|c| c.revision).collect()
+    }
+
+    #[test]
+    fn every_revision_is_recorded_once_with_its_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, store) = open_store(&dir);
+        let mut revision = store.subscribe();
+        let outcomes = store.apply_entries(vec![
+            (2, Some(create("a"))),
+            (3, None),
+            (4, Some(create("bad name"))),
+            // A retried request id answers the first outcome and moves nothing.
+            (5, Some(create("a"))),
+        ]);
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(outcomes[0].1, outcomes[2].1);
+        assert_eq!(store.revision(), 2);
+        assert!(revision.has_changed().unwrap());
+        assert_eq!(*revision.borrow_and_update(), 2);
+
+        let changes = store.changes_after(0).unwrap();
+        assert_eq!(
+            changes[0],
+            Change {
+                revision: 1,
+                raft_index: 2,
+                action: "CreateCluster".into(),
+                request_id: "r-a".into(),
+                subjects: vec!["cluster/a".into()],
+                error: None,
+            }
+        );
+        // A refused command moves the revision too, and says why.
+        assert_eq!(changes[1].revision, 2);
+        assert_eq!(changes[1].raft_index, 4);
+        assert_eq!(changes[1].subjects, vec!["cluster/bad name".to_string()]);
+        assert!(changes[1].error.as_ref().unwrap().contains("clusterName"));
+        assert_eq!(changes.len(), 2);
+    }
+
+    #[test]
+    fn membership_changes_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, store) = open_store(&dir);
+        store.apply_entries(vec![(2, Some(create("a")))]);
+        store.apply_membership(3, 7, Some("127.0.0.1:7".into()));
+        store.apply_membership(4, 7, None);
+        let changes = store.changes_after(1).unwrap();
+        assert_eq!(revisions(&changes), [2, 3]);
+        assert_eq!(changes[0].action, "AddServer");
+        assert_eq!(changes[0].raft_index, 3);
+        assert_eq!(changes[0].subjects, vec!["member/7".to_string()]);
+        assert_eq!(changes[1].action, "RemoveServer");
+        assert_eq!(store.revision(), 3);
+    }
+
+    #[test]
+    fn the_store_keeps_only_its_newest_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let store = Store::open_with_history(&db, 3).unwrap();
+        for index in 1..=5 {
+            store.apply_entries(vec![(index, Some(create(&format!("c{index}"))))]);
+        }
+        assert_eq!(revisions(&store.changes_after(2).unwrap()), [3, 4, 5]);
+        assert_eq!(
+            store.changes_after(1),
+            Err(Compacted {
+                after: 1,
+                oldest: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_reopened_store_holds_no_change_up_to_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, store) = open_store(&dir);
+        store.apply_entries(vec![(2, Some(create("a"))), (3, Some(create("b")))]);
+        store.checkpoint().unwrap();
+        db.flush().unwrap();
+        drop(store);
+
+        let reopened = Store::open(&db).unwrap();
+        assert_eq!(reopened.changes_after(2), Ok(vec![]));
+        assert_eq!(reopened.changes_after(1).unwrap_err().oldest, 3);
+        // The log entries after the checkpoint are replayed and recorded.
+        reopened.apply_entries(vec![(4, Some(create("c")))]);
+        let changes = reopened.changes_after(2).unwrap();
+        assert_eq!(revisions(&changes), [3]);
+        assert_eq!(changes[0].raft_index, 4);
+    }
+
+    #[test]
+    fn an_installed_snapshot_compacts_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, leader) = open_store(&dir);
+        leader.apply_entries(vec![(2, Some(create("x"))), (3, Some(create("y")))]);
+        let (index, bytes) = leader.snapshot().unwrap();
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let (_other_db, follower) = open_store(&other_dir);
+        follower.apply_entries(vec![(2, Some(create("x")))]);
+        assert_eq!(revisions(&follower.changes_after(0).unwrap()), [1]);
+        follower.install(
+            index,
+            Store::decode_snapshot(index, &bytes).unwrap(),
+            bytes.len(),
+        );
+        assert_eq!(follower.revision(), 2);
+        assert_eq!(follower.changes_after(2), Ok(vec![]));
+        assert_eq!(follower.changes_after(0).unwrap_err().oldest, 3);
+        follower.apply_entries(vec![(4, Some(create("z")))]);
+        assert_eq!(revisions(&follower.changes_after(2).unwrap()), [3]);
     }
 }

@@ -145,3 +145,30 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until the control plane `server` belongs to has exactly `voters`
+/// members, all voters (learners promoted).
+pub async fn wait_voters(server: &TestServer, voters: usize) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{voters} voters"),
+        || async {
+            let status = server.client().cluster_status(true).await.ok()?;
+            let count = status.members.iter().filter(|m| m.voter).count();
+            (count == voters && status.members.len() == voters).then_some(())
+        },
+    )
+    .await
+}
+
+/// Starts a three-server control plane in `root` (s1 bootstraps, s2 and s3
+/// join it), each with the `tuning` flags, and waits until all three vote.
+pub async fn three_servers(root: &std::path::Path, tuning: &[&str]) -> [TestServer; 3] {
+    let first = TestServer::start(root, "s1", &["--bootstrap"], tuning);
+    first.wait_ready().await;
+    let join = ["--join", first.address.as_str()];
+    let second = TestServer::start(root, "s2", &join, tuning);
+    let third = TestServer::start(root, "s3", &join, tuning);
+    wait_voters(&first, 3).await;
+    [first, second, third]
+}
