@@ -20,13 +20,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("ORC_WORKER_THREADS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or(2),
-        )
+        .worker_threads(2)
         .enable_all()
         .build()
     {

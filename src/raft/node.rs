@@ -336,6 +336,17 @@ pub fn start(
     Ok(handle)
 }
 
+/// Lets the raft thread's runtime write what was just queued for peers.
+/// The peer connections live on that runtime (`Transport::send` makes them
+/// from this thread), so the raft thread writes to the sockets itself, with
+/// no hand-off to another thread; a turn of its scheduler polls the stream
+/// body and the connection.
+async fn pump_transport() {
+    for _ in 0..2 {
+        tokio::task::yield_now().await;
+    }
+}
+
 fn context(node_id: u64, sequence: u64, extra: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(16 + extra.len());
     bytes.extend_from_slice(&node_id.to_be_bytes());
@@ -378,7 +389,7 @@ impl RaftNode {
                 }
                 drained += 1;
             }
-            self.on_ready()?;
+            self.on_ready().await?;
             self.publish_status();
         }
     }
@@ -549,13 +560,16 @@ impl RaftNode {
         }
     }
 
-    fn on_ready(&mut self) -> Result<()> {
+    async fn on_ready(&mut self) -> Result<()> {
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
             self.transport.send(ready.take_messages());
+            // Appends leave before this server's own fsync, so a follower's
+            // fsync runs during it.
+            pump_transport().await;
         }
         let mut must_flush = false;
         if !ready.snapshot().is_empty() {
@@ -599,6 +613,7 @@ impl RaftNode {
         }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
+            pump_transport().await;
         }
         if !leader {
             self.apply_committed(ready.take_committed_entries())?;

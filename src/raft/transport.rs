@@ -146,13 +146,10 @@ impl Transport {
         }
         let address = self.address(to)?;
         // The channel spawns its connection tasks on the runtime it is made
-        // in. `send` runs on the raft thread, whose own runtime only turns
-        // between two Readys: made there, messages would leave only after
-        // the raft thread's fsync instead of during it.
-        let client = {
-            let _runtime = self.runtime.enter();
-            peer_client(&address)?
-        };
+        // in: `send` runs on the raft thread, so they run there, and the
+        // raft loop turns that runtime (`pump_transport`) right after it
+        // queues messages.
+        let client = peer_client(&address)?;
         let (ordinary, ordinary_rx) = mpsc::unbounded_channel();
         let (snapshots, snapshots_rx) = mpsc::unbounded_channel();
         let queues = PeerQueues {
