@@ -224,7 +224,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
 
 async fn verify_same_control_plane(join: &str, marker: &Marker) -> anyhow::Result<()> {
     let mut client = Client::new(join)?;
-    client.retry_for = Duration::from_secs(2);
+    // Long enough for a loaded machine to answer; a --join address that is
+    // down (a whole cluster rebooting) only delays the restart this much.
+    client.retry_for = Duration::from_secs(5);
     match client.cluster_status(false).await {
         Ok(status) if !status.cluster_id.is_empty() && status.cluster_id != marker.control_plane_id => bail!(
             "this data dir belongs to control plane {} but {join} serves control plane {}: use an empty data dir to join that control plane",

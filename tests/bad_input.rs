@@ -12,18 +12,43 @@ use serde_json::json;
 
 /// Runs `orc server` expecting it to refuse to start; returns its stderr.
 fn refused(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orc"))
         .arg("server")
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", free_port()))
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run orc server");
+    // Read stderr on a thread so a chatty server never blocks on the pipe.
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for orc server") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "orc server {args:?} should have refused to start but was still running after 60 s; its log:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = reader.join().unwrap_or_default();
     assert!(
-        !output.status.success(),
+        !status.success(),
         "orc server {args:?} should have refused to start"
     );
-    String::from_utf8_lossy(&output.stderr).to_string()
+    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
