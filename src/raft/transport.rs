@@ -2,7 +2,11 @@
 //! Per peer, ordinary messages flow through one long-lived client stream
 //! (`Peer.RaftStream`) whose body is read straight from the raft thread's
 //! queue: whatever queued up since the last poll goes as one batch, and no
-//! task sits in between. Snapshots go one by one as unary `Peer.Raft` calls
+//! task sits in between. `send` is called on the raft thread and makes each
+//! peer's channel there, so the connection tasks run on the raft thread's
+//! own runtime, which the raft loop turns right after queuing messages
+//! (`raft::node`): messages reach the socket with no thread hand-off, and
+//! before the raft thread's fsync. Snapshots go one by one as unary `Peer.Raft` calls
 //! on a task of their own. Failures are reported back to raft-rs
 //! (`report_unreachable`, `report_snapshot`); raft-rs retries by itself, so
 //! messages queued while a peer is unreachable are dropped, never kept
