@@ -71,18 +71,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::store::{Command, Proposal};
-
-    fn create(name: &str) -> Proposal {
-        Proposal {
-            request_id: format!("r-{name}"),
-            command: Command::CreateCluster {
-                cluster_name: name.to_string(),
-                tags: Vec::new(),
-                now_ms: 1,
-            },
-        }
-    }
+    use crate::store::create_cluster_proposal as create;
 
     fn store(dir: &tempfile::TempDir, capacity: usize) -> Arc<Store> {
         let db = sled::Config::new().path(dir.path()).open().unwrap();

@@ -306,19 +306,25 @@ impl Store {
     }
 }
 
+/// A `CreateCluster` proposal with request id `r-NAME`, for unit tests.
+#[cfg(test)]
+pub(crate) fn create_cluster_proposal(name: &str) -> Proposal {
+    Proposal {
+        request_id: format!("r-{name}"),
+        command: Command::CreateCluster {
+            cluster_name: name.to_string(),
+            tags: Vec::new(),
+            now_ms: 1,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn create(name: &str) -> Proposal {
-        Proposal {
-            request_id: format!("r-{name}"),
-            command: Command::CreateCluster {
-                cluster_name: name.to_string(),
-                tags: Vec::new(),
-                now_ms: 1,
-            },
-        }
+        create_cluster_proposal(name)
     }
 
     fn names(store: &Store) -> Vec<String> {
