@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::{eventually, free_port, TestServer};
+use common::cluster::{eventually, free_port, wait_exit, TestServer};
 use serde_json::json;
 
 /// Runs `orc server` expecting it to refuse to start; returns its stderr.
@@ -28,20 +28,13 @@ fn refused(args: &[&str]) -> String {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         text
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for orc server") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "orc server {args:?} should have refused to start but was still running after 60 s; its log:\n{}",
-                reader.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let Some(status) = wait_exit(&mut child, std::time::Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "orc server {args:?} should have refused to start but was still running after 60 s; its log:\n{}",
+            reader.join().unwrap_or_default()
+        );
     };
     let stderr = reader.join().unwrap_or_default();
     assert!(

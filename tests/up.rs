@@ -8,11 +8,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::cluster::{eventually, free_port};
+use common::cluster::{eventually, free_port, wait_exit};
 use orc::client::Client;
 
 /// A running `orc up`; killed on drop if a test failed before stopping it.
@@ -50,18 +50,12 @@ impl Up {
         // SAFETY: kill(2) on the pid of a child this test started.
         let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(sent, 0, "could not signal orc up");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for orc up") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let status = wait_exit(&mut self.child, Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!(
                 "orc up did not stop within 30 s of SIGTERM; its log:\n{}",
                 std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+            )
+        });
         assert!(
             status.success(),
             "orc up exited with {status} on SIGTERM; its log:\n{}",

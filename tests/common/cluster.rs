@@ -9,6 +9,21 @@ use std::time::{Duration, Instant};
 
 use orc::client::Client;
 
+/// Waits up to `timeout` for `child` to exit (polling every 50 ms); `None`
+/// when it is still running, for the caller to kill and report.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
