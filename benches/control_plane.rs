@@ -20,7 +20,10 @@
 //!    rounds, and the window with the median writes/s is reported (with
 //!    every round's figure). A shared 2-core machine drifts by tens of
 //!    per cent within minutes; interleaving puts both systems under the
-//!    same drift instead of measuring one early and the other late.
+//!    same drift instead of measuring one early and the other late. Each
+//!    window also reports the host's CPU steal (from /proc/stat): on a
+//!    virtual machine a busy neighbour takes CPU away, and a window with
+//!    steal well above the others measured the neighbour, not the system.
 //! 2. leader failover: SIGKILL the leader, then from the kill start a new write
 //!    attempt every 20 ms, alternating between the two surviving members (each
 //!    attempt may run up to 5 s; orc's client-side retry is off so every attempt
@@ -220,6 +223,24 @@ fn write_bytes(pid: u32) -> u64 {
 }
 
 /// utime + stime in clock ticks.
+/// The machine's (steal, total) CPU ticks from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total = values.iter().take(8).sum();
+    (values.get(7).copied().unwrap_or(0), total)
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
@@ -765,6 +786,9 @@ struct Load {
     first_error: Option<String>,
     /// Server CPU (all members) per committed write.
     cpu_per_write: Duration,
+    /// Share of the machine's CPU time the hypervisor took away (steal)
+    /// during the window, in per cent: a noisy neighbour shows up here.
+    steal_percent: f64,
     note: String,
 }
 
@@ -841,12 +865,14 @@ async fn run_load(
     }
     tokio::time::sleep_until(window_start.into()).await;
     let cpu_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    let machine_before = machine_ticks();
     let metrics_before = match cluster.kind {
         Kind::Orc => Some(orc_counters(&leader_address).await),
         Kind::Etcd => None,
     };
     tokio::time::sleep_until(end.into()).await;
     let cpu_after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    let machine_after = machine_ticks();
     let metrics_after = match cluster.kind {
         Kind::Orc => Some(orc_counters(&leader_address).await),
         Kind::Etcd => None,
@@ -863,6 +889,11 @@ async fn run_load(
         if load.first_error.is_none() {
             load.first_error = first_error;
         }
+    }
+    let total = machine_after.1.saturating_sub(machine_before.1);
+    if total > 0 {
+        load.steal_percent =
+            machine_after.0.saturating_sub(machine_before.0) as f64 * 100.0 / total as f64;
     }
     latencies.sort_unstable();
     load.writes_per_second = latencies.len() as f64 / measure.as_secs_f64();
@@ -1040,12 +1071,13 @@ async fn one_load(
     let load = run_load(cluster, leader, clients, counter).await;
     cluster.check_alive();
     progress!(
-        "{}: {clients} client(s): {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}{}",
+        "{}: {clients} client(s): {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, CPU steal {:.1}%{}{}",
         kind.name(),
         load.writes_per_second,
         ms(load.p50),
         ms(load.p99),
         load.errors,
+        load.steal_percent,
         load.first_error
             .as_ref()
             .map(|e| format!(" (first: {e})"))
@@ -1278,6 +1310,18 @@ fn table(orc: &Report, etcd: &Report) -> String {
             e.as_ref().map(|l| l.cpu_per_write.as_secs_f64() * 1e6),
             &|v| format!("{v:.0}"),
         );
+        // Steal is the host's, not the system's: no ratio.
+        let steal = |l: &Option<Load>| {
+            l.as_ref()
+                .map(|l| format!("{:.1}", l.steal_percent))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        rows.push([
+            format!("host CPU steal in that window, {clients} {label} (%)"),
+            steal(&o),
+            steal(&e),
+            String::new(),
+        ]);
     }
     row(
         &mut rows,
