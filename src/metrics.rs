@@ -73,6 +73,33 @@ static COMMIT: AtomicU64 = AtomicU64::new(0);
 static APPLIED: AtomicU64 = AtomicU64::new(0);
 static IS_LEADER: AtomicU64 = AtomicU64::new(0);
 static NODE_ID: AtomicU64 = AtomicU64::new(0);
+static WATCHES_OPEN: AtomicU64 = AtomicU64::new(0);
+static WATCHES_FELL_BEHIND: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one open `Orc.Watch` stream for as long as it lives.
+pub struct OpenWatch(());
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        WATCHES_OPEN.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Records a watch stream opening; the stream holds the guard until it ends.
+pub fn watch_opened() -> OpenWatch {
+    WATCHES_OPEN.fetch_add(1, Relaxed);
+    OpenWatch(())
+}
+
+/// Records a watch ended because its watcher fell behind the history.
+pub fn record_watch_fell_behind() {
+    WATCHES_FELL_BEHIND.fetch_add(1, Relaxed);
+}
+
+/// How many watch streams are open in this process.
+pub fn watches_open() -> u64 {
+    WATCHES_OPEN.load(Relaxed)
+}
 
 /// Records one client proposal's commit latency.
 pub fn record_proposal(elapsed: Duration, ok: bool) {
@@ -190,6 +217,20 @@ pub fn render() -> String {
         "Log compactions.",
         "counter",
         COMPACTIONS.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_watch_streams",
+        "Orc.Watch streams open on this server.",
+        "gauge",
+        WATCHES_OPEN.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_watch_fell_behind_total",
+        "Watch streams ended because the watcher fell behind the change history.",
+        "counter",
+        WATCHES_FELL_BEHIND.load(Relaxed),
     );
     out
 }

@@ -32,6 +32,8 @@ pub fn open(store: Arc<Store>, after_revision: u64) -> Result<ResponseStream<Wat
     let backlog = store.changes_after(after)?;
     tracing::debug!(after, backlog = backlog.len(), "watch opened");
     Ok(async_stream(move |sender| async move {
+        // Counted in /metrics until this task ends, whichever way it ends.
+        let _open = crate::metrics::watch_opened();
         let mut after = after;
         let mut changes = backlog;
         loop {
@@ -57,6 +59,7 @@ pub fn open(store: Arc<Store>, after_revision: u64) -> Result<ResponseStream<Wat
                         oldest = compacted.oldest,
                         "watcher fell behind the history"
                     );
+                    crate::metrics::record_watch_fell_behind();
                     let _ = sender.send(Err(to_status(compacted.into()))).await;
                     return;
                 }
@@ -137,6 +140,35 @@ mod tests {
             "the changes after revision 2 were compacted (this server holds changes from revision 8 on): take the revision from `orc cluster status`, read the state again, then watch after that revision"
         );
         assert!(open(store, 7).is_ok());
+    }
+
+    /// Polls `metrics::watches_open` until it equals `want` (10 s at most).
+    async fn wait_open_watches(want: u64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::metrics::watches_open() != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "open watches stayed at {} instead of {want}",
+                crate::metrics::watches_open()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_count_a_watch_while_it_is_open() {
+        // nextest runs each test in its own process, so the gauge is ours.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir, 100);
+        let before = crate::metrics::watches_open();
+        let mut stream = open(store.clone(), 0).unwrap();
+        write(&store, 1..=1);
+        assert_eq!(next_revisions(&mut stream, 1).await, [1]);
+        wait_open_watches(before + 1).await;
+        assert!(crate::metrics::render().contains(&format!("orc_watch_streams {}", before + 1)));
+        drop(stream);
+        // The stream's task notices the closed channel and ends.
+        wait_open_watches(before).await;
     }
 
     #[tokio::test(flavor = "current_thread")]
