@@ -23,7 +23,9 @@
 //!    same drift instead of measuring one early and the other late. Each
 //!    window also reports the host's CPU steal (from /proc/stat): on a
 //!    virtual machine a busy neighbour takes CPU away, and a window with
-//!    steal well above the others measured the neighbour, not the system.
+//!    steal well above the others measured the neighbour, not the system
+//!    (the targets end with a warning when a reported window lost more
+//!    than 10%).
 //! 2. leader failover: SIGKILL the leader, then from the kill start a new write
 //!    attempt every 20 ms, alternating between the two surviving members (each
 //!    attempt may run up to 5 s; orc's client-side retry is off so every attempt
@@ -1490,8 +1492,28 @@ fn targets(orc: &Report, etcd: &Report) -> String {
         "- zero bytes written by an idle orc cluster: {}",
         verdict(Some(orc.idle_write_bytes == 0))
     );
+    // A reported window in which the hypervisor took much of the CPU
+    // measured the neighbours as much as the systems.
+    let stolen: Vec<String> = orc
+        .loads
+        .iter()
+        .map(|l| ("orc", l))
+        .chain(etcd.loads.iter().map(|l| ("etcd", l)))
+        .filter(|(_, l)| l.steal_percent > STEAL_WARNING_PERCENT)
+        .map(|(name, l)| format!("{name} at {} client(s): {:.1}%", l.clients, l.steal_percent))
+        .collect();
+    if !stolen.is_empty() {
+        let _ = writeln!(
+            out,
+            "warning: host CPU steal above {STEAL_WARNING_PERCENT}% in reported windows ({}); run again when the host is quieter",
+            stolen.join(", ")
+        );
+    }
     out
 }
+
+/// Steal above this in a reported window earns a warning under the targets.
+const STEAL_WARNING_PERCENT: f64 = 10.0;
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
