@@ -763,6 +763,8 @@ struct OrcCounters {
     fsync_seconds: f64,
     proposals: f64,
     proposal_seconds: f64,
+    compactions: f64,
+    compaction_seconds: f64,
 }
 
 async fn orc_counters(address: &str) -> OrcCounters {
@@ -773,6 +775,8 @@ async fn orc_counters(address: &str) -> OrcCounters {
         fsync_seconds: metric(&text, "orc_raft_fsync_seconds_sum"),
         proposals: metric(&text, "orc_proposal_seconds_count"),
         proposal_seconds: metric(&text, "orc_proposal_seconds_sum"),
+        compactions: metric(&text, "orc_raft_compaction_seconds_count"),
+        compaction_seconds: metric(&text, "orc_raft_compaction_seconds_sum"),
     }
 }
 
@@ -909,11 +913,17 @@ async fn run_load(
         let fsyncs = after.fsyncs - before.fsyncs;
         let entries = after.fsync_entries - before.fsync_entries;
         let proposals = after.proposals - before.proposals;
+        let compactions = after.compactions - before.compactions;
         load.note = format!(
-            "leader: {fsyncs:.0} fsyncs, {:.1} entries/fsync, mean fsync {:.2} ms, mean orc_proposal_seconds {:.2} ms",
+            "leader: {fsyncs:.0} fsyncs, {:.1} entries/fsync, mean fsync {:.2} ms, mean orc_proposal_seconds {:.2} ms, {compactions:.0} compactions{}",
             if fsyncs > 0.0 { entries / fsyncs } else { 0.0 },
             if fsyncs > 0.0 { (after.fsync_seconds - before.fsync_seconds) * 1e3 / fsyncs } else { 0.0 },
             if proposals > 0.0 { (after.proposal_seconds - before.proposal_seconds) * 1e3 / proposals } else { 0.0 },
+            if compactions > 0.0 {
+                format!(", mean {:.1} ms", (after.compaction_seconds - before.compaction_seconds) * 1e3 / compactions)
+            } else {
+                String::new()
+            },
         );
     }
     load

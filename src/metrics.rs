@@ -68,6 +68,7 @@ static FSYNCS: AtomicU64 = AtomicU64::new(0);
 static FSYNC_ENTRIES: AtomicU64 = AtomicU64::new(0);
 static FSYNC_LATENCY: Histogram = Histogram::new();
 static COMPACTIONS: AtomicU64 = AtomicU64::new(0);
+static COMPACTION_LATENCY: Histogram = Histogram::new();
 static TERM: AtomicU64 = AtomicU64::new(0);
 static COMMIT: AtomicU64 = AtomicU64::new(0);
 static APPLIED: AtomicU64 = AtomicU64::new(0);
@@ -119,8 +120,9 @@ pub fn record_fsync(elapsed: Duration, entries: usize) {
 }
 
 /// Records a log compaction.
-pub fn record_compaction() {
+pub fn record_compaction(elapsed: Duration) {
     COMPACTIONS.fetch_add(1, Relaxed);
+    COMPACTION_LATENCY.observe(elapsed);
 }
 
 /// Records the raft node's latest status.
@@ -217,6 +219,11 @@ pub fn render() -> String {
         "Log compactions.",
         "counter",
         COMPACTIONS.load(Relaxed),
+    );
+    COMPACTION_LATENCY.render(
+        &mut out,
+        "orc_raft_compaction_seconds",
+        "Duration of one compaction: the state checkpoint, its flush and the log cut, all on the raft thread (which sends no heartbeat meanwhile).",
     );
     gauge(
         &mut out,

@@ -791,12 +791,20 @@ impl RaftNode {
         }
         // The state machine must be durable before its log entries go: write
         // a checkpoint of it (as of `applied`, past `to`) and flush.
+        let started = Instant::now();
         self.store.checkpoint()?;
         self.storage.flush()?;
         self.storage.compact(to)?;
         self.applied_bytes = 0;
-        metrics::record_compaction();
-        tracing::debug!(node = self.config.node_id, to, "compacted the raft log");
+        let elapsed = started.elapsed();
+        metrics::record_compaction(elapsed);
+        tracing::debug!(
+            node = self.config.node_id,
+            to,
+            checkpoint_bytes = self.store.checkpoint_bytes(),
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "compacted the raft log"
+        );
         Ok(())
     }
 
