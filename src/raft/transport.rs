@@ -6,11 +6,11 @@
 //! peer's channel there, so the connection tasks run on the raft thread's
 //! own runtime, which the raft loop turns right after queuing messages
 //! (`raft::node`): messages reach the socket with no thread hand-off, and
-//! before the raft thread's fsync. Snapshots go one by one as unary `Peer.Raft` calls
-//! on a task of their own. Failures are reported back to raft-rs
-//! (`report_unreachable`, `report_snapshot`); raft-rs retries by itself, so
-//! messages queued while a peer is unreachable are dropped, never kept
-//! without bound.
+//! before the raft thread's fsync. Snapshots go one by one as unary
+//! `Peer.Raft` calls on a task of their own. Failures are reported back to
+//! raft-rs (`report_unreachable`, `report_snapshot`); raft-rs retries by
+//! itself, so messages queued while a peer is unreachable are dropped, never
+//! kept without bound.
 
 use std::collections::HashMap;
 use std::pin::Pin;

@@ -321,11 +321,8 @@ pub(crate) fn create_cluster_proposal(name: &str) -> Proposal {
 
 #[cfg(test)]
 mod tests {
+    use super::create_cluster_proposal as create;
     use super::*;
-
-    fn create(name: &str) -> Proposal {
-        create_cluster_proposal(name)
-    }
 
     fn names(store: &Store) -> Vec<String> {
         store.read(|s| s.clusters.iter().map(|(k, _)| k.clone()).collect())
