@@ -1,0 +1,480 @@
+//! The clap definitions of the `orc` command line: every verb, its flags and
+//! their defaults, named like `aws ecs`. Parsing only; running a verb is
+//! `dispatch`, starting a role is `roles`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The default API address of `orc up` and `orc server`.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7400";
+
+/// orc: a self-hosted mini container orchestrator shaped like AWS ECS.
+#[derive(Parser, Debug)]
+#[command(name = "orc", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The orc server to talk to.
+    #[arg(long, global = true, env = "ORC_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// How to print results: tables for people, json shaped like `aws ecs` for scripts.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// The ECS response as JSON.
+    Json,
+}
+
+/// Every subcommand.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a whole single-machine cluster in one process (the place to start).
+    Up(UpArgs),
+    /// Run a control-plane server, or change the control plane's membership.
+    Server(ServerCommand),
+    /// Run the container instance agent on this machine (drives the local Docker).
+    Agent(crate::agent::config::AgentArgs),
+    /// Print a task's container logs (from the local Docker Engine).
+    Logs {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The task id or ARN.
+        task: String,
+        /// Only this container (default: every container of the task).
+        #[arg(long)]
+        container: Option<String>,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only lines newer than this many seconds ago.
+        #[arg(long)]
+        since: Option<i64>,
+    },
+    /// Control-plane commands.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Print each change of the control plane's state as it is applied, one
+    /// line each, until ctrl-c; resumes where it was after a lost connection.
+    Watch {
+        /// Print the changes after this revision (default, or 0: the
+        /// server's current revision, so only new changes).
+        #[arg(long)]
+        after_revision: Option<u64>,
+    },
+    /// Create an ECS cluster.
+    CreateCluster {
+        /// The cluster's name.
+        #[arg(long)]
+        cluster_name: String,
+        /// Tags as key=value (repeatable).
+        #[arg(long = "tags", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// List cluster ARNs.
+    ListClusters,
+    /// Describe clusters (default: the default cluster).
+    DescribeClusters {
+        /// Cluster names or ARNs.
+        #[arg(long, num_args = 1..)]
+        clusters: Vec<String>,
+    },
+    /// Delete a cluster (it turns INACTIVE).
+    DeleteCluster {
+        /// The cluster's name or ARN.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Register a task definition (ECS JSON) as the family's next revision.
+    RegisterTaskDefinition {
+        /// The whole request as JSON, or file://PATH.
+        #[arg(long, required_unless_present = "family")]
+        cli_input_json: Option<String>,
+        /// The family (with --container-definitions).
+        #[arg(long, requires = "container_definitions")]
+        family: Option<String>,
+        /// Container definitions as a JSON list, or file://PATH.
+        #[arg(long)]
+        container_definitions: Option<String>,
+    },
+    /// Describe a task definition (family, family:revision or ARN).
+    DescribeTaskDefinition {
+        /// The task definition.
+        #[arg(long)]
+        task_definition: String,
+    },
+    /// List task definition ARNs.
+    ListTaskDefinitions {
+        /// Only families starting with this.
+        #[arg(long)]
+        family_prefix: Option<String>,
+        /// ACTIVE (default), INACTIVE or DELETE_IN_PROGRESS.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Deregister a task definition revision (it turns INACTIVE).
+    DeregisterTaskDefinition {
+        /// family:revision.
+        #[arg(long)]
+        task_definition: String,
+    },
+    /// Delete INACTIVE task definition revisions.
+    DeleteTaskDefinitions {
+        /// family:revision (repeatable).
+        #[arg(long, num_args = 1..)]
+        task_definitions: Vec<String>,
+    },
+    /// Run tasks from a task definition.
+    RunTask(RunTaskArgs),
+    /// Stop a task.
+    StopTask {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The task id or ARN.
+        #[arg(long)]
+        task: String,
+        /// Why (shown as stoppedReason).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Why a task runs where it runs, or why it fits nowhere: a verdict per instance.
+    ExplainTask {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The task id or ARN.
+        task: String,
+    },
+    /// Describe tasks.
+    DescribeTasks {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Task ids or ARNs.
+        #[arg(long, num_args = 1.., required = true)]
+        tasks: Vec<String>,
+    },
+    /// List task ARNs.
+    ListTasks {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only tasks on this container instance.
+        #[arg(long)]
+        container_instance: Option<String>,
+        /// Only tasks of this family.
+        #[arg(long)]
+        family: Option<String>,
+        /// Only tasks of this service.
+        #[arg(long)]
+        service_name: Option<String>,
+        /// RUNNING (default), PENDING or STOPPED.
+        #[arg(long)]
+        desired_status: Option<String>,
+        /// Only tasks started by this.
+        #[arg(long)]
+        started_by: Option<String>,
+    },
+    /// Wait until tasks reach a state, with a live progress line.
+    #[command(subcommand)]
+    Wait(WaitCommand),
+    /// List container instance ARNs.
+    ListContainerInstances {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only instances with this status.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Describe container instances (default: all of the cluster).
+    DescribeContainerInstances {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Instance ids or ARNs.
+        #[arg(long, num_args = 1..)]
+        container_instances: Vec<String>,
+    },
+    /// Create a service that keeps tasks running.
+    CreateService(CreateServiceArgs),
+    /// Change a service: desired count, task definition, deployment configuration.
+    UpdateService {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// New desired count.
+        #[arg(long)]
+        desired_count: Option<u32>,
+        /// New task definition (starts a deployment).
+        #[arg(long)]
+        task_definition: Option<String>,
+        /// Start a new deployment (spreads tasks again).
+        #[arg(long)]
+        force_new_deployment: bool,
+        /// maximumPercent=…,minimumHealthyPercent=…,deploymentCircuitBreaker={enable=…,rollback=…}
+        #[arg(long)]
+        deployment_configuration: Option<String>,
+        /// Seconds to ignore failing health checks after a task starts.
+        #[arg(long)]
+        health_check_grace_period_seconds: Option<u32>,
+    },
+    /// Delete a service (scale it to 0 first, or pass --force).
+    DeleteService {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// Delete even while it runs tasks.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Describe services: counts, deployments, newest events.
+    DescribeServices {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Service names or ARNs.
+        #[arg(long, num_args = 1.., required = true)]
+        services: Vec<String>,
+    },
+    /// List service ARNs.
+    ListServices {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Set container instances ACTIVE or DRAINING.
+    UpdateContainerInstancesState {
+        /// The cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Instance ids or ARNs.
+        #[arg(long, num_args = 1.., required = true)]
+        container_instances: Vec<String>,
+        /// ACTIVE or DRAINING.
+        #[arg(long)]
+        status: String,
+    },
+}
+
+/// `orc run-task`.
+#[derive(Args, Debug)]
+pub struct RunTaskArgs {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// family, family:revision or ARN.
+    #[arg(long)]
+    pub task_definition: String,
+    /// How many tasks (1 to 10).
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// A tag saying who started them.
+    #[arg(long)]
+    pub started_by: Option<String>,
+    /// The task group (default family:NAME).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// ECS overrides JSON, or file://PATH.
+    #[arg(long)]
+    pub overrides: Option<String>,
+    /// Constraints: JSON or `type=distinctInstance type=memberOf,expression=...`.
+    #[arg(long)]
+    pub placement_constraints: Option<String>,
+    /// Strategies: JSON or `type=binpack,field=memory type=spread,field=instanceId`.
+    #[arg(long)]
+    pub placement_strategy: Option<String>,
+    /// Print, per instance, why it was chosen or rejected.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// `orc create-service`.
+#[derive(Args, Debug)]
+pub struct CreateServiceArgs {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The service's name.
+    #[arg(long)]
+    pub service_name: String,
+    /// family, family:revision or ARN.
+    #[arg(long)]
+    pub task_definition: String,
+    /// How many tasks to keep running.
+    #[arg(long)]
+    pub desired_count: Option<u32>,
+    /// maximumPercent=…,minimumHealthyPercent=…,deploymentCircuitBreaker={enable=…,rollback=…}
+    #[arg(long)]
+    pub deployment_configuration: Option<String>,
+    /// Strategies: JSON or `type=spread,field=instanceId`.
+    #[arg(long)]
+    pub placement_strategy: Option<String>,
+    /// Constraints: JSON or `type=distinctInstance`.
+    #[arg(long)]
+    pub placement_constraints: Option<String>,
+    /// targetGroupArn=…,containerName=…,containerPort=… (space-separated for several).
+    #[arg(long)]
+    pub load_balancers: Option<String>,
+    /// Seconds to ignore failing health checks after a task starts.
+    #[arg(long)]
+    pub health_check_grace_period_seconds: Option<u32>,
+    /// REPLICA (default) or DAEMON.
+    #[arg(long)]
+    pub scheduling_strategy: Option<String>,
+}
+
+/// `orc wait ...`.
+#[derive(Subcommand, Debug)]
+pub enum WaitCommand {
+    /// Until every task is RUNNING (fails if one stops).
+    TasksRunning(WaitTasks),
+    /// Until every task is STOPPED.
+    TasksStopped(WaitTasks),
+    /// Until services run their desired count with one deployment.
+    ServicesStable(WaitServices),
+}
+
+/// The services to wait for.
+#[derive(Args, Debug)]
+pub struct WaitServices {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Service names or ARNs.
+    #[arg(long, num_args = 1.., required = true)]
+    pub services: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// The tasks to wait for.
+#[derive(Args, Debug)]
+pub struct WaitTasks {
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Task ids or ARNs.
+    #[arg(long, num_args = 1.., required = true)]
+    pub tasks: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    let body = text.strip_prefix("key=").unwrap_or(text);
+    match body.split_once([',', '=']) {
+        Some((key, value)) => Ok((
+            key.to_string(),
+            value.trim_start_matches("value=").to_string(),
+        )),
+        None => Err(format!("tag {text:?} must look like key=value")),
+    }
+}
+
+/// `orc up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where orc keeps its state.
+    #[arg(long, env = "ORC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The API address.
+    #[arg(long, default_value = DEFAULT_ENDPOINT)]
+    pub listen: String,
+    /// Run only the control plane, no agent (no Docker needed).
+    #[arg(long)]
+    pub no_agent: bool,
+}
+
+/// `orc server` and its membership subcommands.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerCommand {
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
+    #[command(flatten)]
+    pub run: ServerArgs,
+}
+
+/// Membership changes.
+#[derive(Subcommand, Debug)]
+pub enum ServerAction {
+    /// Add a server by id and address (`orc server --join` does this for you).
+    Add {
+        /// The new member's raft id.
+        #[arg(long)]
+        node_id: u64,
+        /// Where it listens.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a server from the control plane.
+    Remove {
+        /// The member's raft id (see `orc cluster status`).
+        #[arg(long)]
+        node_id: u64,
+    },
+}
+
+/// Flags of a running server.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Where this server keeps its raft log and state.
+    #[arg(long, env = "ORC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, default_value = DEFAULT_ENDPOINT)]
+    pub listen: String,
+    /// The address peers and clients use to reach this server.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Create a new control plane with this server as its first member.
+    #[arg(long, conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// Join the control plane of the server at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Election time-out in milliseconds, randomized per election up to
+    /// 1.3 times this (raise it for slow SD cards).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// Compact the raft log after this many applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_threshold: u64,
+    /// sled page cache in MiB.
+    #[arg(long, default_value_t = 8)]
+    pub cache_mib: u64,
+    /// How many changes to keep for watchers to resume from (lowered by tests).
+    #[arg(long, default_value_t = crate::store::history::CAPACITY, hide = true)]
+    pub watch_history: usize,
+}
+
+/// `orc cluster ...`.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Members, leader, term, commit and applied index, each member's health.
+    Status {
+        /// Read the local view instead of a linearizable one.
+        #[arg(long)]
+        local: bool,
+    },
+}

@@ -1,0 +1,432 @@
+//! Running one parsed command line: each client verb becomes one `Orc.Call`
+//! (or a watch, a wait, a log stream) and its answer goes through `output`.
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use super::args::*;
+use super::output::Output;
+use super::{roles, shorthand, wait, watch};
+use crate::client::Client;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let output = Output::new(cli.output);
+    match cli.command {
+        Command::Up(args) => roles::up(args).await,
+        Command::Agent(args) => roles::agent(args).await,
+        Command::Logs {
+            cluster,
+            task,
+            container,
+            follow,
+            since,
+        } => {
+            logs(
+                &cli.endpoint,
+                cluster,
+                &task,
+                container.as_deref(),
+                follow,
+                since,
+            )
+            .await
+        }
+        Command::Server(ServerCommand {
+            action: Some(action),
+            ..
+        }) => {
+            let client = Client::new(&cli.endpoint)?;
+            let answer = match action {
+                ServerAction::Add { node_id, address } => {
+                    client.add_server(node_id, &address, "").await?
+                }
+                ServerAction::Remove { node_id } => client.remove_server(node_id).await?,
+            };
+            output.members(&answer.cluster_id, &answer.members);
+            Ok(())
+        }
+        Command::Server(ServerCommand { action: None, run }) => roles::server(run).await,
+        Command::Cluster(ClusterCommand::Status { local }) => {
+            let client = Client::new(&cli.endpoint)?;
+            let status = client.cluster_status(!local).await?;
+            output.cluster_status(&status);
+            Ok(())
+        }
+        Command::Watch { after_revision } => {
+            watch::run(&cli.endpoint, &output, after_revision).await
+        }
+        Command::CreateCluster { cluster_name, tags } => {
+            let tags: Vec<_> = tags
+                .into_iter()
+                .map(|(key, value)| json!({"key": key, "value": value}))
+                .collect();
+            let body = json!({"clusterName": cluster_name, "tags": tags});
+            ecs(&cli.endpoint, &output, "CreateCluster", body).await
+        }
+        Command::ListClusters => ecs(&cli.endpoint, &output, "ListClusters", json!({})).await,
+        Command::DescribeClusters { clusters } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeClusters",
+                json!({"clusters": clusters}),
+            )
+            .await
+        }
+        Command::DeleteCluster { cluster } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeleteCluster",
+                json!({"cluster": cluster}),
+            )
+            .await
+        }
+        Command::RegisterTaskDefinition {
+            cli_input_json,
+            family,
+            container_definitions,
+        } => {
+            let body = match (cli_input_json, family, container_definitions) {
+                (Some(input), _, _) => read_json_argument("--cli-input-json", &input)?,
+                (None, Some(family), Some(definitions)) => {
+                    let definitions = read_json_argument("--container-definitions", &definitions)?;
+                    json!({"family": family, "containerDefinitions": definitions})
+                }
+                _ => {
+                    anyhow::bail!("pass --cli-input-json, or --family with --container-definitions")
+                }
+            };
+            ecs(&cli.endpoint, &output, "RegisterTaskDefinition", body).await
+        }
+        Command::DescribeTaskDefinition { task_definition } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeTaskDefinition",
+                json!({"taskDefinition": task_definition}),
+            )
+            .await
+        }
+        Command::ListTaskDefinitions {
+            family_prefix,
+            status,
+        } => {
+            let body = json!({"familyPrefix": family_prefix, "status": status});
+            ecs(&cli.endpoint, &output, "ListTaskDefinitions", body).await
+        }
+        Command::DeregisterTaskDefinition { task_definition } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeregisterTaskDefinition",
+                json!({"taskDefinition": task_definition}),
+            )
+            .await
+        }
+        Command::DeleteTaskDefinitions { task_definitions } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeleteTaskDefinitions",
+                json!({"taskDefinitions": task_definitions}),
+            )
+            .await
+        }
+        Command::RunTask(args) => {
+            let body = run_task_body(&args)?;
+            ecs(&cli.endpoint, &output, "RunTask", body).await
+        }
+        Command::StopTask {
+            cluster,
+            task,
+            reason,
+        } => {
+            let body = json!({"cluster": cluster, "task": task, "reason": reason});
+            ecs(&cli.endpoint, &output, "StopTask", body).await
+        }
+        Command::ExplainTask { cluster, task } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "ExplainTask",
+                json!({"cluster": cluster, "task": task}),
+            )
+            .await
+        }
+        Command::DescribeTasks { cluster, tasks } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeTasks",
+                json!({"cluster": cluster, "tasks": tasks}),
+            )
+            .await
+        }
+        Command::ListTasks {
+            cluster,
+            container_instance,
+            family,
+            service_name,
+            desired_status,
+            started_by,
+        } => {
+            let body = json!({
+                "cluster": cluster, "containerInstance": container_instance, "family": family,
+                "serviceName": service_name, "desiredStatus": desired_status, "startedBy": started_by,
+            });
+            ecs(&cli.endpoint, &output, "ListTasks", body).await
+        }
+        Command::Wait(wait) => wait::run(&cli.endpoint, wait).await,
+        Command::CreateService(args) => {
+            let body = create_service_body(&args)?;
+            ecs(&cli.endpoint, &output, "CreateService", body).await
+        }
+        Command::UpdateService {
+            cluster,
+            service,
+            desired_count,
+            task_definition,
+            force_new_deployment,
+            deployment_configuration,
+            health_check_grace_period_seconds,
+        } => {
+            let configuration = deployment_configuration
+                .map(|c| shorthand::parse_structure("--deployment-configuration", &c))
+                .transpose()?;
+            let body = json!({
+                "cluster": cluster, "service": service, "desiredCount": desired_count,
+                "taskDefinition": task_definition, "forceNewDeployment": force_new_deployment,
+                "deploymentConfiguration": configuration,
+                "healthCheckGracePeriodSeconds": health_check_grace_period_seconds,
+            });
+            ecs(&cli.endpoint, &output, "UpdateService", body).await
+        }
+        Command::DeleteService {
+            cluster,
+            service,
+            force,
+        } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DeleteService",
+                json!({"cluster": cluster, "service": service, "force": force}),
+            )
+            .await
+        }
+        Command::DescribeServices { cluster, services } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "DescribeServices",
+                json!({"cluster": cluster, "services": services}),
+            )
+            .await
+        }
+        Command::ListServices { cluster } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "ListServices",
+                json!({"cluster": cluster}),
+            )
+            .await
+        }
+        Command::ListContainerInstances { cluster, status } => {
+            ecs(
+                &cli.endpoint,
+                &output,
+                "ListContainerInstances",
+                json!({"cluster": cluster, "status": status}),
+            )
+            .await
+        }
+        Command::DescribeContainerInstances {
+            cluster,
+            container_instances,
+        } => {
+            let body = json!({"cluster": cluster, "containerInstances": container_instances});
+            ecs(&cli.endpoint, &output, "DescribeContainerInstances", body).await
+        }
+        Command::UpdateContainerInstancesState {
+            cluster,
+            container_instances,
+            status,
+        } => {
+            let body = json!({"cluster": cluster, "containerInstances": container_instances, "status": status});
+            ecs(
+                &cli.endpoint,
+                &output,
+                "UpdateContainerInstancesState",
+                body,
+            )
+            .await
+        }
+    }
+}
+
+/// Reads a JSON argument given inline or as `file://PATH`, as the aws CLI does.
+pub fn read_json_argument(flag: &str, value: &str) -> anyhow::Result<serde_json::Value> {
+    let text = match value.strip_prefix("file://") {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}"))?
+        }
+        None => value.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{flag}: invalid json: {e}"))
+}
+
+/// `--placement-constraints` and `--placement-strategy` (JSON or shorthand),
+/// parsed the same way for run-task and create-service.
+fn placement_flags(
+    constraints: &Option<String>,
+    strategies: &Option<String>,
+) -> anyhow::Result<(
+    Vec<crate::scheduler::placement::PlacementConstraint>,
+    Vec<crate::scheduler::placement::PlacementStrategy>,
+)> {
+    use crate::scheduler::placement;
+    let constraints = match constraints {
+        Some(text) => placement::parse_constraints(text)
+            .map_err(|e| anyhow::anyhow!("--placement-constraints: {e}"))?,
+        None => vec![],
+    };
+    let strategies = match strategies {
+        Some(text) => placement::parse_strategies(text)
+            .map_err(|e| anyhow::anyhow!("--placement-strategy: {e}"))?,
+        None => vec![],
+    };
+    Ok((constraints, strategies))
+}
+
+fn create_service_body(args: &CreateServiceArgs) -> anyhow::Result<serde_json::Value> {
+    let configuration = args
+        .deployment_configuration
+        .as_deref()
+        .map(|c| shorthand::parse_structure("--deployment-configuration", c))
+        .transpose()?;
+    let load_balancers = args
+        .load_balancers
+        .as_deref()
+        .map(|l| shorthand::parse_list("--load-balancers", l))
+        .transpose()?
+        .unwrap_or_else(|| json!([]));
+    let (constraints, strategies) =
+        placement_flags(&args.placement_constraints, &args.placement_strategy)?;
+    Ok(json!({
+        "cluster": args.cluster, "serviceName": args.service_name, "taskDefinition": args.task_definition,
+        "desiredCount": args.desired_count, "deploymentConfiguration": configuration,
+        "placementStrategy": strategies, "placementConstraints": constraints, "loadBalancers": load_balancers,
+        "healthCheckGracePeriodSeconds": args.health_check_grace_period_seconds,
+        "schedulingStrategy": args.scheduling_strategy,
+    }))
+}
+
+fn run_task_body(args: &RunTaskArgs) -> anyhow::Result<serde_json::Value> {
+    let overrides = args
+        .overrides
+        .as_deref()
+        .map(|o| read_json_argument("--overrides", o))
+        .transpose()?;
+    let (constraints, strategies) =
+        placement_flags(&args.placement_constraints, &args.placement_strategy)?;
+    Ok(json!({
+        "cluster": args.cluster, "taskDefinition": args.task_definition, "count": args.count,
+        "startedBy": args.started_by, "group": args.group, "overrides": overrides,
+        "placementConstraints": constraints, "placementStrategy": strategies, "explain": args.explain,
+    }))
+}
+
+async fn ecs(
+    endpoint: &str,
+    output: &Output,
+    action: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
+    let client = Client::new(endpoint)?;
+    let (answer, warnings) = client.call(action, body).await?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    output.action(action, &answer);
+    Ok(())
+}
+
+async fn logs(
+    endpoint: &str,
+    cluster: Option<String>,
+    task: &str,
+    container: Option<&str>,
+    follow: bool,
+    since: Option<i64>,
+) -> anyhow::Result<()> {
+    use crate::agent::runtime::Runtime as _;
+    use futures::StreamExt as _;
+    let client = Client::new(endpoint)?;
+    let (answer, _) = client
+        .call(
+            "DescribeTasks",
+            json!({"cluster": cluster, "tasks": [task]}),
+        )
+        .await?;
+    let Some(described) = answer["tasks"].as_array().and_then(|t| t.first()).cloned() else {
+        anyhow::bail!("task {task} was not found: check the id and --cluster");
+    };
+    let runtime = crate::agent::docker::DockerRuntime::connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let since = since.map(|seconds| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|now| now.as_secs() as i64 - seconds)
+            .unwrap_or(0)
+    });
+    let containers: Vec<serde_json::Value> = described["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| container.is_none_or(|name| c["name"] == name))
+        .cloned()
+        .collect();
+    if containers.is_empty() {
+        anyhow::bail!(
+            "task {task} has no container named {:?}",
+            container.unwrap_or("")
+        );
+    }
+    let many = containers.len() > 1;
+    let mut streams = Vec::new();
+    for c in &containers {
+        let name = c["name"].as_str().unwrap_or("?").to_string();
+        let Some(id) = c["runtimeId"].as_str() else {
+            eprintln!(
+                "{name}: no container yet (the task is {})",
+                described["lastStatus"].as_str().unwrap_or("?")
+            );
+            continue;
+        };
+        let prefix = if many {
+            format!("{name} | ")
+        } else {
+            String::new()
+        };
+        streams.push(
+            runtime
+                .logs(id, follow, since, None)
+                .map(move |line| (prefix.clone(), line))
+                .boxed(),
+        );
+    }
+    let mut merged = futures::stream::select_all(streams);
+    while let Some((prefix, line)) = merged.next().await {
+        match line {
+            Ok(line) => println!("{prefix}{}", line.text.trim_end_matches('\n')),
+            Err(error) => anyhow::bail!(
+                "cannot read the logs from the local Docker Engine ({error}); `orc logs` reads the Docker of the machine it runs on, so run it on the task's instance"
+            ),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Starting the long-running roles: `orc server`, `orc agent` and `orc up`
+//! (a one-server control plane and an agent in one process), each until a
+//! shutdown signal.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::args::{ServerArgs, UpArgs};
+use crate::server::{self, ServerOptions};
+
+fn default_data_dir(role: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("orc").join(role)
+}
+
+fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
+    let mut options = ServerOptions::new(data_dir, args.listen.clone());
+    options.advertise = args.advertise.clone();
+    options.bootstrap = args.bootstrap;
+    options.join = args.join.clone();
+    options.heartbeat = Duration::from_millis(args.heartbeat_ms.max(1));
+    options.election_timeout =
+        Duration::from_millis(args.election_timeout_ms.max(3 * args.heartbeat_ms.max(1)));
+    options.snapshot_threshold = args.snapshot_threshold.max(2);
+    options.cache_mib = args.cache_mib.max(1);
+    options.watch_history = args.watch_history.max(1);
+    options
+}
+
+/// `orc server`: runs one member of the control plane until a shutdown
+/// signal or until it is removed.
+pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_data_dir("server"));
+    let server = server::start(server_options(&args, data_dir)).await?;
+    eprintln!(
+        "orc server {} listening on {} (control plane API and /metrics)",
+        server.node_id, server.advertise
+    );
+    tokio::select! {
+        _ = shutdown_signal() => eprintln!("shutting down"),
+        _ = server.removed() => eprintln!("this server was removed from the control plane; exiting"),
+    }
+    server.stop();
+    Ok(())
+}
+
+/// `orc up`: a one-server control plane and (unless `--no-agent`) an agent
+/// in one process.
+pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(|| default_data_dir("up"));
+    let server_dir = data_dir.join("server");
+    let fresh = matches!(
+        crate::datadir::DataDir::inspect(&server_dir)?,
+        crate::datadir::DataDir::Fresh(_)
+    );
+    let mut options = ServerOptions::new(server_dir, args.listen.clone());
+    options.bootstrap = fresh;
+    let server = server::start(options)
+        .await
+        .with_context(|| format!("cannot start orc up with data dir {}", data_dir.display()))?;
+    let mut status = server.raft.watch_status();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.applied_index > 1 && s.leader_id != 0),
+    )
+    .await;
+    let (stop_agent, agent_stopped) = tokio::sync::watch::channel(false);
+    let agent = if args.no_agent {
+        None
+    } else {
+        let runtime = crate::agent::docker::DockerRuntime::connect()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; start Docker, or run `orc up --no-agent` for the control plane alone"
+                )
+            })?;
+        let config = crate::agent::config::AgentConfig::new(
+            server.advertise.clone(),
+            crate::model::DEFAULT_CLUSTER,
+            data_dir.join("agent"),
+        );
+        let mut agent_stopped = agent_stopped.clone();
+        Some(tokio::spawn(crate::agent::worker::run(
+            config,
+            std::sync::Arc::new(runtime),
+            async move {
+                let _ = agent_stopped.wait_for(|stop| *stop).await;
+            },
+        )))
+    };
+    eprintln!("orc is up (data in {})", data_dir.display());
+    eprintln!(
+        "  control plane API   {}   (try: orc cluster status)",
+        server.advertise
+    );
+    if agent.is_some() {
+        eprintln!("  container instance  this machine's Docker Engine, cluster default   (try: orc list-container-instances)");
+    }
+    eprintln!("  metrics             http://{}/metrics", server.advertise);
+    eprintln!(
+        "press ctrl-c to stop (running tasks keep running and are adopted on the next start)"
+    );
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    let _ = stop_agent.send(true);
+    if let Some(agent) = agent {
+        let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    }
+    server.stop();
+    Ok(())
+}
+
+/// `orc agent`: registers this machine as a container instance and drives
+/// its Docker Engine until a shutdown signal.
+pub(super) async fn agent(args: crate::agent::config::AgentArgs) -> anyhow::Result<()> {
+    let config = crate::agent::config::AgentConfig::try_from(args)?;
+    let runtime = crate::agent::docker::DockerRuntime::connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "orc agent: registering with {} in cluster {}",
+        config.server, config.cluster
+    );
+    crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
