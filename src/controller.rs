@@ -7,12 +7,12 @@
 use std::time::{Duration, Instant};
 
 use crate::api::agent::Liveness;
-use crate::api::ecs::now_ms;
 use crate::raft::node::{RaftHandle, Role};
 use crate::scheduler::{self, placement, service};
 use crate::store::ecs::{PlannedTask, TaskLaunch};
 use crate::store::services::PlanResult;
 use crate::store::{Command, Proposal, State};
+use crate::vocab::time::now_ms;
 
 /// Timing of the control loops.
 #[derive(Clone, Debug)]

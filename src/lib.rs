@@ -17,5 +17,6 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod taskdef;
+pub mod vocab;
 
 pub use error::{Error, Result};

@@ -527,6 +527,29 @@ pub struct ServiceEvent {
     /// ECS's wording, e.g. "(service web) has reached a steady state.".
     pub message: String,
 }
+/// The first restart delay of a crash loop; it doubles per consecutive failure.
+pub const BACKOFF_BASE_MS: u64 = 250;
+/// The longest restart delay.
+pub const BACKOFF_CAP_MS: u64 = 30_000;
+
+/// The restart delay after `failures` consecutive failed launches.
+pub fn backoff_ms(failures: u32) -> u64 {
+    if failures == 0 {
+        return 0;
+    }
+    BACKOFF_BASE_MS
+        .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
+        .min(BACKOFF_CAP_MS)
+}
+
+/// The restart delay of a service: failures are counted in rounds of the
+/// desired count (a service of 4 whose 4 new tasks all fail has failed once),
+/// so a bad revision reaches the circuit breaker quickly while a crash loop
+/// still slows down exponentially. The service reconciler waits it out and
+/// `apply` records it, so both read it from here.
+pub fn restart_delay_ms(consecutive_failures: u32, desired: u32) -> u64 {
+    backoff_ms(consecutive_failures.div_ceil(desired.max(1)))
+}
 
 /// A service as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -548,10 +571,10 @@ pub struct Service {
     pub deployment_configuration: DeploymentConfiguration,
     /// Placement strategies (ECS JSON).
     #[serde(default)]
-    pub placement_strategy: Vec<crate::scheduler::placement::PlacementStrategy>,
+    pub placement_strategy: Vec<crate::vocab::placement::PlacementStrategy>,
     /// Placement constraints (ECS JSON).
     #[serde(default)]
-    pub placement_constraints: Vec<crate::scheduler::placement::PlacementConstraint>,
+    pub placement_constraints: Vec<crate::vocab::placement::PlacementConstraint>,
     /// Load balancers (orc's built-in proxy target groups).
     #[serde(default)]
     pub load_balancers: Vec<LoadBalancer>,

@@ -255,7 +255,7 @@ async fn initialize_when_leader(raft: RaftHandle, marker: Marker, advertise: Str
                     control_plane_id: marker.control_plane_id.clone(),
                     first_member_id: marker.node_id,
                     first_member_address: advertise.clone(),
-                    now_ms: api::ecs::now_ms(),
+                    now_ms: crate::vocab::time::now_ms(),
                 },
             };
             match raft.propose(proposal).await {

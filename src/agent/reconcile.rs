@@ -222,7 +222,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
     }
     for a in input.assignments {
         for (p, proto) in a.task_definition.static_host_ports() {
-            used_ports.insert((p, convert_protocol(proto)));
+            used_ports.insert((p, proto));
         }
     }
     let mut used_subnets: BTreeSet<String> = input.busy.subnets.clone();
@@ -292,13 +292,6 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
         }
     }
     plan
-}
-
-fn convert_protocol(p: crate::taskdef::Protocol) -> Protocol {
-    match p {
-        crate::taskdef::Protocol::Tcp => Protocol::Tcp,
-        crate::taskdef::Protocol::Udp => Protocol::Udp,
-    }
 }
 
 struct TaskCtx<'a, 'b> {
@@ -610,7 +603,7 @@ impl<'a> TaskCtx<'a, '_> {
             let Some(container_port) = pm.container_port.and_then(|p| u16::try_from(p).ok()) else {
                 continue;
             };
-            let protocol = convert_protocol(pm.protocol);
+            let protocol = pm.protocol;
             let host_port = match pm.static_host_port() {
                 Some(p) => p,
                 None => {

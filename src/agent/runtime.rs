@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+pub use crate::vocab::Protocol;
+
 /// A container id as the engine reports it (Docker: 64 hex characters).
 pub type ContainerId = String;
 
@@ -111,42 +113,6 @@ impl fmt::Display for PullBehavior {
             Self::Once => "once",
             Self::PreferCached => "prefer-cached",
         })
-    }
-}
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" | "" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            other => Err(format!("unknown protocol {other:?} (expected tcp or udp)")),
-        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,7 @@ use crate::proto::agent_api_client::AgentApiClient;
 use crate::proto::{
     HeartbeatRequest, RegisterInstanceRequest, TaskStateReport, WatchAssignmentsRequest,
 };
+use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
 /// Host ports ECS reserves on every instance.
@@ -136,13 +137,6 @@ pub fn registration(config: &AgentConfig, node: &NodeResources) -> InstanceRegis
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         docker_version: node.docker_version.clone(),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Doubling pause, capped.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use super::ecs::now_ms;
 use super::status::to_status;
 use super::{async_stream, ApiContext};
 use crate::model::{Assignment, InstanceRegistration, TaskStateChange};
@@ -22,6 +21,7 @@ use crate::proto::{
 };
 use crate::raft::node::Role;
 use crate::store::{Command, Proposal, State};
+use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
 /// When each instance last sent a heartbeat, as seen by this server.

@@ -3,14 +3,13 @@
 //! Writes become `store::Command`s proposed through Raft; reads wait on a
 //! ReadIndex barrier and then read the local state.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::model::{self, Cluster, Tag};
 use crate::raft::node::RaftHandle;
 use crate::store::{Command, Proposal, State};
+use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
 /// What an action returns: the ECS body and warnings for stderr.
@@ -28,14 +27,6 @@ impl From<Value> for ActionResult {
             warnings: Vec::new(),
         }
     }
-}
-
-/// Milliseconds since the epoch, chosen by the proposer and carried in commands.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> Result<T> {

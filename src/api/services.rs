@@ -4,12 +4,13 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{cluster_of, now_ms, parse, propose, read_linearizable, ActionResult};
+use super::ecs::{cluster_of, parse, propose, read_linearizable, ActionResult};
 use crate::model::{self, DeploymentConfiguration, LoadBalancer, Service, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::placement::{self, PlacementConstraint, PlacementStrategy};
 use crate::store::services::ServiceUpdate;
 use crate::store::{Command, State};
+use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
 /// Handles the service actions; `None` for other actions.

@@ -6,13 +6,14 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{cluster_of, now_ms, parse, propose, read_linearizable as read, ActionResult};
+use super::ecs::{cluster_of, parse, propose, read_linearizable as read, ActionResult};
 use crate::model::{self, stop_code, ContainerInstance, Task, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::{self, placement};
 use crate::store::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use crate::store::{Command, State};
 use crate::taskdef::{self, TaskDefinitionRef, TaskDefinitionStatus};
+use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
 /// ECS allows at most 10 tasks per run-task call.

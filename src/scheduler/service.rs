@@ -17,10 +17,7 @@ use crate::model::{Service, Task, TaskStatus};
 use crate::scheduler::placement::{InstanceStatus, InstanceView, PlacementConstraint};
 use crate::scheduler::query::QuerySubject;
 
-/// The first restart delay of a crash loop; it doubles per consecutive failure.
-pub const BACKOFF_BASE_MS: u64 = 250;
-/// The longest restart delay.
-pub const BACKOFF_CAP_MS: u64 = 30_000;
+pub use crate::model::{backoff_ms, restart_delay_ms, BACKOFF_BASE_MS, BACKOFF_CAP_MS};
 
 /// Tasks to start for a deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,24 +72,6 @@ impl Plan {
 /// The circuit breaker's failed-launch threshold for a desired count.
 pub fn failure_threshold(desired: u32) -> u32 {
     desired.div_ceil(2).clamp(10, 200)
-}
-
-/// The restart delay after `failures` consecutive failed launches.
-pub fn backoff_ms(failures: u32) -> u64 {
-    if failures == 0 {
-        return 0;
-    }
-    BACKOFF_BASE_MS
-        .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
-        .min(BACKOFF_CAP_MS)
-}
-
-/// The restart delay of a service: failures are counted in rounds of the
-/// desired count (a service of 4 whose 4 new tasks all fail has failed once),
-/// so a bad revision reaches the circuit breaker quickly while a crash loop
-/// still slows down exponentially.
-pub fn restart_delay_ms(consecutive_failures: u32, desired: u32) -> u64 {
-    backoff_ms(consecutive_failures.div_ceil(desired.max(1)))
 }
 
 fn is_live(task: &Task) -> bool {

@@ -12,8 +12,8 @@ use crate::model::{
     self, stop_code, Container, ContainerInstance, InstanceRegistration, Task, TaskStateChange,
     TaskStatus,
 };
-use crate::scheduler::placement::Protocol;
 use crate::taskdef::{self, TaskDefinition, TaskDefinitionStatus, TaskOverride};
+use crate::vocab::Protocol;
 use crate::Error;
 
 /// What the tasks placed on one instance hold.
@@ -55,13 +55,6 @@ pub(super) fn seconds(now_ms: u64) -> f64 {
     now_ms as f64 / 1000.0
 }
 
-fn to_protocol(protocol: taskdef::Protocol) -> Protocol {
-    match protocol {
-        taskdef::Protocol::Tcp => Protocol::Tcp,
-        taskdef::Protocol::Udp => Protocol::Udp,
-    }
-}
-
 /// What a task needs on its instance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Demand {
@@ -78,11 +71,7 @@ pub fn demand_of(definition: &TaskDefinition) -> Demand {
     Demand {
         cpu: definition.total_cpu(),
         memory_mib: definition.total_memory_reservation_mib(),
-        ports: definition
-            .static_host_ports()
-            .into_iter()
-            .map(|(port, protocol)| (port, to_protocol(protocol)))
-            .collect(),
+        ports: definition.static_host_ports(),
     }
 }
 

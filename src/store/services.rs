@@ -346,7 +346,7 @@ pub fn record_failed_launch(state: &mut State, task_key: &str, at_ms: u64) {
             let failures = deployment.consecutive_failures;
             let desired = service.desired_count;
             if failures > 1 {
-                let delay = crate::scheduler::service::restart_delay_ms(failures, desired);
+                let delay = crate::model::restart_delay_ms(failures, desired);
                 let text = format!(
                     "(service {name}) (task {task_id}) failed: {reason}. The service is restarting tasks with a back-off of {:.1} s after {failures} consecutive failures.",
                     delay as f64 / 1000.0

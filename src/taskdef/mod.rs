@@ -27,6 +27,7 @@ mod parse;
 mod types;
 mod validate;
 
+pub use crate::vocab::Protocol;
 pub use overrides::*;
 pub use parse::*;
 pub use types::*;

@@ -83,4 +83,3 @@ pub fn apply_overrides(
     validate(&out)?;
     Ok(out)
 }
-

@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 
 use super::*;
 
-
 /// A field that was accepted but is not (fully) implemented by orc, or an
 /// unknown field that was ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -544,4 +543,3 @@ pub fn parse_overrides_with_warnings(
     let cleaned = check_object(&obj, TASK_OVERRIDE, "", &mut warnings)?;
     Ok((typed(cleaned)?, warnings))
 }
-

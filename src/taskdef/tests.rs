@@ -1,5 +1,7 @@
 //! Table tests of parsing, validation and overrides.
 
+use serde_json::Value;
+
 use super::*;
 
 const VALID: &str = r#"{
@@ -606,8 +608,8 @@ fn overrides() {
         vec!["containerOverrides[0].environmentFiles", "typo"]
     );
 
-    let o = parse_overrides(r#"{"containerOverrides": [{"name": "app"}, {"name": "ghost"}]}"#)
-        .unwrap();
+    let o =
+        parse_overrides(r#"{"containerOverrides": [{"name": "app"}, {"name": "ghost"}]}"#).unwrap();
     let e = apply_overrides(&td, &o).unwrap_err();
     assert_err(
         &e,
@@ -615,8 +617,8 @@ fn overrides() {
         "no container named \"ghost\"",
     );
 
-    let o = parse_overrides(r#"{"containerOverrides": [{"name": "app"}, {"name": "app"}]}"#)
-        .unwrap();
+    let o =
+        parse_overrides(r#"{"containerOverrides": [{"name": "app"}, {"name": "app"}]}"#).unwrap();
     assert_err(
         &apply_overrides(&td, &o).unwrap_err(),
         "containerOverrides[1].name",
@@ -626,15 +628,13 @@ fn overrides() {
     let e = parse_overrides(r#"{"containerOverrides": [{"command": ["x"]}]}"#).unwrap_err();
     assert_err(&e, "containerOverrides[0].name", "missing required field");
 
-    let e =
-        parse_overrides(r#"{"containerOverrides": [{"name": "a", "cpu": "1"}]}"#).unwrap_err();
+    let e = parse_overrides(r#"{"containerOverrides": [{"name": "a", "cpu": "1"}]}"#).unwrap_err();
     assert_err(&e, "containerOverrides[0].cpu", "expected an integer");
 
     // Overrides producing an invalid definition are rejected.
-    let o = parse_overrides(
-        r#"{"containerOverrides": [{"name": "web", "memoryReservation": 512}]}"#,
-    )
-    .unwrap();
+    let o =
+        parse_overrides(r#"{"containerOverrides": [{"name": "web", "memoryReservation": 512}]}"#)
+            .unwrap();
     let e = apply_overrides(&td, &o).unwrap_err();
     assert_err(
         &e,
@@ -643,8 +643,7 @@ fn overrides() {
     );
 
     // An empty command override clears the command.
-    let o =
-        parse_overrides(r#"{"containerOverrides": [{"name": "app", "command": []}]}"#).unwrap();
+    let o = parse_overrides(r#"{"containerOverrides": [{"name": "app", "command": []}]}"#).unwrap();
     assert!(apply_overrides(&td, &o)
         .unwrap()
         .container("app")

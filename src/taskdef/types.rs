@@ -126,28 +126,6 @@ pub enum TaskDefinitionStatus {
     DeleteInProgress,
 }
 
-/// Transport protocol of a port mapping.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP (the default).
-    #[default]
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
-
 /// Condition a container waits for on another container before starting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -602,12 +580,12 @@ impl TaskDefinition {
 }
 
 /// Parses a task-level CPU string: `"1024"`, `"1 vCPU"`, `"0.25 vcpu"`.
-fn parse_task_cpu(s: &str) -> Option<i64> {
+pub(super) fn parse_task_cpu(s: &str) -> Option<i64> {
     parse_amount(s, &["vcpu"], 1024)
 }
 
 /// Parses a task-level memory string: `"512"` (MiB), `"1 GB"`, `"0.5gb"`.
-fn parse_task_memory(s: &str) -> Option<i64> {
+pub(super) fn parse_task_memory(s: &str) -> Option<i64> {
     parse_amount(s, &["gb", "gib"], 1024)
 }
 
@@ -714,4 +692,3 @@ impl std::str::FromStr for TaskDefinitionRef {
         TaskDefinitionRef::parse(s)
     }
 }
-

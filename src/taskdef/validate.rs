@@ -479,4 +479,3 @@ impl TaskDefinition {
         order
     }
 }
-
