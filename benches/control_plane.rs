@@ -280,7 +280,7 @@ fn orc_write_sizes() -> (usize, usize) {
         },
     };
     let entry = serde_json::to_vec(&proposal).unwrap().len();
-    let request = orc::proto::ActionRequest {
+    let request = orc::wire::proto::ActionRequest {
         action: "CreateCluster".into(),
         body_json: json!({"clusterName": "bench-1000000"}).to_string(),
         request_id: orc::client::request_id(),

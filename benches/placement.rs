@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use orc::model::{Attribute, InstanceRegistration};
-use orc::proto::agent_api_client::AgentApiClient;
-use orc::proto::{HeartbeatRequest, RegisterInstanceRequest};
 use orc::scheduler::placement::{self, InstanceStatus, InstanceView, TaskDemand};
+use orc::wire::proto::agent_api_client::AgentApiClient;
+use orc::wire::proto::{HeartbeatRequest, RegisterInstanceRequest};
 use serde_json::json;
 
 const INSTANCES: usize = 1_000;

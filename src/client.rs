@@ -10,15 +10,18 @@ use futures::{Stream, StreamExt as _};
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::api::convert;
-use crate::api::status::from_status;
-use crate::proto::orc_client::OrcClient;
-use crate::proto::{
+use crate::store::Change;
+use crate::wire::convert;
+use crate::wire::proto::orc_client::OrcClient;
+use crate::wire::proto::{
     ActionRequest, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
     MembershipResponse, RemoveServerRequest, WatchRequest,
 };
-use crate::store::Change;
+use crate::wire::status::from_status;
 use crate::{Error, Result};
+
+pub use crate::vocab::ids::request_id;
+pub use crate::wire::channel;
 
 /// The changes a watch receives, until an error ends it.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change>> + Send>>;
@@ -30,26 +33,6 @@ pub struct Client {
     orc: OrcClient<Channel>,
     /// How long retryable failures are retried.
     pub retry_for: Duration,
-}
-
-/// Makes a channel to `host:port` (connects lazily).
-pub fn channel(endpoint: &str) -> Result<Channel> {
-    let uri = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| Error::InvalidInput(format!("invalid endpoint {endpoint:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(channel)
-}
-
-/// A fresh random request id.
-pub fn request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 impl Client {

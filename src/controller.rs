@@ -3,10 +3,14 @@
 //! fresh view of the state, asks pure decision functions what should change
 //! and proposes those changes through Raft (level-triggered: a missed tick
 //! is repaired by the next one).
+//!
+//! It owns liveness ([`Liveness`]): the agent API records heartbeats in it
+//! and the liveness loop reads them.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::api::agent::Liveness;
 use crate::raft::node::{RaftHandle, Role};
 use crate::scheduler::{self, placement, service};
 use crate::store::ecs::{PlannedTask, TaskLaunch};
@@ -308,7 +312,7 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
             }
             for command in commands {
                 let proposal = Proposal {
-                    request_id: crate::client::request_id(),
+                    request_id: crate::vocab::ids::request_id(),
                     command,
                 };
                 if let Err(error) = raft.propose(proposal).await {
@@ -324,6 +328,33 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
     }
 }
 
+/// When each instance last sent a heartbeat, as seen by this server. The
+/// controller owns liveness: the `AgentApi` handlers record heartbeats here
+/// and the liveness loop reads them.
+#[derive(Clone, Default)]
+pub struct Liveness {
+    seen: Arc<Mutex<HashMap<(String, String), Instant>>>,
+}
+
+impl Liveness {
+    /// Records a heartbeat.
+    pub fn beat(&self, cluster: &str, instance_id: &str) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (cluster.to_string(), instance_id.to_string()),
+            Instant::now(),
+        );
+    }
+
+    /// When the instance was last heard from, if ever by this server.
+    pub fn last_seen(&self, cluster: &str, instance_id: &str) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(cluster.to_string(), instance_id.to_string()))
+            .copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,7 +363,7 @@ mod tests {
     use crate::store::state::apply;
 
     fn propose(state: &mut State, command: Command) -> serde_json::Value {
-        let request_id = crate::client::request_id();
+        let request_id = crate::vocab::ids::request_id();
         apply(
             state,
             &Proposal {

@@ -11,12 +11,12 @@ pub mod datadir;
 pub mod error;
 pub mod metrics;
 pub mod model;
-pub mod proto;
 pub mod raft;
 pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod taskdef;
 pub mod vocab;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -1,12 +1,11 @@
 //! Prometheus metrics in the text exposition format, kept in process-wide
 //! atomics so recording is a few relaxed adds on hot paths. `render` is what
-//! `GET /metrics` returns on every server's listener.
+//! `GET /metrics` returns on every server's listener. It takes plain numbers
+//! and imports nothing from the crate, so every layer may record into it.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-
-use crate::raft::node::{NodeStatus, Role};
 
 /// Upper bounds, in seconds, of the latency histogram buckets.
 const BUCKETS: [f64; 12] = [
@@ -123,13 +122,29 @@ pub fn record_compaction(elapsed: Duration) {
     COMPACTION_LATENCY.observe(elapsed);
 }
 
-/// Records the raft node's latest status.
-pub fn record_status(status: &NodeStatus) {
-    NODE_ID.store(status.id, Relaxed);
-    TERM.store(status.term, Relaxed);
-    COMMIT.store(status.commit_index, Relaxed);
-    APPLIED.store(status.applied_index, Relaxed);
-    IS_LEADER.store(u64::from(status.role == Role::Leader), Relaxed);
+/// The raft node's gauges as plain numbers, so that this module needs
+/// nothing from `raft`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftGauges {
+    /// This server's raft node id.
+    pub node_id: u64,
+    /// The current term.
+    pub term: u64,
+    /// The highest committed index.
+    pub commit_index: u64,
+    /// The highest applied index.
+    pub applied_index: u64,
+    /// Whether this server leads.
+    pub is_leader: bool,
+}
+
+/// Records the raft node's latest gauges.
+pub fn record_raft(gauges: RaftGauges) {
+    NODE_ID.store(gauges.node_id, Relaxed);
+    TERM.store(gauges.term, Relaxed);
+    COMMIT.store(gauges.commit_index, Relaxed);
+    APPLIED.store(gauges.applied_index, Relaxed);
+    IS_LEADER.store(u64::from(gauges.is_leader), Relaxed);
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {

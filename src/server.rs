@@ -185,7 +185,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     };
     let raft = node::start(config, storage, store, transport.clone())?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
-    let liveness = crate::api::agent::Liveness::default();
+    let liveness = crate::controller::Liveness::default();
     let context = ApiContext {
         raft: raft.clone(),
         transport,

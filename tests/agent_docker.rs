@@ -33,8 +33,8 @@ use orc::agent::fake::FakeRuntime;
 use orc::agent::runtime::Runtime;
 use orc::agent::worker;
 use orc::model::{Assignment, TaskStateChange, TaskStatus};
-use orc::proto::agent_api_server::{AgentApi, AgentApiServer};
-use orc::proto::{
+use orc::wire::proto::agent_api_server::{AgentApi, AgentApiServer};
+use orc::wire::proto::{
     Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest,
     RegisterInstanceResponse, ReportAck, TaskStateReport, WatchAssignmentsRequest,
 };

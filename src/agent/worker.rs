@@ -37,13 +37,13 @@ use crate::agent::reconcile::{
 use crate::agent::runtime::{
     normalize_architecture, ContainerState, ContainerStatus, NodeResources, Runtime,
 };
-use crate::api::status::from_status;
 use crate::model::{Assignment, Attribute, InstanceRegistration, TaskStateChange, TaskStatus};
-use crate::proto::agent_api_client::AgentApiClient;
-use crate::proto::{
+use crate::vocab::time::now_ms;
+use crate::wire::proto::agent_api_client::AgentApiClient;
+use crate::wire::proto::{
     HeartbeatRequest, RegisterInstanceRequest, TaskStateReport, WatchAssignmentsRequest,
 };
-use crate::vocab::time::now_ms;
+use crate::wire::status::from_status;
 use crate::{Error, Result};
 
 /// Host ports ECS reserves on every instance.
@@ -178,7 +178,7 @@ impl Conn {
     }
 
     fn make(server: &str) -> Result<AgentApiClient<Channel>> {
-        Ok(AgentApiClient::new(crate::client::channel(server)?)
+        Ok(AgentApiClient::new(crate::wire::channel(server)?)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))
     }

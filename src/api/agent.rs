@@ -4,50 +4,23 @@
 //! connectivity goes through Raft; assignments are streamed from the local
 //! state, resent whole on every change that touches the instance.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
 use super::{async_stream, ApiContext};
 use crate::model::{Assignment, InstanceRegistration, TaskStateChange};
-use crate::proto::agent_api_client::AgentApiClient;
-use crate::proto::agent_api_server::AgentApi;
-use crate::proto::{
-    Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest,
-    RegisterInstanceResponse, ReportAck, TaskStateReport, WatchAssignmentsRequest,
-};
 use crate::raft::node::Role;
 use crate::store::{Command, Proposal, State};
 use crate::vocab::time::now_ms;
+use crate::wire::proto::agent_api_client::AgentApiClient;
+use crate::wire::proto::agent_api_server::AgentApi;
+use crate::wire::proto::{
+    Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest,
+    RegisterInstanceResponse, ReportAck, TaskStateReport, WatchAssignmentsRequest,
+};
+use crate::wire::status::to_status;
 use crate::{Error, Result};
-
-/// When each instance last sent a heartbeat, as seen by this server.
-#[derive(Clone, Default)]
-pub struct Liveness {
-    seen: Arc<Mutex<HashMap<(String, String), Instant>>>,
-}
-
-impl Liveness {
-    /// Records a heartbeat.
-    pub fn beat(&self, cluster: &str, instance_id: &str) {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            (cluster.to_string(), instance_id.to_string()),
-            Instant::now(),
-        );
-    }
-
-    /// When the instance was last heard from, if ever by this server.
-    pub fn last_seen(&self, cluster: &str, instance_id: &str) -> Option<Instant> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(cluster.to_string(), instance_id.to_string()))
-            .copied()
-    }
-}
 
 /// The cluster an agent names (name or ARN), `default` when empty.
 fn cluster_or_default(cluster: &str) -> String {
@@ -104,7 +77,7 @@ impl AgentApi for ApiContext {
         let answer = self
             .raft
             .propose(Proposal {
-                request_id: crate::client::request_id(),
+                request_id: crate::vocab::ids::request_id(),
                 command,
             })
             .await
@@ -136,7 +109,7 @@ impl AgentApi for ApiContext {
                 .store()
                 .read(|s| s.member_address(status.leader_id).map(str::to_string));
             if let Some(address) = leader {
-                if let Ok(channel) = crate::client::channel(&address) {
+                if let Ok(channel) = crate::wire::channel(&address) {
                     let mut client = AgentApiClient::new(channel);
                     let forwarded = tokio::time::timeout(
                         Duration::from_secs(2),
@@ -209,7 +182,7 @@ impl AgentApi for ApiContext {
         };
         self.raft
             .propose(Proposal {
-                request_id: crate::client::request_id(),
+                request_id: crate::vocab::ids::request_id(),
                 command,
             })
             .await

@@ -1,10 +1,9 @@
-//! Protobuf ⇄ domain conversions for the control-plane messages. ECS
-//! documents travel as JSON and are decoded where they are used; this module
-//! holds the typed ones (members, status, watched changes).
+//! The control plane's membership and status answers, built from the raft
+//! status and the replicated member addresses.
 
-use crate::proto::{ClusterStatusResponse, Member, WatchEvent};
 use crate::raft::node::{NodeStatus, Role};
-use crate::store::{Change, State};
+use crate::store::State;
+use crate::wire::proto::{ClusterStatusResponse, Member};
 
 /// Builds the member list from the raft status and the replicated addresses.
 pub fn members(status: &NodeStatus, state: &State) -> Vec<Member> {
@@ -62,53 +61,5 @@ pub fn cluster_status(status: &NodeStatus, state: &State) -> ClusterStatusRespon
         members: members(status, state),
         revision: state.meta.revision,
         snapshot_index: status.snapshot_index,
-    }
-}
-
-/// A recorded change as a watch event.
-pub fn watch_event(change: Change) -> WatchEvent {
-    WatchEvent {
-        revision: change.revision,
-        raft_index: change.raft_index,
-        action: change.action,
-        request_id: change.request_id,
-        subjects: change.subjects,
-        error: change.error.unwrap_or_default(),
-    }
-}
-
-/// A watch event as the change it reports.
-pub fn change(event: WatchEvent) -> Change {
-    Change {
-        revision: event.revision,
-        raft_index: event.raft_index,
-        action: event.action,
-        request_id: event.request_id,
-        subjects: event.subjects,
-        error: (!event.error.is_empty()).then_some(event.error),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_change_survives_the_wire() {
-        let refused = Change {
-            revision: 9,
-            raft_index: 12,
-            action: "DeleteCluster".into(),
-            request_id: "r".into(),
-            subjects: vec!["cluster/default".into()],
-            error: Some("the default cluster cannot be deleted: it always exists in orc".into()),
-        };
-        let applied = Change {
-            error: None,
-            ..refused.clone()
-        };
-        for change in [refused, applied] {
-            assert_eq!(super::change(watch_event(change.clone())), change);
-        }
     }
 }

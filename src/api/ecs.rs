@@ -43,7 +43,7 @@ pub async fn call(
     request_id: String,
 ) -> Result<ActionResult> {
     let request_id = if request_id.is_empty() {
-        crate::client::request_id()
+        crate::vocab::ids::request_id()
     } else {
         request_id
     };

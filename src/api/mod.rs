@@ -7,7 +7,6 @@ pub mod agent;
 pub mod convert;
 pub mod ecs;
 pub mod services;
-pub mod status;
 pub mod tasks;
 pub mod watch;
 
@@ -21,16 +20,16 @@ use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
 use crate::client::Client;
-use crate::proto::orc_server::{Orc, OrcServer};
-use crate::proto::peer_server::{Peer, PeerServer};
-use crate::proto::{
+use crate::raft::node::{RaftHandle, Role};
+use crate::raft::transport::Transport;
+use crate::wire::proto::orc_server::{Orc, OrcServer};
+use crate::wire::proto::peer_server::{Peer, PeerServer};
+use crate::wire::proto::{
     ActionRequest, ActionResponse, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
     MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, WatchEvent, WatchRequest,
 };
-use crate::raft::node::{RaftHandle, Role};
-use crate::raft::transport::Transport;
+use crate::wire::status::to_status;
 use crate::{Error, Result};
-use status::to_status;
 
 /// Shared by every handler of one server.
 #[derive(Clone)]
@@ -40,7 +39,7 @@ pub struct ApiContext {
     /// Outbound raft traffic (to learn peer addresses from inbound batches).
     pub transport: Arc<Transport>,
     /// Agent heartbeats seen by this server.
-    pub liveness: agent::Liveness,
+    pub liveness: crate::controller::Liveness,
 }
 
 impl ApiContext {
@@ -339,7 +338,7 @@ pub async fn serve(
             .max_encoding_message_size(64 * 1024 * 1024),
     )
     .add_service(
-        crate::proto::agent_api_server::AgentApiServer::new(context.clone())
+        crate::wire::proto::agent_api_server::AgentApiServer::new(context.clone())
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024),
     )

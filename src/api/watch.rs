@@ -13,10 +13,11 @@
 
 use std::sync::Arc;
 
-use super::status::to_status;
-use super::{async_stream, convert, ResponseStream};
-use crate::proto::WatchEvent;
+use super::{async_stream, ResponseStream};
 use crate::store::Store;
+use crate::wire::convert;
+use crate::wire::proto::WatchEvent;
+use crate::wire::status::to_status;
 use crate::Result;
 
 /// Opens a watch of the changes after `after_revision` (0: only changes

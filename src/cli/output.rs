@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::OutputFormat;
-use crate::proto::{ClusterStatusResponse, Member};
 use crate::store::Change;
+use crate::wire::proto::{ClusterStatusResponse, Member};
 
 /// Prints in the chosen format.
 pub struct Output {

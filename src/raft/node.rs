@@ -842,7 +842,13 @@ impl RaftNode {
             progress,
             removed: self.removed,
         };
-        metrics::record_status(&status);
+        metrics::record_raft(metrics::RaftGauges {
+            node_id: status.id,
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            is_leader: status.role == Role::Leader,
+        });
         self.status_tx.send_if_modified(|current| {
             let wake = !current.same_leadership(&status);
             *current = status;

@@ -24,8 +24,8 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 
 use super::node::RaftHandle;
-use crate::proto::peer_client::PeerClient;
-use crate::proto::RaftBatch;
+use crate::wire::proto::peer_client::PeerClient;
+use crate::wire::proto::RaftBatch;
 
 /// How many messages one RPC carries at most.
 const MAX_BATCH: usize = 512;

@@ -1,6 +1,6 @@
 //! The ECS nouns every layer shares, at the bottom of the crate: the port
 //! [`Protocol`], placement specs (`placement`), the cluster query language's
-//! syntax tree (`query`), and wall-clock time as commands carry it (`time`).
+//! syntax tree (`query`), ids (`ids`), and wall-clock time as commands carry it (`time`).
 //!
 //! It imports nothing from the crate but `error`, so the store, the
 //! scheduler, the agent and the API can all name these types without
@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod ids;
 pub mod placement;
 pub mod query;
 pub mod time;
