@@ -162,6 +162,11 @@ pub mod stop_code {
     pub const USER_INITIATED: &str = "UserInitiated";
     /// A service stopped it (scale-in, deployment, unreachable host).
     pub const SERVICE_SCHEDULER_INITIATED: &str = "ServiceSchedulerInitiated";
+    /// The stopped reason of a task whose essential container was removed
+    /// by hand (`docker rm -f`), with the stop code
+    /// [`ESSENTIAL_CONTAINER_EXITED`]: orc does not recreate it.
+    pub const ESSENTIAL_CONTAINER_REMOVED_REASON: &str =
+        "Essential container in task was removed outside orc";
 }
 
 /// A host port a container is reachable on (ECS's `networkBindings`).

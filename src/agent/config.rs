@@ -10,6 +10,10 @@ use crate::agent::network::SubnetPool;
 use crate::agent::runtime::PullBehavior;
 use crate::{Error, Result};
 
+/// ECS's default task cleanup wait: three hours in ECS, an hour here, as
+/// long as the control plane keeps a stopped task.
+pub const DEFAULT_TASK_CLEANUP_WAIT: Duration = Duration::from_secs(3600);
+
 /// Options of `orc agent`.
 #[derive(Args, Clone, Debug)]
 pub struct AgentArgs {
@@ -40,6 +44,48 @@ pub struct AgentArgs {
     /// (ECS_RESERVED_MEMORY).
     #[arg(long, env = "ECS_RESERVED_MEMORY", default_value_t = 0)]
     pub reserved_memory_mib: u64,
+    /// How long a stopped task's containers are kept, so `orc logs` can
+    /// still read them: a duration such as 1h, 10m, 30s or 0s
+    /// (ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION).
+    #[arg(long, env = "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub task_cleanup_wait: Duration,
+}
+
+/// Parses a duration such as `1h`, `10m`, `30s`, `500ms`, `1h30m` or
+/// plain seconds (`90`).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let fail = || {
+        format!("{text:?} is not a duration: write it like 1h, 10m, 30s or 1h30m")
+    };
+    if t.is_empty() {
+        return Err(fail());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(fail)?;
+        if digits == 0 {
+            return Err(fail());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| fail())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            _ => return Err(fail()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 /// What the worker runs with.
@@ -63,8 +109,15 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
-    /// How many tasks are worked on at once (pulls, creates, stops).
+    /// How many pulls, creates and starts the engine sees at once (the
+    /// start lane).
     pub parallel_tasks: usize,
+    /// How long a stopped task's containers are kept (for `orc logs`) after
+    /// they finished, before they are removed.
+    pub task_cleanup_wait: Duration,
+    /// How many stops and removals the engine sees at once (the stop lane;
+    /// a stop mostly waits out its timeout, so this is large).
+    pub parallel_stops: usize,
     /// Ports dynamic allocation must check with a bind on 0.0.0.0 (turn off
     /// for a fake runtime, whose ports are not real).
     pub probe_ports: bool,
@@ -85,6 +138,8 @@ impl AgentConfig {
             reconcile_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
             parallel_tasks: 16,
+            parallel_stops: 256,
+            task_cleanup_wait: DEFAULT_TASK_CLEANUP_WAIT,
             probe_ports: true,
         }
     }
@@ -137,6 +192,7 @@ impl TryFrom<AgentArgs> for AgentConfig {
         config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
         config.subnet_pool = args.subnet_pool;
         config.reserved_memory_mib = args.reserved_memory_mib;
+        config.task_cleanup_wait = args.task_cleanup_wait;
         Ok(config)
     }
 }
@@ -174,6 +230,8 @@ mod tests {
             "10.50.0.0/20",
             "--reserved-memory-mib",
             "128",
+            "--task-cleanup-wait",
+            "10m",
         ])
         .unwrap();
         let c = AgentConfig::try_from(cli.agent).unwrap();
@@ -191,6 +249,21 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(c.subnet_pool.len(), 256);
         assert_eq!(c.reserved_memory_mib, 128);
+        assert_eq!(c.task_cleanup_wait, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        for bad in ["", "h", "1x", "-1s", "1.5h"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("write it like 1h"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -201,6 +274,7 @@ mod tests {
         let c = AgentConfig::try_from(cli.agent).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.subnet_pool, SubnetPool::default());
+        assert_eq!(c.task_cleanup_wait, Duration::from_secs(3600));
         let e = parse_attribute("novalue").unwrap_err().to_string();
         assert!(e.contains("name=value"), "{e}");
         assert!(Cli::try_parse_from(["orc", "--image-pull-behavior", "sometimes"]).is_err());

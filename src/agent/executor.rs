@@ -7,10 +7,23 @@
 //! only means "try again later"; a refused subnet is skipped next time.
 //! Stops and removals never fail a batch: what they could not do is seen and
 //! retried on the next pass.
+//!
+//! A task's stops run in parallel, wave by wave (see
+//! [`Action::StopContainer`]), so a task of ten containers that ignore
+//! SIGTERM stops in one stop timeout, not ten.
+//!
+//! Every engine operation takes a permit from one of two lanes
+//! ([`Lanes`]): pulls, network and container creations and starts from the
+//! start lane, stops and removals from the stop lane. Each lane bounds how
+//! many such operations the engine sees at once, and a start never waits
+//! behind stops: hundreds of containers sitting out their stop timeouts
+//! hold only stop permits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use crate::agent::reconcile::Action;
 use crate::agent::runtime::{PullBehavior, Runtime, RuntimeError};
@@ -35,21 +48,109 @@ pub struct Outcome {
 /// pulls of one image.
 type ImageSlots = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>>;
 
+/// The two budgets of engine operations in flight.
+#[derive(Clone)]
+pub struct Lanes {
+    /// Pulls, network and container creations, starts.
+    pub starts: Arc<Semaphore>,
+    /// Stops and removals (a stop mostly waits out its timeout).
+    pub stops: Arc<Semaphore>,
+}
+
+impl Lanes {
+    /// Lanes of `starts` and `stops` permits (at least one each).
+    pub fn new(starts: usize, stops: usize) -> Self {
+        Lanes {
+            starts: Arc::new(Semaphore::new(starts.max(1))),
+            stops: Arc::new(Semaphore::new(stops.max(1))),
+        }
+    }
+}
+
 /// Runs batches against a runtime.
 #[derive(Clone)]
 pub struct Executor {
     runtime: Arc<dyn Runtime>,
     pull_behavior: PullBehavior,
     images: ImageSlots,
+    lanes: Lanes,
 }
 
 impl Executor {
+    /// An executor with the default lanes (16 starts, 256 stops).
     pub fn new(runtime: Arc<dyn Runtime>, pull_behavior: PullBehavior) -> Self {
+        Self::with_lanes(runtime, pull_behavior, Lanes::new(16, 256))
+    }
+
+    pub fn with_lanes(runtime: Arc<dyn Runtime>, pull_behavior: PullBehavior, lanes: Lanes) -> Self {
         Executor {
             runtime,
             pull_behavior,
             images: Arc::default(),
+            lanes,
         }
+    }
+
+    async fn start_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.lanes.starts.acquire().await.expect("the lane is never closed")
+    }
+
+    async fn stop_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.lanes.stops.acquire().await.expect("the lane is never closed")
+    }
+
+    /// Stops one container under a stop permit.
+    async fn stop(
+        &self,
+        task_arn: &str,
+        container_name: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let _permit = self.stop_permit().await;
+        tracing::info!(task = task_arn, container = %container_name, timeout_s = timeout.as_secs(), "stopping the container");
+        self.runtime.stop_container(id, timeout).await
+    }
+
+    /// Runs a run of stops: each wave's stops at once, the waves in order.
+    /// The first error of the run (if any) is returned after every stop
+    /// of the run was tried.
+    async fn stop_waves(&self, task_arn: &str, stops: &[&Action]) -> Result<(), RuntimeError> {
+        let mut waves: Vec<u32> = stops
+            .iter()
+            .filter_map(|a| match a {
+                Action::StopContainer { wave, .. } => Some(*wave),
+                _ => None,
+            })
+            .collect();
+        waves.sort_unstable();
+        waves.dedup();
+        let mut first_error = None;
+        for w in waves {
+            let results = futures::future::join_all(stops.iter().filter_map(|a| match a {
+                Action::StopContainer {
+                    container_name,
+                    id,
+                    timeout,
+                    wave,
+                } if *wave == w => Some(self.stop(task_arn, container_name, id, *timeout)),
+                _ => None,
+            }))
+            .await;
+            for r in results {
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        if e.is_unavailable() {
+                            return Err(e);
+                        }
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
@@ -61,6 +162,7 @@ impl Executor {
         if last.is_some_and(|t| t.elapsed() < IMAGE_FRESH_FOR) {
             return Ok(());
         }
+        let _permit = self.start_permit().await;
         self.runtime
             .ensure_image(image, self.pull_behavior, None)
             .await?;
@@ -75,7 +177,10 @@ impl Executor {
             ..Default::default()
         };
         let rt = &self.runtime;
-        for action in actions {
+        let mut next = 0;
+        while next < actions.len() {
+            let action = &actions[next];
+            next += 1;
             let result: Result<(), (Option<String>, RuntimeError)> = match action {
                 Action::EnsureImage {
                     container_name,
@@ -92,6 +197,7 @@ impl Executor {
                     labels,
                 } => {
                     tracing::info!(task = task_arn, network = %name, subnet = %subnet.cidr, "creating the task network");
+                    let _permit = self.start_permit().await;
                     match rt
                         .create_network(name, Some(&subnet.cidr), Some(&subnet.gateway), labels)
                         .await
@@ -110,6 +216,7 @@ impl Executor {
                     spec,
                 } => {
                     tracing::info!(task = task_arn, container = %container_name, name = %spec.name, ports = ?spec.port_bindings, "creating the container");
+                    let _permit = self.start_permit().await;
                     rt.create_container(spec)
                         .await
                         .map(|_| ())
@@ -117,24 +224,30 @@ impl Executor {
                 }
                 Action::StartContainer { container_name, id } => {
                     tracing::info!(task = task_arn, container = %container_name, "starting the container");
+                    let _permit = self.start_permit().await;
                     rt.start_container(id)
                         .await
                         .map_err(|e| (Some(container_name.clone()), start_error(e)))
                 }
-                Action::StopContainer {
-                    container_name,
-                    id,
-                    timeout,
-                } => {
-                    tracing::info!(task = task_arn, container = %container_name, timeout_s = timeout.as_secs(), "stopping the container");
-                    rt.stop_container(id, *timeout).await.map_err(|e| (None, e))
+                Action::StopContainer { .. } => {
+                    // This stop and the stops right after it run together.
+                    let mut run = vec![action];
+                    while let Some(a @ Action::StopContainer { .. }) = actions.get(next) {
+                        run.push(a);
+                        next += 1;
+                    }
+                    self.stop_waves(task_arn, &run)
+                        .await
+                        .map_err(|e| (None, e))
                 }
                 Action::RemoveContainer { id } => {
                     tracing::info!(task = task_arn, id = %short(id), "removing the container");
+                    let _permit = self.stop_permit().await;
                     rt.remove_container(id).await.map_err(|e| (None, e))
                 }
                 Action::RemoveNetwork { name } => {
                     tracing::info!(task = task_arn, network = %name, "removing the task network");
+                    let _permit = self.stop_permit().await;
                     rt.remove_network(name).await.map_err(|e| (None, e))
                 }
             };
@@ -176,7 +289,7 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::fake::FakeRuntime;
+    use crate::agent::fake::{FakeRuntime, StopEvent};
     use crate::agent::network::SubnetPool;
     use crate::agent::runtime::{ContainerSpec, ContainerState};
     use std::collections::BTreeMap;
@@ -225,6 +338,7 @@ mod tests {
                         container_name: "web".into(),
                         id: "orc-t1-web".into(),
                         timeout: Duration::from_secs(1),
+                        wave: 0,
                     },
                     Action::RemoveContainer {
                         id: "orc-t1-web".into(),
@@ -244,6 +358,100 @@ mod tests {
             }
         );
         assert_eq!(rt.container_count(), 0);
+    }
+
+    /// A task of SIGTERM-ignoring containers: web1..web3 depend on db.
+    async fn running_task(rt: &FakeRuntime) {
+        rt.add_image("app:1");
+        for name in ["db", "web1", "web2", "web3"] {
+            let id = rt
+                .create_container(&ContainerSpec::new(name, "app:1"))
+                .await
+                .unwrap();
+            rt.start_container(&id).await.unwrap();
+        }
+        rt.set_ignore_sigterm(true);
+    }
+
+    fn stop(name: &str, wave: u32) -> Action {
+        Action::StopContainer {
+            container_name: name.into(),
+            id: name.into(),
+            timeout: Duration::from_millis(50),
+            wave,
+        }
+    }
+
+    #[tokio::test]
+    async fn stops_overlap_within_a_wave_and_waves_follow_each_other() {
+        use crate::agent::fake::StopEvent::{Began, Ended};
+        let (rt, ex) = fake();
+        running_task(&rt).await;
+        let actions = [stop("web1", 0), stop("web2", 0), stop("web3", 0), stop("db", 1)];
+        let out = ex.run_batch("t1", &actions).await;
+        assert_eq!(out.failure, None);
+        let events = rt.stop_events();
+        let position = |e: StopEvent| events.iter().position(|x| *x == e).unwrap();
+        let webs = ["web1", "web2", "web3"];
+        // Every web stop began before any of them ended: they overlapped.
+        let last_began = webs.iter().map(|w| position(Began(w.to_string()))).max();
+        let first_ended = webs.iter().map(|w| position(Ended(w.to_string()))).min();
+        assert!(last_began < first_ended, "{events:?}");
+        // db's stop began only after every dependent's stop ended.
+        let last_web_ended = webs.iter().map(|w| position(Ended(w.to_string()))).max();
+        assert!(Some(position(Began("db".into()))) > last_web_ended, "{events:?}");
+        assert_eq!(rt.running_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_start_is_not_queued_behind_stops() {
+        let rt = Arc::new(FakeRuntime::new());
+        let ex = Executor::with_lanes(rt.clone(), PullBehavior::Default, Lanes::new(1, 2));
+        running_task(&rt).await;
+        rt.hold_stops(true);
+        // Four stops take both stop permits (two wait for one) and never end
+        // while held.
+        let stopping = {
+            let ex = ex.clone();
+            tokio::spawn(async move {
+                ex.run_batch(
+                    "t1",
+                    &[stop("web1", 0), stop("web2", 0), stop("web3", 0), stop("db", 0)],
+                )
+                .await
+            })
+        };
+        while rt.stops_in_flight() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let out = ex
+            .run_batch(
+                "t2",
+                &[
+                    Action::EnsureImage {
+                        container_name: "web".into(),
+                        image: "app:1".into(),
+                    },
+                    Action::CreateContainer {
+                        container_name: "web".into(),
+                        spec: Box::new(ContainerSpec::new("orc-t2-web", "app:1")),
+                    },
+                    Action::StartContainer {
+                        container_name: "web".into(),
+                        id: "orc-t2-web".into(),
+                    },
+                ],
+            )
+            .await;
+        assert_eq!(out.failure, None);
+        assert_eq!(
+            rt.inspect_container("orc-t2-web").await.unwrap().state,
+            ContainerState::Running
+        );
+        assert_eq!(rt.stops_in_flight(), 2, "the stop lane bounds the stops");
+        rt.hold_stops(false);
+        assert_eq!(stopping.await.unwrap().failure, None);
+        assert_eq!(rt.running_count(), 1);
     }
 
     #[tokio::test]

@@ -43,6 +43,17 @@ struct State {
     ports: HashMap<(u16, Protocol), ContainerId>,
     networks: HashMap<String, NetworkInfo>,
     next_id: u64,
+    /// Containers ignore SIGTERM: a stop lasts its whole timeout and kills.
+    ignore_sigterm: bool,
+    /// Every stop's beginning and end, in order.
+    stop_events: Vec<StopEvent>,
+}
+
+/// The beginning or the end of one `stop_container` call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopEvent {
+    Began(String),
+    Ended(String),
 }
 
 impl State {
@@ -76,6 +87,8 @@ pub struct FakeRuntime {
     state: Mutex<State>,
     events: broadcast::Sender<RuntimeEvent>,
     pulls: AtomicU64,
+    /// While true, stops wait (see [`FakeRuntime::hold_stops`]).
+    stops_held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for FakeRuntime {
@@ -133,7 +146,37 @@ impl FakeRuntime {
             }),
             events,
             pulls: AtomicU64::new(0),
+            stops_held: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// While `held`, every stop waits (as behind containers that take their
+    /// time to exit) until released.
+    pub fn hold_stops(&self, held: bool) {
+        self.stops_held.send_replace(held);
+    }
+
+    /// When true, containers ignore SIGTERM: a stop waits out its whole
+    /// timeout (tokio time, so a paused clock makes it instant) and the
+    /// container is killed (exit code 137).
+    pub fn set_ignore_sigterm(&self, ignore: bool) {
+        self.lock().ignore_sigterm = ignore;
+    }
+
+    /// Every stop's beginning and end so far, in order.
+    pub fn stop_events(&self) -> Vec<StopEvent> {
+        self.lock().stop_events.clone()
+    }
+
+    /// Stops begun and not ended.
+    pub fn stops_in_flight(&self) -> usize {
+        let s = self.lock();
+        let began = s
+            .stop_events
+            .iter()
+            .filter(|e| matches!(e, StopEvent::Began(_)))
+            .count();
+        began - (s.stop_events.len() - began)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -485,14 +528,25 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    /// Stops at once: the fake's processes honour SIGTERM and exit with 0.
-    async fn stop_container(&self, id: &str, _timeout: Duration) -> RuntimeResult<()> {
-        {
-            let s = self.lock();
+    /// Stops at once: the fake's processes honour SIGTERM and exit with 0,
+    /// unless stops are held or SIGTERM is ignored.
+    async fn stop_container(&self, id: &str, timeout: Duration) -> RuntimeResult<()> {
+        let (name, ignore) = {
+            let mut s = self.lock();
             s.check()?;
-            s.resolve(id)?;
+            let id = s.resolve(id)?;
+            let name = s.containers[&id].status.name.clone();
+            s.stop_events.push(StopEvent::Began(name.clone()));
+            (name, s.ignore_sigterm)
+        };
+        let mut held = self.stops_held.subscribe();
+        let _ = held.wait_for(|held| !held).await;
+        if ignore {
+            tokio::time::sleep(timeout).await;
         }
-        self.finish(id, 0, false)
+        let result = self.finish(id, if ignore { 137 } else { 0 }, false);
+        self.lock().stop_events.push(StopEvent::Ended(name));
+        result
     }
 
     async fn remove_container(&self, id: &str) -> RuntimeResult<()> {

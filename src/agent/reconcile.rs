@@ -18,8 +18,14 @@
 //! * desired STOPPED (or stopping on its own): stop the running containers
 //!   (dependents first), then report STOPPED with every exit code and remove
 //!   the containers and the network;
+//! * an essential container that was created and is gone (removed by hand,
+//!   `docker rm -f`) stops the task (EssentialContainerExited, "Essential
+//!   container in task was removed outside orc"); it is never recreated;
 //! * containers and networks of tasks no longer assigned are stopped and
-//!   removed, but only once a first assignment snapshot arrived.
+//!   removed, but only once a first assignment snapshot arrived;
+//! * a stopped task's containers are kept for the task cleanup wait after
+//!   they finished (ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION), so their output
+//!   can still be read; its network goes at once (it holds a subnet).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -72,7 +78,13 @@ pub struct ObservedContainer {
     /// Host ports it holds (from its `orc.ports` label).
     pub host_ports: Vec<PortBinding>,
     pub stop_timeout: Duration,
+    /// When the container finished (epoch ms), once it has.
+    pub finished_at_ms: Option<u64>,
 }
+
+/// The container reason of a container removed outside orc.
+pub const CONTAINER_REMOVED_REASON: &str =
+    "the container was removed outside orc (docker rm); orc does not recreate it";
 
 /// One of the agent's task networks.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,10 +151,15 @@ pub enum Action {
         container_name: String,
         id: String,
     },
+    /// Stops of one task run in parallel, wave after wave: every stop of
+    /// wave 0 (containers no running container depends on) at once, then
+    /// wave 1 (what only wave 0 depended on), and so on, as ECS's agent
+    /// stops dependents before what they depend on.
     StopContainer {
         container_name: String,
         id: String,
         timeout: Duration,
+        wave: u32,
     },
     RemoveContainer {
         id: String,
@@ -174,6 +191,21 @@ pub struct Input<'a> {
     /// Whether a dynamic port can be bound on the host.
     pub bindable: &'a dyn Fn(u16, Protocol) -> bool,
     pub now_ms: u64,
+    /// How long a stopped task's containers are kept after they finished.
+    pub cleanup_wait: Duration,
+}
+
+impl Input<'_> {
+    /// Whether a stopped container's cleanup wait is over (a container that
+    /// never ran, or whose end is unknown, goes at once).
+    fn cleanup_due(&self, c: &ObservedContainer) -> bool {
+        if running(c.state) || !started(c.state) {
+            return true;
+        }
+        let wait = u64::try_from(self.cleanup_wait.as_millis()).unwrap_or(u64::MAX);
+        c.finished_at_ms
+            .is_none_or(|at| at.saturating_add(wait) <= self.now_ms)
+    }
 }
 
 /// The engine's name of a task's container: `orc-<task-id>-<name>`, with
@@ -217,7 +249,9 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
     // Ports and subnets already taken: by every container and network the
     // agent has, by batches in flight, by static ports of assigned tasks.
     let mut used_ports: BTreeSet<HostPort> = input.busy.ports.clone();
-    for c in input.containers {
+    // A container that ended holds no port (Docker released it), though it
+    // is kept for its cleanup wait.
+    for c in input.containers.iter().filter(|c| !c.state.is_terminal()) {
         used_ports.extend(c.host_ports.iter().map(|b| (b.host_port, b.protocol)));
     }
     for a in input.assignments {
@@ -266,15 +300,23 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
             if assigned.contains(c.task_arn.as_str()) || input.busy.tasks.contains(&c.task_arn) {
                 continue;
             }
-            let work = orphans.entry(c.task_arn.as_str()).or_default();
             if running(c.state) {
-                work.push(Action::StopContainer {
-                    container_name: c.container_name.clone(),
-                    id: c.id.clone(),
-                    timeout: c.stop_timeout,
-                });
+                // Stopped now, removed once its cleanup wait is over.
+                orphans
+                    .entry(c.task_arn.as_str())
+                    .or_default()
+                    .push(Action::StopContainer {
+                        container_name: c.container_name.clone(),
+                        id: c.id.clone(),
+                        timeout: c.stop_timeout,
+                        wave: 0,
+                    });
+            } else if input.cleanup_due(c) {
+                orphans
+                    .entry(c.task_arn.as_str())
+                    .or_default()
+                    .push(Action::RemoveContainer { id: c.id.clone() });
             }
-            work.push(Action::RemoveContainer { id: c.id.clone() });
         }
         for n in input.networks {
             if assigned.contains(n.task_arn.as_str()) || input.busy.tasks.contains(&n.task_arn) {
@@ -336,6 +378,34 @@ impl<'a> TaskCtx<'a, '_> {
         (map, extra)
     }
 
+    /// The engine id a container of the task had, when it was created once
+    /// (known to the control plane or in the agent's last report) and is
+    /// gone now: removed outside orc.
+    fn vanished(
+        &self,
+        by_name: &HashMap<&str, &ObservedContainer>,
+        name: &str,
+    ) -> Option<String> {
+        if by_name.contains_key(name) {
+            return None;
+        }
+        let reported = self
+            .input
+            .memory
+            .reported
+            .get(self.arn())
+            .and_then(|r| r.containers.iter().find(|c| c.container_name == name))
+            .and_then(|c| c.runtime_id.clone());
+        reported.or_else(|| {
+            self.a
+                .task
+                .containers
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.runtime_id.clone())
+        })
+    }
+
     fn plan(&mut self) -> (Vec<Action>, Option<TaskStateChange>) {
         let memory = self.input.memory;
         let arn = self.arn();
@@ -360,20 +430,37 @@ impl<'a> TaskCtx<'a, '_> {
                 Err(c) => cause = Some(c),
             }
         }
-        // Stopping: dependents first (reverse start order).
+        // Stopping: every running container at once, except that a
+        // container others depend on waits for those dependents (reverse
+        // `dependsOn` order, in waves).
         let order = self.td().start_order();
+        let defs = &self.td().container_definitions;
+        let mut waves: HashMap<&str, u32> = HashMap::new();
         let mut to_stop = Vec::new();
         for &i in order.iter().rev() {
-            let def = &self.td().container_definitions[i];
-            if let Some(c) = by_name.get(def.name.as_str()) {
-                if running(c.state) {
-                    to_stop.push(Action::StopContainer {
-                        container_name: def.name.clone(),
-                        id: c.id.clone(),
-                        timeout: c.stop_timeout,
-                    });
-                }
+            let def = &defs[i];
+            let Some(c) = by_name.get(def.name.as_str()) else {
+                continue;
+            };
+            if !running(c.state) {
+                continue;
             }
+            // Dependents come earlier in the reversed start order, so their
+            // waves are known here.
+            let wave = defs
+                .iter()
+                .filter(|d| d.depends_on.iter().any(|dep| dep.container_name == def.name))
+                .filter_map(|d| waves.get(d.name.as_str()))
+                .map(|w| w + 1)
+                .max()
+                .unwrap_or(0);
+            waves.insert(def.name.as_str(), wave);
+            to_stop.push(Action::StopContainer {
+                container_name: def.name.clone(),
+                id: c.id.clone(),
+                timeout: c.stop_timeout,
+                wave,
+            });
         }
         // Containers the definition no longer names.
         for c in self.observed {
@@ -382,9 +469,14 @@ impl<'a> TaskCtx<'a, '_> {
                     container_name: c.container_name.clone(),
                     id: c.id.clone(),
                     timeout: c.stop_timeout,
+                    wave: 0,
                 });
             }
         }
+        to_stop.sort_by_key(|a| match a {
+            Action::StopContainer { wave, .. } => *wave,
+            _ => 0,
+        });
         if !to_stop.is_empty() {
             actions.append(&mut to_stop);
             return (actions, None);
@@ -398,6 +490,7 @@ impl<'a> TaskCtx<'a, '_> {
         let mut actions: Vec<Action> = self
             .observed
             .iter()
+            .filter(|c| self.input.cleanup_due(c))
             .map(|c| Action::RemoveContainer { id: c.id.clone() })
             .collect();
         if let Some(n) = self.network {
@@ -415,6 +508,14 @@ impl<'a> TaskCtx<'a, '_> {
                 stop_code: stop_code::TASK_FAILED_TO_START.into(),
                 reason: reason.clone(),
             });
+        }
+        for def in &self.td().container_definitions {
+            if def.is_essential() && self.vanished(by_name, &def.name).is_some() {
+                return Some(StopCause {
+                    stop_code: stop_code::ESSENTIAL_CONTAINER_EXITED.into(),
+                    reason: stop_code::ESSENTIAL_CONTAINER_REMOVED_REASON.into(),
+                });
+            }
         }
         for def in &self.td().container_definitions {
             if let Some(c) = by_name.get(def.name.as_str()) {
@@ -520,7 +621,10 @@ impl<'a> TaskCtx<'a, '_> {
         let mut pulled: HashSet<&str> = HashSet::new();
         for &i in &td.start_order() {
             let def = &td.container_definitions[i];
-            if by_name.contains_key(def.name.as_str()) {
+            // A container removed outside orc is not made again.
+            if by_name.contains_key(def.name.as_str())
+                || self.vanished(by_name, &def.name).is_some()
+            {
                 continue;
             }
             if pulled.insert(def.image.as_str()) {
@@ -646,6 +750,7 @@ impl<'a> TaskCtx<'a, '_> {
                 by_name
                     .get(d.name.as_str())
                     .is_some_and(|c| started(c.state))
+                    || self.vanished(by_name, &d.name).is_some()
             });
             let any_running = by_name.values().any(|c| running(c.state));
             if all_started {
@@ -661,9 +766,13 @@ impl<'a> TaskCtx<'a, '_> {
             .iter()
             .map(|def| {
                 let c = by_name.get(def.name.as_str());
+                let vanished = self.vanished(by_name, &def.name);
                 let mut reason = failure
                     .filter(|(name, _)| *name == def.name)
                     .map(|(_, r)| r.clone());
+                if reason.is_none() && vanished.is_some() {
+                    reason = Some(CONTAINER_REMOVED_REASON.to_string());
+                }
                 if reason.is_none() {
                     reason = c.and_then(|c| {
                         if c.oom_killed {
@@ -674,7 +783,7 @@ impl<'a> TaskCtx<'a, '_> {
                     });
                 }
                 let cstatus = match c.map(|c| c.state) {
-                    _ if stopped => "STOPPED",
+                    _ if stopped || vanished.is_some() => "STOPPED",
                     Some(s) if s.is_terminal() => "STOPPED",
                     Some(s) if running(s) => "RUNNING",
                     _ => "PENDING",
@@ -687,7 +796,7 @@ impl<'a> TaskCtx<'a, '_> {
                 };
                 ContainerStateChange {
                     container_name: def.name.clone(),
-                    runtime_id: c.map(|c| c.id.clone()),
+                    runtime_id: c.map(|c| c.id.clone()).or(vanished),
                     status: cstatus.to_string(),
                     exit_code: c.and_then(|c| c.exit_code),
                     reason,
@@ -882,6 +991,7 @@ mod tests {
             oom_killed: false,
             host_ports: Vec::new(),
             stop_timeout: Duration::from_secs(30),
+            finished_at_ms: None,
         }
     }
 
@@ -891,6 +1001,8 @@ mod tests {
         networks: Vec<ObservedNetwork>,
         memory: Memory,
         busy: Busy,
+        now_ms: u64,
+        cleanup_wait: Duration,
     }
 
     impl World {
@@ -904,6 +1016,8 @@ mod tests {
                     ..Default::default()
                 },
                 busy: Busy::default(),
+                now_ms: 7,
+                cleanup_wait: Duration::ZERO,
             }
         }
 
@@ -922,7 +1036,8 @@ mod tests {
                 busy: &self.busy,
                 subnet_pool: SubnetPool::default(),
                 bindable,
-                now_ms: 7,
+                now_ms: self.now_ms,
+                cleanup_wait: self.cleanup_wait,
             })
         }
     }
@@ -1024,12 +1139,8 @@ mod tests {
         });
         assert_eq!(
             names(&work(&w.plan(), "gone")),
-            [
-                "stop web",
-                "remove id-gone-web",
-                "remove id-gone-db",
-                "rmnet orc-gone"
-            ]
+            ["stop web", "remove id-gone-db", "rmnet orc-gone"],
+            "a running orphan is stopped now and removed after its cleanup wait"
         );
         w.memory.have_snapshot = false;
         assert!(
@@ -1249,6 +1360,172 @@ mod tests {
             "the control plane set its own stop code"
         );
         assert_eq!(plan.reports[0].containers[0].exit_code, Some(0));
+    }
+
+    /// (container, wave) of each stop, in plan order.
+    fn waves(actions: &[Action]) -> Vec<(String, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StopContainer {
+                    container_name,
+                    wave,
+                    ..
+                } => Some((container_name.clone(), *wave)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stop_stops_every_container_at_once_in_reverse_depends_on_waves() {
+        // web depends on db, worker on web; cache and log depend on nothing
+        // and nothing depends on them; proxy depends on db but has exited.
+        let defs = json!([
+            {"name": "db", "image": "app:1"},
+            {"name": "cache", "image": "app:1"},
+            {"name": "web", "image": "app:1",
+             "dependsOn": [{"containerName": "db", "condition": "START"}]},
+            {"name": "worker", "image": "app:1",
+             "dependsOn": [{"containerName": "web", "condition": "START"}]},
+            {"name": "proxy", "image": "app:1", "essential": false,
+             "dependsOn": [{"containerName": "db", "condition": "START"}]},
+            {"name": "log", "image": "app:1"}
+        ]);
+        let mut w = World::new(vec![assignment("t1", TaskStatus::Stopped, defs)]);
+        for name in ["db", "cache", "web", "worker", "log"] {
+            w.containers
+                .push(observed("t1", name, ContainerState::Running));
+        }
+        w.containers
+            .push(observed("t1", "proxy", ContainerState::Exited));
+        let mut got = waves(&work(&w.plan(), "t1"));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("cache".to_string(), 0),
+                ("db".to_string(), 2),
+                ("log".to_string(), 0),
+                ("web".to_string(), 1),
+                ("worker".to_string(), 0),
+            ]
+        );
+        // The plan lists the waves in order, so the executor can run a run
+        // of stops wave after wave.
+        let order: Vec<u32> = waves(&work(&w.plan(), "t1")).iter().map(|(_, w)| *w).collect();
+        assert!(order.windows(2).all(|p| p[0] <= p[1]), "{order:?}");
+
+        // Once its dependents are gone, db is in the first wave.
+        w.containers.retain(|c| c.container_name == "db");
+        assert_eq!(waves(&work(&w.plan(), "t1")), [("db".to_string(), 0)]);
+    }
+
+    #[test]
+    fn a_stopped_tasks_containers_are_kept_for_the_cleanup_wait() {
+        let mut w = World::new(vec![assignment(
+            "t1",
+            TaskStatus::Stopped,
+            json!([{"name": "web", "image": "app:1"}, {"name": "side", "image": "app:1"}]),
+        )]);
+        w.cleanup_wait = Duration::from_secs(3600);
+        w.now_ms = 10_000_000;
+        for name in ["web", "side"] {
+            let mut c = observed("t1", name, ContainerState::Exited);
+            c.finished_at_ms = Some(w.now_ms - 1000);
+            c.host_ports = ports::decode("80/tcp=32768");
+            w.containers.push(c);
+        }
+        w.networks.push(ObservedNetwork {
+            name: "orc-t1".into(),
+            task_arn: format!("{ARN}t1"),
+            subnet: Some("10.231.0.0/28".into()),
+        });
+        let plan = w.plan();
+        assert_eq!(plan.reports[0].status, TaskStatus::Stopped);
+        // The network goes (it holds a subnet), the containers stay.
+        assert_eq!(names(&work(&plan, "t1")), ["rmnet orc-t1"]);
+        // An exited container holds no port: a new task may get it.
+        let mut other = World::new(vec![web("t2")]);
+        other.containers = w.containers.clone();
+        let spec = specs(&other.plan().work[&format!("{ARN}t2")])[0].clone();
+        assert_eq!(spec.port_bindings[0].host_port, 32768);
+        // An hour after they finished, they are removed; so are orphans'.
+        w.now_ms += 3600 * 1000;
+        assert_eq!(
+            names(&work(&w.plan(), "t1")),
+            ["remove id-t1-web", "remove id-t1-side", "rmnet orc-t1"]
+        );
+        w.assignments.clear();
+        assert_eq!(
+            names(&work(&w.plan(), "t1")),
+            ["remove id-t1-web", "remove id-t1-side", "rmnet orc-t1"]
+        );
+        w.now_ms -= 2000;
+        assert_eq!(names(&work(&w.plan(), "t1")), ["rmnet orc-t1"]);
+    }
+
+    #[test]
+    fn an_essential_container_removed_by_hand_stops_the_task_and_is_not_recreated() {
+        let defs = json!([
+            {"name": "web", "image": "app:1"},
+            {"name": "side", "image": "app:1", "essential": false}
+        ]);
+        let mut a = assignment("t1", TaskStatus::Running, defs);
+        a.task.last_status = TaskStatus::Running;
+        let mut w = World::new(vec![a]);
+        w.containers
+            .push(observed("t1", "web", ContainerState::Running));
+        w.containers
+            .push(observed("t1", "side", ContainerState::Running));
+        w.networks.push(ObservedNetwork {
+            name: "orc-t1".into(),
+            task_arn: format!("{ARN}t1"),
+            subnet: None,
+        });
+        let running = w.plan().reports[0].clone();
+        assert_eq!(running.status, TaskStatus::Running);
+        let mut remembered = running.clone();
+        remembered.at_ms = 0;
+        w.memory.reported.insert(format!("{ARN}t1"), remembered);
+
+        // `docker rm -f` of web: side is stopped, web is not made again.
+        w.containers.retain(|c| c.container_name != "web");
+        let plan = w.plan();
+        assert_eq!(names(&work(&plan, "t1")), ["stop side"]);
+        w.containers[0].state = ContainerState::Exited;
+        let plan = w.plan();
+        let r = &plan.reports[0];
+        assert_eq!(r.status, TaskStatus::Stopped);
+        assert_eq!(r.stop_code.as_deref(), Some("EssentialContainerExited"));
+        assert_eq!(
+            r.reason.as_deref(),
+            Some(stop_code::ESSENTIAL_CONTAINER_REMOVED_REASON)
+        );
+        assert_eq!(r.containers[0].status, "STOPPED");
+        assert_eq!(r.containers[0].reason.as_deref(), Some(CONTAINER_REMOVED_REASON));
+        assert_eq!(r.containers[0].runtime_id.as_deref(), Some("id-t1-web"));
+
+        // A restarted agent knows it from the control plane's copy.
+        let mut w2 = World::new(w.assignments.clone());
+        w2.assignments[0].task.containers = serde_json::from_value(json!([{
+            "containerArn": "x", "taskArn": format!("{ARN}t1"), "name": "web",
+            "image": "app:1", "runtimeId": "id-t1-web", "lastStatus": "RUNNING", "essential": true,
+            "healthStatus": "UNKNOWN"
+        }]))
+        .unwrap();
+        w2.containers = w.containers.clone();
+        w2.networks = w.networks.clone();
+        let plan = w2.plan();
+        assert!(
+            !names(&work(&plan, "t1")).contains(&"create web".to_string()),
+            "{:?}",
+            plan.work
+        );
+        assert_eq!(
+            plan.reports[0].reason.as_deref(),
+            Some(stop_code::ESSENTIAL_CONTAINER_REMOVED_REASON)
+        );
     }
 
     #[test]

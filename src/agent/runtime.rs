@@ -485,6 +485,53 @@ pub fn labels_match(labels: &BTreeMap<String, String>, filter: Option<&str>) -> 
     }
 }
 
+/// Epoch milliseconds of an RFC 3339 time as the engine writes it
+/// ("2026-11-29T17:35:16.123456789Z", or with a "+01:00" offset); None when
+/// it is not one.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (date, rest) = text.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let year: i64 = d.next()?.parse().ok()?;
+    let month: i64 = d.next()?.parse().ok()?;
+    let day: i64 = d.next()?.parse().ok()?;
+    let (clock, offset_secs) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else {
+        let at = rest.rfind(['+', '-'])?;
+        let (c, off) = rest.split_at(at);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (h, m) = off[1..].split_once(':')?;
+        (c, sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+    };
+    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.splitn(3, ':');
+    let hour: i64 = t.next()?.parse().ok()?;
+    let minute: i64 = t.next()?.parse().ok()?;
+    let second: i64 = t.next()?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let millis: i64 = if fraction.is_empty() {
+        0
+    } else {
+        if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        format!("{:0<3}", &fraction[..fraction.len().min(3)]).parse().ok()?
+    };
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
 /// Adds ":latest" to an image reference that names no tag or digest.
 pub fn image_with_tag(image: &str) -> String {
     if image.contains('@') {
@@ -549,6 +596,21 @@ mod tests {
         };
         assert_eq!(e.to_string(), EXEC_FORMAT_MESSAGE);
         assert_eq!(e.ecs_reason(), Some("CannotStartContainerError"));
+    }
+
+    #[test]
+    fn rfc3339_times_parse_to_epoch_millis() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T12:34:56.789123456Z"),
+            Some(1_709_210_096_789)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T13:34:56.5+01:00"),
+            Some(1_709_210_096_500)
+        );
+        assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
     }
 
     #[test]

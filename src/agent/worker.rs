@@ -24,18 +24,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::agent::config::AgentConfig;
-use crate::agent::executor::{Executor, Outcome};
+use crate::agent::executor::{Executor, Lanes, Outcome};
 use crate::agent::ports;
 use crate::agent::reconcile::{
     labels, reconcile, Action, Busy, Input, Memory, ObservedContainer, ObservedNetwork,
 };
 use crate::agent::runtime::{
-    normalize_architecture, ContainerState, ContainerStatus, NodeResources, Runtime,
+    normalize_architecture, parse_rfc3339_ms, ContainerState, ContainerStatus, NodeResources,
+    Runtime,
 };
 use crate::model::{Assignment, Attribute, InstanceRegistration, TaskStateChange, TaskStatus};
 use crate::vocab::time::now_ms;
@@ -616,6 +617,7 @@ async fn observe(
                         .and_then(|t| t.parse().ok())
                         .unwrap_or(30),
                 ),
+                finished_at_ms: st.finished_at.as_deref().and_then(parse_rfc3339_ms),
             })
         })
         .collect();
@@ -643,8 +645,11 @@ async fn reconcile_loop(
     mut assign_rx: watch::Receiver<Option<Arc<Vec<Assignment>>>>,
 ) {
     let config = &shared.config;
-    let executor = Executor::new(shared.runtime.clone(), config.image_pull_behavior);
-    let semaphore = Arc::new(Semaphore::new(config.parallel_tasks.max(1)));
+    let executor = Executor::with_lanes(
+        shared.runtime.clone(),
+        config.image_pull_behavior,
+        Lanes::new(config.parallel_tasks, config.parallel_stops),
+    );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut memory = Memory::default();
     let mut busy = Busy::default();
@@ -702,6 +707,7 @@ async fn reconcile_loop(
                     subnet_pool: config.subnet_pool,
                     bindable: &bindable,
                     now_ms: now_ms(),
+                    cleanup_wait: config.task_cleanup_wait,
                 });
                 for report in plan.reports {
                     let mut remembered = report.clone();
@@ -730,11 +736,10 @@ async fn reconcile_loop(
                     busy.tasks.insert(arn.clone());
                     held.insert(arn.clone(), hold);
                     let executor = executor.clone();
-                    let semaphore = semaphore.clone();
                     let done = done_tx.clone();
                     let shared = shared.clone();
+                    // The executor's lanes bound the engine operations.
                     tokio::spawn(async move {
-                        let _permit = semaphore.acquire_owned().await;
                         let outcome = executor.run_batch(&arn, &actions).await;
                         let _ = done.send(outcome);
                         shared.wake.notify_one();

@@ -352,6 +352,13 @@ pub fn record_failed_launch(state: &mut State, task_key: &str, at_ms: u64) {
                     delay as f64 / 1000.0
                 );
                 push_event(service, text, at_ms);
+            } else if reason == crate::model::stop_code::ESSENTIAL_CONTAINER_REMOVED_REASON {
+                // A first failure is usually not worth an event, but a
+                // container removed by hand is: someone should know.
+                let text = format!(
+                    "(service {name}) (task {task_id}) stopped: {reason}. The service replaces it."
+                );
+                push_event(service, text, at_ms);
             }
         }
     }
