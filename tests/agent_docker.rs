@@ -517,16 +517,15 @@ async fn web_task_is_reachable_on_its_dynamic_host_port() {
     .await;
     assert!(page.contains("200"), "{page}");
 
-    // Stop it: STOPPED is reported, then the container is removed.
+    // Stop it: STOPPED is reported; the container is kept, exited, for the
+    // task cleanup wait (an hour by default).
     plane.stop(&task);
     until(Duration::from_secs(30), "STOPPED", || async {
         plane.report(&task, TaskStatus::Stopped)
     })
     .await;
-    until(Duration::from_secs(30), "the container removed", || async {
-        docker_ids(&cluster, "").is_empty().then_some(())
-    })
-    .await;
+    assert_eq!(docker_ids(&cluster, "status=exited").len(), 1);
+    assert!(docker_ids(&cluster, "status=running").is_empty());
     agent.abort();
 }
 
@@ -582,15 +581,13 @@ async fn essential_exit_stops_the_task_with_exit_codes() {
     );
     assert!(stopped.containers.iter().all(|c| c.status == "STOPPED"));
     assert!(plane.report(&task, TaskStatus::Running).is_some());
-    until(
-        Duration::from_secs(30),
-        "containers and network removed",
-        || async {
-            (docker_ids(&cluster, "").is_empty() && docker_networks(&cluster).is_empty())
-                .then_some(())
-        },
-    )
+    // The network goes at once; the containers are kept for the cleanup
+    // wait, their output readable.
+    until(Duration::from_secs(30), "the network removed", || async {
+        docker_networks(&cluster).is_empty().then_some(())
+    })
     .await;
+    assert_eq!(docker_ids(&cluster, "status=exited").len(), 2);
     agent.abort();
 }
 
@@ -747,16 +744,11 @@ async fn a_restarted_agent_adopts_its_containers_and_applies_stops_made_while_do
     )
     .await;
     assert_eq!(stopped.containers[0].status, "STOPPED");
-    until(
-        Duration::from_secs(30),
-        "the stopped task's container removed",
-        || async {
-            docker_ids(&cluster, &format!("label=orc.task-arn={gone}"))
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await;
+    assert_eq!(
+        docker_ids(&cluster, &format!("label=orc.task-arn={gone}")).len(),
+        1,
+        "the stopped task's container is kept (exited) for the cleanup wait"
+    );
     // The same instance, the same containers, no duplicates, the same port.
     let regs = plane.lock().registrations.clone();
     assert_eq!(regs.len(), 2);
@@ -770,5 +762,349 @@ async fn a_restarted_agent_adopts_its_containers_and_applies_stops_made_while_do
         http_get(port).await.filter(|b| b.contains("hello from"))
     })
     .await;
+    agent.abort();
+}
+
+/// A container that ignores SIGTERM: only the stop timeout's SIGKILL ends it.
+fn deaf(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut c = container(
+        name,
+        json!({"command": ["sh", "-c", "trap '' TERM; sleep 1000 & wait; sleep 1000"]}),
+    );
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// Docker's FinishedAt of a container, in epoch milliseconds.
+fn finished_at_ms(id: &str) -> u64 {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.FinishedAt}}", id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    orc::agent::runtime::parse_rfc3339_ms(&text)
+        .unwrap_or_else(|| panic!("container {id} has no FinishedAt: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_in_flight_never_delay_a_new_task_on_a_fake_runtime() {
+    let plane = Plane::new();
+    let (address, _server) = plane.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Arc::new(FakeRuntime::new());
+    let mut cfg = config(&address, "lanes", dir.path());
+    cfg.probe_ports = false;
+    let agent = start_agent(cfg, runtime.clone());
+    let mut arns = Vec::new();
+    {
+        let mut s = plane.lock();
+        for i in 0..100 {
+            let a = assignment(
+                "lanes",
+                &format!("old{i}"),
+                json!([{"name": "web", "image": "app:1"}]),
+            );
+            arns.push(a.task.task_arn.clone());
+            s.tasks.insert(a.task.task_arn.clone(), a);
+        }
+        plane.bump(&mut s);
+    }
+    until(Duration::from_secs(30), "100 RUNNING reports", || async {
+        arns.iter()
+            .all(|a| plane.report(a, TaskStatus::Running).is_some())
+            .then_some(())
+    })
+    .await;
+    // Every stop now lasts until released, like containers sitting out a
+    // long stop timeout.
+    runtime.hold_stops(true);
+    {
+        let mut s = plane.lock();
+        for a in s.tasks.values_mut() {
+            a.task.desired_status = TaskStatus::Stopped;
+        }
+        plane.bump(&mut s);
+    }
+    // All of them are stopping at once (no batch budget serialises them).
+    until(Duration::from_secs(30), "100 stops in flight", || async {
+        (runtime.stops_in_flight() == 100).then_some(())
+    })
+    .await;
+    let new = assignment("lanes", "new", json!([{"name": "web", "image": "app:1"}]));
+    let new_arn = new.task.task_arn.clone();
+    plane.assign(new);
+    until(Duration::from_secs(30), "the new task RUNNING", || async {
+        plane.report(&new_arn, TaskStatus::Running)
+    })
+    .await;
+    assert_eq!(
+        runtime.stops_in_flight(),
+        100,
+        "the new task started while every stop was still in flight"
+    );
+    assert!(arns
+        .iter()
+        .all(|a| plane.report(a, TaskStatus::Stopped).is_none()));
+    runtime.hold_stops(false);
+    until(Duration::from_secs(30), "100 STOPPED reports", || async {
+        arns.iter()
+            .all(|a| plane.report(a, TaskStatus::Stopped).is_some())
+            .then_some(())
+    })
+    .await;
+    agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_sigterm_ignoring_containers_stop_together_before_what_they_depend_on() {
+    if skip() {
+        return;
+    }
+    let _serial = docker_lock().lock().await;
+    let cluster = format!("agent-par-{}", suffix());
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let runtime = docker().await;
+    let plane = Plane::new();
+    let (address, _server) = plane.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(config(&address, &cluster, dir.path()), runtime);
+    // Three apps depend on db; every container ignores SIGTERM, so each
+    // stop lasts its whole 3 s stop timeout.
+    let after_db = json!({"stopTimeout": 3,
+        "dependsOn": [{"containerName": "db", "condition": "START"}]});
+    plane.assign(assignment(
+        &cluster,
+        "par",
+        json!([
+            deaf("db", json!({"stopTimeout": 3})),
+            deaf("app1", after_db.clone()),
+            deaf("app2", after_db.clone()),
+            deaf("app3", after_db)
+        ]),
+    ));
+    let task = arn(&cluster, "par");
+    until(Duration::from_secs(60), "RUNNING", || async {
+        plane.report(&task, TaskStatus::Running)
+    })
+    .await;
+    plane.stop(&task);
+    let stopped = until(Duration::from_secs(60), "STOPPED", || async {
+        plane.report(&task, TaskStatus::Stopped)
+    })
+    .await;
+    // Docker's FinishedAt of each container (kept for the cleanup wait).
+    let finished: BTreeMap<String, u64> = stopped
+        .containers
+        .iter()
+        .map(|c| {
+            let id = c.runtime_id.clone().expect("a runtime id");
+            (c.container_name.clone(), finished_at_ms(&id))
+        })
+        .collect();
+    let apps: Vec<u64> = ["app1", "app2", "app3"]
+        .iter()
+        .map(|n| finished[*n])
+        .collect();
+    let (first, last) = (*apps.iter().min().unwrap(), *apps.iter().max().unwrap());
+    // A stop of a SIGTERM-ignoring container lasts at least its 3 s
+    // timeout, so stops one after another would finish at least 3 s
+    // apart: finishing closer than that, the three overlapped.
+    assert!(
+        last - first < 3000,
+        "the apps' stops did not overlap: finished at {finished:?}"
+    );
+    // db waited for its dependents: its stop began after theirs ended.
+    assert!(
+        finished["db"] >= last + 2500,
+        "db stopped before its dependents were gone: {finished:?}"
+    );
+    for c in &stopped.containers {
+        assert_eq!(c.exit_code, Some(137), "killed after the timeout: {c:?}");
+    }
+    agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_task_starts_while_twenty_tasks_sit_out_their_stop_timeouts() {
+    if skip() {
+        return;
+    }
+    let _serial = docker_lock().lock().await;
+    let cluster = format!("agent-lane-{}", suffix());
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let runtime = docker().await;
+    let plane = Plane::new();
+    let (address, _server) = plane.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(config(&address, &cluster, dir.path()), runtime);
+    // More stopping tasks than the old per-task budget (16) let run.
+    let arns: Vec<String> = (0..20)
+        .map(|i| {
+            let a = assignment(
+                &cluster,
+                &format!("old{i}"),
+                json!([deaf("main", json!({"stopTimeout": 30}))]),
+            );
+            let arn = a.task.task_arn.clone();
+            plane.assign(a);
+            arn
+        })
+        .collect();
+    until(Duration::from_secs(120), "20 tasks RUNNING", || async {
+        arns.iter()
+            .all(|a| plane.report(a, TaskStatus::Running).is_some())
+            .then_some(())
+    })
+    .await;
+    for a in &arns {
+        plane.stop(a);
+    }
+    let new = assignment(&cluster, "new", json!([container("web", json!({}))]));
+    let new_arn = new.task.task_arn.clone();
+    plane.assign(new);
+    until(Duration::from_secs(60), "the new task RUNNING", || async {
+        plane.report(&new_arn, TaskStatus::Running)
+    })
+    .await;
+    // Every old task ignores SIGTERM for 30 s: none has stopped yet, so the
+    // new task started while all twenty stops were in flight.
+    let stopped: Vec<&String> = arns
+        .iter()
+        .filter(|a| plane.report(a, TaskStatus::Stopped).is_some())
+        .collect();
+    assert!(
+        stopped.is_empty(),
+        "the new task waited for stops: {} had finished first",
+        stopped.len()
+    );
+    agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_tasks_container_is_kept_for_the_cleanup_wait_then_removed() {
+    if skip() {
+        return;
+    }
+    let _serial = docker_lock().lock().await;
+    let cluster = format!("agent-keep-{}", suffix());
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let runtime = docker().await;
+    let plane = Plane::new();
+    let (address, _server) = plane.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&address, &cluster, dir.path());
+    cfg.task_cleanup_wait = Duration::from_secs(4);
+    let agent = start_agent(cfg, runtime.clone());
+    plane.assign(assignment(
+        &cluster,
+        "crash",
+        json!([container(
+            "main",
+            json!({"command": ["sh", "-c", "echo the last words; exit 3"]})
+        )]),
+    ));
+    let task = arn(&cluster, "crash");
+    let stopped = until(Duration::from_secs(60), "STOPPED", || async {
+        plane.report(&task, TaskStatus::Stopped)
+    })
+    .await;
+    assert_eq!(stopped.containers[0].exit_code, Some(3));
+    let id = stopped.containers[0].runtime_id.clone().unwrap();
+    // Kept: its output is still there.
+    use futures::StreamExt as _;
+    let lines: Vec<String> = runtime
+        .logs(&id, false, None, None)
+        .filter_map(|l| async move { l.ok().map(|l| l.text) })
+        .collect()
+        .await;
+    assert_eq!(lines, ["the last words"]);
+    assert_eq!(docker_ids(&cluster, ""), vec![id]);
+    // Removed once the wait is over.
+    until(Duration::from_secs(30), "the container removed", || async {
+        docker_ids(&cluster, "").is_empty().then_some(())
+    })
+    .await;
+    agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_essential_container_removed_by_hand_stops_the_task_and_is_not_recreated() {
+    if skip() {
+        return;
+    }
+    let _serial = docker_lock().lock().await;
+    let cluster = format!("agent-rm-{}", suffix());
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let runtime = docker().await;
+    let plane = Plane::new();
+    let (address, _server) = plane.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(config(&address, &cluster, dir.path()), runtime);
+    plane.assign(assignment(
+        &cluster,
+        "rm",
+        json!([
+            container("web", json!({})),
+            container(
+                "side",
+                json!({"essential": false, "command": ["sleep", "600"]})
+            )
+        ]),
+    ));
+    let task = arn(&cluster, "rm");
+    let running = until(Duration::from_secs(60), "RUNNING", || async {
+        plane.report(&task, TaskStatus::Running)
+    })
+    .await;
+    let web = running.containers[0].runtime_id.clone().unwrap();
+    let out = Command::new("docker")
+        .args(["rm", "-f", &web])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stopped = until(Duration::from_secs(60), "STOPPED", || async {
+        plane.report(&task, TaskStatus::Stopped)
+    })
+    .await;
+    assert_eq!(
+        stopped.stop_code.as_deref(),
+        Some("EssentialContainerExited")
+    );
+    assert_eq!(
+        stopped.reason.as_deref(),
+        Some("Essential container in task was removed outside orc")
+    );
+    assert!(
+        stopped.containers[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("removed outside orc")),
+        "{stopped:?}"
+    );
+    // No container named web came back; side was stopped.
+    let names = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}} {{.State}}",
+            "--filter",
+            &format!("label=orc.cluster={cluster}"),
+        ])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&names.stdout).to_string();
+    assert!(!names.contains("-web "), "web was recreated: {names}");
+    assert!(names.contains("-side exited"), "{names}");
     agent.abort();
 }

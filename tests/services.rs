@@ -190,8 +190,8 @@ async fn a_service_heals_scales_rolls_out_and_rolls_back() {
     .await;
     eventually(
         Duration::from_secs(30),
-        "every container to be removed",
-        || async { orc.containers().is_empty().then_some(()) },
+        "every container to be stopped",
+        || async { orc.running_containers().is_empty().then_some(()) },
     )
     .await;
 }

@@ -55,9 +55,7 @@ pub struct AgentArgs {
 /// plain seconds (`90`).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
-    let fail = || {
-        format!("{text:?} is not a duration: write it like 1h, 10m, 30s or 1h30m")
-    };
+    let fail = || format!("{text:?} is not a duration: write it like 1h, 10m, 30s or 1h30m");
     if t.is_empty() {
         return Err(fail());
     }
@@ -73,7 +71,9 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| fail())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),

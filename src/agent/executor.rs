@@ -82,7 +82,11 @@ impl Executor {
         Self::with_lanes(runtime, pull_behavior, Lanes::new(16, 256))
     }
 
-    pub fn with_lanes(runtime: Arc<dyn Runtime>, pull_behavior: PullBehavior, lanes: Lanes) -> Self {
+    pub fn with_lanes(
+        runtime: Arc<dyn Runtime>,
+        pull_behavior: PullBehavior,
+        lanes: Lanes,
+    ) -> Self {
         Executor {
             runtime,
             pull_behavior,
@@ -92,11 +96,19 @@ impl Executor {
     }
 
     async fn start_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.lanes.starts.acquire().await.expect("the lane is never closed")
+        self.lanes
+            .starts
+            .acquire()
+            .await
+            .expect("the lane is never closed")
     }
 
     async fn stop_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.lanes.stops.acquire().await.expect("the lane is never closed")
+        self.lanes
+            .stops
+            .acquire()
+            .await
+            .expect("the lane is never closed")
     }
 
     /// Stops one container under a stop permit.
@@ -236,9 +248,7 @@ impl Executor {
                         run.push(a);
                         next += 1;
                     }
-                    self.stop_waves(task_arn, &run)
-                        .await
-                        .map_err(|e| (None, e))
+                    self.stop_waves(task_arn, &run).await.map_err(|e| (None, e))
                 }
                 Action::RemoveContainer { id } => {
                     tracing::info!(task = task_arn, id = %short(id), "removing the container");
@@ -387,7 +397,12 @@ mod tests {
         use crate::agent::fake::StopEvent::{Began, Ended};
         let (rt, ex) = fake();
         running_task(&rt).await;
-        let actions = [stop("web1", 0), stop("web2", 0), stop("web3", 0), stop("db", 1)];
+        let actions = [
+            stop("web1", 0),
+            stop("web2", 0),
+            stop("web3", 0),
+            stop("db", 1),
+        ];
         let out = ex.run_batch("t1", &actions).await;
         assert_eq!(out.failure, None);
         let events = rt.stop_events();
@@ -399,7 +414,10 @@ mod tests {
         assert!(last_began < first_ended, "{events:?}");
         // db's stop began only after every dependent's stop ended.
         let last_web_ended = webs.iter().map(|w| position(Ended(w.to_string()))).max();
-        assert!(Some(position(Began("db".into()))) > last_web_ended, "{events:?}");
+        assert!(
+            Some(position(Began("db".into()))) > last_web_ended,
+            "{events:?}"
+        );
         assert_eq!(rt.running_count(), 0);
     }
 
@@ -416,7 +434,12 @@ mod tests {
             tokio::spawn(async move {
                 ex.run_batch(
                     "t1",
-                    &[stop("web1", 0), stop("web2", 0), stop("web3", 0), stop("db", 0)],
+                    &[
+                        stop("web1", 0),
+                        stop("web2", 0),
+                        stop("web3", 0),
+                        stop("db", 0),
+                    ],
                 )
                 .await
             })

@@ -381,11 +381,7 @@ impl<'a> TaskCtx<'a, '_> {
     /// The engine id a container of the task had, when it was created once
     /// (known to the control plane or in the agent's last report) and is
     /// gone now: removed outside orc.
-    fn vanished(
-        &self,
-        by_name: &HashMap<&str, &ObservedContainer>,
-        name: &str,
-    ) -> Option<String> {
+    fn vanished(&self, by_name: &HashMap<&str, &ObservedContainer>, name: &str) -> Option<String> {
         if by_name.contains_key(name) {
             return None;
         }
@@ -449,7 +445,11 @@ impl<'a> TaskCtx<'a, '_> {
             // waves are known here.
             let wave = defs
                 .iter()
-                .filter(|d| d.depends_on.iter().any(|dep| dep.container_name == def.name))
+                .filter(|d| {
+                    d.depends_on
+                        .iter()
+                        .any(|dep| dep.container_name == def.name)
+                })
                 .filter_map(|d| waves.get(d.name.as_str()))
                 .map(|w| w + 1)
                 .max()
@@ -1413,7 +1413,10 @@ mod tests {
         );
         // The plan lists the waves in order, so the executor can run a run
         // of stops wave after wave.
-        let order: Vec<u32> = waves(&work(&w.plan(), "t1")).iter().map(|(_, w)| *w).collect();
+        let order: Vec<u32> = waves(&work(&w.plan(), "t1"))
+            .iter()
+            .map(|(_, w)| *w)
+            .collect();
         assert!(order.windows(2).all(|p| p[0] <= p[1]), "{order:?}");
 
         // Once its dependents are gone, db is in the first wave.
@@ -1503,7 +1506,10 @@ mod tests {
             Some(stop_code::ESSENTIAL_CONTAINER_REMOVED_REASON)
         );
         assert_eq!(r.containers[0].status, "STOPPED");
-        assert_eq!(r.containers[0].reason.as_deref(), Some(CONTAINER_REMOVED_REASON));
+        assert_eq!(
+            r.containers[0].reason.as_deref(),
+            Some(CONTAINER_REMOVED_REASON)
+        );
         assert_eq!(r.containers[0].runtime_id.as_deref(), Some("id-t1-web"));
 
         // A restarted agent knows it from the control plane's copy.

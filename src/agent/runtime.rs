@@ -502,14 +502,22 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
         let (c, off) = rest.split_at(at);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (h, m) = off[1..].split_once(':')?;
-        (c, sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+        (
+            c,
+            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60),
+        )
     };
     let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
     let mut t = hms.splitn(3, ':');
     let hour: i64 = t.next()?.parse().ok()?;
     let minute: i64 = t.next()?.parse().ok()?;
     let second: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let millis: i64 = if fraction.is_empty() {
@@ -518,7 +526,9 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
         if !fraction.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        format!("{:0<3}", &fraction[..fraction.len().min(3)]).parse().ok()?
+        format!("{:0<3}", &fraction[..fraction.len().min(3)])
+            .parse()
+            .ok()?
     };
     // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
