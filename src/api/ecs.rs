@@ -6,9 +6,11 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::{services, tasks};
 use crate::model::{self, Cluster, Tag};
 use crate::raft::node::RaftHandle;
 use crate::store::{Command, Proposal, State};
+use crate::vocab::action::EcsAction;
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
@@ -35,10 +37,11 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> R
         .map_err(|e| Error::InvalidInput(format!("{action}: invalid request: {e}")))
 }
 
-/// Dispatches one ECS action.
+/// Dispatches one ECS action: the one `match` over [`EcsAction`]. The
+/// action was parsed at the edge; an empty request id gets a fresh one.
 pub async fn call(
     raft: &RaftHandle,
-    action: &str,
+    action: EcsAction,
     body: &str,
     request_id: String,
 ) -> Result<ActionResult> {
@@ -47,108 +50,135 @@ pub async fn call(
     } else {
         request_id
     };
-    if let Some(result) = super::tasks::call(raft, action, body, request_id.clone()).await {
-        return result;
-    }
-    if let Some(result) = super::services::call(raft, action, body, request_id.clone()).await {
-        return result;
-    }
     match action {
-        "CreateCluster" => {
-            #[derive(Deserialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Request {
-                cluster_name: Option<String>,
-                #[serde(default)]
-                tags: Vec<Tag>,
-            }
-            let request: Request = parse(action, body)?;
-            let cluster_name = request
-                .cluster_name
-                .unwrap_or_else(|| model::DEFAULT_CLUSTER.to_string());
-            model::validate_cluster_name(&cluster_name)?;
-            let command = Command::CreateCluster {
-                cluster_name: cluster_name.clone(),
-                tags: request.tags,
-                now_ms: now_ms(),
-            };
-            raft.propose(Proposal {
-                request_id,
-                command,
-            })
-            .await?;
-            read_now(raft, |state| {
-                let cluster = state.active_cluster(&cluster_name)?;
-                Ok(json!({ "cluster": cluster_view(state, cluster) }).into())
-            })
+        EcsAction::CreateCluster => create_cluster(raft, body, request_id).await,
+        EcsAction::DeleteCluster => delete_cluster(raft, body, request_id).await,
+        EcsAction::DescribeClusters => describe_clusters(raft, body).await,
+        EcsAction::ListClusters => list_clusters(raft).await,
+        EcsAction::RegisterTaskDefinition => {
+            tasks::register_task_definition(raft, body, request_id).await
         }
-        "DeleteCluster" => {
-            #[derive(Deserialize)]
-            struct Request {
-                cluster: String,
-            }
-            let request: Request = parse(action, body)?;
-            let cluster_name = model::cluster_name_from(&request.cluster);
-            let command = Command::DeleteCluster {
-                cluster_name: cluster_name.clone(),
-            };
-            raft.propose(Proposal {
-                request_id,
-                command,
-            })
-            .await?;
-            read_now(raft, |state| {
-                let cluster = state
-                    .clusters
-                    .get(&cluster_name)
-                    .ok_or_else(|| Error::Internal("a deleted cluster vanished".into()))?;
-                Ok(json!({ "cluster": cluster_view(state, cluster) }).into())
-            })
+        EcsAction::DescribeTaskDefinition => tasks::describe_task_definition(raft, body).await,
+        EcsAction::ListTaskDefinitions => tasks::list_task_definitions(raft, body).await,
+        EcsAction::DeregisterTaskDefinition => {
+            tasks::deregister_task_definition(raft, body, request_id).await
         }
-        "DescribeClusters" => {
-            #[derive(Deserialize)]
-            struct Request {
-                #[serde(default)]
-                clusters: Vec<String>,
-            }
-            let request: Request = parse(action, body)?;
-            let wanted = if request.clusters.is_empty() {
-                vec![model::DEFAULT_CLUSTER.to_string()]
-            } else {
-                request.clusters
-            };
-            read_linearizable(raft, |state| {
-                let mut clusters = Vec::new();
-                let mut failures = Vec::new();
-                for name_or_arn in &wanted {
-                    let name = model::cluster_name_from(name_or_arn);
-                    match state.clusters.get(&name) {
-                        Some(cluster) => clusters.push(cluster_view(state, cluster)),
-                        None => failures.push(
-                            json!({"arn": model::arn("cluster", &name), "reason": "MISSING"}),
-                        ),
-                    }
-                }
-                Ok(json!({ "clusters": clusters, "failures": failures }).into())
-            })
-            .await
+        EcsAction::DeleteTaskDefinitions => {
+            tasks::delete_task_definitions(raft, body, request_id).await
         }
-        "ListClusters" => {
-            read_linearizable(raft, |state| {
-                let arns: Vec<&str> = state
-                    .clusters
-                    .values()
-                    .filter(|c| c.status == "ACTIVE")
-                    .map(|c| c.cluster_arn.as_str())
-                    .collect();
-                Ok(json!({ "clusterArns": arns }).into())
-            })
-            .await
+        EcsAction::RunTask => tasks::run_task(raft, body, request_id).await,
+        EcsAction::StopTask => tasks::stop_task(raft, body, request_id).await,
+        EcsAction::DescribeTasks => tasks::describe_tasks(raft, body).await,
+        EcsAction::ExplainTask => tasks::explain_task(raft, body).await,
+        EcsAction::ListTasks => tasks::list_tasks(raft, body).await,
+        EcsAction::ListContainerInstances => tasks::list_container_instances(raft, body).await,
+        EcsAction::DescribeContainerInstances => {
+            tasks::describe_container_instances(raft, body).await
         }
-        other => Err(Error::InvalidInput(format!(
-            "unknown action {other:?}: run `orc --help` for the supported commands"
-        ))),
+        EcsAction::UpdateContainerInstancesState => {
+            tasks::update_container_instances_state(raft, body, request_id).await
+        }
+        EcsAction::CreateService => services::create_service(raft, body, request_id).await,
+        EcsAction::UpdateService => services::update_service(raft, body, request_id).await,
+        EcsAction::DeleteService => services::delete_service(raft, body, request_id).await,
+        EcsAction::DescribeServices => services::describe_services(raft, body).await,
+        EcsAction::ListServices => services::list_services(raft, body).await,
     }
+}
+
+async fn create_cluster(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request {
+        cluster_name: Option<String>,
+        #[serde(default)]
+        tags: Vec<Tag>,
+    }
+    let request: Request = parse("CreateCluster", body)?;
+    let cluster_name = request
+        .cluster_name
+        .unwrap_or_else(|| model::DEFAULT_CLUSTER.to_string());
+    model::validate_cluster_name(&cluster_name)?;
+    let command = Command::CreateCluster {
+        cluster_name: cluster_name.clone(),
+        tags: request.tags,
+        now_ms: now_ms(),
+    };
+    raft.propose(Proposal {
+        request_id,
+        command,
+    })
+    .await?;
+    read_now(raft, |state| {
+        let cluster = state.active_cluster(&cluster_name)?;
+        Ok(json!({ "cluster": cluster_view(state, cluster) }).into())
+    })
+}
+
+async fn delete_cluster(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    struct Request {
+        cluster: String,
+    }
+    let request: Request = parse("DeleteCluster", body)?;
+    let cluster_name = model::cluster_name_from(&request.cluster);
+    let command = Command::DeleteCluster {
+        cluster_name: cluster_name.clone(),
+    };
+    raft.propose(Proposal {
+        request_id,
+        command,
+    })
+    .await?;
+    read_now(raft, |state| {
+        let cluster = state
+            .clusters
+            .get(&cluster_name)
+            .ok_or_else(|| Error::Internal("a deleted cluster vanished".into()))?;
+        Ok(json!({ "cluster": cluster_view(state, cluster) }).into())
+    })
+}
+
+async fn describe_clusters(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+    #[derive(Deserialize)]
+    struct Request {
+        #[serde(default)]
+        clusters: Vec<String>,
+    }
+    let request: Request = parse("DescribeClusters", body)?;
+    let wanted = if request.clusters.is_empty() {
+        vec![model::DEFAULT_CLUSTER.to_string()]
+    } else {
+        request.clusters
+    };
+    read_linearizable(raft, |state| {
+        let mut clusters = Vec::new();
+        let mut failures = Vec::new();
+        for name_or_arn in &wanted {
+            let name = model::cluster_name_from(name_or_arn);
+            match state.clusters.get(&name) {
+                Some(cluster) => clusters.push(cluster_view(state, cluster)),
+                None => {
+                    failures.push(json!({"arn": model::arn("cluster", &name), "reason": "MISSING"}))
+                }
+            }
+        }
+        Ok(json!({ "clusters": clusters, "failures": failures }).into())
+    })
+    .await
+}
+
+async fn list_clusters(raft: &RaftHandle) -> Result<ActionResult> {
+    read_linearizable(raft, |state| {
+        let arns: Vec<&str> = state
+            .clusters
+            .values()
+            .filter(|c| c.status == "ACTIVE")
+            .map(|c| c.cluster_arn.as_str())
+            .collect();
+        Ok(json!({ "clusterArns": arns }).into())
+    })
+    .await
 }
 
 /// The cluster a request names (name or ARN), `default` when it names none.

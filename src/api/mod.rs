@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::client::Client;
 use crate::raft::node::{RaftHandle, Role};
 use crate::raft::transport::Transport;
+use crate::vocab::action::EcsAction;
 use crate::wire::proto::orc_server::{Orc, OrcServer};
 use crate::wire::proto::peer_server::{Peer, PeerServer};
 use crate::wire::proto::{
@@ -232,12 +233,10 @@ impl Orc for ApiContext {
         request: Request<ActionRequest>,
     ) -> Result<Response<ActionResponse>, Status> {
         let request = request.into_inner();
-        let result = ecs::call(
-            &self.raft,
-            &request.action,
-            &request.body_json,
-            request.request_id,
-        )
+        let result = async {
+            let action: EcsAction = request.action.parse()?;
+            ecs::call(&self.raft, action, &request.body_json, request.request_id).await
+        }
         .await
         .map_err(|error| {
             tracing::debug!(%error, "action failed");

@@ -13,24 +13,6 @@ use crate::store::{Command, State};
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
-/// Handles the service actions; `None` for other actions.
-pub async fn call(
-    raft: &RaftHandle,
-    action: &str,
-    body: &str,
-    request_id: String,
-) -> Option<Result<ActionResult>> {
-    let result = match action {
-        "CreateService" => create_service(raft, body, request_id).await,
-        "UpdateService" => update_service(raft, body, request_id).await,
-        "DeleteService" => delete_service(raft, body, request_id).await,
-        "DescribeServices" => describe_services(raft, body).await,
-        "ListServices" => list_services(raft, body).await,
-        _ => return None,
-    };
-    Some(result)
-}
-
 /// Checks deployment percentages as ECS does.
 fn check_deployment_configuration(config: &DeploymentConfiguration) -> Result<()> {
     if config.maximum_percent < 100 || config.maximum_percent > 200 {
@@ -48,7 +30,11 @@ fn check_deployment_configuration(config: &DeploymentConfiguration) -> Result<()
     Ok(())
 }
 
-async fn create_service(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+pub(super) async fn create_service(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -127,7 +113,11 @@ async fn create_service(raft: &RaftHandle, body: &str, request_id: String) -> Re
     })
 }
 
-async fn update_service(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+pub(super) async fn update_service(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -171,7 +161,11 @@ async fn update_service(raft: &RaftHandle, body: &str, request_id: String) -> Re
     })
 }
 
-async fn delete_service(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+pub(super) async fn delete_service(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -200,7 +194,7 @@ async fn delete_service(raft: &RaftHandle, body: &str, request_id: String) -> Re
     })
 }
 
-async fn describe_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn describe_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -223,7 +217,7 @@ async fn describe_services(raft: &RaftHandle, body: &str) -> Result<ActionResult
     .await
 }
 
-async fn list_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn list_services(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Request {

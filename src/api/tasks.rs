@@ -23,35 +23,7 @@ fn invalid(error: impl std::fmt::Display) -> Error {
     Error::InvalidInput(error.to_string())
 }
 
-/// Handles the actions of this module; `None` when the action is not one of them.
-pub async fn call(
-    raft: &RaftHandle,
-    action: &str,
-    body: &str,
-    request_id: String,
-) -> Option<Result<ActionResult>> {
-    let result = match action {
-        "RegisterTaskDefinition" => register_task_definition(raft, body, request_id).await,
-        "DescribeTaskDefinition" => describe_task_definition(raft, body).await,
-        "ListTaskDefinitions" => list_task_definitions(raft, body).await,
-        "DeregisterTaskDefinition" => deregister_task_definition(raft, body, request_id).await,
-        "DeleteTaskDefinitions" => delete_task_definitions(raft, body, request_id).await,
-        "RunTask" => run_task(raft, body, request_id).await,
-        "StopTask" => stop_task(raft, body, request_id).await,
-        "DescribeTasks" => describe_tasks(raft, body).await,
-        "ExplainTask" => explain_task(raft, body).await,
-        "ListTasks" => list_tasks(raft, body).await,
-        "ListContainerInstances" => list_container_instances(raft, body).await,
-        "DescribeContainerInstances" => describe_container_instances(raft, body).await,
-        "UpdateContainerInstancesState" => {
-            update_container_instances_state(raft, body, request_id).await
-        }
-        _ => return None,
-    };
-    Some(result)
-}
-
-async fn register_task_definition(
+pub(super) async fn register_task_definition(
     raft: &RaftHandle,
     body: &str,
     request_id: String,
@@ -73,7 +45,10 @@ async fn register_task_definition(
     })
 }
 
-async fn describe_task_definition(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn describe_task_definition(
+    raft: &RaftHandle,
+    body: &str,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -92,7 +67,7 @@ async fn describe_task_definition(raft: &RaftHandle, body: &str) -> Result<Actio
     .await
 }
 
-async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -138,7 +113,7 @@ fn family_revision(reference: &str) -> Result<(String, i64)> {
     Ok((parsed.family, revision))
 }
 
-async fn deregister_task_definition(
+pub(super) async fn deregister_task_definition(
     raft: &RaftHandle,
     body: &str,
     request_id: String,
@@ -158,7 +133,7 @@ async fn deregister_task_definition(
     Ok(propose(raft, request_id, command).await?.into())
 }
 
-async fn delete_task_definitions(
+pub(super) async fn delete_task_definitions(
     raft: &RaftHandle,
     body: &str,
     request_id: String,
@@ -202,7 +177,11 @@ struct RunTaskRequest {
     explain: bool,
 }
 
-async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+pub(super) async fn run_task(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     let request: RunTaskRequest = parse("RunTask", body)?;
     let count = request.count.unwrap_or(1);
     if count == 0 || count > MAX_RUN_TASK_COUNT {
@@ -298,7 +277,11 @@ async fn run_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<A
     Ok(answer.into())
 }
 
-async fn stop_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<ActionResult> {
+pub(super) async fn stop_task(
+    raft: &RaftHandle,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -322,7 +305,7 @@ async fn stop_task(raft: &RaftHandle, body: &str, request_id: String) -> Result<
 
 /// orc's addition: per instance, why a task was (or would be) placed there
 /// or not, judged against the cluster as it is now.
-async fn explain_task(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn explain_task(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -356,7 +339,7 @@ async fn explain_task(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     .await
 }
 
-async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -379,7 +362,7 @@ async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     .await
 }
 
-async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -504,7 +487,10 @@ pub fn instance_view(state: &State, instance: &ContainerInstance) -> Value {
     })
 }
 
-async fn list_container_instances(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn list_container_instances(
+    raft: &RaftHandle,
+    body: &str,
+) -> Result<ActionResult> {
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -527,7 +513,10 @@ async fn list_container_instances(raft: &RaftHandle, body: &str) -> Result<Actio
     .await
 }
 
-async fn describe_container_instances(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+pub(super) async fn describe_container_instances(
+    raft: &RaftHandle,
+    body: &str,
+) -> Result<ActionResult> {
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
     struct Request {
@@ -560,7 +549,7 @@ async fn describe_container_instances(raft: &RaftHandle, body: &str) -> Result<A
     .await
 }
 
-async fn update_container_instances_state(
+pub(super) async fn update_container_instances_state(
     raft: &RaftHandle,
     body: &str,
     request_id: String,

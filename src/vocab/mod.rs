@@ -1,4 +1,5 @@
-//! The ECS nouns every layer shares, at the bottom of the crate: the port
+//! The ECS nouns every layer shares, at the bottom of the crate: the actions
+//! (`action::EcsAction`), the port
 //! [`Protocol`], placement specs (`placement`), the cluster query language's
 //! syntax tree (`query`), ids (`ids`), and wall-clock time as commands carry it (`time`).
 //!
@@ -11,6 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod action;
 pub mod ids;
 pub mod placement;
 pub mod query;
