@@ -216,3 +216,67 @@ async fn sample_lowest_running(orc: &TestOrc, definition: &str, count: u64) -> u
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 12, item 4: a crashing revision pushed the moment `wait
+/// services-stable` returned, while the first rollout was still
+/// IN_PROGRESS (so no deployment ever COMPLETED), fails after its failed
+/// tasks and rolls back to the revision that was serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_pushed_before_the_first_rollout_completed_rolls_back() {
+    let image = busybox_image(IMAGE);
+    let orc = TestOrc::start().await;
+    let web = orc
+        .register(json!({"family": "web", "containerDefinitions": [{
+            "name": "web", "image": image, "memory": 16, "stopTimeout": 2,
+            "portMappings": [{"containerPort": 80}]}]}))
+        .await;
+    let crash = orc
+        .register(json!({"family": "crash", "containerDefinitions": [{
+            "name": "web", "image": image, "memory": 16, "command": ["sh", "-c", "exit 1"]}]}))
+        .await;
+    let (ok, _, stderr) = orc.cli(&[
+        "create-service",
+        "--service-name",
+        "web",
+        "--task-definition",
+        &web,
+        "--desired-count",
+        "2",
+        "--deployment-configuration",
+        "maximumPercent=200,minimumHealthyPercent=50,deploymentCircuitBreaker={enable=true,rollback=true}",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = orc.cli(&[
+        "wait",
+        "services-stable",
+        "--services",
+        "web",
+        "--timeout",
+        "60",
+    ]);
+    assert!(ok, "{stderr}");
+    let answer = orc
+        .call(
+            "UpdateService",
+            json!({"service": "web", "taskDefinition": crash}),
+        )
+        .await;
+    let deployments = answer["service"]["deployments"].as_array().unwrap();
+    assert_eq!(
+        deployments[1]["rolloutState"], "IN_PROGRESS",
+        "the update must land before the first rollout completes (its tasks count 3 s after they run): {deployments:?}"
+    );
+
+    let service = wait_stable(&orc, &web, 2).await;
+    let text = events(&service);
+    assert!(
+        text.contains("deployment failed: tasks failed to start."),
+        "{text}"
+    );
+    assert!(text.contains("rolling back to"), "{text}");
+    assert_eq!(
+        service["deployments"][0]["desiredCount"], 2,
+        "the rollback deployment carries the desired count: {}",
+        service["deployments"]
+    );
+}

@@ -59,11 +59,28 @@ pub async fn run(endpoint: &str, command: WaitCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Whether an ECS service description is stable: one deployment, running = desired.
+/// Whether an ECS service description is stable, as the `aws ecs wait
+/// services-stable` waiter decides: only one deployment is left and the
+/// running count equals the desired count (orc also waits for no task to be
+/// pending). Like ECS's, it does not wait for the rollout state: a service
+/// whose new tasks all run is stable while its deployment is still
+/// IN_PROGRESS.
 pub fn is_stable(service: &Value) -> bool {
     service["deployments"].as_array().map(Vec::len) == Some(1)
         && service["runningCount"] == service["desiredCount"]
         && service["pendingCount"] == 0
+}
+
+/// Why a service can never become stable (ECS's waiter fails on a DRAINING
+/// or INACTIVE service), or `None` while it still may.
+pub fn never_stable(service: &Value) -> Option<String> {
+    let status = service["status"].as_str().unwrap_or("");
+    (status == "DRAINING" || status == "INACTIVE").then(|| {
+        format!(
+            "service {} is {status}: it is being deleted and will never be stable",
+            service["serviceName"].as_str().unwrap_or("?")
+        )
+    })
 }
 
 async fn wait_services(endpoint: &str, args: &WaitServices) -> anyhow::Result<()> {
@@ -109,6 +126,10 @@ async fn wait_services(endpoint: &str, args: &WaitServices) -> anyhow::Result<()
             })
             .collect();
         progress.update(&line.join("; "));
+        if let Some(reason) = services.iter().find_map(never_stable) {
+            progress.finish();
+            bail!("{reason}");
+        }
         if services.iter().all(is_stable) {
             progress.finish();
             eprintln!("{} stable", args.services.join(", "));
@@ -174,5 +195,44 @@ async fn wait_tasks(endpoint: &str, args: &WaitTasks, want_running: bool) -> any
             bail!("timed out after {} s waiting for tasks to be {goal}: raise --timeout or check `orc describe-tasks`", args.timeout);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(status: &str, deployments: usize, running: u32, pending: u32) -> Value {
+        json!({
+            "serviceName": "web", "status": status, "desiredCount": 2,
+            "runningCount": running, "pendingCount": pending,
+            "deployments": (0..deployments)
+                .map(|i| json!({"id": format!("ecs-svc/{i}"), "rolloutState": "IN_PROGRESS"}))
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn stable_means_one_deployment_and_the_desired_count_running_as_ecs_waits() {
+        // (status, deployments, running, pending, stable, never stable)
+        let cases = [
+            ("ACTIVE", 1, 2, 0, true, false),
+            // ECS's waiter ignores the rollout state: IN_PROGRESS is stable here.
+            ("ACTIVE", 2, 2, 0, false, false),
+            ("ACTIVE", 1, 1, 0, false, false),
+            ("ACTIVE", 1, 1, 1, false, false),
+            ("ACTIVE", 1, 3, 0, false, false),
+            ("DRAINING", 1, 2, 0, true, true),
+            ("INACTIVE", 1, 0, 0, false, true),
+        ];
+        for (status, deployments, running, pending, stable, never) in cases {
+            let described = service(status, deployments, running, pending);
+            assert_eq!(is_stable(&described), stable, "{described}");
+            assert_eq!(never_stable(&described).is_some(), never, "{described}");
+        }
+        assert_eq!(
+            never_stable(&service("DRAINING", 1, 0, 0)).unwrap(),
+            "service web is DRAINING: it is being deleted and will never be stable"
+        );
     }
 }

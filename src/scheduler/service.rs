@@ -291,16 +291,21 @@ fn reconcile_replica(
                 ),
             ));
             if breaker.rollback {
-                if let Some(previous) = service
-                    .last_completed_task_definition
-                    .clone()
-                    .filter(|previous| previous != &primary.task_definition)
-                {
-                    plan.events.push(message(
+                match rollback_target(service, primary) {
+                    Some(previous) => {
+                        plan.events.push(message(
+                            service,
+                            &format!("(deployment {}) rolling back to {previous}.", primary.id),
+                        ));
+                        plan.rollback_to = Some(previous);
+                    }
+                    None => plan.events.push(message(
                         service,
-                        &format!("(deployment {}) rolling back to {previous}.", primary.id),
-                    ));
-                    plan.rollback_to = Some(previous);
+                        &format!(
+                            "(deployment {}) cannot roll back: no earlier deployment completed or was serving.",
+                            primary.id
+                        ),
+                    )),
                 }
             }
         } else if primary_healthy >= desired && primary_count == desired && !old_left {
@@ -313,6 +318,27 @@ fn reconcile_replica(
                 .push(message(service, "has reached a steady state."));
         }
     }
+}
+
+/// The task definition a failed deployment rolls back to: that of the last
+/// deployment that COMPLETED, as ECS does; when none did (a revision pushed
+/// before the previous rollout reached its steady state) or that is the
+/// failed revision itself, the newest older deployment that did not fail,
+/// which is the one that was serving before the failed one.
+pub fn rollback_target(service: &Service, failed: &crate::model::Deployment) -> Option<String> {
+    let differs = |definition: &String| *definition != failed.task_definition;
+    service
+        .last_completed_task_definition
+        .clone()
+        .filter(differs)
+        .or_else(|| {
+            service
+                .deployments
+                .iter()
+                .filter(|d| d.id != failed.id && d.rollout_state != "FAILED")
+                .map(|d| d.task_definition.clone())
+                .find(differs)
+        })
 }
 
 fn reconcile_daemon(
@@ -565,6 +591,84 @@ mod tests {
         assert_eq!(failure_threshold(2), 10);
         assert_eq!(failure_threshold(100), 50);
         assert_eq!(failure_threshold(1000), 200);
+    }
+
+    #[test]
+    fn a_failed_deployment_rolls_back_to_the_last_completed_or_else_the_serving_one() {
+        // (last completed revision, older deployments as (revision, rollout state),
+        //  the revision rolled back to).
+        let cases: Vec<(Option<&str>, Vec<(&str, &str)>, Option<&str>)> = vec![
+            // ECS's rule: the last deployment that completed.
+            (Some("web:1"), vec![("web:1", "COMPLETED")], Some("web:1")),
+            (Some("web:1"), vec![("web:2", "IN_PROGRESS")], Some("web:1")),
+            // Issue 12: the crash revision was pushed while the first rollout
+            // was still IN_PROGRESS, so nothing ever completed: roll back to
+            // the deployment that was serving.
+            (None, vec![("web:1", "IN_PROGRESS")], Some("web:1")),
+            (
+                None,
+                vec![("web:3", "FAILED"), ("web:1", "IN_PROGRESS")],
+                Some("web:1"),
+            ),
+            // The last completed revision is the failed one itself.
+            (
+                Some("crash:1"),
+                vec![("web:2", "IN_PROGRESS")],
+                Some("web:2"),
+            ),
+            // Nothing to roll back to: the rollback deployment of crash:1's own
+            // revision failed, or the service never ran anything else.
+            (None, vec![("crash:1", "IN_PROGRESS")], None),
+            (None, vec![("web:3", "FAILED")], None),
+            (None, vec![], None),
+        ];
+        for (last_completed, older, expected) in cases {
+            let mut failed = deployment("d9", "PRIMARY", "crash:1");
+            failed.failed_tasks = failure_threshold(2);
+            let mut deployments = vec![failed];
+            for (i, (definition, rollout_state)) in older.iter().enumerate() {
+                let mut d = deployment(&format!("d{}", 8 - i), "ACTIVE", definition);
+                d.rollout_state = rollout_state.to_string();
+                deployments.push(d);
+            }
+            let mut service = service(2, 50, 200, deployments);
+            service.last_completed_task_definition = last_completed.map(str::to_string);
+            service.deployment_configuration.deployment_circuit_breaker =
+                DeploymentCircuitBreaker {
+                    enable: true,
+                    rollback: true,
+                };
+            let serving: Vec<Task> = older
+                .iter()
+                .enumerate()
+                .map(|(i, _)| {
+                    task(
+                        &format!("o{i}"),
+                        &format!("d{}", 8 - i),
+                        TaskStatus::Running,
+                        "a",
+                    )
+                })
+                .collect();
+            let refs: Vec<&Task> = serving.iter().collect();
+            let plan = reconcile(
+                &service,
+                &refs,
+                &[view("a", InstanceStatus::Active)],
+                10_000,
+            );
+            let case = format!("last completed {last_completed:?}, older {older:?}");
+            assert_eq!(plan.deployment_changes[0].rollout_state, "FAILED", "{case}");
+            assert_eq!(plan.rollback_to.as_deref(), expected, "{case}");
+            let said = plan.events.join("\n");
+            match expected {
+                Some(target) => assert!(
+                    said.contains(&format!("rolling back to {target}.")),
+                    "{case}: {said}"
+                ),
+                None => assert!(said.contains("cannot roll back"), "{case}: {said}"),
+            }
+        }
     }
 
     #[test]
