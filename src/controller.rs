@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::raft::node::{RaftHandle, Role};
-use crate::scheduler::{self, placement, service};
+use crate::scheduler::{self, placement, provisioning, service};
 use crate::store::ecs::{PlannedTask, TaskLaunch};
 use crate::store::services::PlanResult;
 use crate::store::{Command, Proposal, State};
@@ -193,6 +193,8 @@ fn launch_command(
             overrides: None,
             started_by: Some(start.deployment_id.clone()),
             group: service.group(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
         },
         planned,
         event,
@@ -208,52 +210,39 @@ fn rand_like(seed: u64, index: usize) -> u64 {
     x ^ (x >> 33)
 }
 
-/// Placements for PROVISIONING tasks (run-task copies that fit nowhere when
-/// they were started) that fit somewhere now. Pure, like `service_commands`.
+/// Placements for the tasks waiting in PROVISIONING (run-task copies that
+/// fit nowhere when they were started) that fit somewhere now, oldest
+/// first, each with its own run-task call's strategies and constraints
+/// (`scheduler::provisioning`). Pure, like `service_commands`; the loop runs
+/// it on every change, so a task stopping, an instance registering or
+/// turning ACTIVE places the waiting tasks at once.
 pub fn provisioning_commands(state: &State, seed: u64) -> Vec<Command> {
-    let mut waiting: std::collections::BTreeMap<String, Vec<&crate::model::Task>> =
-        Default::default();
-    for task in state.tasks.values() {
-        if task.last_status == crate::model::TaskStatus::Provisioning
-            && task.desired_status == crate::model::TaskStatus::Running
-        {
-            waiting.entry(task.cluster_name()).or_default().push(task);
-        }
-    }
     let mut commands = Vec::new();
-    for (cluster, tasks) in waiting {
-        let mut views = scheduler::cluster_views(state, &cluster);
-        let mut planned = Vec::new();
-        for (i, task) in tasks.iter().enumerate() {
-            let Ok(definition) = state.task_definition_of(task) else {
-                continue;
-            };
-            let demand = scheduler::task_demand(&definition, &task.group);
-            let constraints = scheduler::definition_constraints(&definition);
-            let outcome = placement::place(
-                &demand,
-                1,
-                &views,
-                &placement::default_run_task_strategies(),
-                &constraints,
-                seed ^ i as u64,
-            );
-            if let Some(instance_id) = outcome.placements.first() {
-                if let Some(view) = views.iter_mut().find(|v| &v.id == instance_id) {
-                    scheduler::take_room(view, &demand);
-                }
-                planned.push(PlannedTask {
-                    task_id: task.id().to_string(),
-                    instance_id: instance_id.clone(),
-                });
-            }
-        }
+    for (cluster, _) in state.clusters.iter() {
+        let planned: Vec<PlannedTask> = provisioning::decide(state, cluster, seed)
+            .into_iter()
+            .filter_map(|decision| {
+                let instance_id = decision.outcome.placements.into_iter().next()?;
+                Some(PlannedTask {
+                    task_id: decision.task_id,
+                    instance_id,
+                })
+            })
+            .collect();
         if !planned.is_empty() {
-            commands.push(Command::PlaceTasks { cluster, planned });
+            commands.push(Command::PlaceTasks {
+                cluster: cluster.clone(),
+                planned,
+            });
         }
     }
     commands
 }
+
+/// How long a placement of waiting tasks that apply refused as a whole is
+/// not proposed again unchanged (the scheduler's view and apply's check
+/// disagreeing would otherwise make a write per loop turn).
+const REFUSED_PLACEMENT_PAUSE: Duration = Duration::from_secs(5);
 
 /// Runs the leader loops for the life of the server.
 pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOptions) {
@@ -267,6 +256,7 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
         let mut ticker = tokio::time::interval(options.interval);
         let mut revisions = raft.store().subscribe();
         let mut last_prune = Instant::now();
+        let mut refused_placement: Option<(Command, Instant)> = None;
         while raft.status().role == Role::Leader {
             // Level-triggered: any change wakes the loop, the ticker repairs anything missed.
             tokio::select! {
@@ -291,6 +281,19 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
                 )
             });
             let seed: u64 = rand::random();
+            // Waiting tasks were asked for before anything this pass starts:
+            // they take the room first.
+            let placements = raft
+                .store()
+                .read(|state| provisioning_commands(state, seed));
+            for command in placements {
+                if refused_placement.as_ref().is_some_and(|(refused, at)| {
+                    *refused == command && now.duration_since(*at) < REFUSED_PLACEMENT_PAUSE
+                }) {
+                    continue;
+                }
+                commands.push(command);
+            }
             commands.extend(
                 raft.store()
                     .read(|state| service_commands(state, now_ms(), seed)),
@@ -311,13 +314,33 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
                 }
             }
             for command in commands {
+                let placing =
+                    matches!(command, Command::PlaceTasks { .. }).then(|| command.clone());
                 let proposal = Proposal {
                     request_id: crate::vocab::ids::request_id(),
                     command,
                 };
-                if let Err(error) = raft.propose(proposal).await {
-                    tracing::debug!(%error, "a control-loop proposal failed; the next tick retries");
-                    break;
+                match raft.propose(proposal).await {
+                    Err(error) => {
+                        tracing::debug!(%error, "a control-loop proposal failed; the next tick retries");
+                        break;
+                    }
+                    Ok(answer) => {
+                        // A placement that apply refused entirely is not
+                        // proposed again unchanged for a while: each proposal
+                        // moves the revision, which wakes this loop.
+                        if let Some(command) = placing {
+                            let none_placed =
+                                answer["placed"].as_array().is_some_and(Vec::is_empty);
+                            if none_placed {
+                                tracing::warn!(
+                                    ?command,
+                                    "apply refused every placement of waiting tasks; pausing them"
+                                );
+                                refused_placement = Some((command, Instant::now()));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -421,6 +444,8 @@ mod tests {
             overrides: None,
             started_by: None,
             group: "family:big".into(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
         };
         let answer = propose(
             &mut state,
@@ -481,5 +506,234 @@ mod tests {
         assert_eq!(second.container_instance_id(), Some("i-1"));
         assert!(second.placement_reason.is_none());
         assert_eq!(state.usage("default", "i-1").memory_mib, 400);
+    }
+
+    /// A state with the control plane, `instances` (id, zone, memory MiB)
+    /// and the task definitions `big` (400 MiB) and `small` (100 MiB).
+    fn cluster_with(instances: &[(&str, &str, i64)]) -> State {
+        let mut state = State::default();
+        propose(
+            &mut state,
+            Command::InitControlPlane {
+                control_plane_id: "cp".into(),
+                first_member_id: 1,
+                first_member_address: "a".into(),
+                now_ms: 1,
+            },
+        );
+        for (id, zone, memory_mib) in instances {
+            let registration = InstanceRegistration {
+                hostname: id.to_string(),
+                cpu: 4096,
+                memory_mib: *memory_mib,
+                reserved_ports: vec![],
+                attributes: vec![crate::model::Attribute {
+                    name: "zone".into(),
+                    value: Some(zone.to_string()),
+                }],
+                agent_version: "t".into(),
+                docker_version: "t".into(),
+            };
+            propose(
+                &mut state,
+                Command::RegisterContainerInstance {
+                    cluster: "default".into(),
+                    instance_id: id.to_string(),
+                    registration,
+                    now_ms: 1,
+                },
+            );
+        }
+        for (family, memory) in [("big", 400), ("small", 100)] {
+            let (definition, _) = crate::taskdef::parse_register_input(&format!(
+                r#"{{"family": "{family}", "containerDefinitions": [{{"name": "c", "image": "x", "memory": {memory}}}]}}"#
+            ))
+            .unwrap();
+            propose(
+                &mut state,
+                Command::RegisterTaskDefinition {
+                    task_definition: definition,
+                    now_ms: 1,
+                },
+            );
+        }
+        state
+    }
+
+    /// One run-task call at `now_ms`: `placed` goes where it says, `waiting`
+    /// is created PROVISIONING, both with the call's strategies and constraints.
+    #[allow(clippy::too_many_arguments)]
+    fn run_task(
+        state: &mut State,
+        family: &str,
+        placed: &[(&str, &str)],
+        waiting: &[&str],
+        strategies: Vec<placement::PlacementStrategy>,
+        constraints: Vec<placement::PlacementConstraint>,
+        now_ms: u64,
+    ) {
+        let launch = TaskLaunch {
+            cluster: "default".into(),
+            task_definition_arn: format!("{family}:1"),
+            overrides: None,
+            started_by: None,
+            group: format!("family:{family}"),
+            placement_strategy: strategies,
+            placement_constraints: constraints,
+        };
+        let answer = propose(
+            state,
+            Command::RunTask {
+                launch,
+                planned: placed
+                    .iter()
+                    .map(|(task_id, instance_id)| PlannedTask {
+                        task_id: task_id.to_string(),
+                        instance_id: instance_id.to_string(),
+                    })
+                    .collect(),
+                unplaced: waiting
+                    .iter()
+                    .map(|task_id| UnplacedTask {
+                        task_id: task_id.to_string(),
+                        reason: "RESOURCE:MEMORY".into(),
+                    })
+                    .collect(),
+                now_ms,
+            },
+        );
+        assert_eq!(
+            answer["tasks"].as_array().unwrap().len(),
+            placed.len() + waiting.len(),
+            "{answer}"
+        );
+    }
+
+    fn stop(state: &mut State, task_id: &str, instance_id: &str) {
+        let change = TaskStateChange {
+            task_arn: state.task("default", task_id).unwrap().task_arn.clone(),
+            status: TaskStatus::Stopped,
+            reason: None,
+            stop_code: None,
+            containers: vec![],
+            health_status: "UNKNOWN".into(),
+            at_ms: 100,
+        };
+        propose(
+            state,
+            Command::SubmitTaskStateChange {
+                cluster: "default".into(),
+                instance_id: instance_id.into(),
+                change,
+            },
+        );
+    }
+
+    fn planned(commands: &[Command]) -> Vec<(String, String)> {
+        commands
+            .iter()
+            .flat_map(|command| match command {
+                Command::PlaceTasks { planned, .. } => planned.clone(),
+                other => panic!("not a placement: {other:?}"),
+            })
+            .map(|p| (p.task_id, p.instance_id))
+            .collect()
+    }
+
+    #[test]
+    fn waiting_tasks_are_placed_oldest_first() {
+        let mut state = cluster_with(&[("i-a", "a", 512)]);
+        run_task(
+            &mut state,
+            "big",
+            &[("holder", "i-a")],
+            &[],
+            vec![],
+            vec![],
+            2,
+        );
+        // The older task's id sorts last: the order is by age, not by id.
+        run_task(&mut state, "big", &[], &["zz-old"], vec![], vec![], 3);
+        run_task(&mut state, "big", &[], &["aa-young"], vec![], vec![], 4);
+        assert!(provisioning_commands(&state, 1).is_empty(), "no room yet");
+        let waiting: Vec<&str> = provisioning::waiting_tasks(&state, "default")
+            .iter()
+            .map(|t| t.id())
+            .collect();
+        assert_eq!(waiting, ["zz-old", "aa-young"]);
+
+        stop(&mut state, "holder", "i-a");
+        for seed in 0..16 {
+            let commands = provisioning_commands(&state, seed);
+            assert_eq!(
+                planned(&commands),
+                [("zz-old".to_string(), "i-a".to_string())],
+                "seed {seed}"
+            );
+        }
+        for command in provisioning_commands(&state, 0) {
+            propose(&mut state, command);
+        }
+        assert_eq!(
+            state.task("default", "zz-old").unwrap().last_status,
+            TaskStatus::Pending
+        );
+        assert_eq!(
+            state.task("default", "aa-young").unwrap().last_status,
+            TaskStatus::Provisioning
+        );
+        assert_eq!(state.usage("default", "i-a").memory_mib, 400);
+    }
+
+    #[test]
+    fn each_waiting_task_keeps_its_own_strategy_and_constraints() {
+        let mut state = cluster_with(&[("i-a", "a", 1024), ("i-b", "b", 1024)]);
+        // i-a has less memory left, so binpack(memory) prefers it.
+        run_task(
+            &mut state,
+            "small",
+            &[("filler", "i-a")],
+            &[],
+            vec![],
+            vec![],
+            2,
+        );
+        let in_zone_b =
+            placement::PlacementConstraint::from_parts("memberOf", Some("attribute:zone == b"))
+                .unwrap();
+        run_task(
+            &mut state,
+            "small",
+            &[],
+            &["zoned"],
+            vec![],
+            vec![in_zone_b],
+            3,
+        );
+        run_task(
+            &mut state,
+            "small",
+            &[],
+            &["packed"],
+            vec![placement::PlacementStrategy::Binpack(
+                placement::Field::Memory,
+            )],
+            vec![],
+            4,
+        );
+        let stored = state.task("default", "zoned").unwrap();
+        assert_eq!(stored.placement_constraints.len(), 1, "{stored:?}");
+        assert!(stored.placement_strategy.is_empty());
+        for seed in 0..32 {
+            let placed = planned(&provisioning_commands(&state, seed));
+            assert_eq!(
+                placed,
+                [
+                    ("zoned".to_string(), "i-b".to_string()),
+                    ("packed".to_string(), "i-a".to_string()),
+                ],
+                "seed {seed}"
+            );
+        }
     }
 }

@@ -327,6 +327,15 @@ pub struct Task {
     /// (`orc explain-task` gives the verdict per instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement_reason: Option<String>,
+    /// orc's addition: the `--placement-strategy` of the run-task call that
+    /// started it, so a task that waits in PROVISIONING is placed as asked
+    /// (empty for service tasks: their service's applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_strategy: Vec<crate::scheduler::placement::PlacementStrategy>,
+    /// orc's addition: the `--placement-constraints` of that run-task call
+    /// (the task definition's own constraints apply besides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_constraints: Vec<crate::scheduler::placement::PlacementConstraint>,
 }
 
 impl Task {

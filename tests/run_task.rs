@@ -299,3 +299,74 @@ async fn invalid_task_definitions_are_refused_naming_the_field() {
         .await;
     assert_eq!(answer["taskDefinitionArns"], json!([]));
 }
+
+fn remaining_memory(instances: &Value) -> i64 {
+    instances["containerInstances"][0]["remainingResources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "MEMORY")
+        .unwrap()["integerValue"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Issue 12, item 1: a task that fits nowhere waits in PROVISIONING and is
+/// placed as soon as room appears (here: the task holding the memory stops),
+/// and `orc explain-task` says what happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioning_task_runs_once_room_appears() {
+    let image = busybox_image(IMAGE);
+    let orc = TestOrc::start().await;
+    let free = remaining_memory(&orc.call("DescribeContainerInstances", json!({})).await);
+    let sleeper = json!([
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done"
+    ]);
+    // Nearly all of the instance's memory, as a reservation (not a hard limit).
+    let hog = orc
+        .register(json!({"family": "hog", "containerDefinitions": [{
+            "name": "hog", "image": image, "memoryReservation": free - 100, "command": sleeper}]}))
+        .await;
+    let second = orc
+        .register(json!({"family": "second", "containerDefinitions": [{
+            "name": "second", "image": image, "memory": 200, "command": sleeper}]}))
+        .await;
+    let hog_id = orc.run_task(&hog).await;
+    orc.wait_task(&hog_id, "RUNNING").await;
+
+    let second_id = orc.run_task(&second).await;
+    let waiting = orc.task(&second_id).await;
+    assert_eq!(waiting["lastStatus"], "PROVISIONING", "{waiting}");
+    assert!(
+        waiting["placementReason"]
+            .as_str()
+            .unwrap()
+            .contains("RESOURCE:MEMORY"),
+        "{waiting}"
+    );
+    let (ok, stdout, stderr) = orc.cli(&["explain-task", &second_id]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("rejected") && !stdout.contains("chosen"),
+        "no instance has room yet:\n{stdout}"
+    );
+
+    let (ok, _, stderr) = orc.cli(&["stop-task", "--task", &hog_id]);
+    assert!(ok, "{stderr}");
+    let running = orc.wait_task(&second_id, "RUNNING").await;
+    assert_eq!(
+        running["containerInstanceArn"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next(),
+        orc.instance_id().as_deref(),
+        "{running}"
+    );
+    assert!(running.get("placementReason").is_none(), "{running}");
+    let (ok, stdout, stderr) = orc.cli(&["explain-task", &second_id]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("chosen: the task runs here"), "{stdout}");
+}

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::ecs::{cluster_of, parse, propose, read_linearizable as read, ActionResult};
 use crate::model::{self, stop_code, ContainerInstance, Task, TaskStatus};
 use crate::raft::node::RaftHandle;
-use crate::scheduler::{self, placement};
+use crate::scheduler::{self, placement, provisioning};
 use crate::store::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use crate::store::{Command, State};
 use crate::taskdef::{self, TaskDefinitionRef, TaskDefinitionStatus};
@@ -257,6 +257,8 @@ pub(super) async fn run_task(
             overrides: request.overrides.clone(),
             started_by: request.started_by.clone(),
             group,
+            placement_strategy: request.placement_strategy.clone(),
+            placement_constraints: request.placement_constraints.clone(),
         };
         Ok((launch, planned, unplaced, outcome.explanation))
     })?;
@@ -304,7 +306,10 @@ pub(super) async fn stop_task(
 }
 
 /// orc's addition: per instance, why a task was (or would be) placed there
-/// or not, judged against the cluster as it is now.
+/// or not, judged against the cluster as it is now with the task's own
+/// strategies and constraints. For a task waiting in PROVISIONING it is the
+/// very decision the leader's controller takes (`scheduler::provisioning`):
+/// an instance said to be chosen is where the task goes on its next pass.
 pub(super) async fn explain_task(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -318,20 +323,31 @@ pub(super) async fn explain_task(raft: &RaftHandle, body: &str) -> Result<Action
         let task = state.task(&cluster, &request.task)?;
         let definition = state.task_definition_of(task)?;
         let demand = scheduler::task_demand(&definition, &task.group);
-        let constraints = scheduler::definition_constraints(&definition);
-        let views: Vec<placement::InstanceView> = scheduler::cluster_views(state, &cluster)
+        let how = provisioning::task_placement(state, task, &definition);
+        let waiting = provisioning::decide(state, &cluster, 0)
             .into_iter()
-            .filter(|v| Some(v.id.as_str()) != task.container_instance_id())
-            .collect();
-        let outcome = placement::place(&demand, 1, &views, &placement::default_run_task_strategies(), &constraints, 0);
-        let mut explanation = serde_json::to_value(&outcome.explanation).unwrap_or_default();
-        if let (Some(list), Some(instance)) = (explanation.as_array_mut(), task.container_instance_id()) {
-            list.insert(0, json!({"instance_id": instance, "placed": 1, "verdict": "chosen: the task runs here"}));
-        }
+            .find(|decision| decision.task_id == task.id());
+        let explanation = match waiting {
+            Some(decision) => json!(decision.outcome.explanation),
+            None => {
+                let views: Vec<placement::InstanceView> = scheduler::cluster_views(state, &cluster)
+                    .into_iter()
+                    .filter(|v| Some(v.id.as_str()) != task.container_instance_id())
+                    .collect();
+                let outcome = placement::place(&demand, 1, &views, &how.strategies, &how.constraints, 0);
+                let mut explanation = serde_json::to_value(&outcome.explanation).unwrap_or_default();
+                if let (Some(list), Some(instance)) = (explanation.as_array_mut(), task.container_instance_id()) {
+                    list.insert(0, json!({"instance_id": instance, "placed": 1, "verdict": "chosen: the task runs here"}));
+                }
+                explanation
+            }
+        };
         Ok(json!({
             "task": task,
             "needs": {"cpu": demand.cpu, "memoryMiB": demand.memory_mib,
                       "hostPorts": demand.static_ports.iter().map(|(p, proto)| format!("{p}/{proto}")).collect::<Vec<_>>()},
+            "placementStrategy": how.strategies,
+            "placementConstraints": how.constraints,
             "explanation": explanation,
         })
         .into())

@@ -119,6 +119,27 @@ impl Output {
                             .join(", "))
                         .unwrap_or_else(|| "none".into())
                 );
+                let described = |items: &Value, detail: &str| -> String {
+                    let list: Vec<String> = items
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|item| match item[detail].as_str() {
+                            Some(detail) => format!("{}({detail})", text(item, "type")),
+                            None => text(item, "type"),
+                        })
+                        .collect();
+                    if list.is_empty() {
+                        "none".into()
+                    } else {
+                        list.join(", ")
+                    }
+                };
+                println!(
+                    "placed with strategy {}; constraints {}",
+                    described(&answer["placementStrategy"], "field"),
+                    described(&answer["placementConstraints"], "expression")
+                );
                 let rows: Vec<Vec<String>> = answer["explanation"]
                     .as_array()
                     .into_iter()

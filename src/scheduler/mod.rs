@@ -1,7 +1,10 @@
-//! Deciding where tasks run: the cluster query language (`query`) and the
-//! pure placement function (`placement`). No I/O here.
+//! Deciding where tasks run: the cluster query language (`query`), the
+//! pure placement function (`placement`), the placement of tasks waiting in
+//! PROVISIONING (`provisioning`) and the service reconciler (`service`).
+//! No I/O here.
 
 pub mod placement;
+pub mod provisioning;
 pub mod query;
 pub mod service;
 
@@ -25,8 +28,12 @@ pub fn instance_view(state: &State, instance: &ContainerInstance) -> InstanceVie
         .entry("ecs.availability-zone".to_string())
         .or_insert_with(|| "default".to_string());
     let mut used_ports = usage.ports.clone();
+    // A reserved port is refused for either protocol when a placement is
+    // applied (`State::misfit`); the view must agree, or the controller
+    // would keep proposing placements that apply refuses.
     for port in &instance.registration.reserved_ports {
         used_ports.insert((*port, placement::Protocol::Tcp));
+        used_ports.insert((*port, placement::Protocol::Udp));
     }
     InstanceView {
         id: instance.id().to_string(),

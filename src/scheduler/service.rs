@@ -597,7 +597,8 @@ mod tests {
     fn a_failed_deployment_rolls_back_to_the_last_completed_or_else_the_serving_one() {
         // (last completed revision, older deployments as (revision, rollout state),
         //  the revision rolled back to).
-        let cases: Vec<(Option<&str>, Vec<(&str, &str)>, Option<&str>)> = vec![
+        type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
             // ECS's rule: the last deployment that completed.
             (Some("web:1"), vec![("web:1", "COMPLETED")], Some("web:1")),
             (Some("web:1"), vec![("web:2", "IN_PROGRESS")], Some("web:1")),

@@ -415,6 +415,8 @@ mod tests {
             overrides: None,
             started_by: None,
             group: "family:web".into(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
         }
     }
 

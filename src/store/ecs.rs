@@ -480,6 +480,13 @@ pub struct TaskLaunch {
     pub started_by: Option<String>,
     /// The task group.
     pub group: String,
+    /// The run-task call's placement strategies, kept on its tasks (empty
+    /// for services, whose own strategies apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_strategy: Vec<crate::scheduler::placement::PlacementStrategy>,
+    /// The run-task call's placement constraints, kept on its tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_constraints: Vec<crate::scheduler::placement::PlacementConstraint>,
 }
 
 /// A run-task copy that fit on no instance: it stays PROVISIONING, with the
@@ -573,6 +580,8 @@ pub fn run_task(
         stopping_at: None,
         stopped_at: None,
         placement_reason: None,
+        placement_strategy: launch.placement_strategy.clone(),
+        placement_constraints: launch.placement_constraints.clone(),
     };
     let definition = state.task_definition_of(&stub)?;
     let demand = demand_of(&definition);
