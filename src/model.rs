@@ -331,11 +331,11 @@ pub struct Task {
     /// started it, so a task that waits in PROVISIONING is placed as asked
     /// (empty for service tasks: their service's applies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub placement_strategy: Vec<crate::scheduler::placement::PlacementStrategy>,
+    pub placement_strategy: Vec<crate::vocab::placement::PlacementStrategy>,
     /// orc's addition: the `--placement-constraints` of that run-task call
     /// (the task definition's own constraints apply besides).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub placement_constraints: Vec<crate::scheduler::placement::PlacementConstraint>,
+    pub placement_constraints: Vec<crate::vocab::placement::PlacementConstraint>,
 }
 
 impl Task {

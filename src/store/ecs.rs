@@ -483,10 +483,10 @@ pub struct TaskLaunch {
     /// The run-task call's placement strategies, kept on its tasks (empty
     /// for services, whose own strategies apply).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub placement_strategy: Vec<crate::scheduler::placement::PlacementStrategy>,
+    pub placement_strategy: Vec<crate::vocab::placement::PlacementStrategy>,
     /// The run-task call's placement constraints, kept on its tasks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub placement_constraints: Vec<crate::scheduler::placement::PlacementConstraint>,
+    pub placement_constraints: Vec<crate::vocab::placement::PlacementConstraint>,
 }
 
 /// A run-task copy that fit on no instance: it stays PROVISIONING, with the
