@@ -152,20 +152,41 @@ async fn describe_clusters(raft: &RaftHandle, body: &str) -> Result<ActionResult
         request.clusters
     };
     read_linearizable(raft, |state| {
-        let mut clusters = Vec::new();
-        let mut failures = Vec::new();
-        for name_or_arn in &wanted {
-            let name = model::cluster_name_from(name_or_arn);
-            match state.clusters.get(&name) {
-                Some(cluster) => clusters.push(cluster_view(state, cluster)),
-                None => {
-                    failures.push(json!({"arn": model::arn("cluster", &name), "reason": "MISSING"}))
-                }
-            }
-        }
-        Ok(json!({ "clusters": clusters, "failures": failures }).into())
+        Ok(described(
+            "clusters",
+            &wanted,
+            |name_or_arn| {
+                let cluster = state.clusters.get(&model::cluster_name_from(name_or_arn))?;
+                Some(cluster_view(state, cluster))
+            },
+            |name_or_arn| model::arn("cluster", &model::cluster_name_from(name_or_arn)),
+        )
+        .into())
     })
     .await
+}
+
+/// ECS's answer to a describe action: under `key`, each wanted item that
+/// `find` finds, and under `failures` a `MISSING` failure naming
+/// `missing_arn` of each one it does not.
+pub(crate) fn described(
+    key: &str,
+    wanted: &[String],
+    mut find: impl FnMut(&str) -> Option<Value>,
+    missing_arn: impl Fn(&str) -> String,
+) -> Value {
+    let mut found = Vec::new();
+    let mut failures = Vec::new();
+    for name in wanted {
+        match find(name) {
+            Some(item) => found.push(item),
+            None => failures.push(json!({"arn": missing_arn(name), "reason": "MISSING"})),
+        }
+    }
+    let mut answer = serde_json::Map::new();
+    answer.insert(key.to_string(), Value::Array(found));
+    answer.insert("failures".to_string(), Value::Array(failures));
+    Value::Object(answer)
 }
 
 async fn list_clusters(raft: &RaftHandle) -> Result<ActionResult> {

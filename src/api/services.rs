@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{cluster_of, parse, propose, read_linearizable, ActionResult};
+use super::ecs::{cluster_of, described, parse, propose, read_linearizable, ActionResult};
 use crate::model::{self, DeploymentConfiguration, LoadBalancer, Service, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::placement::{self, PlacementConstraint, PlacementStrategy};
@@ -204,15 +204,13 @@ pub(super) async fn describe_services(raft: &RaftHandle, body: &str) -> Result<A
     let request: Request = parse("DescribeServices", body)?;
     let cluster = cluster_of(&request.cluster);
     read_linearizable(raft, |state| {
-        let mut services = Vec::new();
-        let mut failures = Vec::new();
-        for name in &request.services {
-            match state.service(&cluster, name) {
-                Ok(service) => services.push(service_view(state, service)),
-                Err(_) => failures.push(json!({"arn": model::arn("service", &format!("{cluster}/{name}")), "reason": "MISSING"})),
-            }
-        }
-        Ok(json!({ "services": services, "failures": failures }).into())
+        Ok(described(
+            "services",
+            &request.services,
+            |name| Some(service_view(state, state.service(&cluster, name).ok()?)),
+            |name| model::arn("service", &format!("{cluster}/{name}")),
+        )
+        .into())
     })
     .await
 }

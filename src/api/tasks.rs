@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{cluster_of, parse, propose, read_linearizable as read, ActionResult};
+use super::ecs::{cluster_of, described, parse, propose, read_linearizable as read, ActionResult};
 use crate::model::{self, stop_code, ContainerInstance, Task, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::{self, placement, provisioning};
@@ -365,15 +365,13 @@ pub(super) async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<Acti
     let request: Request = parse("DescribeTasks", body)?;
     let cluster = cluster_of(&request.cluster);
     read(raft, |state| {
-        let mut tasks = Vec::new();
-        let mut failures = Vec::new();
-        for id in &request.tasks {
-            match state.task(&cluster, id) {
-                Ok(task) => tasks.push(task.clone()),
-                Err(_) => failures.push(json!({"arn": id, "reason": "MISSING"})),
-            }
-        }
-        Ok(json!({ "tasks": tasks, "failures": failures }).into())
+        Ok(described(
+            "tasks",
+            &request.tasks,
+            |id| Some(json!(state.task(&cluster, id).ok()?)),
+            str::to_string,
+        )
+        .into())
     })
     .await
 }
@@ -543,8 +541,6 @@ pub(super) async fn describe_container_instances(
     let request: Request = parse("DescribeContainerInstances", body)?;
     let cluster = cluster_of(&request.cluster);
     read(raft, |state| {
-        let mut found = Vec::new();
-        let mut failures = Vec::new();
         let wanted: Vec<String> = if request.container_instances.is_empty() {
             state
                 .container_instances
@@ -554,13 +550,18 @@ pub(super) async fn describe_container_instances(
         } else {
             request.container_instances.clone()
         };
-        for id in &wanted {
-            match state.container_instance(&cluster, id) {
-                Ok(instance) => found.push(instance_view(state, instance)),
-                Err(_) => failures.push(json!({"arn": id, "reason": "MISSING"})),
-            }
-        }
-        Ok(json!({ "containerInstances": found, "failures": failures }).into())
+        Ok(described(
+            "containerInstances",
+            &wanted,
+            |id| {
+                Some(instance_view(
+                    state,
+                    state.container_instance(&cluster, id).ok()?,
+                ))
+            },
+            str::to_string,
+        )
+        .into())
     })
     .await
 }

@@ -183,6 +183,21 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Each expression of the table parses, matches `f` as the table says,
+    /// and its canonical form parses back to the same tree.
+    fn check_table<E: AsRef<str>>(f: &InstanceFacts, table: &[(E, bool)]) {
+        for (expr, want) in table {
+            let expr = expr.as_ref();
+            let parsed = parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            assert_eq!(parsed.matches(f), *want, "{expr}");
+            assert_eq!(
+                parse(&parsed.to_string()).as_ref(),
+                Ok(&parsed),
+                "{expr} -> {parsed}"
+            );
+        }
+    }
+
     fn facts() -> InstanceFacts {
         let attributes = [
             ("ecs.cpu-architecture", "arm64"),
@@ -278,16 +293,7 @@ mod tests {
             ("agentConnected == true", true),
             ("agentVersion >= 1.4.0", true),
         ];
-        for (expr, want) in table {
-            let parsed = parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
-            assert_eq!(parsed.matches(&f), *want, "{expr}");
-            // The canonical form parses back to the same tree.
-            assert_eq!(
-                parse(&parsed.to_string()).as_ref(),
-                Ok(&parsed),
-                "{expr} -> {parsed}"
-            );
-        }
+        check_table(&f, table);
     }
 
     #[test]
@@ -313,15 +319,7 @@ mod tests {
             (format!("not ({t} and {x})"), true),
             (format!("((({t})))"), true),
         ];
-        for (expr, want) in &table {
-            let parsed = parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
-            assert_eq!(parsed.matches(&f), *want, "{expr}");
-            assert_eq!(
-                parse(&parsed.to_string()).as_ref(),
-                Ok(&parsed),
-                "{expr} -> {parsed}"
-            );
-        }
+        check_table(&f, &table);
     }
 
     #[test]
