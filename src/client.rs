@@ -3,28 +3,24 @@
 //! failed for a retryable reason (no leader yet, leader moved) with the same
 //! request id until a deadline, so a retried write is applied once.
 
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt as _};
+use futures::StreamExt as _;
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::store::Change;
+use crate::model::{ControlPlaneStatus, Membership};
+pub use crate::store::ChangeStream;
 use crate::wire::convert;
 use crate::wire::proto::orc_client::OrcClient;
 use crate::wire::proto::{
-    ActionRequest, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
-    MembershipResponse, RemoveServerRequest, WatchRequest,
+    ActionRequest, AddServerRequest, ClusterStatusRequest, RemoveServerRequest, WatchRequest,
 };
 use crate::wire::status::from_status;
 use crate::{Error, Result};
 
 pub use crate::vocab::ids::request_id;
 pub use crate::wire::channel;
-
-/// The changes a watch receives, until an error ends it.
-pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Change>> + Send>>;
 
 /// A connection to one orc server.
 #[derive(Clone)]
@@ -105,14 +101,15 @@ impl Client {
     }
 
     /// `orc cluster status`.
-    pub async fn cluster_status(&self, linearizable: bool) -> Result<ClusterStatusResponse> {
+    pub async fn cluster_status(&self, linearizable: bool) -> Result<ControlPlaneStatus> {
         Ok(self
             .retrying(|mut orc| async move {
                 orc.cluster_status(ClusterStatusRequest { linearizable })
                     .await
             })
             .await?
-            .into_inner())
+            .into_inner()
+            .into())
     }
 
     /// Watches the changes after `after_revision` (0: only changes from
@@ -136,7 +133,7 @@ impl Client {
         node_id: u64,
         address: &str,
         cluster_id: &str,
-    ) -> Result<MembershipResponse> {
+    ) -> Result<Membership> {
         let request = AddServerRequest {
             node_id,
             address: address.to_string(),
@@ -148,23 +145,24 @@ impl Client {
                 async move { orc.add_server(request).await }
             })
             .await?
-            .into_inner())
+            .into_inner()
+            .into())
     }
 
     /// Removes a server from the control plane. The server being removed
     /// may drop the connection as it leaves; when a retry then finds it gone,
     /// the removal is what happened and counts as done.
-    pub async fn remove_server(&self, node_id: u64) -> Result<MembershipResponse> {
+    pub async fn remove_server(&self, node_id: u64) -> Result<Membership> {
         let deadline = Instant::now() + self.retry_for;
         let mut interrupted = false;
         loop {
             let mut orc = self.orc.clone();
             match orc.remove_server(RemoveServerRequest { node_id }).await {
-                Ok(answer) => return Ok(answer.into_inner()),
+                Ok(answer) => return Ok(answer.into_inner().into()),
                 Err(status) => match from_status(status) {
                     Error::NotFound(_) if interrupted => {
                         let status = self.cluster_status(false).await?;
-                        return Ok(MembershipResponse {
+                        return Ok(Membership {
                             cluster_id: status.cluster_id,
                             members: status.members,
                         });

@@ -90,6 +90,57 @@ pub struct ClusterCounts {
     pub active_services_count: u64,
 }
 
+/// One server of the control plane as `orc cluster status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerMember {
+    /// Its raft node id.
+    pub id: u64,
+    /// Its advertised API address.
+    pub address: String,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    /// Whether it votes (learners do not).
+    pub voter: bool,
+    /// The highest log index known to be replicated on it (leader's view).
+    pub matched_index: u64,
+    /// Whether it answers (only the leader knows its followers' health).
+    pub healthy: bool,
+}
+
+/// The control plane's status as one server answers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ControlPlaneStatus {
+    /// The control plane's id.
+    pub cluster_id: String,
+    /// The server that answered.
+    pub answering_node_id: u64,
+    /// The leader's node id, 0 when none is known.
+    pub leader_id: u64,
+    /// The leader's address, empty when unknown.
+    pub leader_address: String,
+    /// The current raft term.
+    pub term: u64,
+    /// The highest committed index.
+    pub commit_index: u64,
+    /// The highest applied index.
+    pub applied_index: u64,
+    /// Every member.
+    pub members: Vec<ServerMember>,
+    /// The state's revision.
+    pub revision: u64,
+    /// The index the log was last compacted at.
+    pub snapshot_index: u64,
+}
+
+/// The control plane's members after a membership change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The control plane's id.
+    pub cluster_id: String,
+    /// Every member.
+    pub members: Vec<ServerMember>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The layering rule of ARCHITECTURE.md, checked: the top-level modules of
 //! `src/` (non-test code) import each other without cycles, and the agent
 //! never reaches the store, Raft, the scheduler, the controller or the
-//! server. It reads the source text only (no build of its own), so it runs
+//! server; protobuf types stay in `wire` and the tonic glue. It reads the source text only (no build of its own), so it runs
 //! on a clean clone.
 //!
 //! A module's references are its `crate::X` paths and the first names of
@@ -305,6 +305,40 @@ fn top_level_modules_import_without_cycles() {
     assert!(
         agent_reaches.is_empty(),
         "the agent imports {agent_reaches:?}; it must reach the control plane only through gRPC"
+    );
+}
+
+/// The files outside `wire` allowed to name protobuf types: the tonic glue
+/// (service trait impls and their registration, calls of a generated
+/// client). See the `wire` invariant in ARCHITECTURE.md.
+const PROTOBUF_GLUE: &[&str] = &[
+    "api/mod.rs",
+    "api/agent.rs",
+    "client.rs",
+    "agent/worker.rs",
+    "raft/transport.rs",
+];
+
+#[test]
+fn protobuf_stays_in_wire_and_the_tonic_glue() {
+    let mut files = Vec::new();
+    read_sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        "",
+        &mut files,
+    );
+    let leaks: Vec<&String> = files
+        .iter()
+        .filter(|(path, _)| !path.starts_with("wire/") && !PROTOBUF_GLUE.contains(&path.as_str()))
+        .filter(|(_, text)| {
+            let code = strip_test_items(text);
+            code.contains("wire::proto") || code.contains("crate::proto")
+        })
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "protobuf types are named outside wire and the tonic glue in {leaks:?}: convert with wire::convert at the gRPC boundary instead"
     );
 }
 

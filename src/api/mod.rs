@@ -2,10 +2,15 @@
 //! clients, `Peer` for other servers), plus `GET /metrics` for Prometheus.
 //! Handlers turn requests into proposals or reads on the raft handle; they
 //! never touch sled or raft-rs directly.
+//!
+//! The tonic service trait impls (`Orc` and `Peer` here, `AgentApi` in
+//! `agent`) are the only code of `api` that names protobuf types: they
+//! convert at the boundary with `wire::convert` and call `ApiContext`'s
+//! domain-typed methods.
 
 pub mod agent;
-pub mod convert;
 pub mod ecs;
+pub mod members;
 pub mod services;
 pub mod tasks;
 pub mod watch;
@@ -14,15 +19,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use protobuf::Message as _;
 use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
 use crate::client::Client;
+use crate::model::{ControlPlaneStatus, Membership};
 use crate::raft::node::{RaftHandle, Role};
 use crate::raft::transport::Transport;
+use crate::store::ChangeStream;
 use crate::vocab::action::EcsAction;
+use crate::wire::convert;
 use crate::wire::proto::orc_server::{Orc, OrcServer};
 use crate::wire::proto::peer_server::{Peer, PeerServer};
 use crate::wire::proto::{
@@ -74,62 +82,60 @@ impl ApiContext {
         Ok(Some(client))
     }
 
-    fn membership(&self) -> MembershipResponse {
+    fn membership(&self) -> Membership {
         let status = self.raft.status();
-        MembershipResponse {
+        Membership {
             cluster_id: self.control_plane_id(),
             members: self
                 .raft
                 .store()
-                .read(|state| convert::members(&status, state)),
+                .read(|state| members::members(&status, state)),
         }
     }
 
-    async fn add_server(&self, request: AddServerRequest) -> Result<MembershipResponse> {
-        if request.node_id == 0 || request.address.is_empty() {
+    async fn add_server(
+        &self,
+        node_id: u64,
+        address: &str,
+        cluster_id: &str,
+    ) -> Result<Membership> {
+        if node_id == 0 || address.is_empty() {
             return Err(Error::InvalidInput(
                 "add server: node id and address are required".into(),
             ));
         }
         let ours = self.control_plane_id();
-        if !request.cluster_id.is_empty() && request.cluster_id != ours {
+        if !cluster_id.is_empty() && cluster_id != ours {
             return Err(Error::Conflict(format!(
                 "the joining server belongs to control plane {} but this one is {ours}: use an empty data dir to join this control plane",
-                request.cluster_id
+                cluster_id
             )));
         }
         if let Some(leader) = self.leader_client()? {
-            return leader
-                .add_server(request.node_id, &request.address, &request.cluster_id)
-                .await;
+            return leader.add_server(node_id, address, cluster_id).await;
         }
         let status = self.raft.status();
-        let known =
-            status.voters.contains(&request.node_id) || status.learners.contains(&request.node_id);
+        let known = status.voters.contains(&node_id) || status.learners.contains(&node_id);
         let same_address = self
             .raft
             .store()
-            .read(|s| s.member_address(request.node_id) == Some(request.address.as_str()));
+            .read(|s| s.member_address(node_id) == Some(address));
         if known && same_address {
             return Ok(self.membership());
         }
         if known {
             return Err(Error::Conflict(format!(
                 "server {} is already a member with another address; remove it first",
-                request.node_id
+                node_id
             )));
         }
         self.raft
-            .change_membership(
-                ConfChangeType::AddLearnerNode,
-                request.node_id,
-                &request.address,
-            )
+            .change_membership(ConfChangeType::AddLearnerNode, node_id, address)
             .await?;
         Ok(self.membership())
     }
 
-    async fn remove_server(&self, node_id: u64) -> Result<MembershipResponse> {
+    async fn remove_server(&self, node_id: u64) -> Result<Membership> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(leader) = self.leader_client()? {
@@ -173,47 +179,55 @@ impl ApiContext {
     }
 }
 
+impl ApiContext {
+    /// `orc cluster status`: a linearizable status comes from the leader,
+    /// which knows every member's progress; a local one is this server's own
+    /// view.
+    async fn cluster_status(&self, linearizable: bool) -> Result<ControlPlaneStatus> {
+        let status = self.raft.status();
+        if linearizable && status.role != Role::Leader {
+            let mut leader = self.leader_client()?.ok_or_else(|| {
+                Error::Unavailable("no leader is elected right now; retry in a moment".into())
+            })?;
+            leader.retry_for = Duration::from_millis(0);
+            return match tokio::time::timeout(Duration::from_secs(3), leader.cluster_status(true)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(Error::Unavailable(
+                    "the leader did not answer in time; retry, or use --local for this server's own view".into(),
+                )),
+            };
+        }
+        if linearizable {
+            self.raft.read_barrier().await?;
+        }
+        let status = self.raft.status();
+        Ok(self
+            .raft
+            .store()
+            .read(|state| members::cluster_status(&status, state)))
+    }
+}
+
 #[tonic::async_trait]
 impl Orc for ApiContext {
     async fn cluster_status(
         &self,
         request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        let linearizable = request.into_inner().linearizable;
-        let status = self.raft.status();
-        // A linearizable status comes from the leader, which knows every
-        // member's progress; a local one is this server's own view.
-        if linearizable && status.role != Role::Leader {
-            let mut leader = self.leader_client().map_err(to_status)?.ok_or_else(|| {
-                Status::unavailable("no leader is elected right now; retry in a moment")
-            })?;
-            leader.retry_for = Duration::from_millis(0);
-            return match tokio::time::timeout(Duration::from_secs(3), leader.cluster_status(true)).await {
-                Ok(Ok(answer)) => Ok(Response::new(answer)),
-                Ok(Err(error)) => Err(to_status(error)),
-                Err(_) => Err(Status::unavailable(
-                    "the leader did not answer in time; retry, or use --local for this server's own view",
-                )),
-            };
-        }
-        if linearizable {
-            self.raft.read_barrier().await.map_err(to_status)?;
-        }
-        let status = self.raft.status();
-        let answer = self
-            .raft
-            .store()
-            .read(|state| convert::cluster_status(&status, state));
-        Ok(Response::new(answer))
+        ApiContext::cluster_status(self, request.into_inner().linearizable)
+            .await
+            .map(|status| Response::new(status.into()))
+            .map_err(to_status)
     }
 
     async fn add_server(
         &self,
         request: Request<AddServerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        ApiContext::add_server(self, request.into_inner())
+        let request = request.into_inner();
+        ApiContext::add_server(self, request.node_id, &request.address, &request.cluster_id)
             .await
-            .map(Response::new)
+            .map(|membership| Response::new(membership.into()))
             .map_err(to_status)
     }
 
@@ -223,7 +237,7 @@ impl Orc for ApiContext {
     ) -> Result<Response<MembershipResponse>, Status> {
         ApiContext::remove_server(self, request.into_inner().node_id)
             .await
-            .map(Response::new)
+            .map(|membership| Response::new(membership.into()))
             .map_err(to_status)
     }
 
@@ -256,16 +270,24 @@ impl Orc for ApiContext {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let after_revision = request.into_inner().after_revision;
-        watch::open(self.raft.store().clone(), after_revision)
-            .map(Response::new)
-            .map_err(to_status)
+        let changes: ChangeStream =
+            watch::open(self.raft.store().clone(), after_revision).map_err(to_status)?;
+        let events = changes.map(|change| change.map(convert::watch_event).map_err(to_status));
+        Ok(Response::new(Box::pin(events)))
     }
 }
 
 #[tonic::async_trait]
 impl Peer for ApiContext {
     async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        self.step_batch(request.into_inner())?;
+        let batch = request.into_inner();
+        self.step_batch(
+            &batch.cluster_id,
+            batch.from_id,
+            &batch.from_address,
+            &batch.messages,
+        )
+        .map_err(to_status)?;
         Ok(Response::new(RaftAck {}))
     }
 
@@ -275,7 +297,13 @@ impl Peer for ApiContext {
     ) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
-            self.step_batch(batch)?;
+            self.step_batch(
+                &batch.cluster_id,
+                batch.from_id,
+                &batch.from_address,
+                &batch.messages,
+            )
+            .map_err(to_status)?;
         }
         Ok(Response::new(RaftAck {}))
     }
@@ -284,23 +312,28 @@ impl Peer for ApiContext {
 impl ApiContext {
     /// Checks a batch's control plane, learns the sender's address, and hands
     /// the messages to raft.
-    fn step_batch(&self, batch: RaftBatch) -> Result<(), Status> {
-        if batch.cluster_id != self.transport.cluster_id() {
-            return Err(Status::failed_precondition(format!(
+    fn step_batch(
+        &self,
+        cluster_id: &str,
+        from_id: u64,
+        from_address: &str,
+        encoded: &[Vec<u8>],
+    ) -> Result<()> {
+        if cluster_id != self.transport.cluster_id() {
+            return Err(Error::Conflict(format!(
                 "this server belongs to control plane {} but the message came from control plane {}",
                 self.transport.cluster_id(),
-                batch.cluster_id
+                cluster_id
             )));
         }
-        self.transport
-            .set_address(batch.from_id, &batch.from_address);
-        let mut messages = Vec::with_capacity(batch.messages.len());
-        for bytes in &batch.messages {
+        self.transport.set_address(from_id, from_address);
+        let mut messages = Vec::with_capacity(encoded.len());
+        for bytes in encoded {
             let message = raft::eraftpb::Message::parse_from_bytes(bytes)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+                .map_err(|e| Error::InvalidInput(format!("undecodable raft message: {e}")))?;
             messages.push(message);
         }
-        self.raft.step(messages).map_err(to_status)
+        self.raft.step(messages)
     }
 }
 
@@ -310,10 +343,11 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 /// Turns a producer that writes into a channel into a boxed stream. The
 /// producer runs as its own task; it should stop once the channel closes
 /// (the client went away).
-fn async_stream<T, F, Fut>(producer: F) -> ResponseStream<T>
+fn async_stream<T, E, F, Fut>(producer: F) -> Pin<Box<dyn Stream<Item = Result<T, E>> + Send>>
 where
     T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    E: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, E>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);

@@ -13,17 +13,13 @@
 
 use std::sync::Arc;
 
-use super::{async_stream, ResponseStream};
-use crate::store::Store;
-use crate::wire::convert;
-use crate::wire::proto::WatchEvent;
-use crate::wire::status::to_status;
+use crate::store::{ChangeStream, Store};
 use crate::Result;
 
 /// Opens a watch of the changes after `after_revision` (0: only changes
 /// applied from now on). A compacted start is refused at once; a watcher
 /// that falls behind the ring later gets the same error as the stream's end.
-pub fn open(store: Arc<Store>, after_revision: u64) -> Result<ResponseStream<WatchEvent>> {
+pub fn open(store: Arc<Store>, after_revision: u64) -> Result<ChangeStream> {
     // Subscribe before the first read so no change is missed.
     let mut revisions = store.subscribe();
     let after = match after_revision {
@@ -32,7 +28,7 @@ pub fn open(store: Arc<Store>, after_revision: u64) -> Result<ResponseStream<Wat
     };
     let backlog = store.changes_after(after)?;
     tracing::debug!(after, backlog = backlog.len(), "watch opened");
-    Ok(async_stream(move |sender| async move {
+    Ok(super::async_stream(move |sender| async move {
         // Counted in /metrics until this task ends, whichever way it ends.
         let _open = crate::metrics::watch_opened();
         let mut after = after;
@@ -40,7 +36,7 @@ pub fn open(store: Arc<Store>, after_revision: u64) -> Result<ResponseStream<Wat
         loop {
             for change in changes {
                 after = change.revision;
-                if sender.send(Ok(convert::watch_event(change))).await.is_err() {
+                if sender.send(Ok(change)).await.is_err() {
                     return;
                 }
             }
@@ -61,7 +57,7 @@ pub fn open(store: Arc<Store>, after_revision: u64) -> Result<ResponseStream<Wat
                         "watcher fell behind the history"
                     );
                     crate::metrics::record_watch_fell_behind();
-                    let _ = sender.send(Err(to_status(compacted.into()))).await;
+                    let _ = sender.send(Err(compacted.into())).await;
                     return;
                 }
             };
@@ -76,6 +72,7 @@ mod tests {
 
     use super::*;
     use crate::store::create_cluster_proposal as create;
+    use crate::wire::status::to_status;
 
     fn store(dir: &tempfile::TempDir, capacity: usize) -> Arc<Store> {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
@@ -89,7 +86,7 @@ mod tests {
         }
     }
 
-    async fn next_revisions(stream: &mut ResponseStream<WatchEvent>, count: usize) -> Vec<u64> {
+    async fn next_revisions(stream: &mut ChangeStream, count: usize) -> Vec<u64> {
         let mut revisions = Vec::new();
         for _ in 0..count {
             let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
@@ -180,7 +177,7 @@ mod tests {
         // The watch's task runs only when this test awaits: by then the ring
         // has moved past everything it still needs.
         write(&store, 1..=10);
-        let error = stream.next().await.unwrap().unwrap_err();
+        let error = to_status(stream.next().await.unwrap().unwrap_err());
         assert_eq!(error.code(), Code::FailedPrecondition);
         assert!(error
             .message()

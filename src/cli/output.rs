@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::OutputFormat;
+use crate::model::{ControlPlaneStatus, ServerMember};
 use crate::store::Change;
-use crate::wire::proto::{ClusterStatusResponse, Member};
 
 /// Prints in the chosen format.
 pub struct Output {
@@ -506,7 +506,7 @@ impl Output {
     }
 
     /// `orc cluster status`.
-    pub fn cluster_status(&self, status: &ClusterStatusResponse) {
+    pub fn cluster_status(&self, status: &ControlPlaneStatus) {
         if self.format == OutputFormat::Json {
             let members: Vec<Value> = status.members.iter().map(member_json).collect();
             return self.json(&serde_json::json!({
@@ -551,7 +551,7 @@ impl Output {
     }
 
     /// Members after a membership change.
-    pub fn members(&self, cluster_id: &str, members: &[Member]) {
+    pub fn members(&self, cluster_id: &str, members: &[ServerMember]) {
         if self.format == OutputFormat::Json {
             let members: Vec<Value> = members.iter().map(member_json).collect();
             return self
@@ -560,7 +560,7 @@ impl Output {
         self.member_table(members);
     }
 
-    fn member_table(&self, members: &[Member]) {
+    fn member_table(&self, members: &[ServerMember]) {
         let rows: Vec<Vec<String>> = members
             .iter()
             .map(|m| {
@@ -602,7 +602,7 @@ pub fn change_line(change: &Change) -> String {
     )
 }
 
-fn member_json(member: &Member) -> Value {
+fn member_json(member: &ServerMember) -> Value {
     serde_json::json!({
         "id": member.id.to_string(),
         "address": member.address,

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use super::command::{Outcome, Proposal};
 use crate::Error;
 
+/// The changes a watch receives, until an error ends it.
+pub type ChangeStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = crate::Result<Change>> + Send>>;
+
 /// How many changes a server keeps by default.
 pub const CAPACITY: usize = 4096;
 /// About how many bytes the kept changes may take by default (a command

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use command::{Command, Outcome, Proposal};
-pub use history::{Change, Compacted};
+pub use history::{Change, ChangeStream, Compacted};
 pub use state::State;
 
 use crate::{Error, Result};

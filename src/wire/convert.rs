@@ -2,8 +2,9 @@
 //! inside protobuf and are typed where they are used (`model`, `taskdef`);
 //! this module converts the typed messages.
 
+use crate::model::{ControlPlaneStatus, Membership, ServerMember};
 use crate::store::Change;
-use crate::wire::proto::WatchEvent;
+use crate::wire::proto::{ClusterStatusResponse, Member, MembershipResponse, WatchEvent};
 
 /// A recorded change as a watch event.
 pub fn watch_event(change: Change) -> WatchEvent {
@@ -26,6 +27,84 @@ pub fn change(event: WatchEvent) -> Change {
         request_id: event.request_id,
         subjects: event.subjects,
         error: (!event.error.is_empty()).then_some(event.error),
+    }
+}
+
+impl From<ServerMember> for Member {
+    fn from(m: ServerMember) -> Self {
+        Member {
+            id: m.id,
+            address: m.address,
+            role: m.role,
+            voter: m.voter,
+            matched_index: m.matched_index,
+            healthy: m.healthy,
+        }
+    }
+}
+
+impl From<Member> for ServerMember {
+    fn from(m: Member) -> Self {
+        ServerMember {
+            id: m.id,
+            address: m.address,
+            role: m.role,
+            voter: m.voter,
+            matched_index: m.matched_index,
+            healthy: m.healthy,
+        }
+    }
+}
+
+impl From<ControlPlaneStatus> for ClusterStatusResponse {
+    fn from(s: ControlPlaneStatus) -> Self {
+        ClusterStatusResponse {
+            cluster_id: s.cluster_id,
+            answering_node_id: s.answering_node_id,
+            leader_id: s.leader_id,
+            leader_address: s.leader_address,
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            members: s.members.into_iter().map(Member::from).collect(),
+            revision: s.revision,
+            snapshot_index: s.snapshot_index,
+        }
+    }
+}
+
+impl From<ClusterStatusResponse> for ControlPlaneStatus {
+    fn from(s: ClusterStatusResponse) -> Self {
+        ControlPlaneStatus {
+            cluster_id: s.cluster_id,
+            answering_node_id: s.answering_node_id,
+            leader_id: s.leader_id,
+            leader_address: s.leader_address,
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            members: s.members.into_iter().map(ServerMember::from).collect(),
+            revision: s.revision,
+            snapshot_index: s.snapshot_index,
+        }
+    }
+}
+
+impl From<Membership> for MembershipResponse {
+    fn from(m: Membership) -> Self {
+        MembershipResponse {
+            cluster_id: m.cluster_id,
+            members: m.members.into_iter().map(Member::from).collect(),
+        }
+    }
+}
+
+impl From<MembershipResponse> for Membership {
+    fn from(m: MembershipResponse) -> Self {
+        Membership {
+            cluster_id: m.cluster_id,
+            members: m.members.into_iter().map(ServerMember::from).collect(),
+        }
     }
 }
 

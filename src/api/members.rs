@@ -1,12 +1,12 @@
 //! The control plane's membership and status answers, built from the raft
 //! status and the replicated member addresses.
 
+use crate::model::{ControlPlaneStatus, ServerMember};
 use crate::raft::node::{NodeStatus, Role};
 use crate::store::State;
-use crate::wire::proto::{ClusterStatusResponse, Member};
 
 /// Builds the member list from the raft status and the replicated addresses.
-pub fn members(status: &NodeStatus, state: &State) -> Vec<Member> {
+pub fn members(status: &NodeStatus, state: &State) -> Vec<ServerMember> {
     let mut ids: Vec<u64> = status
         .voters
         .iter()
@@ -33,7 +33,7 @@ pub fn members(status: &NodeStatus, state: &State) -> Vec<Member> {
                 // Only the leader knows its followers' health; a member answers for itself.
                 None => id == status.id || id == status.leader_id,
             };
-            Member {
+            ServerMember {
                 id,
                 address: state.member_address(id).unwrap_or_default().to_string(),
                 role: role.to_string(),
@@ -46,8 +46,8 @@ pub fn members(status: &NodeStatus, state: &State) -> Vec<Member> {
 }
 
 /// The `orc cluster status` answer of this server.
-pub fn cluster_status(status: &NodeStatus, state: &State) -> ClusterStatusResponse {
-    ClusterStatusResponse {
+pub fn cluster_status(status: &NodeStatus, state: &State) -> ControlPlaneStatus {
+    ControlPlaneStatus {
         cluster_id: state.meta.control_plane_id.clone(),
         answering_node_id: status.id,
         leader_id: status.leader_id,
