@@ -97,7 +97,7 @@ pub struct ServerMember {
     pub id: u64,
     /// Its advertised API address.
     pub address: String,
-    /// `leader`, `follower`, `candidate` or `learner`.
+    /// `leader`, `follower`, `candidate`, `learner` or `failed`.
     pub role: String,
     /// Whether it votes (learners do not).
     pub voter: bool,
@@ -105,6 +105,8 @@ pub struct ServerMember {
     pub matched_index: u64,
     /// Whether it answers (only the leader knows its followers' health).
     pub healthy: bool,
+    /// Why it stopped serving (its storage failed); empty otherwise.
+    pub failure: String,
 }
 
 /// The control plane's status as one server answers it.

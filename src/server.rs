@@ -88,11 +88,39 @@ impl Server {
         let _ = self.shutdown.send(true);
     }
 
-    /// Resolves when the server was removed from the control plane.
-    pub async fn removed(&self) {
+    /// Resolves when the server can no longer serve: removed from the
+    /// control plane, or its raft node stopped (storage failed).
+    pub async fn ended(&self) -> Ended {
         let mut status = self.raft.watch_status();
-        let _ = status.wait_for(|s| s.removed).await;
+        let _ = status
+            .wait_for(|s| s.removed || s.failed.is_some())
+            .await;
+        let status = status.borrow();
+        match (&status.failed, status.removed) {
+            (Some(reason), _) => Ended::Failed(reason.clone()),
+            (None, true) => Ended::Removed,
+            // The node's thread ended without saying why.
+            (None, false) => Ended::Failed(
+                "the raft node stopped unexpectedly; see the log above, then restart this server"
+                    .into(),
+            ),
+        }
     }
+}
+
+/// How long a server whose storage failed keeps answering (refusing every
+/// request with the reason, and showing it in `orc cluster status --local`)
+/// before its process exits non-zero for the service manager to restart it.
+pub const FAILED_LINGER: Duration = Duration::from_secs(5);
+
+/// Why a server stopped serving.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ended {
+    /// Removed from the control plane: a normal end.
+    Removed,
+    /// Its storage failed (the sentence names the data dir and the error):
+    /// the process should exit non-zero so a service manager restarts it.
+    Failed(String),
 }
 
 fn random_id() -> u64 {
@@ -182,6 +210,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         election_timeout: options.election_timeout,
         snapshot_threshold: options.snapshot_threshold,
         request_timeout: options.request_timeout,
+        data_dir: data_dir.path().to_path_buf(),
     };
     let raft = node::start(config, storage, store, transport.clone())?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);

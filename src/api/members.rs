@@ -19,7 +19,14 @@ pub fn members(status: &NodeStatus, state: &State) -> Vec<ServerMember> {
         .map(|id| {
             let progress = status.progress.iter().find(|(member, _, _)| *member == id);
             let learner = status.learners.contains(&id);
-            let role = if id == status.leader_id {
+            let failure = if id == status.id {
+                status.failed.clone().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let role = if !failure.is_empty() {
+                "failed"
+            } else if id == status.leader_id {
                 "leader"
             } else if learner {
                 "learner"
@@ -31,7 +38,7 @@ pub fn members(status: &NodeStatus, state: &State) -> Vec<ServerMember> {
             let healthy = match progress {
                 Some((_, _, active)) => *active,
                 // Only the leader knows its followers' health; a member answers for itself.
-                None => id == status.id || id == status.leader_id,
+                None => (id == status.id || id == status.leader_id) && failure.is_empty(),
             };
             ServerMember {
                 id,
@@ -40,6 +47,7 @@ pub fn members(status: &NodeStatus, state: &State) -> Vec<ServerMember> {
                 voter: !learner,
                 matched_index: progress.map(|(_, matched, _)| *matched).unwrap_or(0),
                 healthy,
+                failure,
             }
         })
         .collect()

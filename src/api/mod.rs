@@ -185,6 +185,11 @@ impl ApiContext {
     /// view.
     async fn cluster_status(&self, linearizable: bool) -> Result<ControlPlaneStatus> {
         let status = self.raft.status();
+        if let (Some(failure), true) = (&status.failed, linearizable) {
+            return Err(Error::Unavailable(format!(
+                "{failure} (`orc cluster status --local` shows this server's view)"
+            )));
+        }
         if linearizable && status.role != Role::Leader {
             let mut leader = self.leader_client()?.ok_or_else(|| {
                 Error::Unavailable("no leader is elected right now; retry in a moment".into())

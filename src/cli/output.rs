@@ -570,7 +570,13 @@ impl Output {
                     m.role.clone(),
                     if m.voter { "yes" } else { "no" }.to_string(),
                     m.matched_index.to_string(),
-                    if m.healthy { "healthy" } else { "unreachable" }.to_string(),
+                    if !m.failure.is_empty() {
+                        format!("failed: {}", m.failure)
+                    } else if m.healthy {
+                        "healthy".to_string()
+                    } else {
+                        "unreachable".to_string()
+                    },
                 ]
             })
             .collect();
@@ -610,6 +616,7 @@ fn member_json(member: &ServerMember) -> Value {
         "voter": member.voter,
         "matchedIndex": member.matched_index,
         "healthy": member.healthy,
+        "failure": member.failure,
     })
 }
 

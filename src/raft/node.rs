@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -38,6 +40,8 @@ pub struct RaftConfig {
     pub snapshot_threshold: u64,
     /// How long a proposal or read waits before it is answered "unavailable".
     pub request_timeout: Duration,
+    /// The data dir, named when its storage fails.
+    pub data_dir: std::path::PathBuf,
 }
 
 impl RaftConfig {
@@ -92,6 +96,9 @@ pub struct NodeStatus {
     pub progress: Vec<(u64, u64, bool)>,
     /// Set once this member has been removed from the control plane.
     pub removed: bool,
+    /// Set when the node stopped because its storage failed: the sentence
+    /// every request is refused with (names the data dir and the error).
+    pub failed: Option<String>,
 }
 
 impl NodeStatus {
@@ -105,6 +112,7 @@ impl NodeStatus {
             && self.voters == other.voters
             && self.learners == other.learners
             && self.removed == other.removed
+            && self.failed == other.failed
     }
 }
 
@@ -130,6 +138,10 @@ impl Role {
         }
     }
 }
+
+/// How long a retried proposal or read waits for a leadership change before
+/// it tries again anyway.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Requests into the node's loop.
 enum NodeMessage {
@@ -172,9 +184,15 @@ impl RaftHandle {
     }
 
     fn send(&self, message: NodeMessage) -> Result<()> {
-        self.tx
-            .send(message)
-            .map_err(|_| Error::Unavailable("this server is shutting down".into()))
+        self.tx.send(message).map_err(|_| {
+            Error::Unavailable(
+                self.status
+                    .borrow()
+                    .failed
+                    .clone()
+                    .unwrap_or_else(|| "this server is shutting down".into()),
+            )
+        })
     }
 
     /// Hands inbound peer messages to raft.
@@ -183,12 +201,18 @@ impl RaftHandle {
     }
 
     /// Proposes a command and waits until it is committed on a quorum and
-    /// applied here. A follower forwards the proposal to the leader.
+    /// applied here. A follower forwards the proposal to the leader. When the
+    /// node learns that no answer will come (the leader changed, or the
+    /// leader it was forwarded to became unreachable), the same proposal is
+    /// proposed again at the new leader: its request id makes the state
+    /// machine apply it once, whichever copy commits first.
     pub async fn propose(&self, proposal: Proposal) -> Outcome {
         let started = Instant::now();
-        let (reply, receive) = oneshot::channel();
-        self.send(NodeMessage::Propose(Box::new(proposal), reply))?;
-        let outcome = self.wait(receive, "commit the write").await;
+        let outcome = self
+            .ask_until_answered("commit the write", |reply| {
+                NodeMessage::Propose(Box::new(proposal.clone()), reply)
+            })
+            .await;
         metrics::record_proposal(started.elapsed(), outcome.is_ok());
         outcome
     }
@@ -196,10 +220,69 @@ impl RaftHandle {
     /// Waits until this server has applied everything committed before the
     /// call (ReadIndex), so a read that follows is linearizable.
     pub async fn read_barrier(&self) -> Result<()> {
-        let (reply, receive) = oneshot::channel();
-        self.send(NodeMessage::ReadIndex(reply))?;
-        let index = self.wait(receive, "confirm the leader for a read").await?;
-        self.store.wait_applied(index, self.request_timeout).await
+        let started = Instant::now();
+        let index = self
+            .ask_until_answered("confirm the leader for a read", NodeMessage::ReadIndex)
+            .await?;
+        let remaining = self.request_timeout.saturating_sub(started.elapsed());
+        self.store
+            .wait_applied(index, remaining.max(Duration::from_millis(1)))
+            .await
+    }
+
+    /// Sends a request into the node and waits for its answer; a retryable
+    /// answer (no leader yet, leader changed, leader unreachable) is retried
+    /// once the leadership changes, or after a short pause, until
+    /// `request_timeout` has passed since the first attempt.
+    async fn ask_until_answered<T>(
+        &self,
+        what: &str,
+        request: impl Fn(oneshot::Sender<Result<T>>) -> NodeMessage,
+    ) -> Result<T> {
+        let deadline = Instant::now() + self.request_timeout;
+        let mut status = self.status.clone();
+        loop {
+            if let Some(failure) = &status.borrow_and_update().failed {
+                return Err(Error::Unavailable(failure.clone()));
+            }
+            let (reply, receive) = oneshot::channel();
+            self.send(request(reply))?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(remaining, receive).await {
+                Ok(Ok(Ok(value))) => return Ok(value),
+                Ok(Ok(Err(error))) if error.is_retryable() => error,
+                Ok(Ok(Err(error))) => return Err(error),
+                Ok(Err(_)) => return Err(self.stopped(what)),
+                Err(_) => return Err(self.timed_out(what)),
+            };
+            let pause = RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
+            if pause.is_zero() {
+                return Err(error);
+            }
+            tracing::debug!(node = status.borrow().id, %error, "retrying at the current leader");
+            // A leadership change (seen since this attempt began) wakes the
+            // retry at once; otherwise (a forward to a leader that is still
+            // unreachable, no leader yet) it waits a moment.
+            if let Ok(Err(_)) = tokio::time::timeout(pause, status.changed()).await {
+                return Err(self.stopped(what));
+            }
+        }
+    }
+
+    fn stopped(&self, what: &str) -> Error {
+        match &self.status.borrow().failed {
+            Some(failure) => Error::Unavailable(failure.clone()),
+            None => Error::Unavailable(format!(
+                "the server stopped before it could {what}; retry"
+            )),
+        }
+    }
+
+    fn timed_out(&self, what: &str) -> Error {
+        Error::Unavailable(format!(
+            "timed out after {:?} waiting to {what}: the control plane may have lost its quorum; check `orc cluster status` and retry",
+            self.request_timeout
+        ))
     }
 
     /// Proposes a membership change; `address` travels with it.
@@ -242,13 +325,8 @@ impl RaftHandle {
     async fn wait<T>(&self, receive: oneshot::Receiver<Result<T>>, what: &str) -> Result<T> {
         match tokio::time::timeout(self.request_timeout, receive).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Unavailable(format!(
-                "the server stopped before it could {what}; retry"
-            ))),
-            Err(_) => Err(Error::Unavailable(format!(
-                "timed out after {:?} waiting to {what}: the control plane may have lost its quorum; check `orc cluster status` and retry",
-                self.request_timeout
-            ))),
+            Ok(Err(_)) => Err(self.stopped(what)),
+            Err(_) => Err(self.timed_out(what)),
         }
     }
 }
@@ -268,6 +346,14 @@ struct RaftNode {
     removed: bool,
     /// Bytes of entries applied since the newest state checkpoint.
     applied_bytes: u64,
+    /// The (term, leader) the pending requests were made under.
+    leadership: (u64, u64),
+    /// On the leader, while a follower's forwarded proposal is not yet
+    /// committed: the last log index it may sit at. Until the commit index
+    /// reaches it, every commit is broadcast at once (instead of riding on
+    /// the next heartbeat), so the follower applies the write and answers
+    /// its client one message later. 0 when no forwarded proposal waits.
+    broadcast_commits_until: u64,
 }
 
 /// Starts the raft node on its own thread and returns its handle.
@@ -318,6 +404,8 @@ pub fn start(
         pending_reads: HashMap::new(),
         removed: false,
         applied_bytes: 0,
+        leadership: (0, 0),
+        broadcast_commits_until: 0,
     };
     std::thread::Builder::new()
         .name(format!("raft-{}", node.config.node_id))
@@ -328,7 +416,7 @@ pub fn start(
                 .expect("a current-thread runtime always builds");
             runtime.block_on(async move {
                 if let Err(error) = node.run().await {
-                    tracing::error!(node = node.config.node_id, %error, "raft node stopped");
+                    node.stop_failed(&error);
                 }
             });
         })
@@ -390,7 +478,43 @@ impl RaftNode {
                 drained += 1;
             }
             self.on_ready().await?;
+            self.after_turn();
             self.publish_status();
+        }
+    }
+
+    /// The loop ended with an error (every error it returns comes from
+    /// storage: a full disk, an I/O error): this server can no longer keep
+    /// its promises, so it says so in its status, which stops it claiming
+    /// health and makes every request fail at once with the reason, and
+    /// answers what was pending the same way.
+    fn stop_failed(&mut self, error: &Error) {
+        let reason = format!(
+            "this server's storage in {} failed ({}): it no longer serves requests; free space or fix the disk, then restart it (other servers carry on)",
+            self.config.data_dir.display(),
+            error.to_string().trim_start_matches("internal error: ")
+        );
+        tracing::error!(node = self.config.node_id, data_dir = %self.config.data_dir.display(), %error, "raft node stopped: storage failed");
+        self.fail_pending(&reason);
+        self.status_tx.send_modify(|status| {
+            status.failed = Some(reason.clone());
+            status.role = Role::Follower;
+            status.leader_id = 0;
+            status.progress.clear();
+        });
+        // Requests that arrive from now on are refused by the handle (it
+        // reads `failed`); those already queued are answered here.
+        self.rx.close();
+        while let Ok(message) = self.rx.try_recv() {
+            match message {
+                NodeMessage::Propose(_, reply) | NodeMessage::ConfChange(_, _, reply) => {
+                    let _ = reply.send(Err(Error::Unavailable(reason.clone())));
+                }
+                NodeMessage::ReadIndex(reply) => {
+                    let _ = reply.send(Err(Error::Unavailable(reason.clone())));
+                }
+                _ => {}
+            }
         }
     }
 
@@ -419,8 +543,13 @@ impl RaftNode {
         match message {
             NodeMessage::Step(messages) => {
                 for message in messages {
+                    let forwarded_proposal = message.get_msg_type() == MessageType::MsgPropose
+                        && message.from != self.config.node_id;
                     if let Err(error) = self.raw.step(message) {
                         tracing::debug!(node = self.config.node_id, %error, "dropped a raft message");
+                    } else if forwarded_proposal && self.raw.raft.state == StateRole::Leader {
+                        self.raw.skip_bcast_commit(false);
+                        self.broadcast_commits_until = self.raw.raft.raft_log.last_index();
                     }
                 }
             }
@@ -486,7 +615,16 @@ impl RaftNode {
                 }
             }
             NodeMessage::TransferLeader(to) => self.raw.transfer_leader(to),
-            NodeMessage::Unreachable(id) => self.raw.report_unreachable(id),
+            NodeMessage::Unreachable(id) => {
+                self.raw.report_unreachable(id);
+                // What this follower forwarded to an unreachable leader gets
+                // no answer: tell the waiters now, they propose again.
+                if id == self.raw.raft.leader_id && self.raw.raft.state != StateRole::Leader {
+                    self.fail_pending(&format!(
+                        "the leader (server {id}) became unreachable before the request was answered; retry"
+                    ));
+                }
+            }
             NodeMessage::SnapshotDone(id, delivered) => {
                 let status = if delivered {
                     SnapshotStatus::Finish
@@ -500,6 +638,51 @@ impl RaftNode {
                     tracing::warn!(node = self.config.node_id, %error, "could not start an election");
                 }
             }
+        }
+    }
+
+    /// Answers every pending proposal and read with a retryable error: no
+    /// answer will come for them (a retry under the same request id is safe).
+    fn fail_pending(&mut self, why: &str) {
+        if self.pending_proposals.is_empty() && self.pending_reads.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            node = self.config.node_id,
+            proposals = self.pending_proposals.len(),
+            reads = self.pending_reads.len(),
+            why,
+            "failing pending requests"
+        );
+        for (_, (reply, _)) in self.pending_proposals.drain() {
+            let _ = reply.send(Err(Error::Unavailable(why.to_string())));
+        }
+        for (_, (reply, _)) in self.pending_reads.drain() {
+            let _ = reply.send(Err(Error::Unavailable(why.to_string())));
+        }
+    }
+
+    /// After each turn: a new term or leader (this server lost leadership,
+    /// or the leader it forwarded to was replaced) means the pending
+    /// requests may never be answered, so they are failed for a retry; and
+    /// commits go back to riding on heartbeats once no forwarded proposal waits.
+    fn after_turn(&mut self) {
+        let leadership = (self.raw.raft.term, self.raw.raft.leader_id);
+        if leadership != self.leadership {
+            let (term, leader) = leadership;
+            if self.leadership != (0, 0) {
+                self.fail_pending(&format!(
+                    "the leader changed (term {term}, leader {leader}) before the request was answered; retry"
+                ));
+            }
+            self.leadership = leadership;
+        }
+        if self.broadcast_commits_until != 0
+            && (self.raw.raft.state != StateRole::Leader
+                || self.raw.raft.raft_log.committed >= self.broadcast_commits_until)
+        {
+            self.raw.skip_bcast_commit(true);
+            self.broadcast_commits_until = 0;
         }
     }
 
@@ -841,6 +1024,7 @@ impl RaftNode {
             learners: conf.learners,
             progress,
             removed: self.removed,
+            failed: None,
         };
         metrics::record_raft(metrics::RaftGauges {
             node_id: status.id,

@@ -39,6 +39,7 @@ impl From<ServerMember> for Member {
             voter: m.voter,
             matched_index: m.matched_index,
             healthy: m.healthy,
+            failure: m.failure,
         }
     }
 }
@@ -52,6 +53,7 @@ impl From<Member> for ServerMember {
             voter: m.voter,
             matched_index: m.matched_index,
             healthy: m.healthy,
+            failure: m.failure,
         }
     }
 }
