@@ -33,6 +33,19 @@
 //!    that succeeds. The killed member is restarted from its data dir and the
 //!    cluster is let settle before the next trial (9 trials, alternating
 //!    between the systems); the median is reported.
+//! 2b. user-visible failover: SIGKILL the leader, then at once send ONE write
+//!    to a surviving follower, as a person at the CLI would: orc's client
+//!    with its default retry (sequential attempts under one request id),
+//!    etcd's client doing the same single put, retried sequentially on an
+//!    error (the etcd-client crate does not retry by itself; etcd's Go
+//!    client does). No overlapping attempts. The figure is the time from
+//!    the kill to that write's answer (median of the trials; the killed
+//!    member is restarted between trials). ORC_BENCH_FAILOVER_TRIALS sets
+//!    the count for both kinds of failover.
+//! 2c. write through a follower: one client, ORC_BENCH_FOLLOWER_WRITES (200)
+//!    writes back to back through a follower, then as many through the
+//!    leader (after 10 untimed writes each to open the connection); p50 and
+//!    p99 of each, and the follower's p50 over the leader's.
 //! 3. idle RSS (VmRSS in /proc/PID/status) of each server after 5 s idle on a
 //!    freshly formed cluster, before any load.
 //! 4. bytes written to disk by the idle cluster over 10 s: the sum over
@@ -51,7 +64,8 @@
 //!
 //! Knobs (environment): ORC_BENCH_WARMUP_SECS (1), ORC_BENCH_MEASURE_SECS (5),
 //! ORC_BENCH_ROUNDS (3), ORC_BENCH_FAILOVER_TRIALS (9; 0 skips failover),
-//! ORC_BENCH_SYSTEMS ("orc,etcd"), ORC_BENCH_LEVELS ("1,16,256"). The
+//! ORC_BENCH_SYSTEMS ("orc,etcd"), ORC_BENCH_LEVELS ("1,16,256"),
+//! ORC_BENCH_FOLLOWER_WRITES (200; 0 skips the follower figure). The
 //! README's figures use the defaults.
 //!
 //! This is a benchmark, not a test: it asserts nothing about timing.
@@ -991,6 +1005,102 @@ async fn failover_trial(cluster: &mut Cluster, counter: &Arc<AtomicU64>) -> Opti
     took
 }
 
+/// Kills the leader and times ONE write sent at once to a follower, as a
+/// user sends it: orc's client with its default retry, etcd's put retried
+/// sequentially on an error; never two attempts at a time.
+async fn user_failover_trial(cluster: &mut Cluster, counter: &Arc<AtomicU64>) -> Option<Duration> {
+    let leader = cluster.wait_ready(3, Duration::from_secs(60)).await;
+    let follower = (leader + 1) % 3;
+    let mut writer = cluster.writer(follower, true).await;
+    if let Err(error) = writer.write(counter.fetch_add(1, Ordering::Relaxed)).await {
+        cluster.fail(&format!(
+            "a write through server {} failed before the kill: {error}",
+            follower + 1
+        ));
+    }
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    let killed_at = Instant::now();
+    cluster.members[leader]
+        .proc
+        .as_mut()
+        .expect("the leader runs")
+        .kill();
+    let mut attempts = 0;
+    let took = loop {
+        attempts += 1;
+        match tokio::time::timeout(FAILOVER_GIVE_UP, writer.write(n)).await {
+            Ok(Ok(())) => break Some(killed_at.elapsed()),
+            Ok(Err(_)) if killed_at.elapsed() < FAILOVER_GIVE_UP => {}
+            _ => break None,
+        }
+    };
+    progress!(
+        "{}: killed leader server {}; the one write through server {} answered after {} ({attempts} sequential attempt(s))",
+        cluster.kind.name(),
+        leader + 1,
+        follower + 1,
+        took.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "never".into()),
+    );
+    cluster.start_member(leader, true);
+    cluster.wait_ready(3, Duration::from_secs(60)).await;
+    took
+}
+
+/// p50 and p99 of `count` sequential writes through server `index`.
+async fn sequential_latency(
+    cluster: &Cluster,
+    index: usize,
+    count: u64,
+    counter: &Arc<AtomicU64>,
+) -> (Duration, Duration) {
+    let mut writer = cluster.writer(index, true).await;
+    for _ in 0..10 {
+        if let Err(error) = writer.write(counter.fetch_add(1, Ordering::Relaxed)).await {
+            cluster.fail(&format!(
+                "a warm-up write through server {} failed: {error}",
+                index + 1
+            ));
+        }
+    }
+    let mut latencies = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        if let Err(error) = writer.write(n).await {
+            cluster.fail(&format!(
+                "a write through server {} failed: {error}",
+                index + 1
+            ));
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort_unstable();
+    (percentile(&latencies, 50.0), percentile(&latencies, 99.0))
+}
+
+/// Writes through a follower, then through the leader, one client.
+async fn follower_writes(
+    cluster: &mut Cluster,
+    count: u64,
+    counter: &Arc<AtomicU64>,
+) -> ((Duration, Duration), (Duration, Duration)) {
+    let leader = cluster.wait_ready(3, Duration::from_secs(60)).await;
+    let follower = (leader + 1) % 3;
+    let through_follower = sequential_latency(cluster, follower, count, counter).await;
+    let through_leader = sequential_latency(cluster, leader, count, counter).await;
+    progress!(
+        "{}: {count} writes through follower server {}: p50 {:.2} ms, p99 {:.2} ms; through the leader: p50 {:.2} ms, p99 {:.2} ms",
+        cluster.kind.name(),
+        follower + 1,
+        ms(through_follower.0),
+        ms(through_follower.1),
+        ms(through_leader.0),
+        ms(through_leader.1),
+    );
+    (through_follower, through_leader)
+}
+
 #[derive(Default)]
 struct Report {
     write_size: String,
@@ -1003,17 +1113,31 @@ struct Report {
     /// Per level: writes/s of every round.
     rounds: Vec<(usize, Vec<f64>)>,
     failovers: Vec<Option<Duration>>,
+    /// User-visible failover: kill → the one write's answer, per trial.
+    user_failovers: Vec<Option<Duration>>,
+    /// Through a follower and through the leader: (p50, p99).
+    follower_latency: Option<(Duration, Duration)>,
+    leader_latency: Option<(Duration, Duration)>,
 }
 
 impl Report {
-    fn failover_median(&self) -> Option<Duration> {
-        let mut ok: Vec<Duration> = self.failovers.iter().flatten().copied().collect();
-        if ok.is_empty() || ok.len() != self.failovers.len() {
-            return None;
-        }
-        ok.sort_unstable();
-        Some(ok[ok.len() / 2])
+    fn user_failover_median(&self) -> Option<Duration> {
+        median_of(&self.user_failovers)
     }
+
+    fn failover_median(&self) -> Option<Duration> {
+        median_of(&self.failovers)
+    }
+}
+
+/// The median of trials that all succeeded; `None` if any never did.
+fn median_of(trials: &[Option<Duration>]) -> Option<Duration> {
+    let mut ok: Vec<Duration> = trials.iter().flatten().copied().collect();
+    if ok.is_empty() || ok.len() != trials.len() {
+        return None;
+    }
+    ok.sort_unstable();
+    Some(ok[ok.len() / 2])
 }
 
 /// Starts `kind`'s cluster and measures it idle: RSS, disk writes, CPU.
@@ -1138,12 +1262,28 @@ async fn bench_all(kinds: &[Kind], value: Arc<Vec<u8>>, counter: Arc<AtomicU64>)
         }
     }
 
+    let follower_writes_count = env_u64("ORC_BENCH_FOLLOWER_WRITES", 200);
+    if follower_writes_count > 0 {
+        for (i, _) in kinds.iter().enumerate() {
+            let (follower, leader) =
+                follower_writes(&mut clusters[i], follower_writes_count, &counter).await;
+            reports[i].follower_latency = Some(follower);
+            reports[i].leader_latency = Some(leader);
+        }
+    }
+
     let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 9);
     for trial in 1..=trials {
         for (i, kind) in kinds.iter().enumerate() {
             progress!("{}: failover trial {trial}/{trials}", kind.name());
             let took = failover_trial(&mut clusters[i], &counter).await;
             reports[i].failovers.push(took);
+            progress!(
+                "{}: user-visible failover trial {trial}/{trials}",
+                kind.name()
+            );
+            let took = user_failover_trial(&mut clusters[i], &counter).await;
+            reports[i].user_failovers.push(took);
         }
     }
     for kind in kinds {
@@ -1361,6 +1501,66 @@ fn table(orc: &Report, etcd: &Report) -> String {
         samples(etcd),
         String::new(),
     ]);
+    row(
+        &mut rows,
+        format!(
+            "user-visible failover, kill → one write to a follower answered (ms, median of {})",
+            orc.user_failovers.len().max(etcd.user_failovers.len())
+        ),
+        orc.user_failover_median().map(ms),
+        etcd.user_failover_median().map(ms),
+        &|v| format!("{v:.0}"),
+    );
+    let user_samples = |r: &Report| {
+        r.user_failovers
+            .iter()
+            .map(|d| {
+                d.map(|d| format!("{:.0}", ms(d)))
+                    .unwrap_or_else(|| "never".into())
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    rows.push([
+        "  user-visible failover trials (ms)".into(),
+        user_samples(orc),
+        user_samples(etcd),
+        String::new(),
+    ]);
+    let count = env_u64("ORC_BENCH_FOLLOWER_WRITES", 200);
+    row(
+        &mut rows,
+        format!("write through a follower, p50 (ms, {count} writes, 1 client)"),
+        orc.follower_latency.map(|l| ms(l.0)),
+        etcd.follower_latency.map(|l| ms(l.0)),
+        &|v| format!("{v:.2}"),
+    );
+    row(
+        &mut rows,
+        format!("write through a follower, p99 (ms, {count} writes, 1 client)"),
+        orc.follower_latency.map(|l| ms(l.1)),
+        etcd.follower_latency.map(|l| ms(l.1)),
+        &|v| format!("{v:.2}"),
+    );
+    row(
+        &mut rows,
+        format!("  same client through the leader, p50 (ms, {count} writes)"),
+        orc.leader_latency.map(|l| ms(l.0)),
+        etcd.leader_latency.map(|l| ms(l.0)),
+        &|v| format!("{v:.2}"),
+    );
+    let through = |r: &Report| match (r.follower_latency, r.leader_latency) {
+        (Some(f), Some(l)) if !l.0.is_zero() => {
+            format!("{:.2}", f.0.as_secs_f64() / l.0.as_secs_f64())
+        }
+        _ => "n/a".into(),
+    };
+    rows.push([
+        "  follower p50 / leader p50".into(),
+        through(orc),
+        through(etcd),
+        String::new(),
+    ]);
     let max_rss = |r: &Report| r.rss_kib.iter().max().map(|k| *k as f64 / 1024.0);
     row(
         &mut rows,
@@ -1477,6 +1677,25 @@ fn targets(orc: &Report, etcd: &Report) -> String {
         out,
         "- failover no slower than etcd's (median): {}",
         verdict(failover)
+    );
+    let user_failover = match (orc.user_failover_median(), etcd.user_failover_median()) {
+        (Some(o), Some(e)) => Some(o <= e),
+        (None, Some(_)) => Some(false),
+        _ => None,
+    };
+    let _ = writeln!(
+        out,
+        "- user-visible failover (one write to a follower) no slower than etcd's (median): {}",
+        verdict(user_failover)
+    );
+    let follower = match (orc.follower_latency, orc.leader_latency) {
+        (Some(f), Some(l)) => Some(f.0 <= l.0 * 2),
+        _ => None,
+    };
+    let _ = writeln!(
+        out,
+        "- orc write through a follower at most 2x the leader's (p50): {}",
+        verdict(follower)
     );
     for clients in levels() {
         let o = orc.loads.iter().find(|l| l.clients == clients);

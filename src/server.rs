@@ -92,9 +92,7 @@ impl Server {
     /// control plane, or its raft node stopped (storage failed).
     pub async fn ended(&self) -> Ended {
         let mut status = self.raft.watch_status();
-        let _ = status
-            .wait_for(|s| s.removed || s.failed.is_some())
-            .await;
+        let _ = status.wait_for(|s| s.removed || s.failed.is_some()).await;
         let status = status.borrow();
         match (&status.failed, status.removed) {
             (Some(reason), _) => Ended::Failed(reason.clone()),
@@ -296,4 +294,139 @@ async fn initialize_when_leader(raft: RaftHandle, marker: Marker, advertise: Str
             return;
         }
     }
+}
+
+/// What `orc server recover` did to a data dir.
+#[derive(Debug)]
+pub struct Recovery {
+    /// The recovered server's id.
+    pub node_id: u64,
+    /// Its control plane.
+    pub control_plane_id: String,
+    /// Members dropped: id, address (empty when unknown), whether a voter.
+    pub dropped: Vec<(u64, String, bool)>,
+    /// The last log index kept.
+    pub last_index: u64,
+    /// The commit index this server had seen; entries after it are kept too.
+    pub commit_index: u64,
+    /// Membership change entries after the state checkpoint, turned into no-ops.
+    pub neutralized: usize,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "recovered server {} of control plane {} as a one-member control plane",
+            self.node_id, self.control_plane_id
+        )?;
+        if self.dropped.is_empty() {
+            writeln!(
+                f,
+                "discarded members: none (it was already the only member)"
+            )?;
+        }
+        for (id, address, voter) in &self.dropped {
+            writeln!(
+                f,
+                "discarded member: server {id} at {} ({})",
+                if address.is_empty() {
+                    "an unknown address"
+                } else {
+                    address
+                },
+                if *voter { "voter" } else { "learner" }
+            )?;
+        }
+        writeln!(
+            f,
+            "kept the whole log, up to index {} (the data dir records index {} as committed; the {} entries after it are kept and will be committed, so a write whose answer was lost with the other servers may still appear)",
+            self.last_index,
+            self.commit_index,
+            self.last_index.saturating_sub(self.commit_index)
+        )?;
+        if self.neutralized > 0 {
+            writeln!(
+                f,
+                "turned {} membership change entries of the log into no-ops (replaying them would bring a lost member back)",
+                self.neutralized
+            )?;
+        }
+        write!(
+            f,
+            "start it as usual (`orc server --data-dir ...`); never restart a discarded server from its old data dir: give it an empty one and --join this server"
+        )
+    }
+}
+
+/// Disaster recovery, like etcd's `--force-new-cluster`: rewrites a stopped
+/// server's data dir so it restarts as the only member of its control
+/// plane, keeping its whole log and state (every write it acknowledged, and
+/// every write it holds), and reports what it discarded: the other members,
+/// and membership changes not yet applied.
+pub fn recover(data_dir: &std::path::Path) -> anyhow::Result<Recovery> {
+    let (path, marker) = match DataDir::inspect(data_dir)? {
+        DataDir::Existing(path, marker) => (path, marker),
+        DataDir::Fresh(path) => bail!(
+            "data dir {} holds no server: nothing to recover (for `orc up`, pass its server/ subdirectory)",
+            path.display()
+        ),
+    };
+    let db = datadir::open_db(&path, 8)?;
+    let store = Arc::new(Store::open(&db)?);
+    let storage = SledStorage::open(&db, store.clone())?;
+    let applied = store.applied_index();
+    let before = storage.conf_state();
+    if !before.voters.contains(&marker.node_id) && !before.learners.contains(&marker.node_id) {
+        bail!(
+            "server {} in {} is not a member of its control plane (it was removed): there is nothing to recover from it",
+            marker.node_id,
+            path.display()
+        );
+    }
+    let mut addresses: std::collections::HashMap<u64, String> = store.read(|s| {
+        before
+            .voters
+            .iter()
+            .chain(&before.learners)
+            .map(|id| (*id, s.member_address(*id).unwrap_or_default().to_string()))
+            .collect()
+    });
+    let (voters, learners, neutralized) = storage.force_single_voter(marker.node_id, applied)?;
+    // Members added after the state checkpoint have their address only in
+    // the conf change entries just neutralized.
+    for entry in &neutralized {
+        use protobuf::Message as _;
+        let Ok(change) = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data) else {
+            continue;
+        };
+        if let Some((_, _, address)) = node::parse_context(&entry.context) {
+            if !address.is_empty() {
+                addresses.insert(change.node_id, String::from_utf8_lossy(address).to_string());
+            }
+        }
+    }
+    let neutralized = neutralized.len();
+    for id in voters.iter().chain(&learners) {
+        store.apply_membership(applied, *id, None);
+    }
+    store.checkpoint()?;
+    storage.flush()?;
+    let (last_index, commit_index) = storage.last_and_commit();
+    let dropped = voters
+        .iter()
+        .map(|id| (*id, true))
+        .chain(learners.iter().map(|id| (*id, false)))
+        .map(|(id, voter)| (id, addresses.get(&id).cloned().unwrap_or_default(), voter))
+        .collect();
+    let recovery = Recovery {
+        node_id: marker.node_id,
+        control_plane_id: marker.control_plane_id,
+        dropped,
+        last_index,
+        commit_index: commit_index.max(applied),
+        neutralized,
+    };
+    tracing::warn!(node = recovery.node_id, data_dir = %path.display(), "{recovery}");
+    Ok(recovery)
 }

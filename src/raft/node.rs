@@ -272,9 +272,7 @@ impl RaftHandle {
     fn stopped(&self, what: &str) -> Error {
         match &self.status.borrow().failed {
             Some(failure) => Error::Unavailable(failure.clone()),
-            None => Error::Unavailable(format!(
-                "the server stopped before it could {what}; retry"
-            )),
+            None => Error::Unavailable(format!("the server stopped before it could {what}; retry")),
         }
     }
 
@@ -443,7 +441,9 @@ fn context(node_id: u64, sequence: u64, extra: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn parse_context(bytes: &[u8]) -> Option<(u64, u64, &[u8])> {
+/// Splits a proposal's context into (proposer, sequence, extra bytes: the
+/// address of a member a conf change adds).
+pub(crate) fn parse_context(bytes: &[u8]) -> Option<(u64, u64, &[u8])> {
     if bytes.len() < 16 {
         return None;
     }
@@ -927,6 +927,13 @@ impl RaftNode {
                     learners = ?conf_state.learners,
                     "membership changed"
                 );
+                if conf_state.voters.len() == 2 && before.voters.len() != 2 {
+                    tracing::warn!(
+                        node = self.config.node_id,
+                        voters = ?conf_state.voters,
+                        "the control plane now has 2 voters, which tolerate no failure: if either stops, nothing can be written or read until it returns; add a third server (`orc server --join ADDRESS`)"
+                    );
+                }
                 if removed
                     && change.node_id == self.config.node_id
                     && was_member(&before, self.config.node_id)

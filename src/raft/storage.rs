@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use sled::Transactional as _;
 
@@ -652,6 +652,64 @@ impl SledStorage {
         metadata.term = 1;
         metadata.set_conf_state(ConfState::from((vec![node_id], vec![])));
         self.apply_snapshot(&snapshot)
+    }
+
+    /// Disaster recovery (`orc server recover`): makes `node_id` the only
+    /// voter, and turns every membership change in the log after `applied`
+    /// (the state machine's checkpoint) into an empty entry, so replaying
+    /// or committing the log cannot bring a lost member back. Entries keep
+    /// their index and term; nothing else in the log changes. Returns the
+    /// members dropped (voters, then learners) and the original entries
+    /// that were neutralized. Not yet durable: flush afterwards.
+    pub fn force_single_voter(
+        &self,
+        node_id: u64,
+        applied: u64,
+    ) -> crate::Result<(Vec<u64>, Vec<u64>, Vec<Entry>)> {
+        let before = self.conf_state();
+        let dropped_voters: Vec<u64> = before
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| *id != node_id)
+            .collect();
+        let dropped_learners: Vec<u64> = before
+            .learners
+            .iter()
+            .copied()
+            .filter(|id| *id != node_id)
+            .collect();
+        let mut neutralized = Vec::new();
+        for row in self.log.iter() {
+            let (k, run) = row?;
+            let mut entries = decode_run(&run)?;
+            let mut changed = false;
+            for entry in entries.iter_mut() {
+                if entry.index > applied && entry.get_entry_type() != EntryType::EntryNormal {
+                    neutralized.push(entry.clone());
+                    entry.set_entry_type(EntryType::EntryNormal);
+                    entry.data = Default::default();
+                    entry.context = Default::default();
+                    changed = true;
+                }
+            }
+            if changed {
+                self.log.insert(k, encode_run(&entries)?)?;
+            }
+        }
+        let conf_index = self.conf_index();
+        self.set_conf_state(&ConfState::from((vec![node_id], vec![])), conf_index)?;
+        // A vote for a lost member no longer matters; the term stays.
+        let mut hard_state = self.bounds().hard_state.clone();
+        hard_state.vote = 0;
+        self.set_hard_state(&hard_state)?;
+        Ok((dropped_voters, dropped_learners, neutralized))
+    }
+
+    /// The last index in the log and the commit index saved on disk.
+    pub fn last_and_commit(&self) -> (u64, u64) {
+        let bounds = self.bounds();
+        (bounds.last_index, bounds.hard_state.commit)
     }
 
     /// The run holding `index`: the last one that starts at or before it.
