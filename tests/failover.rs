@@ -393,3 +393,120 @@ async fn a_control_plane_that_lost_its_quorum_for_good_is_recovered_from_one_ser
         "the recovered control plane has other members"
     );
 }
+
+// ---------------------------------------------------------------- agents
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reports_and_heartbeats_through_a_follower_survive_a_leader_change() {
+    use orc::proto::agent_api_client::AgentApiClient;
+    use orc::proto::{HeartbeatRequest, RegisterInstanceRequest, TaskStateReport};
+
+    let root = tempfile::tempdir().unwrap();
+    let mut servers = three_servers(root.path(), &[]).await;
+    let leader = leader_of(&servers).await;
+    let follower = (leader + 1) % 3;
+    let third = (leader + 2) % 3;
+    // A fake agent (the gRPC calls a real one makes) on the follower.
+    let mut agent = AgentApiClient::new(orc::client::channel(&servers[follower].address).unwrap());
+    let registration = json!({
+        "hostname": "fake-pi", "cpu": 4096, "memoryMib": 4096,
+        "agentVersion": "test", "dockerVersion": "none",
+    });
+    let instance_id = agent
+        .register_container_instance(RegisterInstanceRequest {
+            cluster: "default".into(),
+            container_instance_id: String::new(),
+            instance_json: registration.to_string(),
+        })
+        .await
+        .expect("register the fake instance")
+        .into_inner()
+        .container_instance_id;
+    let heartbeat = HeartbeatRequest {
+        cluster: "default".into(),
+        container_instance_id: instance_id.clone(),
+        running_task_ids: Vec::new(),
+    };
+    let beating = {
+        let mut agent = agent.clone();
+        let heartbeat = heartbeat.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = agent.heartbeat(heartbeat.clone()).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let client = servers[follower].client();
+    client
+        .call("RegisterTaskDefinition", register_body("reported"))
+        .await
+        .expect("register a task definition");
+    let (answer, _) = client
+        .call("RunTask", json!({"taskDefinition": "reported", "count": 3}))
+        .await
+        .expect("run tasks on the fake instance");
+    let tasks: Vec<String> = answer["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["taskArn"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tasks.len(), 3, "RunTask answered {answer}");
+
+    // The leader dies; the agent reports each task RUNNING through its
+    // follower at once, one after the other, as the agent does.
+    servers[leader].kill();
+    for task in &tasks {
+        let report = json!({"taskArn": task, "status": "RUNNING", "containers": [], "atMs": 1});
+        let started = Instant::now();
+        let answered = tokio::time::timeout(
+            FAILOVER_BUDGET,
+            agent.report_task_state(TaskStateReport {
+                cluster: "default".into(),
+                container_instance_id: instance_id.clone(),
+                report_json: report.to_string(),
+            }),
+        )
+        .await;
+        match answered {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => panic!("a report during the leader change failed: {status:?}"),
+            Err(_) => panic!(
+                "a report during the leader change was not answered within {FAILOVER_BUDGET:?} (sent {:?} after the kill)",
+                started.elapsed()
+            ),
+        }
+    }
+    // No report lost: every task is RUNNING, on both live servers.
+    for server in [&servers[follower], &servers[third]] {
+        let (answer, _) = server
+            .client()
+            .call("DescribeTasks", json!({ "tasks": tasks }))
+            .await
+            .expect("describe the tasks");
+        for task in answer["tasks"].as_array().unwrap() {
+            assert_eq!(task["lastStatus"], "RUNNING", "a report was lost: {task}");
+        }
+    }
+    // The election alone disconnects nobody: for a few seconds under the
+    // new leader, the instance stays connected.
+    let watched_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watched_until {
+        let (answer, _) = servers[third]
+            .client()
+            .call(
+                "DescribeContainerInstances",
+                json!({ "containerInstances": [instance_id] }),
+            )
+            .await
+            .expect("describe the instance");
+        let instance = &answer["containerInstances"][0];
+        assert_eq!(
+            instance["agentConnected"], true,
+            "the instance was marked disconnected by the election: {instance}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    beating.abort();
+}
