@@ -430,6 +430,15 @@ pub enum ServerAction {
         #[arg(long)]
         node_id: u64,
     },
+    /// Disaster recovery when a quorum is lost for good: rewrite this
+    /// stopped server's data dir so it restarts as a one-member control
+    /// plane, keeping every write it holds (like etcd --force-new-cluster).
+    /// Prints what it discarded.
+    Recover {
+        /// The stopped server's data dir (for `orc up`, its server/ subdirectory).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 /// Flags of a running server.

@@ -36,12 +36,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             action: Some(action),
             ..
         }) => {
-            let client = Client::new(&cli.endpoint)?;
             let answer = match action {
-                ServerAction::Add { node_id, address } => {
-                    client.add_server(node_id, &address, "").await?
+                ServerAction::Recover { data_dir } => {
+                    println!("{}", crate::server::recover(&data_dir)?);
+                    return Ok(());
                 }
-                ServerAction::Remove { node_id } => client.remove_server(node_id).await?,
+                ServerAction::Add { node_id, address } => {
+                    Client::new(&cli.endpoint)?
+                        .add_server(node_id, &address, "")
+                        .await?
+                }
+                ServerAction::Remove { node_id } => {
+                    Client::new(&cli.endpoint)?.remove_server(node_id).await?
+                }
             };
             output.members(&answer.cluster_id, &answer.members);
             Ok(())

@@ -33,7 +33,7 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
 }
 
 /// `orc server`: runs one member of the control plane until a shutdown
-/// signal or until it is removed.
+/// signal or until it is removed; exits non-zero when its storage fails.
 pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
@@ -46,7 +46,16 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = shutdown_signal() => eprintln!("shutting down"),
-        _ = server.removed() => eprintln!("this server was removed from the control plane; exiting"),
+        ended = server.ended() => match ended {
+            server::Ended::Removed => eprintln!("this server was removed from the control plane; exiting"),
+            server::Ended::Failed(reason) => {
+                // Exit non-zero so systemd (Restart=on-failure) restarts it;
+                // until then it refuses requests with `reason`.
+                tokio::time::sleep(server::FAILED_LINGER).await;
+                server.stop();
+                anyhow::bail!("{reason}");
+            }
+        },
     }
     server.stop();
     Ok(())
@@ -109,14 +118,23 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!(
         "press ctrl-c to stop (running tasks keep running and are adopted on the next start)"
     );
-    shutdown_signal().await;
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        ended = server.ended() => match ended {
+            server::Ended::Failed(reason) => Some(reason),
+            server::Ended::Removed => None,
+        },
+    };
     eprintln!("shutting down");
     let _ = stop_agent.send(true);
     if let Some(agent) = agent {
         let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
     }
     server.stop();
-    Ok(())
+    match failed {
+        Some(reason) => anyhow::bail!("{reason}"),
+        None => Ok(()),
+    }
 }
 
 /// `orc agent`: registers this machine as a container instance and drives
