@@ -398,8 +398,8 @@ async fn a_control_plane_that_lost_its_quorum_for_good_is_recovered_from_one_ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reports_and_heartbeats_through_a_follower_survive_a_leader_change() {
-    use orc::proto::agent_api_client::AgentApiClient;
-    use orc::proto::{HeartbeatRequest, RegisterInstanceRequest, TaskStateReport};
+    use orc::wire::proto::agent_api_client::AgentApiClient;
+    use orc::wire::proto::{HeartbeatRequest, RegisterInstanceRequest, TaskStateReport};
 
     let root = tempfile::tempdir().unwrap();
     let mut servers = three_servers(root.path(), &[]).await;
@@ -407,7 +407,7 @@ async fn agent_reports_and_heartbeats_through_a_follower_survive_a_leader_change
     let follower = (leader + 1) % 3;
     let third = (leader + 2) % 3;
     // A fake agent (the gRPC calls a real one makes) on the follower.
-    let mut agent = AgentApiClient::new(orc::client::channel(&servers[follower].address).unwrap());
+    let mut agent = AgentApiClient::new(orc::wire::channel(&servers[follower].address).unwrap());
     let registration = json!({
         "hostname": "fake-pi", "cpu": 4096, "memoryMib": 4096,
         "agentVersion": "test", "dockerVersion": "none",
