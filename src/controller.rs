@@ -182,7 +182,13 @@ fn launch_command(
             instance_id: instance_id.clone(),
         })
         .collect();
-    if planned.is_empty() && event.is_empty() {
+    // Nothing placed and an event the service already shows (the same
+    // failure, under a minute old): proposing it would change nothing but
+    // the revision, which wakes this loop again at once.
+    if planned.is_empty()
+        && (event.is_empty()
+            || crate::store::services::repeats_newest_event(service, &event, now_ms))
+    {
         return None;
     }
     Some(Command::ServiceLaunch {
@@ -735,5 +741,119 @@ mod tests {
                 "seed {seed}"
             );
         }
+    }
+
+    fn create_service(state: &mut State, family: &str, desired_count: u32) {
+        let service = crate::model::Service {
+            service_arn: crate::model::arn("service", "default/web"),
+            service_name: "web".into(),
+            cluster_arn: crate::model::arn("cluster", "default"),
+            status: "ACTIVE".into(),
+            desired_count,
+            task_definition: family.into(),
+            deployment_configuration: Default::default(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
+            load_balancers: vec![],
+            health_check_grace_period_seconds: 0,
+            scheduling_strategy: "REPLICA".into(),
+            deployments: vec![],
+            events: vec![],
+            created_at: 0.0,
+            next_deployment: 0,
+            last_completed_task_definition: None,
+        };
+        propose(
+            state,
+            Command::CreateService {
+                service: Box::new(service),
+                now_ms: 1,
+            },
+        );
+    }
+
+    fn newest_event(state: &State) -> String {
+        state.service("default", "web").unwrap().events[0]
+            .message
+            .clone()
+    }
+
+    #[test]
+    fn a_service_that_does_not_fit_proposes_its_placement_failure_once_a_minute() {
+        // Room for 3 of the 5 tasks of 100 MiB.
+        let mut state = cluster_with(&[("i-a", "a", 350)]);
+        create_service(&mut state, "small", 5);
+        let first = service_commands(&state, 1_000, 7);
+        assert_eq!(first.len(), 1, "{first:?}");
+        for command in first {
+            propose(&mut state, command);
+        }
+        assert_eq!(state.service_tasks("default", "web").len(), 3);
+        assert!(
+            newest_event(&state).contains("was unable to place a task"),
+            "{}",
+            newest_event(&state)
+        );
+        // Every later pass of the same minute: nothing to propose (each
+        // proposal would wake the loop again: a write per loop turn).
+        for now_ms in [1_020, 1_500, 30_000, 60_999] {
+            let again = service_commands(&state, now_ms, 7);
+            assert!(again.is_empty(), "at {now_ms} ms: {again:?}");
+        }
+        let a_minute_later = service_commands(&state, 61_000, 7);
+        assert_eq!(
+            a_minute_later.len(),
+            1,
+            "the event is refreshed once a minute"
+        );
+    }
+
+    #[test]
+    fn events_about_hundreds_of_tasks_name_ten_and_count_the_rest() {
+        let mut state = cluster_with(&[("i-a", "a", 100_000)]);
+        create_service(&mut state, "small", 373);
+        for command in service_commands(&state, 1_000, 7) {
+            propose(&mut state, command);
+        }
+        let started = newest_event(&state);
+        assert!(
+            started.starts_with("(service web) has started 373 tasks: (task ")
+                && started.ends_with(" and 363 more."),
+            "{started}"
+        );
+        assert_eq!(started.matches("(task ").count(), 10, "{started}");
+
+        propose(
+            &mut state,
+            Command::UpdateService {
+                cluster: "default".into(),
+                service_name: "web".into(),
+                update: crate::store::services::ServiceUpdate {
+                    desired_count: Some(0),
+                    ..Default::default()
+                },
+                now_ms: 2_000,
+            },
+        );
+        for command in service_commands(&state, 2_000, 7) {
+            propose(&mut state, command);
+        }
+        let events: Vec<String> = state
+            .service("default", "web")
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.message.clone())
+            .collect();
+        let stopped = events
+            .iter()
+            .find(|e| e.contains("has stopped"))
+            .unwrap_or_else(|| panic!("no stop event: {events:?}"));
+        assert!(
+            stopped.starts_with("(service web) has stopped 373 running tasks: (task ")
+                && stopped.ends_with(" and 363 more."),
+            "{stopped}"
+        );
+        assert_eq!(stopped.matches("(task ").count(), 10, "{stopped}");
     }
 }

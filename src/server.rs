@@ -46,6 +46,8 @@ pub struct ServerOptions {
     pub controller: crate::controller::ControllerOptions,
     /// How many changes are kept for watchers to resume from.
     pub watch_history: usize,
+    /// Caps on what a service may ask for.
+    pub service_limits: crate::api::services::ServiceLimits,
 }
 
 impl ServerOptions {
@@ -64,6 +66,7 @@ impl ServerOptions {
             request_timeout: Duration::from_secs(10),
             controller: crate::controller::ControllerOptions::default(),
             watch_history: crate::store::history::CAPACITY,
+            service_limits: crate::api::services::ServiceLimits::default(),
         }
     }
 }
@@ -217,6 +220,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         raft: raft.clone(),
         transport,
         liveness: liveness.clone(),
+        service_limits: options.service_limits,
     };
     tokio::spawn(async move {
         let stop = async move {

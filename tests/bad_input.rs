@@ -215,3 +215,58 @@ async fn a_server_without_quorum_answers_with_a_clear_error_and_recovers() {
         "{arns}"
     );
 }
+
+/// Issue 12, item 3: a desired count above the server's per-service cap is
+/// refused with a sentence naming the cap, on create and on update, and
+/// nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desired_count_above_the_cap_is_refused_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        root.path(),
+        "s1",
+        &["--bootstrap"],
+        &["--max-service-desired-count", "50"],
+    );
+    server.wait_ready().await;
+    let client = server.client();
+    client
+        .call(
+            "RegisterTaskDefinition",
+            json!({"family": "web", "containerDefinitions": [
+                {"name": "web", "image": "busybox", "memory": 16}]}),
+        )
+        .await
+        .unwrap();
+    let create =
+        |count: u64| json!({"serviceName": "web", "taskDefinition": "web", "desiredCount": count});
+    let error = client
+        .call("CreateService", create(1_000_000))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("desiredCount: 1000000 is more than the 50 tasks a service may run")
+            && error.contains("--max-service-desired-count"),
+        "{error}"
+    );
+    let listed = client.call("ListServices", json!({})).await.unwrap().0;
+    assert_eq!(listed["serviceArns"], json!([]), "nothing was created");
+
+    client.call("CreateService", create(50)).await.unwrap();
+    let error = client
+        .call(
+            "UpdateService",
+            json!({"service": "web", "desiredCount": 51}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("more than the 50 tasks"), "{error}");
+    let described = client
+        .call("DescribeServices", json!({"services": ["web"]}))
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(described["services"][0]["desiredCount"], 50);
+}

@@ -41,6 +41,7 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> R
 /// action was parsed at the edge; an empty request id gets a fresh one.
 pub async fn call(
     raft: &RaftHandle,
+    limits: services::ServiceLimits,
     action: EcsAction,
     body: &str,
     request_id: String,
@@ -78,8 +79,8 @@ pub async fn call(
         EcsAction::UpdateContainerInstancesState => {
             tasks::update_container_instances_state(raft, body, request_id).await
         }
-        EcsAction::CreateService => services::create_service(raft, body, request_id).await,
-        EcsAction::UpdateService => services::update_service(raft, body, request_id).await,
+        EcsAction::CreateService => services::create_service(raft, limits, body, request_id).await,
+        EcsAction::UpdateService => services::update_service(raft, limits, body, request_id).await,
         EcsAction::DeleteService => services::delete_service(raft, body, request_id).await,
         EcsAction::DescribeServices => services::describe_services(raft, body).await,
         EcsAction::ListServices => services::list_services(raft, body).await,

@@ -49,6 +49,8 @@ pub struct ApiContext {
     pub transport: Arc<Transport>,
     /// Agent heartbeats seen by this server.
     pub liveness: crate::controller::Liveness,
+    /// Caps on what a service may ask for (`orc server --max-service-desired-count`).
+    pub service_limits: services::ServiceLimits,
 }
 
 impl ApiContext {
@@ -254,7 +256,14 @@ impl Orc for ApiContext {
         let request = request.into_inner();
         let result = async {
             let action: EcsAction = request.action.parse()?;
-            ecs::call(&self.raft, action, &request.body_json, request.request_id).await
+            ecs::call(
+                &self.raft,
+                self.service_limits,
+                action,
+                &request.body_json,
+                request.request_id,
+            )
+            .await
         }
         .await
         .map_err(|error| {

@@ -13,6 +13,36 @@ use crate::store::{Command, State};
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
+/// The default of `orc server --max-service-desired-count`: well above what
+/// a lab of Pis can run, far below ECS's quota of 5,000 tasks per service.
+pub const DEFAULT_MAX_SERVICE_DESIRED_COUNT: u32 = 1000;
+
+/// Caps on what a service may ask for, set per server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// The largest desired count of one service.
+    pub max_desired_count: u32,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        ServiceLimits {
+            max_desired_count: DEFAULT_MAX_SERVICE_DESIRED_COUNT,
+        }
+    }
+}
+
+/// Refuses a desired count above the cap, with a sentence naming it.
+pub fn check_desired_count(desired_count: u32, limits: ServiceLimits) -> Result<()> {
+    if desired_count > limits.max_desired_count {
+        return Err(Error::InvalidInput(format!(
+            "desiredCount: {desired_count} is more than the {} tasks a service may run on this control plane; ask for fewer, or start the servers with a higher --max-service-desired-count",
+            limits.max_desired_count
+        )));
+    }
+    Ok(())
+}
+
 /// Checks deployment percentages as ECS does.
 fn check_deployment_configuration(config: &DeploymentConfiguration) -> Result<()> {
     if config.maximum_percent < 100 || config.maximum_percent > 200 {
@@ -32,6 +62,7 @@ fn check_deployment_configuration(config: &DeploymentConfiguration) -> Result<()
 
 pub(super) async fn create_service(
     raft: &RaftHandle,
+    limits: ServiceLimits,
     body: &str,
     request_id: String,
 ) -> Result<ActionResult> {
@@ -69,6 +100,9 @@ pub(super) async fn create_service(
             "desiredCount: a DAEMON service runs one task per instance; leave desiredCount out"
                 .into(),
         ));
+    }
+    if let Some(count) = request.desired_count {
+        check_desired_count(count, limits)?;
     }
     let config = request.deployment_configuration.clone().unwrap_or_default();
     check_deployment_configuration(&config)?;
@@ -115,6 +149,7 @@ pub(super) async fn create_service(
 
 pub(super) async fn update_service(
     raft: &RaftHandle,
+    limits: ServiceLimits,
     body: &str,
     request_id: String,
 ) -> Result<ActionResult> {
@@ -131,6 +166,9 @@ pub(super) async fn update_service(
         health_check_grace_period_seconds: Option<u32>,
     }
     let request: Request = parse("UpdateService", body)?;
+    if let Some(count) = request.desired_count {
+        check_desired_count(count, limits)?;
+    }
     if let Some(config) = &request.deployment_configuration {
         check_deployment_configuration(config)?;
     }

@@ -475,6 +475,10 @@ pub struct ServerArgs {
     /// How many changes to keep for watchers to resume from (lowered by tests).
     #[arg(long, default_value_t = crate::store::history::CAPACITY, hide = true)]
     pub watch_history: usize,
+    /// The largest desired count a service may ask for (ECS's quota is
+    /// 5,000 tasks per service; a Pi lab needs far fewer).
+    #[arg(long, default_value_t = crate::api::services::DEFAULT_MAX_SERVICE_DESIRED_COUNT)]
+    pub max_service_desired_count: u32,
 }
 
 /// `orc cluster ...`.

@@ -29,6 +29,7 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
     options.snapshot_threshold = args.snapshot_threshold.max(2);
     options.cache_mib = args.cache_mib.max(1);
     options.watch_history = args.watch_history.max(1);
+    options.service_limits.max_desired_count = args.max_service_desired_count;
     options
 }
 

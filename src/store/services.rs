@@ -57,12 +57,41 @@ impl State {
     }
 }
 
+/// How many task ids an event lists before it says how many more there are.
+pub const EVENT_TASKS_LISTED: usize = 10;
+
+/// Whether `text` would add nothing to the service's events at `now_ms`:
+/// it is the newest event and less than a minute old (placement failures
+/// repeat on every pass of the controller, which checks this before
+/// proposing one again).
+pub fn repeats_newest_event(service: &Service, text: &str, now_ms: u64) -> bool {
+    service
+        .events
+        .first()
+        .is_some_and(|newest| newest.message == text && seconds(now_ms) - newest.created_at < 60.0)
+}
+
+/// `(task a) (task b) …`, at most [`EVENT_TASKS_LISTED`] of them, then
+/// "and N more": an event about hundreds of tasks stays one readable line.
+pub fn listed_tasks(task_ids: &[String]) -> String {
+    let mut text = task_ids
+        .iter()
+        .take(EVENT_TASKS_LISTED)
+        .map(|id| format!("(task {id})"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if task_ids.len() > EVENT_TASKS_LISTED {
+        text.push_str(&format!(
+            " and {} more",
+            task_ids.len() - EVENT_TASKS_LISTED
+        ));
+    }
+    text
+}
+
 fn push_event(service: &mut Service, text: String, now_ms: u64) {
-    // The same message again within a minute adds nothing (placement failures repeat every tick).
-    if let Some(newest) = service.events.first() {
-        if newest.message == text && seconds(now_ms) - newest.created_at < 60.0 {
-            return;
-        }
+    if repeats_newest_event(service, &text, now_ms) {
+        return;
     }
     service.events.insert(
         0,
@@ -227,13 +256,13 @@ pub fn launch(
             .into_iter()
             .flatten()
             .filter_map(|t| t["taskArn"].as_str())
-            .map(|arn| format!("(task {})", arn.rsplit('/').next().unwrap_or(arn)))
+            .map(|arn| arn.rsplit('/').next().unwrap_or(arn).to_string())
             .collect();
         if !started.is_empty() {
             let text = format!(
                 "(service {service_name}) has started {} tasks: {}.",
                 started.len(),
-                started.join(" ")
+                listed_tasks(&started)
             );
             push_event(service, text, now_ms);
         }
@@ -270,10 +299,7 @@ pub fn apply_plan(
                 stop_code::SERVICE_SCHEDULER_INITIATED,
                 now_ms,
             )?;
-            stopped.push(format!(
-                "(task {})",
-                task_arn.rsplit('/').next().unwrap_or(task_arn)
-            ));
+            stopped.push(task_arn.rsplit('/').next().unwrap_or(task_arn).to_string());
         }
     }
     let service = state.services.get_mut(&key).expect("checked above");
@@ -281,7 +307,7 @@ pub fn apply_plan(
         let text = format!(
             "(service {service_name}) has stopped {} running tasks: {}.",
             stopped.len(),
-            stopped.join(" ")
+            listed_tasks(&stopped)
         );
         push_event(service, text, now_ms);
     }
