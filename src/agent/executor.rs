@@ -183,6 +183,7 @@ impl Executor {
     }
 
     /// Runs `actions` of one task in order.
+    #[tracing::instrument(level = "debug", skip_all, fields(task = %task_arn, actions = actions.len()))]
     pub async fn run_batch(&self, task_arn: &str, actions: &[Action]) -> Outcome {
         let mut outcome = Outcome {
             task_arn: task_arn.to_string(),

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 
 use crate::agent::config::AgentConfig;
 use crate::agent::executor::{Executor, Lanes, Outcome};
@@ -739,11 +740,19 @@ async fn reconcile_loop(
                     let done = done_tx.clone();
                     let shared = shared.clone();
                     // The executor's lanes bound the engine operations.
-                    tokio::spawn(async move {
-                        let outcome = executor.run_batch(&arn, &actions).await;
-                        let _ = done.send(outcome);
-                        shared.wake.notify_one();
-                    });
+                    let span = tracing::debug_span!(
+                        "task_work",
+                        cluster = %shared.config.cluster,
+                        instance = %shared.instance_id,
+                    );
+                    tokio::spawn(
+                        async move {
+                            let outcome = executor.run_batch(&arn, &actions).await;
+                            let _ = done.send(outcome);
+                            shared.wake.notify_one();
+                        }
+                        .instrument(span),
+                    );
                 }
                 let mut running: Vec<String> = containers
                     .iter()

@@ -55,6 +55,7 @@ pub fn assignments(state: &State, cluster: &str, instance_id: &str) -> Vec<Strin
 
 #[tonic::async_trait]
 impl AgentApi for ApiContext {
+    #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id))]
     async fn register_container_instance(
         &self,
         request: Request<RegisterInstanceRequest>,
@@ -94,6 +95,7 @@ impl AgentApi for ApiContext {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id))]
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
@@ -129,6 +131,7 @@ impl AgentApi for ApiContext {
 
     type WatchAssignmentsStream = super::ResponseStream<Assignments>;
 
+    #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id))]
     async fn watch_assignments(
         &self,
         request: Request<WatchAssignmentsRequest>,
@@ -166,6 +169,7 @@ impl AgentApi for ApiContext {
         Ok(Response::new(stream))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id, task = tracing::field::Empty))]
     async fn report_task_state(
         &self,
         request: Request<TaskStateReport>,
@@ -173,6 +177,7 @@ impl AgentApi for ApiContext {
         let request = request.into_inner();
         let change: TaskStateChange =
             serde_json::from_str(&request.report_json).map_err(|e| bad_json("report_json", e))?;
+        tracing::Span::current().record("task", change.task_arn.as_str());
         let cluster = cluster_or_default(&request.cluster);
         tracing::debug!(cluster = %cluster, instance = %request.container_instance_id, task = %change.task_arn, status = change.status.as_str(), "task state reported");
         let command = Command::SubmitTaskStateChange {

@@ -217,6 +217,7 @@ impl ApiContext {
 
 #[tonic::async_trait]
 impl Orc for ApiContext {
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.raft.status().id, linearizable = request.get_ref().linearizable))]
     async fn cluster_status(
         &self,
         request: Request<ClusterStatusRequest>,
@@ -227,6 +228,7 @@ impl Orc for ApiContext {
             .map_err(to_status)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(node = request.get_ref().node_id, address = %request.get_ref().address))]
     async fn add_server(
         &self,
         request: Request<AddServerRequest>,
@@ -238,6 +240,7 @@ impl Orc for ApiContext {
             .map_err(to_status)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(node = request.get_ref().node_id))]
     async fn remove_server(
         &self,
         request: Request<RemoveServerRequest>,
@@ -248,7 +251,7 @@ impl Orc for ApiContext {
             .map_err(to_status)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(action = %request.get_ref().action))]
+    #[tracing::instrument(level = "debug", skip_all, fields(action = %request.get_ref().action, request_id = %request.get_ref().request_id))]
     async fn call(
         &self,
         request: Request<ActionRequest>,
@@ -305,6 +308,7 @@ impl Peer for ApiContext {
         Ok(Response::new(RaftAck {}))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn raft_stream(
         &self,
         request: Request<tonic::Streaming<RaftBatch>>,
