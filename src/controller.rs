@@ -60,8 +60,8 @@ pub fn connectivity_changes(
         let alive = now.saturating_duration_since(seen) <= grace;
         if alive != instance.agent_connected {
             commands.push(Command::SetInstanceConnected {
-                cluster: instance.cluster.clone(),
-                instance_id: instance.id().to_string(),
+                cluster: instance.cluster.clone().into(),
+                instance_id: instance.id().to_string().into(),
                 connected: alive,
             });
         }
@@ -105,8 +105,8 @@ pub fn service_commands(state: &State, now_ms: u64, seed: u64) -> Vec<Command> {
         };
         if result != PlanResult::default() {
             commands.push(Command::ServicePlan {
-                cluster: cluster.clone(),
-                service_name: service.service_name.clone(),
+                cluster: cluster.clone().into(),
+                service_name: service.service_name.clone().into(),
                 plan: result,
                 now_ms,
             });
@@ -192,7 +192,7 @@ fn launch_command(
         return None;
     }
     Some(Command::ServiceLaunch {
-        service_name: service.service_name.clone(),
+        service_name: service.service_name.clone().into(),
         launch: TaskLaunch {
             cluster: cluster.to_string(),
             task_definition_arn: start.task_definition.clone(),
@@ -237,7 +237,7 @@ pub fn provisioning_commands(state: &State, seed: u64) -> Vec<Command> {
             .collect();
         if !planned.is_empty() {
             commands.push(Command::PlaceTasks {
-                cluster: cluster.clone(),
+                cluster: cluster.clone().into(),
                 planned,
             });
         }
@@ -544,7 +544,7 @@ mod tests {
                 &mut state,
                 Command::RegisterContainerInstance {
                     cluster: "default".into(),
-                    instance_id: id.to_string(),
+                    instance_id: id.to_string().into(),
                     registration,
                     now_ms: 1,
                 },

@@ -98,7 +98,7 @@ impl Simulation {
                 };
                 self.propose(Command::SubmitTaskStateChange {
                     cluster: "default".into(),
-                    instance_id: id.clone(),
+                    instance_id: id.clone().into(),
                     change,
                 });
             }
@@ -188,7 +188,7 @@ async fn five_hundred_instances_fifty_services_survive_losing_ten_percent() {
         };
         sim.propose(Command::RegisterContainerInstance {
             cluster: "default".into(),
-            instance_id: Simulation::instance_id(index),
+            instance_id: Simulation::instance_id(index).into(),
             registration,
             now_ms: sim.now_ms,
         });

@@ -70,8 +70,8 @@ impl AgentApi for ApiContext {
             request.container_instance_id.clone()
         };
         let command = Command::RegisterContainerInstance {
-            cluster: cluster.clone(),
-            instance_id: instance_id.clone(),
+            cluster: cluster.clone().into(),
+            instance_id: instance_id.clone().into(),
             registration,
             now_ms: now_ms(),
         };
@@ -181,8 +181,8 @@ impl AgentApi for ApiContext {
         let cluster = cluster_or_default(&request.cluster);
         tracing::debug!(cluster = %cluster, instance = %request.container_instance_id, task = %change.task_arn, status = change.status.as_str(), "task state reported");
         let command = Command::SubmitTaskStateChange {
-            cluster,
-            instance_id: request.container_instance_id,
+            cluster: cluster.into(),
+            instance_id: request.container_instance_id.into(),
             change,
         };
         self.raft

@@ -101,7 +101,7 @@ async fn create_cluster(raft: &RaftHandle, body: &str, request_id: String) -> Re
         .unwrap_or_else(|| model::DEFAULT_CLUSTER.to_string());
     model::validate_cluster_name(&cluster_name)?;
     let command = Command::CreateCluster {
-        cluster_name: cluster_name.clone(),
+        cluster_name: cluster_name.clone().into(),
         tags: request.tags,
         now_ms: now_ms(),
     };
@@ -124,7 +124,7 @@ async fn delete_cluster(raft: &RaftHandle, body: &str, request_id: String) -> Re
     let request: Request = parse("DeleteCluster", body)?;
     let cluster_name = model::cluster_name_from(&request.cluster);
     let command = Command::DeleteCluster {
-        cluster_name: cluster_name.clone(),
+        cluster_name: cluster_name.clone().into(),
     };
     raft.propose(Proposal {
         request_id,

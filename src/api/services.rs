@@ -187,8 +187,8 @@ pub(super) async fn update_service(
         health_check_grace_period_seconds: request.health_check_grace_period_seconds,
     };
     let command = Command::UpdateService {
-        cluster: cluster.clone(),
-        service_name: name.clone(),
+        cluster: cluster.clone().into(),
+        service_name: name.clone().into(),
         update,
         now_ms: now_ms(),
     };
@@ -221,8 +221,8 @@ pub(super) async fn delete_service(
         .unwrap_or(&request.service)
         .to_string();
     let command = Command::DeleteService {
-        cluster: cluster.clone(),
-        service_name: name.clone(),
+        cluster: cluster.clone().into(),
+        service_name: name.clone().into(),
         force: request.force,
     };
     propose(raft, request_id, command).await?;

@@ -294,8 +294,8 @@ pub(super) async fn stop_task(
     let request: Request = parse("StopTask", body)?;
     let cluster = cluster_of(&request.cluster);
     let command = Command::StopTask {
-        cluster,
-        task_id: request.task,
+        cluster: cluster.into(),
+        task_id: request.task.into(),
         reason: request
             .reason
             .unwrap_or_else(|| "Task stopped by user".to_string()),
@@ -580,8 +580,12 @@ pub(super) async fn update_container_instances_state(
     }
     let request: Request = parse("UpdateContainerInstancesState", body)?;
     let command = Command::UpdateContainerInstancesState {
-        cluster: cluster_of(&request.cluster),
-        instance_ids: request.container_instances,
+        cluster: cluster_of(&request.cluster).into(),
+        instance_ids: request
+            .container_instances
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         status: request.status,
     };
     Ok(propose(raft, request_id, command).await?.into())

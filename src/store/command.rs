@@ -10,6 +10,7 @@ use super::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use super::services::{PlanResult, ServiceUpdate};
 use crate::model::{InstanceRegistration, Service, Tag, TaskStateChange};
 use crate::taskdef::TaskDefinition;
+use crate::vocab::ids::{ClusterName, ContainerInstanceId, ServiceName, TaskId};
 use crate::Error;
 
 /// A command with the client's request id, which makes a retried request
@@ -45,7 +46,7 @@ pub enum Command {
     /// ECS CreateCluster; creating an existing ACTIVE cluster returns it unchanged, as ECS does.
     CreateCluster {
         /// The new cluster's name.
-        cluster_name: String,
+        cluster_name: ClusterName,
         /// Tags to attach.
         tags: Vec<Tag>,
         /// When the request was accepted.
@@ -54,7 +55,7 @@ pub enum Command {
     /// ECS DeleteCluster: the cluster turns INACTIVE.
     DeleteCluster {
         /// The cluster to delete.
-        cluster_name: String,
+        cluster_name: ClusterName,
     },
     /// ECS RegisterTaskDefinition (validated again when applied).
     RegisterTaskDefinition {
@@ -80,9 +81,9 @@ pub enum Command {
     /// An agent registered or re-registered.
     RegisterContainerInstance {
         /// The cluster name.
-        cluster: String,
+        cluster: ClusterName,
         /// The instance id (chosen by the server on first registration).
-        instance_id: String,
+        instance_id: ContainerInstanceId,
         /// Resources and attributes.
         registration: InstanceRegistration,
         /// When.
@@ -91,18 +92,18 @@ pub enum Command {
     /// ECS UpdateContainerInstancesState.
     UpdateContainerInstancesState {
         /// The cluster name.
-        cluster: String,
+        cluster: ClusterName,
         /// Instance ids or ARNs.
-        instance_ids: Vec<String>,
+        instance_ids: Vec<ContainerInstanceId>,
         /// ACTIVE or DRAINING.
         status: String,
     },
     /// The leader saw heartbeats stop or resume.
     SetInstanceConnected {
         /// The cluster name.
-        cluster: String,
+        cluster: ClusterName,
         /// The instance id.
-        instance_id: String,
+        instance_id: ContainerInstanceId,
         /// Whether heartbeats arrive.
         connected: bool,
     },
@@ -121,16 +122,16 @@ pub enum Command {
     /// The leader found instances for PROVISIONING tasks.
     PlaceTasks {
         /// The cluster.
-        cluster: String,
+        cluster: ClusterName,
         /// Task ids and their instances.
         planned: Vec<PlannedTask>,
     },
     /// ECS StopTask, or a stop decided by the control plane.
     StopTask {
         /// The cluster.
-        cluster: String,
+        cluster: ClusterName,
         /// The task id or ARN.
-        task_id: String,
+        task_id: TaskId,
         /// The stopped reason.
         reason: String,
         /// The stop code.
@@ -141,9 +142,9 @@ pub enum Command {
     /// An agent's report about a task.
     SubmitTaskStateChange {
         /// The cluster.
-        cluster: String,
+        cluster: ClusterName,
         /// The reporting instance.
-        instance_id: String,
+        instance_id: ContainerInstanceId,
         /// The report.
         change: TaskStateChange,
     },
@@ -162,9 +163,9 @@ pub enum Command {
     /// ECS UpdateService.
     UpdateService {
         /// The cluster.
-        cluster: String,
+        cluster: ClusterName,
         /// The service.
-        service_name: String,
+        service_name: ServiceName,
         /// What changes.
         update: ServiceUpdate,
         /// When.
@@ -173,16 +174,16 @@ pub enum Command {
     /// ECS DeleteService.
     DeleteService {
         /// The cluster.
-        cluster: String,
+        cluster: ClusterName,
         /// The service.
-        service_name: String,
+        service_name: ServiceName,
         /// Delete even while scaled above zero.
         force: bool,
     },
     /// The controller starts tasks of a service deployment.
     ServiceLaunch {
         /// The service.
-        service_name: String,
+        service_name: ServiceName,
         /// What to run.
         launch: TaskLaunch,
         /// Where.
@@ -195,9 +196,9 @@ pub enum Command {
     /// The controller applies the rest of a reconcile plan.
     ServicePlan {
         /// The cluster.
-        cluster: String,
+        cluster: ClusterName,
         /// The service.
-        service_name: String,
+        service_name: ServiceName,
         /// Stops, rollout changes, events.
         plan: PlanResult,
         /// When.
@@ -281,7 +282,7 @@ impl Command {
                 ..
             } => {
                 subjects.cluster(cluster);
-                subjects.instances(instance_ids.iter().map(String::as_str));
+                subjects.instances(instance_ids.iter().map(ContainerInstanceId::as_str));
             }
             Command::RunTask {
                 launch,
@@ -434,7 +435,7 @@ mod tests {
             ),
             (
                 Command::DeleteCluster {
-                    cluster_name: crate::model::arn("cluster", "lab"),
+                    cluster_name: crate::model::arn("cluster", "lab").into(),
                 },
                 "DeleteCluster",
                 vec!["cluster/lab"],
@@ -474,7 +475,7 @@ mod tests {
             (
                 Command::StopTask {
                     cluster: "lab".into(),
-                    task_id: crate::model::arn("task", "lab/t1"),
+                    task_id: crate::model::arn("task", "lab/t1").into(),
                     reason: "bye".into(),
                     stop_code: "UserInitiated".into(),
                     now_ms: 1,
@@ -503,7 +504,7 @@ mod tests {
                 Command::UpdateContainerInstancesState {
                     cluster: "lab".into(),
                     instance_ids: vec![
-                        crate::model::arn("container-instance", "lab/i1"),
+                        crate::model::arn("container-instance", "lab/i1").into(),
                         "i1".into(),
                         "i2".into(),
                     ],

@@ -13,6 +13,7 @@ use crate::model::{
     TaskStatus,
 };
 use crate::taskdef::{self, TaskDefinition, TaskDefinitionStatus, TaskOverride};
+use crate::vocab::ids::ContainerInstanceId;
 use crate::vocab::Protocol;
 use crate::Error;
 
@@ -374,7 +375,7 @@ pub fn register_container_instance(
 pub fn update_container_instances_state(
     state: &mut State,
     cluster: &str,
-    ids: &[String],
+    ids: &[ContainerInstanceId],
     status: &str,
 ) -> Outcome {
     state.active_cluster(cluster)?;

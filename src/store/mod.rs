@@ -312,7 +312,7 @@ pub(crate) fn create_cluster_proposal(name: &str) -> Proposal {
     Proposal {
         request_id: format!("r-{name}"),
         command: Command::CreateCluster {
-            cluster_name: name.to_string(),
+            cluster_name: name.to_string().into(),
             tags: Vec::new(),
             now_ms: 1,
         },

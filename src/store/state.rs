@@ -370,7 +370,7 @@ mod tests {
 
     fn create(name: &str) -> Command {
         Command::CreateCluster {
-            cluster_name: name.to_string(),
+            cluster_name: name.to_string().into(),
             tags: vec![],
             now_ms: 7,
         }
