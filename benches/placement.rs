@@ -107,6 +107,7 @@ async fn committed_placement_rate() -> anyhow::Result<(f64, usize, f64)> {
                 cluster: "default".into(),
                 container_instance_id: String::new(),
                 instance_json: serde_json::to_string(&registration)?,
+                agent_session: String::new(),
             })
             .await?
             .into_inner();
@@ -124,6 +125,7 @@ async fn committed_placement_rate() -> anyhow::Result<(f64, usize, f64)> {
                         cluster: "default".into(),
                         container_instance_id: id.clone(),
                         running_task_ids: vec![],
+                        agent_session: String::new(),
                     })
                     .await;
             }

@@ -357,20 +357,27 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
     }
 }
 
-/// When each instance last sent a heartbeat, as seen by this server. The
-/// controller owns liveness: the `AgentApi` handlers record heartbeats here
-/// and the liveness loop reads them.
+/// (cluster, container instance id).
+type InstanceKey = (String, String);
+
+/// When an instance was last heard, and from which agent session.
+type Heard = (Instant, String);
+
+/// When each instance last sent a heartbeat, as seen by this server, and
+/// from which agent session. The controller owns liveness: the `AgentApi`
+/// handlers record heartbeats here and the liveness loop reads them.
 #[derive(Clone, Default)]
 pub struct Liveness {
-    seen: Arc<Mutex<HashMap<(String, String), Instant>>>,
+    seen: Arc<Mutex<HashMap<InstanceKey, Heard>>>,
 }
 
 impl Liveness {
-    /// Records a heartbeat.
-    pub fn beat(&self, cluster: &str, instance_id: &str) {
+    /// Records a heartbeat (or registration) of the agent `session` (empty
+    /// from agents that send none).
+    pub fn beat(&self, cluster: &str, instance_id: &str, session: &str) {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(
             (cluster.to_string(), instance_id.to_string()),
-            Instant::now(),
+            (Instant::now(), session.to_string()),
         );
     }
 
@@ -380,7 +387,23 @@ impl Liveness {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(cluster.to_string(), instance_id.to_string()))
-            .copied()
+            .map(|(at, _)| *at)
+    }
+
+    /// How long ago `session` was last heard for the instance, when the
+    /// newest heartbeat this server heard for it came from that session.
+    pub fn session_heard(
+        &self,
+        cluster: &str,
+        instance_id: &str,
+        session: &str,
+    ) -> Option<std::time::Duration> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(cluster.to_string(), instance_id.to_string()))
+            .filter(|(_, heard)| heard == session)
+            .map(|(at, _)| at.elapsed())
     }
 }
 
@@ -431,6 +454,7 @@ mod tests {
                 instance_id: "i-1".into(),
                 registration,
                 now_ms: 1,
+                agent_session: String::new(),
             },
         );
         let (definition, _) = crate::taskdef::parse_register_input(
@@ -547,6 +571,7 @@ mod tests {
                     instance_id: id.to_string().into(),
                     registration,
                     now_ms: 1,
+                    agent_session: String::new(),
                 },
             );
         }

@@ -477,6 +477,12 @@ pub struct ContainerInstance {
     pub registered_at: f64,
     /// Bumped on every change.
     pub version: u64,
+    /// The random session of the agent process that registered last: the
+    /// one agent that owns this instance (another one with the same id is a
+    /// copied data dir). Empty for agents that send none. Not shown by
+    /// describe-container-instances.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_session: String,
 }
 
 impl ContainerInstance {

@@ -155,6 +155,7 @@ impl AgentApi for Plane {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         Ok(Response::new(HeartbeatResponse {
             revision: self.lock().revision,
+            servers: vec![],
         }))
     }
 

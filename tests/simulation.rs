@@ -191,6 +191,7 @@ async fn five_hundred_instances_fifty_services_survive_losing_ten_percent() {
             instance_id: Simulation::instance_id(index).into(),
             registration,
             now_ms: sim.now_ms,
+            agent_session: String::new(),
         });
     }
     for s in 0..SERVICES {

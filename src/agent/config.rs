@@ -17,9 +17,18 @@ pub const DEFAULT_TASK_CLEANUP_WAIT: Duration = Duration::from_secs(3600);
 /// Options of `orc agent`.
 #[derive(Args, Clone, Debug)]
 pub struct AgentArgs {
-    /// Address (host:port) of any orc server.
-    #[arg(long, env = "ORC_SERVER", default_value = "127.0.0.1:7400")]
-    pub server: String,
+    /// Address (host:port) of an orc server; give several (comma-separated
+    /// or the flag repeated) so the agent can start while one is down. The
+    /// agent learns every member's address from the control plane and moves
+    /// to another server when its own fails.
+    #[arg(
+        long,
+        env = "ORC_SERVER",
+        default_value = "127.0.0.1:7400",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub server: Vec<String>,
     /// Cluster to register this container instance in.
     #[arg(long, env = "ECS_CLUSTER", default_value = crate::model::DEFAULT_CLUSTER)]
     pub cluster: String,
@@ -91,8 +100,9 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 /// What the worker runs with.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Control plane address, `host:port`.
-    pub server: String,
+    /// Control-plane addresses (`host:port`) to start from, in order; the
+    /// agent adds every member's address it learns.
+    pub servers: Vec<String>,
     /// Cluster name.
     pub cluster: String,
     /// Holds `agent.json` (the container instance id).
@@ -109,6 +119,9 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+    /// How long one call to a server may take before the agent gives up on
+    /// that server and tries the next (a paused or unreachable server).
+    pub call_timeout: Duration,
     /// How many pulls, creates and starts the engine sees at once (the
     /// start lane).
     pub parallel_tasks: usize,
@@ -127,7 +140,7 @@ impl AgentConfig {
     /// A configuration with every default, for `cluster` at `server`.
     pub fn new(server: impl Into<String>, cluster: impl Into<String>, data_dir: PathBuf) -> Self {
         AgentConfig {
-            server: server.into(),
+            servers: vec![server.into()],
             cluster: cluster.into(),
             data_dir,
             attributes: Vec::new(),
@@ -137,6 +150,7 @@ impl AgentConfig {
             reserved_memory_mib: 0,
             reconcile_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(3),
             parallel_tasks: 16,
             parallel_stops: 256,
             task_cleanup_wait: DEFAULT_TASK_CLEANUP_WAIT,
@@ -178,11 +192,29 @@ impl TryFrom<AgentArgs> for AgentConfig {
                 "--heartbeat-interval-ms must be more than 0: the default is 2000".into(),
             ));
         }
+        let mut servers = Vec::new();
+        for server in args.server.iter().map(|s| s.trim()) {
+            if server.is_empty() {
+                continue;
+            }
+            crate::wire::channel::check_endpoint(server)
+                .map_err(|e| Error::InvalidInput(format!("--server: {e}")))?;
+            if !servers.iter().any(|s| s == server) {
+                servers.push(server.to_string());
+            }
+        }
+        if servers.is_empty() {
+            return Err(Error::InvalidInput(
+                "--server is empty: give the address of an orc server, e.g. --server pi1:7400"
+                    .into(),
+            ));
+        }
         let mut config = AgentConfig::new(
-            args.server,
+            servers[0].clone(),
             args.cluster,
             args.data_dir.unwrap_or_else(default_data_dir),
         );
+        config.servers = servers;
         config.attributes = args
             .attributes
             .iter()
@@ -235,7 +267,7 @@ mod tests {
         ])
         .unwrap();
         let c = AgentConfig::try_from(cli.agent).unwrap();
-        assert_eq!(c.server, "10.0.0.2:7400");
+        assert_eq!(c.servers, vec!["10.0.0.2:7400".to_string()]);
         assert_eq!(c.cluster, "lab");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(
@@ -269,7 +301,7 @@ mod tests {
     #[test]
     fn defaults_and_errors() {
         let cli = Cli::try_parse_from(["orc"]).unwrap();
-        assert_eq!(cli.agent.server, "127.0.0.1:7400");
+        assert_eq!(cli.agent.server, vec!["127.0.0.1:7400".to_string()]);
         assert_eq!(cli.agent.cluster, "default");
         let c = AgentConfig::try_from(cli.agent).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
@@ -278,5 +310,26 @@ mod tests {
         let e = parse_attribute("novalue").unwrap_err().to_string();
         assert!(e.contains("name=value"), "{e}");
         assert!(Cli::try_parse_from(["orc", "--image-pull-behavior", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn several_servers_comma_separated_or_repeated() {
+        let cli = Cli::try_parse_from([
+            "orc",
+            "--server",
+            "pi1:7400,pi2:7400",
+            "--server",
+            "pi3:7400",
+            "--server",
+            "pi1:7400",
+        ])
+        .unwrap();
+        let c = AgentConfig::try_from(cli.agent).unwrap();
+        assert_eq!(c.servers, vec!["pi1:7400", "pi2:7400", "pi3:7400"]);
+        for bad in ["pi1", "pi1:99999", ":7400", ","] {
+            let cli = Cli::try_parse_from(["orc", "--server", bad]).unwrap();
+            let e = AgentConfig::try_from(cli.agent).unwrap_err().to_string();
+            assert!(e.contains("--server"), "{bad}: {e}");
+        }
     }
 }

@@ -46,6 +46,7 @@ use crate::wire::proto::{
     HeartbeatRequest, RegisterInstanceRequest, TaskStateReport, WatchAssignmentsRequest,
 };
 use crate::wire::status::from_status;
+use crate::wire::{AGENT_SESSION_LEASE, LIVE_AGENT_REFUSAL};
 use crate::{Error, Result};
 
 /// Host ports ECS reserves on every instance.
@@ -164,18 +165,45 @@ impl Backoff {
     }
 }
 
-/// The gRPC connection: the configured server, or the leader it named.
+/// The agent's connection to the control plane: the server it talks to now,
+/// and every server it knows of (those configured, then each member's
+/// address the control plane names in heartbeat answers). When a call finds
+/// its server unreachable, frozen or without a leader, the agent moves to
+/// the next server in the list; every loop then uses the new one.
 #[derive(Clone)]
 struct Conn {
-    home: String,
-    current: Arc<Mutex<(String, AgentApiClient<Channel>)>>,
+    state: Arc<Mutex<ConnState>>,
+    /// Bumped on every move, so a stream on the old server is re-opened.
+    moved: watch::Sender<u64>,
+}
+
+struct ConnState {
+    /// The addresses given with `--server`, kept as fallbacks.
+    configured: Vec<String>,
+    /// Every known server: the members' addresses, then configured extras.
+    servers: Vec<String>,
+    /// The server in use.
+    current: String,
+    /// Bumped on every move; a failure seen on an older one moves nothing.
+    generation: u64,
+    client: AgentApiClient<Channel>,
 }
 
 impl Conn {
-    fn new(server: &str) -> Result<Conn> {
+    fn new(servers: &[String]) -> Result<Conn> {
+        let first = servers
+            .first()
+            .ok_or_else(|| Error::InvalidInput("no control-plane address was given".into()))?;
+        let state = ConnState {
+            configured: servers.to_vec(),
+            servers: servers.to_vec(),
+            current: first.clone(),
+            generation: 0,
+            client: Self::make(first)?,
+        };
         Ok(Conn {
-            home: server.to_string(),
-            current: Arc::new(Mutex::new((server.to_string(), Self::make(server)?))),
+            state: Arc::new(Mutex::new(state)),
+            moved: watch::channel(0).0,
         })
     }
 
@@ -185,30 +213,97 @@ impl Conn {
             .max_encoding_message_size(64 * 1024 * 1024))
     }
 
-    fn client(&self) -> AgentApiClient<Channel> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Our error for a failed call; follows a leader hint, and goes back to
-    /// the configured server when the one it followed is gone.
-    fn error(&self, status: tonic::Status) -> Error {
+    /// The client for the server in use, and the generation it belongs to.
+    fn client(&self) -> (u64, AgentApiClient<Channel>) {
+        let state = self.lock();
+        (state.generation, state.client.clone())
+    }
+
+    /// The server in use.
+    fn server(&self) -> String {
+        self.lock().current.clone()
+    }
+
+    /// Remembers the control plane's members (from a heartbeat answer).
+    fn learn(&self, members: &[String]) {
+        if members.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        let mut servers: Vec<String> = members.to_vec();
+        for configured in &state.configured {
+            if !servers.contains(configured) {
+                servers.push(configured.clone());
+            }
+        }
+        if servers != state.servers {
+            tracing::info!(servers = %servers.join(","), "control-plane servers");
+            state.servers = servers;
+        }
+    }
+
+    /// Calls `call` on the server in use, for at most `timeout`; a failure
+    /// that says the server is gone (or frozen) moves to the next server.
+    async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T>
+    where
+        F: FnOnce(AgentApiClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (generation, client) = self.client();
+        match tokio::time::timeout(timeout, call(client)).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+            Ok(Err(status)) => Err(self.failed(generation, status)),
+            Err(_) => Err(self.failed(
+                generation,
+                tonic::Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )),
+            )),
+        }
+    }
+
+    /// Our error for a failed call made on `generation`'s server; follows a
+    /// leader hint, and moves to the next known server when this one cannot
+    /// serve (unreachable, frozen, or cut off from the leader).
+    fn failed(&self, generation: u64, status: tonic::Status) -> Error {
         let error = from_status(status);
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
+        if state.generation != generation {
+            return error;
+        }
         let target = match &error {
             Error::NotLeader {
                 leader_address: Some(leader),
-            } if *leader != current.0 => Some(leader.clone()),
-            Error::Unavailable(_) if current.0 != self.home => Some(self.home.clone()),
+            } if *leader != state.current => Some(leader.clone()),
+            Error::NotLeader { .. } | Error::Unavailable(_) | Error::Internal(_) => {
+                let at = state.servers.iter().position(|s| *s == state.current);
+                let next = match at {
+                    Some(i) => state.servers[(i + 1) % state.servers.len()].clone(),
+                    None => state.servers[0].clone(),
+                };
+                (next != state.current).then_some(next)
+            }
             _ => None,
         };
         if let Some(target) = target {
-            if let Ok(client) = Self::make(&target) {
-                tracing::info!(server = %target, "talking to another server");
-                *current = (target, client);
+            match Self::make(&target) {
+                Ok(client) => {
+                    tracing::warn!(from = %state.current, to = %target, %error, "moving to another control-plane server");
+                    state.current = target;
+                    state.client = client;
+                    state.generation += 1;
+                    let generation = state.generation;
+                    drop(state);
+                    self.moved.send_replace(generation);
+                }
+                Err(e) => {
+                    tracing::warn!(server = %target, error = %e, "cannot use this server address")
+                }
             }
         }
         error
@@ -237,6 +332,8 @@ struct Shared {
     runtime: Arc<dyn Runtime>,
     conn: Conn,
     instance_id: String,
+    /// This process's random agent session (see `RegisterInstanceRequest`).
+    session: String,
     reports: ReportQueue,
     running_task_ids: Mutex<Vec<String>>,
     wake: Notify,
@@ -273,7 +370,7 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
             )));
         }
     }
-    let conn = Conn::new(&config.server)?;
+    let conn = Conn::new(&config.servers)?;
     let mut backoff = Backoff::new(config.max_backoff);
 
     // The engine's description of the node.
@@ -288,10 +385,15 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
     };
     let reg = registration(&config, &node);
     let instance_json = serde_json::to_string(&reg).expect("serializable");
+    // This process's session: the control plane lets one live agent own an
+    // instance id, and tells a restart (the old session went quiet) from a
+    // copy of the data dir (the old session still heartbeats).
+    let session = format!("{:032x}", rand::random::<u128>());
 
     // Register (or re-register with the saved id).
     backoff.reset();
     let mut warned = false;
+    let mut refused_since: Option<std::time::Instant> = None;
     let response = loop {
         let request = RegisterInstanceRequest {
             cluster: config.cluster.clone(),
@@ -300,19 +402,37 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
                 .map(|s| s.container_instance_id.clone())
                 .unwrap_or_default(),
             instance_json: instance_json.clone(),
+            agent_session: session.clone(),
         };
-        match conn.client().register_container_instance(request).await {
-            Ok(r) => break r.into_inner(),
-            Err(status) => {
-                let e = conn.error(status);
-                if !e.is_retryable() {
-                    return Err(Error::InvalidInput(format!(
-                        "the control plane at {} refused to register this instance: {e}",
-                        config.server
+        let answer = conn
+            .call(PROPOSAL_TIMEOUT, |mut client| async move {
+                client.register_container_instance(request).await
+            })
+            .await;
+        match answer {
+            Ok(r) => break r,
+            Err(Error::Conflict(message)) if message.contains(LIVE_AGENT_REFUSAL) => {
+                let since = *refused_since.get_or_insert_with(|| {
+                    tracing::warn!(error = %message, "another agent holds this container instance; waiting for its heartbeats to stop (an agent restarted after a crash waits here a few seconds)");
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > CLONE_WAIT {
+                    return Err(Error::Conflict(format!(
+                        "the control plane refused to register this agent: {message}; {}",
+                        copied_data_dir_hint(&config.data_dir)
                     )));
                 }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) if !e.is_retryable() => {
+                return Err(Error::InvalidInput(format!(
+                    "the control plane at {} refused to register this instance: {e}",
+                    conn.server()
+                )));
+            }
+            Err(e) => {
                 if !warned {
-                    tracing::warn!(server = %config.server, error = %e, "cannot register yet; retrying until the control plane answers");
+                    tracing::warn!(server = %conn.server(), error = %e, "cannot register yet; retrying until the control plane answers");
                     warned = true;
                 }
                 tokio::time::sleep(backoff.pause()).await;
@@ -325,37 +445,64 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
         container_instance_arn: response.container_instance_arn.clone(),
     };
     save_instance(&config.data_dir, &saved)?;
-    tracing::info!(instance = %saved.container_instance_id, cluster = %config.cluster, arn = %saved.container_instance_arn, "registered");
+    tracing::info!(instance = %saved.container_instance_id, cluster = %config.cluster, arn = %saved.container_instance_arn, server = %conn.server(), "registered");
 
     let shared = Arc::new(Shared {
         config,
         runtime,
         conn,
         instance_id: saved.container_instance_id,
+        session,
         reports: ReportQueue::default(),
         running_task_ids: Mutex::new(Vec::new()),
         wake: Notify::new(),
     });
     let (assign_tx, assign_rx) = watch::channel::<Option<Arc<Vec<Assignment>>>>(None);
-    let mut tasks = JoinSet::new();
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     tasks.spawn(heartbeat_loop(shared.clone()));
-    tasks.spawn(watch_loop(shared.clone(), assign_tx));
-    tasks.spawn(events_loop(shared.clone()));
-    tasks.spawn(report_loop(shared.clone()));
-    tasks.spawn(reconcile_loop(shared.clone(), assign_rx));
-    // The loops run forever; dropping the set (on shutdown) aborts them.
+    tasks.spawn(forever(watch_loop(shared.clone(), assign_tx)));
+    tasks.spawn(forever(events_loop(shared.clone())));
+    tasks.spawn(forever(report_loop(shared.clone())));
+    tasks.spawn(forever(reconcile_loop(shared.clone(), assign_rx)));
+    // The loops run until the agent must stop (another agent took the
+    // instance over); dropping the set (on shutdown) aborts them.
     while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            if e.is_panic() {
+        match r {
+            Ok(Err(e)) => return Err(e),
+            Err(e) if e.is_panic() => {
                 return Err(Error::Internal(format!("an agent loop panicked: {e}")));
             }
+            _ => {}
         }
     }
     Ok(())
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>) {
+/// How long a registration or a task report may take on one server.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(9);
+
+/// How long a registration refused because another agent is live is
+/// retried: longer than the lease a crashed predecessor's session keeps, so
+/// only a second running agent (a copied data dir) is refused for good.
+const CLONE_WAIT: Duration = Duration::from_secs(2 * AGENT_SESSION_LEASE.as_secs());
+
+/// What to do about a data dir another running agent also uses.
+fn copied_data_dir_hint(data_dir: &Path) -> String {
+    format!(
+        "the agent data dir {} was probably copied from another machine (an SD card image) whose agent is running: to register this machine as a new container instance, delete {} (or start it with an empty --data-dir); if both agents run on one machine, stop one",
+        data_dir.display(),
+        data_dir.join(STATE_FILE).display()
+    )
+}
+
+async fn forever(loop_future: impl Future<Output = ()>) -> Result<()> {
+    loop_future.await;
+    Ok(())
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) -> Result<()> {
     let mut reachable = true;
+    let mut failures = 0usize;
     loop {
         let ids = shared
             .running_task_ids
@@ -366,23 +513,48 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             cluster: shared.config.cluster.clone(),
             container_instance_id: shared.instance_id.clone(),
             running_task_ids: ids,
+            agent_session: shared.session.clone(),
         };
-        match shared.conn.client().heartbeat(request).await {
-            Ok(_) => {
+        let answer = shared
+            .conn
+            .call(shared.config.call_timeout, |mut client| async move {
+                client.heartbeat(request).await
+            })
+            .await;
+        let pause = match answer {
+            Ok(answer) => {
+                shared.conn.learn(&answer.servers);
                 if !reachable {
-                    tracing::info!("the control plane answers heartbeats again");
+                    tracing::info!(server = %shared.conn.server(), "the control plane answers heartbeats again");
                 }
                 reachable = true;
+                failures = 0;
+                shared.config.heartbeat_interval
             }
-            Err(status) => {
-                let e = shared.conn.error(status);
+            Err(Error::Conflict(message)) => {
+                return Err(Error::Conflict(format!(
+                    "this agent stops: {message}; {}",
+                    copied_data_dir_hint(&shared.config.data_dir)
+                )));
+            }
+            Err(e) => {
                 if reachable {
-                    tracing::warn!(error = %e, "heartbeat failed; containers keep running");
+                    tracing::warn!(error = %e, "heartbeat failed; trying the next server (containers keep running)");
                 }
                 reachable = false;
+                failures += 1;
+                // Try every known server at once before waiting a whole
+                // interval: the heartbeat grace is only a few intervals.
+                let known = shared.conn.lock().servers.len();
+                if failures < known {
+                    Duration::from_millis(50)
+                } else {
+                    failures = 0;
+                    shared.config.heartbeat_interval
+                }
             }
-        }
-        tokio::time::sleep(shared.config.heartbeat_interval).await;
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -390,16 +562,31 @@ async fn watch_loop(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<Vec<Assign
     let mut after = 0u64;
     let mut backoff = Backoff::new(shared.config.max_backoff);
     loop {
+        let mut moved = shared.conn.moved.subscribe();
         let request = WatchAssignmentsRequest {
             cluster: shared.config.cluster.clone(),
             container_instance_id: shared.instance_id.clone(),
             after_revision: after,
         };
-        match shared.conn.client().watch_assignments(request).await {
-            Ok(response) => {
+        let (generation, mut client) = shared.conn.client();
+        let opened = tokio::time::timeout(
+            shared.config.call_timeout,
+            client.watch_assignments(request),
+        )
+        .await;
+        match opened {
+            Ok(Ok(response)) => {
                 let mut stream = response.into_inner();
                 loop {
-                    match stream.message().await {
+                    let message = tokio::select! {
+                        message = stream.message() => message,
+                        _ = moved.changed() => {
+                            tracing::info!(server = %shared.conn.server(), "re-opening the assignment stream on another server");
+                            backoff.reset();
+                            break;
+                        }
+                    };
+                    match message {
                         Ok(Some(msg)) => {
                             backoff.reset();
                             after = after.max(msg.revision);
@@ -420,19 +607,32 @@ async fn watch_loop(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<Vec<Assign
                             let _ = tx.send(Some(Arc::new(list)));
                         }
                         Ok(None) => {
-                            tracing::info!("the assignment stream ended; reconnecting");
+                            let e = shared.conn.failed(
+                                generation,
+                                tonic::Status::unavailable(
+                                    "the server ended the assignment stream",
+                                ),
+                            );
+                            tracing::info!(error = %e, "the assignment stream ended; reconnecting");
                             break;
                         }
                         Err(status) => {
-                            let e = shared.conn.error(status);
+                            let e = shared.conn.failed(generation, status);
                             tracing::warn!(error = %e, "the assignment stream broke; reconnecting");
                             break;
                         }
                     }
                 }
             }
-            Err(status) => {
-                let e = shared.conn.error(status);
+            Ok(Err(status)) => {
+                let e = shared.conn.failed(generation, status);
+                tracing::debug!(error = %e, "cannot watch assignments yet");
+            }
+            Err(_) => {
+                let e = shared.conn.failed(
+                    generation,
+                    tonic::Status::deadline_exceeded("the assignment stream did not open in time"),
+                );
                 tracing::debug!(error = %e, "cannot watch assignments yet");
             }
         }
@@ -493,12 +693,17 @@ async fn report_loop(shared: Arc<Shared>) {
                 container_instance_id: shared.instance_id.clone(),
                 report_json: serde_json::to_string(&report).expect("serializable"),
             };
-            match shared.conn.client().report_task_state(request).await {
+            let sent = shared
+                .conn
+                .call(PROPOSAL_TIMEOUT, |mut client| async move {
+                    client.report_task_state(request).await
+                })
+                .await;
+            match sent {
                 Ok(_) => {
                     tracing::info!(task = %arn, status = report.status.as_str(), health = %report.health_status, "reported");
                 }
-                Err(status) => {
-                    let e = shared.conn.error(status);
+                Err(e) => {
                     if e.is_retryable() {
                         tracing::debug!(task = %arn, error = %e, "report not delivered; will retry");
                         requeue(&shared, arn, report);

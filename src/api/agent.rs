@@ -4,11 +4,15 @@
 //! connectivity goes through Raft; assignments are streamed from the local
 //! state, resent whole on every change that touches the instance.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::{async_stream, ApiContext};
+use crate::controller::Liveness;
 use crate::model::{Assignment, InstanceRegistration, TaskStateChange};
 use crate::raft::node::Role;
 use crate::store::{Command, Proposal, State};
@@ -20,7 +24,67 @@ use crate::wire::proto::{
     RegisterInstanceResponse, ReportAck, TaskStateReport, WatchAssignmentsRequest,
 };
 use crate::wire::status::to_status;
+use crate::wire::{AGENT_SESSION_LEASE, LIVE_AGENT_REFUSAL};
 use crate::{Error, Result};
+
+/// A channel to the leader at `address`, kept for the next forwarded
+/// heartbeat (one connection per leader, not one per heartbeat).
+fn leader_channel(address: &str) -> Result<Channel> {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    let mut channels = CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(channel) = channels.get(address) {
+        return Ok(channel.clone());
+    }
+    let channel = crate::wire::channel(address)?;
+    if channels.len() >= 16 {
+        channels.clear();
+    }
+    channels.insert(address.to_string(), channel.clone());
+    Ok(channel)
+}
+
+/// Whether an agent with `session` may register `instance_id`: refused while
+/// the instance's owner is another session this server heard within the
+/// lease (a second agent with a copied data dir).
+fn check_owner(
+    state: &State,
+    liveness: &Liveness,
+    cluster: &str,
+    instance_id: &str,
+    session: &str,
+) -> Result<()> {
+    if session.is_empty() || instance_id.is_empty() {
+        return Ok(());
+    }
+    let Ok(instance) = state.container_instance(cluster, instance_id) else {
+        return Ok(());
+    };
+    let owner = &instance.agent_session;
+    if owner.is_empty() || owner == session {
+        return Ok(());
+    }
+    match liveness.session_heard(cluster, instance_id, owner) {
+        Some(ago) if ago <= AGENT_SESSION_LEASE => Err(Error::Conflict(format!(
+            "container instance {instance_id} {LIVE_AGENT_REFUSAL} (on host {:?}, heard {} ms ago): one instance has one agent",
+            instance.registration.hostname,
+            ago.as_millis()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The address of every control-plane member, for agents to fail over to.
+fn server_addresses(state: &State) -> Vec<String> {
+    state
+        .members
+        .iter()
+        .map(|(_, member)| member.address.clone())
+        .filter(|address| !address.is_empty())
+        .collect()
+}
 
 /// The cluster an agent names (name or ARN), `default` when empty.
 fn cluster_or_default(cluster: &str) -> String {
@@ -53,6 +117,62 @@ pub fn assignments(state: &State, cluster: &str, instance_id: &str) -> Vec<Strin
         .collect()
 }
 
+impl ApiContext {
+    /// The leader's address when this server is a follower that knows it;
+    /// `Ok(None)` on the leader; unavailable while no leader is elected.
+    fn agent_leader(&self) -> Result<Option<String>> {
+        let status = self.raft.status();
+        if status.role == Role::Leader {
+            return Ok(None);
+        }
+        if status.leader_id == 0 {
+            return Err(Error::Unavailable(
+                "no leader is elected right now (is a majority of servers up?); retry in a moment"
+                    .into(),
+            ));
+        }
+        self.raft
+            .store()
+            .read(|s| s.member_address(status.leader_id).map(str::to_string))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::Unavailable(
+                    "the leader's address is not known yet; retry in a moment".into(),
+                )
+            })
+    }
+
+    /// A client for the leader (see `agent_leader`).
+    fn leader_agent_client(&self, address: &str) -> Result<AgentApiClient<Channel>> {
+        Ok(AgentApiClient::new(leader_channel(address)?))
+    }
+}
+
+/// A forwarded call's failure as this server's answer: the leader's own
+/// refusal passes through; a leader that cannot be reached makes this server
+/// unavailable, so the agent tries another one.
+fn forward_failure(leader: &str, outcome: Result<Status, tokio::time::error::Elapsed>) -> Status {
+    match outcome {
+        Ok(status)
+            if matches!(
+                status.code(),
+                tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+            ) =>
+        {
+            status
+        }
+        Ok(status) => Status::unavailable(format!(
+            "this server cannot reach the leader at {leader} ({}); try another server",
+            status.message()
+        )),
+        Err(_) => Status::unavailable(format!(
+            "the leader at {leader} did not answer in time; try another server"
+        )),
+    }
+}
+
 #[tonic::async_trait]
 impl AgentApi for ApiContext {
     #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id))]
@@ -61,19 +181,43 @@ impl AgentApi for ApiContext {
         request: Request<RegisterInstanceRequest>,
     ) -> Result<Response<RegisterInstanceResponse>, Status> {
         let request = request.into_inner();
+        // The leader hears every heartbeat, so it decides whether another
+        // agent still owns this instance.
+        if let Some(leader) = self.agent_leader().map_err(to_status)? {
+            let mut client = self.leader_agent_client(&leader).map_err(to_status)?;
+            let forwarded = tokio::time::timeout(
+                Duration::from_secs(8),
+                client.register_container_instance(request),
+            )
+            .await;
+            return match forwarded {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(status)) => Err(forward_failure(&leader, Ok(status))),
+                Err(elapsed) => Err(forward_failure(&leader, Err(elapsed))),
+            };
+        }
         let registration: InstanceRegistration = serde_json::from_str(&request.instance_json)
             .map_err(|e| bad_json("instance_json", e))?;
         let cluster = cluster_or_default(&request.cluster);
+        let session = request.agent_session.clone();
         let instance_id = if request.container_instance_id.is_empty() {
             format!("{:032x}", rand::random::<u128>())
         } else {
             request.container_instance_id.clone()
         };
+        self.raft
+            .store()
+            .read(|state| check_owner(state, &self.liveness, &cluster, &instance_id, &session))
+            .map_err(|error| {
+                tracing::warn!(cluster = %cluster, instance = %instance_id, %error, "refused a second agent for one container instance");
+                to_status(error)
+            })?;
         let command = Command::RegisterContainerInstance {
             cluster: cluster.clone().into(),
             instance_id: instance_id.clone().into(),
             registration,
             now_ms: now_ms(),
+            agent_session: session.clone(),
         };
         let answer = self
             .raft
@@ -83,7 +227,7 @@ impl AgentApi for ApiContext {
             })
             .await
             .map_err(to_status)?;
-        self.liveness.beat(&cluster, &instance_id);
+        self.liveness.beat(&cluster, &instance_id, &session);
         tracing::info!(cluster = %cluster, instance = %instance_id, "container instance registered");
         Ok(Response::new(RegisterInstanceResponse {
             container_instance_arn: answer["containerInstance"]["containerInstanceArn"]
@@ -101,31 +245,45 @@ impl AgentApi for ApiContext {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        self.liveness
-            .beat(&request.cluster, &request.container_instance_id);
-        let status = self.raft.status();
+        let cluster = cluster_or_default(&request.cluster);
         // The leader decides connectivity, so it must hear every heartbeat.
-        if status.role != Role::Leader && status.leader_id != 0 {
-            let leader = self
-                .raft
-                .store()
-                .read(|s| s.member_address(status.leader_id).map(str::to_string));
-            if let Some(address) = leader {
-                if let Ok(channel) = crate::wire::channel(&address) {
-                    let mut client = AgentApiClient::new(channel);
-                    let forwarded = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        client.heartbeat(request.clone()),
-                    )
+        if let Some(leader) = self.agent_leader().map_err(to_status)? {
+            let mut client = self.leader_agent_client(&leader).map_err(to_status)?;
+            let forwarded =
+                tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request.clone()))
                     .await;
-                    if let Ok(Ok(answer)) = forwarded {
-                        return Ok(answer);
-                    }
+            return match forwarded {
+                Ok(Ok(answer)) => {
+                    self.liveness.beat(
+                        &cluster,
+                        &request.container_instance_id,
+                        &request.agent_session,
+                    );
+                    Ok(answer)
                 }
-            }
+                Ok(Err(status)) => Err(forward_failure(&leader, Ok(status))),
+                Err(elapsed) => Err(forward_failure(&leader, Err(elapsed))),
+            };
         }
+        let session = &request.agent_session;
+        let (owner, servers) = self.raft.store().read(|state| {
+            let owner = state
+                .container_instance(&cluster, &request.container_instance_id)
+                .map(|instance| instance.agent_session.clone())
+                .unwrap_or_default();
+            (owner, server_addresses(state))
+        });
+        if !session.is_empty() && !owner.is_empty() && owner != *session {
+            return Err(to_status(Error::Conflict(format!(
+                "container instance {} was registered by another agent process since this one did (two agents share one instance id): this agent stops",
+                request.container_instance_id
+            ))));
+        }
+        self.liveness
+            .beat(&cluster, &request.container_instance_id, session);
         Ok(Response::new(HeartbeatResponse {
             revision: self.raft.store().revision(),
+            servers,
         }))
     }
 

@@ -147,7 +147,8 @@ pub(super) async fn agent(args: crate::agent::config::AgentArgs) -> anyhow::Resu
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "orc agent: registering with {} in cluster {}",
-        config.server, config.cluster
+        config.servers.join(","),
+        config.cluster
     );
     crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown_signal()).await?;
     Ok(())

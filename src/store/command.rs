@@ -88,6 +88,10 @@ pub enum Command {
         registration: InstanceRegistration,
         /// When.
         now_ms: u64,
+        /// The registering agent process's session (see
+        /// `ContainerInstance::agent_session`); empty from older agents.
+        #[serde(default)]
+        agent_session: String,
     },
     /// ECS UpdateContainerInstancesState.
     UpdateContainerInstancesState {

@@ -340,6 +340,7 @@ pub fn register_container_instance(
     instance_id: &str,
     registration: &InstanceRegistration,
     now_ms: u64,
+    agent_session: &str,
 ) -> Outcome {
     state.active_cluster(cluster)?;
     let key = scoped_key(cluster, instance_id);
@@ -350,6 +351,7 @@ pub fn register_container_instance(
             instance.agent_connected = true;
             instance.status = instance.desired_state.clone();
             instance.version += 1;
+            instance.agent_session = agent_session.to_string();
             instance
         }
         None => ContainerInstance {
@@ -365,6 +367,7 @@ pub fn register_container_instance(
             registration: registration.clone(),
             registered_at: seconds(now_ms),
             version: 1,
+            agent_session: agent_session.to_string(),
         },
     };
     state.container_instances.insert(key, instance.clone());

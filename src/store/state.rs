@@ -238,7 +238,15 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             instance_id,
             registration,
             now_ms,
-        } => ecs::register_container_instance(state, cluster, instance_id, registration, *now_ms),
+            agent_session,
+        } => ecs::register_container_instance(
+            state,
+            cluster,
+            instance_id,
+            registration,
+            *now_ms,
+            agent_session,
+        ),
         Command::UpdateContainerInstancesState {
             cluster,
             instance_ids,

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod cluster;
 pub mod images;
 pub mod orc;
