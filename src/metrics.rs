@@ -74,6 +74,34 @@ static IS_LEADER: AtomicU64 = AtomicU64::new(0);
 static NODE_ID: AtomicU64 = AtomicU64::new(0);
 static WATCHES_OPEN: AtomicU64 = AtomicU64::new(0);
 static WATCHES_FELL_BEHIND: AtomicU64 = AtomicU64::new(0);
+static CONNECTIONS_OPEN: AtomicU64 = AtomicU64::new(0);
+static CONNECTIONS_CLOSED_IDLE: AtomicU64 = AtomicU64::new(0);
+static ACCEPTS_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one open API connection for as long as it lives.
+pub struct OpenConnection(());
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        CONNECTIONS_OPEN.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Records an accepted API connection; it holds the guard until it closes.
+pub fn connection_opened() -> OpenConnection {
+    CONNECTIONS_OPEN.fetch_add(1, Relaxed);
+    OpenConnection(())
+}
+
+/// Records a connection closed for idleness (or to free its descriptor).
+pub fn record_idle_closed() {
+    CONNECTIONS_CLOSED_IDLE.fetch_add(1, Relaxed);
+}
+
+/// Records a failed accept for lack of file descriptors.
+pub fn record_accept_refused() {
+    ACCEPTS_REFUSED.fetch_add(1, Relaxed);
+}
 
 /// Counts one open `Orc.Watch` stream for as long as it lives.
 pub struct OpenWatch(());
@@ -252,6 +280,27 @@ pub fn render() -> String {
         "Watch streams ended because the watcher fell behind the change history.",
         "counter",
         WATCHES_FELL_BEHIND.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_connections_open",
+        "API connections open on this server.",
+        "gauge",
+        CONNECTIONS_OPEN.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_connections_closed_idle_total",
+        "Connections closed because no request was in flight for the idle time-out (or none came within the handshake time-out, or their descriptor was needed).",
+        "counter",
+        CONNECTIONS_CLOSED_IDLE.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_accept_refused_total",
+        "Connections the listener could not accept for lack of file descriptors.",
+        "counter",
+        ACCEPTS_REFUSED.load(Relaxed),
     );
     out
 }

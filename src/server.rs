@@ -48,6 +48,8 @@ pub struct ServerOptions {
     pub watch_history: usize,
     /// Caps on what a service may ask for.
     pub service_limits: crate::api::services::ServiceLimits,
+    /// When the API listener closes idle connections.
+    pub listener: crate::api::listener::ListenerOptions,
 }
 
 impl ServerOptions {
@@ -67,6 +69,7 @@ impl ServerOptions {
             controller: crate::controller::ControllerOptions::default(),
             watch_history: crate::store::history::CAPACITY,
             service_limits: crate::api::services::ServiceLimits::default(),
+            listener: crate::api::listener::ListenerOptions::default(),
         }
     }
 }
@@ -135,6 +138,13 @@ fn random_id() -> u64 {
 
 /// Starts a server as the options say.
 pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
+    match crate::api::listener::raise_descriptor_limit() {
+        Ok(Some((old, new))) => {
+            tracing::info!(old, new, "raised the open-file limit to the hard limit")
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     let data_dir = DataDir::inspect(&options.data_dir)?;
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await
@@ -215,6 +225,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     };
     let raft = node::start(config, storage, store, transport.clone())?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let listener_options = options.listener;
     let liveness = crate::controller::Liveness::default();
     let context = ApiContext {
         raft: raft.clone(),
@@ -226,7 +237,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         let stop = async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = api::serve(listener, context, stop).await {
+        if let Err(error) = api::serve(listener, context, listener_options, stop).await {
             tracing::error!(%error, "the API listener stopped");
         }
     });

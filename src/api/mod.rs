@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod ecs;
+pub mod listener;
 pub mod members;
 pub mod services;
 pub mod tasks;
@@ -377,10 +378,12 @@ async fn metrics() -> String {
     crate::metrics::render()
 }
 
-/// Serves the gRPC services and `/metrics` on `listener` until `shutdown` resolves.
+/// Serves the gRPC services and `/metrics` on `listener` until `shutdown`
+/// resolves, closing idle connections as `options` says (see `listener`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     context: ApiContext,
+    options: listener::ListenerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let routes = tonic::service::Routes::new(
@@ -401,14 +404,7 @@ pub async fn serve(
     let router = routes
         .into_axum_router()
         .route("/metrics", axum::routing::get(metrics));
-    use axum::serve::ListenerExt as _;
-    // Replies must not wait for Nagle's algorithm (a 40 ms stall per write
-    // against the client's delayed ACK).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+    listener::serve(listener, router, options, shutdown)
         .await
         .map_err(|e| Error::Unavailable(format!("the listener failed: {e}")))
 }
