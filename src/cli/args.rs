@@ -479,6 +479,11 @@ pub struct ServerArgs {
     /// 5,000 tasks per service; a Pi lab needs far fewer).
     #[arg(long, default_value_t = crate::api::services::DEFAULT_MAX_SERVICE_DESIRED_COUNT)]
     pub max_service_desired_count: u32,
+    /// Close a connection that has had no request in flight for this many
+    /// seconds (open streams keep it busy); a connection must send its first
+    /// request within 10 s, or within this time-out when it is shorter.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub idle_timeout: u64,
 }
 
 /// `orc cluster ...`.

@@ -30,6 +30,9 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
     options.cache_mib = args.cache_mib.max(1);
     options.watch_history = args.watch_history.max(1);
     options.service_limits.max_desired_count = args.max_service_desired_count;
+    options.listener = crate::api::listener::ListenerOptions::with_idle_timeout(
+        Duration::from_secs(args.idle_timeout.max(1)),
+    );
     options
 }
 
