@@ -228,6 +228,8 @@ pub fn raise_descriptor_limit() -> io::Result<Option<(u64, u64)>> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    // rlim_t is 32 bits wide on 32-bit ARM (Raspberry Pi OS armhf).
+    #[allow(clippy::unnecessary_cast)]
     Ok(Some((old as u64, limit.rlim_max as u64)))
 }
 
@@ -241,7 +243,9 @@ fn descriptor_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return 0;
     }
-    limit.rlim_cur as u64
+    #[allow(clippy::unnecessary_cast)]
+    let soft = limit.rlim_cur as u64;
+    soft
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, closing idle
