@@ -417,6 +417,7 @@ async fn agent_reports_and_heartbeats_through_a_follower_survive_a_leader_change
             cluster: "default".into(),
             container_instance_id: String::new(),
             instance_json: registration.to_string(),
+            agent_session: String::new(),
         })
         .await
         .expect("register the fake instance")
@@ -426,6 +427,7 @@ async fn agent_reports_and_heartbeats_through_a_follower_survive_a_leader_change
         cluster: "default".into(),
         container_instance_id: instance_id.clone(),
         running_task_ids: Vec::new(),
+        agent_session: String::new(),
     };
     let beating = {
         let mut agent = agent.clone();
