@@ -35,8 +35,53 @@ pub struct MemberRecord {
 pub struct RequestRecord {
     /// The revision the request was applied at (orders eviction).
     pub revision: u64,
-    /// What the request returned.
-    pub outcome: Outcome,
+    /// What the request returned, its answer kept as JSON text.
+    pub outcome: Result<CompactJson, Error>,
+}
+
+impl RequestRecord {
+    /// The outcome as the request first returned it.
+    pub fn outcome(&self) -> Outcome {
+        match &self.outcome {
+            Ok(answer) => answer.to_value(),
+            Err(error) => Err(error.clone()),
+        }
+    }
+}
+
+/// A JSON answer kept as its compact text. 10,000 answers are remembered,
+/// and a tree of `serde_json::Value`s takes several times the size of its
+/// text (a map node per object, an allocation per string); the text is
+/// parsed again only when a request is retried. It serializes as the JSON
+/// it holds, so checkpoints read the same as when the tree was kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CompactJson(Box<serde_json::value::RawValue>);
+
+impl CompactJson {
+    /// The compact text of `value`.
+    pub fn of(value: &serde_json::Value) -> Result<CompactJson, Error> {
+        serde_json::value::to_raw_value(value)
+            .map(CompactJson)
+            .map_err(|e| Error::Internal(format!("cannot keep an answer: {e}")))
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The answer parsed again.
+    pub fn to_value(&self) -> Outcome {
+        serde_json::from_str(self.0.get())
+            .map_err(|e| Error::Internal(format!("a kept answer is undecodable: {e}")))
+    }
+}
+
+impl PartialEq for CompactJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// Control-plane facts that never change after bootstrap.
@@ -146,7 +191,7 @@ impl State {
 /// outcome without applying again.
 pub fn apply(state: &mut State, proposal: &Proposal) -> Outcome {
     if let Some(previous) = state.requests.get(&proposal.request_id) {
-        return previous.outcome.clone();
+        return previous.outcome();
     }
     state.meta.revision += 1;
     let outcome = apply_command(state, &proposal.command);
@@ -176,7 +221,10 @@ fn remember_request(state: &mut State, request_id: &str, outcome: &Outcome) {
         request_id,
         RequestRecord {
             revision,
-            outcome: outcome.clone(),
+            outcome: match outcome {
+                Ok(answer) => CompactJson::of(answer),
+                Err(error) => Err(error.clone()),
+            },
         },
     );
     state
