@@ -88,6 +88,14 @@ impl Client {
             body_json: body.to_string(),
             request_id: request_id.to_string(),
         };
+        let limit = crate::vocab::limits::MAX_REQUEST_BYTES;
+        if request.body_json.len() > limit {
+            return Err(Error::InvalidInput(format!(
+                "the {action} request is {} of JSON, over orc's limit of {} per request: send less at once",
+                crate::vocab::limits::human_bytes(request.body_json.len()),
+                crate::vocab::limits::human_bytes(limit)
+            )));
+        }
         let response = self
             .retrying(|mut orc| {
                 let request = request.clone();

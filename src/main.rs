@@ -15,10 +15,17 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Colour only on a terminal: a log file or a pipe gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
+    let agent = matches!(cli.command, orc::cli::Command::Agent(_));
+    if !serving && !agent {
+        quit_quietly_on_a_closed_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -36,5 +43,19 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a CLI verb whose reader went away (`orc list-tasks | head -1`) end
+/// the way `ls` and `cat` do, killed quietly by SIGPIPE, instead of
+/// panicking in `println!`. Rust ignores SIGPIPE by default; servers and
+/// agents keep that (a closed socket must be an error they handle, not
+/// their end).
+fn quit_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any other thread exists;
+    // restoring a signal's default action has no other precondition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -185,12 +185,12 @@ fn gauge(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
 /// The whole exposition text.
 pub fn render() -> String {
     let mut out = String::new();
-    gauge(
-        &mut out,
-        "orc_raft_node_id",
-        "This server's raft node id.",
-        "gauge",
-        NODE_ID.load(Relaxed),
+    // A raft id is a u64; as a sample value (a float) it would lose its
+    // low digits, so it is a label of an info metric.
+    let _ = writeln!(
+        out,
+        "# HELP orc_raft_node_info This server's raft node id, as a label.\n# TYPE orc_raft_node_info gauge\norc_raft_node_info{{node_id=\"{}\"}} 1",
+        NODE_ID.load(Relaxed)
     );
     gauge(
         &mut out,
@@ -303,4 +303,24 @@ pub fn render() -> String {
         ACCEPTS_REFUSED.load(Relaxed),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_id_is_a_label_and_keeps_every_digit() {
+        // 2^64 - 59 is not representable as an f64 sample value.
+        record_raft(RaftGauges {
+            node_id: 18_446_744_073_709_551_557,
+            ..RaftGauges::default()
+        });
+        let text = render();
+        assert!(
+            text.contains("orc_raft_node_info{node_id=\"18446744073709551557\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("orc_raft_node_id "), "{text}");
+    }
 }

@@ -147,6 +147,15 @@ async fn describe_clusters(raft: &RaftHandle, body: &str) -> Result<ActionResult
         clusters: Vec<String>,
     }
     let request: Request = parse("DescribeClusters", body)?;
+    let limit = crate::vocab::limits::MAX_DESCRIBE_CLUSTERS;
+    if request.clusters.len() > limit {
+        return Err(Error::InvalidInput(crate::vocab::limits::too_many(
+            "clusters",
+            limit,
+            request.clusters.len(),
+            "DescribeClusters",
+        )));
+    }
     let wanted = if request.clusters.is_empty() {
         vec![model::DEFAULT_CLUSTER.to_string()]
     } else {

@@ -374,8 +374,32 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
-async fn metrics() -> String {
-    crate::metrics::render()
+/// The exposition format's content type (Prometheus text format 0.0.4).
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`. It reads no body, and refuses one (`limits::MAX_HTTP_BODY_BYTES`).
+async fn metrics(headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse as _;
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if length > crate::vocab::limits::MAX_HTTP_BODY_BYTES
+        || headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "GET /metrics takes no request body: send the request without one\n",
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 /// Serves the gRPC services and `/metrics` on `listener` until `shutdown`
@@ -387,13 +411,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let routes = tonic::service::Routes::new(
+        // Requests are capped where they are decoded: one oversized message
+        // is refused before it is held whole (answers may be bigger).
         OrcServer::new(context.clone())
-            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_decoding_message_size(crate::vocab::limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(64 * 1024 * 1024),
     )
     .add_service(
         crate::wire::proto::agent_api_server::AgentApiServer::new(context.clone())
-            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_decoding_message_size(crate::vocab::limits::MAX_REQUEST_BYTES)
             .max_encoding_message_size(64 * 1024 * 1024),
     )
     .add_service(

@@ -240,6 +240,15 @@ pub(super) async fn describe_services(raft: &RaftHandle, body: &str) -> Result<A
         services: Vec<String>,
     }
     let request: Request = parse("DescribeServices", body)?;
+    let limit = crate::vocab::limits::MAX_DESCRIBE_SERVICES;
+    if request.services.len() > limit {
+        return Err(crate::Error::InvalidInput(crate::vocab::limits::too_many(
+            "services",
+            limit,
+            request.services.len(),
+            "DescribeServices",
+        )));
+    }
     let cluster = cluster_of(&request.cluster);
     read_linearizable(raft, |state| {
         Ok(described(

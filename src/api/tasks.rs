@@ -13,6 +13,7 @@ use crate::scheduler::{self, placement, provisioning};
 use crate::store::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use crate::store::{Command, State};
 use crate::taskdef::{self, TaskDefinitionRef, TaskDefinitionStatus};
+use crate::vocab::limits;
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
@@ -28,8 +29,19 @@ pub(super) async fn register_task_definition(
     body: &str,
     request_id: String,
 ) -> Result<ActionResult> {
+    check_task_definition_size(body)?;
     let (definition, warnings) = taskdef::parse_register_input(body).map_err(invalid)?;
-    taskdef::validate(&definition).map_err(invalid)?;
+    taskdef::validate(&definition).map_err(|error| {
+        // A refused definition's warnings would be lost with it, and an
+        // unknown field is often why it was refused (a misspelt "memory").
+        let mut message = error.to_string();
+        for warning in &warnings {
+            message.push_str(&format!("; also {warning}"));
+        }
+        Error::InvalidInput(message)
+    })?;
+    let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    warnings.extend(raft.store().read(|state| larger_than_every_instance(state, &definition)));
     let answer = propose(
         raft,
         request_id,
@@ -41,8 +53,118 @@ pub(super) async fn register_task_definition(
     .await?;
     Ok(ActionResult {
         body: answer,
-        warnings: warnings.iter().map(ToString::to_string).collect(),
+        warnings,
     })
+}
+
+/// A warning when a definition needs more memory or CPU than any registered
+/// container instance has: run-task will refuse it until a larger one joins.
+fn larger_than_every_instance(state: &State, definition: &taskdef::TaskDefinition) -> Vec<String> {
+    let demand = crate::store::ecs::demand_of(definition);
+    let live = || state.container_instances.values().filter(|i| i.status != "INACTIVE");
+    let mut warnings = Vec::new();
+    if let Some(memory) = live().map(|i| i.registration.memory_mib).max() {
+        if demand.memory_mib > memory {
+            warnings.push(format!(
+                "memory: the containers need {} MiB, more than any registered container instance has (the largest has {memory} MiB): no task of it can be placed until a larger instance registers",
+                demand.memory_mib
+            ));
+        }
+    }
+    if let Some(cpu) = live().map(|i| i.registration.cpu).max() {
+        if demand.cpu > cpu {
+            warnings.push(format!(
+                "cpu: the containers need {} CPU units, more than any registered container instance has (the largest has {cpu}): no task of it can be placed until a larger instance registers",
+                demand.cpu
+            ));
+        }
+    }
+    warnings
+}
+
+/// Refuses a task definition over ECS's 64 KiB before it is parsed: its
+/// JSON is parsed into several trees, each a few times its size.
+fn check_task_definition_size(body: &str) -> Result<()> {
+    if body.len() > limits::MAX_TASK_DEFINITION_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the task definition is {} of JSON, over ECS's limit of {} per task definition: move large values (such as long environment lists) into the image or a file the container reads",
+            limits::human_bytes(body.len()),
+            limits::human_bytes(limits::MAX_TASK_DEFINITION_BYTES)
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a task that needs more CPU or memory than the largest container
+/// instance of the cluster has in all (free or not): it would wait in
+/// PROVISIONING for room that can never appear. A cluster without
+/// instances yet is not judged: one may register.
+fn check_fits_some_instance(
+    state: &State,
+    cluster: &str,
+    definition: &taskdef::TaskDefinition,
+) -> Result<()> {
+    let demand = crate::store::ecs::demand_of(definition);
+    let instances: Vec<&ContainerInstance> = state
+        .container_instances
+        .scan_prefix(&format!("{cluster}/"))
+        .map(|(_, instance)| instance)
+        .filter(|instance| instance.status != "INACTIVE")
+        .collect();
+    let largest = |resource: fn(&ContainerInstance) -> i64| {
+        instances
+            .iter()
+            .max_by_key(|instance| resource(instance))
+            .map(|instance| (instance.id().to_string(), resource(instance)))
+    };
+    let family = definition.family_revision();
+    if let Some((id, memory)) = largest(|i| i.registration.memory_mib) {
+        if demand.memory_mib > memory {
+            return Err(invalid(format!(
+                "task definition {family} needs {} MiB of memory, more than any container instance in cluster {cluster} has: the largest ({id}) has {memory} MiB; lower the containers' memory or memoryReservation",
+                demand.memory_mib
+            )));
+        }
+    }
+    if let Some((id, cpu)) = largest(|i| i.registration.cpu) {
+        if demand.cpu > cpu {
+            return Err(invalid(format!(
+                "task definition {family} needs {} CPU units, more than any container instance in cluster {cluster} has: the largest ({id}) has {cpu} (1024 per core); lower the containers' cpu",
+                demand.cpu
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a list argument longer than ECS accepts for the verb.
+fn check_count(field: &str, count: usize, limit: usize, verb: &str) -> Result<()> {
+    if count > limit {
+        return Err(Error::InvalidInput(limits::too_many(field, limit, count, verb)));
+    }
+    Ok(())
+}
+
+/// The cluster a task is in: the one its ARN names (`…:task/CLUSTER/ID`),
+/// else the request's `cluster`, else `default`. An ARN and a `cluster` that
+/// disagree are refused rather than one silently winning.
+fn task_cluster(cluster: &Option<String>, task: &str) -> Result<String> {
+    let from_arn = task
+        .trim()
+        .strip_prefix("arn:")
+        .and_then(|arn| arn.rsplit_once(":task/"))
+        .and_then(|(_, path)| path.split_once('/'))
+        .map(|(cluster, _)| cluster.to_string());
+    match (from_arn, cluster) {
+        (Some(from_arn), Some(given)) if model::cluster_name_from(given) != from_arn => {
+            Err(Error::InvalidInput(format!(
+                "the task ARN {task} is in cluster {from_arn:?} but --cluster says {:?}: pass the task's own cluster, or leave --cluster out",
+                model::cluster_name_from(given)
+            )))
+        }
+        (Some(from_arn), _) => Ok(from_arn),
+        (None, _) => Ok(cluster_of(cluster)),
+    }
 }
 
 pub(super) async fn describe_task_definition(
@@ -144,6 +266,12 @@ pub(super) async fn delete_task_definitions(
         task_definitions: Vec<String>,
     }
     let request: Request = parse("DeleteTaskDefinitions", body)?;
+    check_count(
+        "taskDefinitions",
+        request.task_definitions.len(),
+        limits::MAX_DELETE_TASK_DEFINITIONS,
+        "DeleteTaskDefinitions",
+    )?;
     let task_definitions = request
         .task_definitions
         .iter()
@@ -223,6 +351,7 @@ pub(super) async fn run_task(
         } else {
             request.placement_strategy.clone()
         };
+        check_fits_some_instance(state, &cluster, &resolved)?;
         let views = scheduler::cluster_views(state, &cluster);
         let task_demand = scheduler::task_demand(&resolved, &group);
         let outcome = placement::place(
@@ -292,7 +421,7 @@ pub(super) async fn stop_task(
         reason: Option<String>,
     }
     let request: Request = parse("StopTask", body)?;
-    let cluster = cluster_of(&request.cluster);
+    let cluster = task_cluster(&request.cluster, &request.task)?;
     let command = Command::StopTask {
         cluster: cluster.into(),
         task_id: request.task.into(),
@@ -318,7 +447,7 @@ pub(super) async fn explain_task(raft: &RaftHandle, body: &str) -> Result<Action
         task: String,
     }
     let request: Request = parse("ExplainTask", body)?;
-    let cluster = cluster_of(&request.cluster);
+    let cluster = task_cluster(&request.cluster, &request.task)?;
     read(raft, |state| {
         let task = state.task(&cluster, &request.task)?;
         let definition = state.task_definition_of(task)?;
@@ -363,6 +492,12 @@ pub(super) async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<Acti
         tasks: Vec<String>,
     }
     let request: Request = parse("DescribeTasks", body)?;
+    check_count(
+        "tasks",
+        request.tasks.len(),
+        limits::MAX_DESCRIBE_TASKS,
+        "DescribeTasks",
+    )?;
     let cluster = cluster_of(&request.cluster);
     read(raft, |state| {
         Ok(described(
@@ -539,6 +674,12 @@ pub(super) async fn describe_container_instances(
         container_instances: Vec<String>,
     }
     let request: Request = parse("DescribeContainerInstances", body)?;
+    check_count(
+        "containerInstances",
+        request.container_instances.len(),
+        limits::MAX_DESCRIBE_CONTAINER_INSTANCES,
+        "DescribeContainerInstances",
+    )?;
     let cluster = cluster_of(&request.cluster);
     read(raft, |state| {
         let wanted: Vec<String> = if request.container_instances.is_empty() {

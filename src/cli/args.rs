@@ -93,9 +93,11 @@ pub enum Command {
         cluster: String,
     },
     /// Register a task definition (ECS JSON) as the family's next revision.
+    /// Pass --cli-input-json, or --family with --container-definitions.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["cli_input_json", "family"])))]
     RegisterTaskDefinition {
         /// The whole request as JSON, or file://PATH.
-        #[arg(long, required_unless_present = "family")]
+        #[arg(long, conflicts_with = "family")]
         cli_input_json: Option<String>,
         /// The family (with --container-definitions).
         #[arg(long, requires = "container_definitions")]

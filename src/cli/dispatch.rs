@@ -282,7 +282,17 @@ pub fn read_json_argument(flag: &str, value: &str) -> anyhow::Result<serde_json:
         }
         None => value.to_string(),
     };
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{flag}: invalid json: {e}"))
+    serde_json::from_str(&text).map_err(|e| {
+        let inline = !value.starts_with("file://");
+        let looks_like_json = value.trim_start().starts_with(['{', '[', '"']);
+        if inline && !looks_like_json {
+            anyhow::anyhow!(
+                "{flag}: {value:?} is not JSON; to read a file, write file://{value} (as the aws CLI does)"
+            )
+        } else {
+            anyhow::anyhow!("{flag}: invalid json: {e}")
+        }
+    })
 }
 
 /// `--placement-constraints` and `--placement-strategy` (JSON or shorthand),

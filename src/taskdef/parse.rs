@@ -222,6 +222,40 @@ const TASK_OVERRIDE: &[Field] = &[
     unsup("ephemeralStorage"),
 ];
 
+/// Whether `typed` is `known` misspelt: at most two letters changed, added,
+/// dropped or swapped (`memroy` for `memory`), ignoring case; short names
+/// need a closer match.
+pub(super) fn is_misspelling(typed: &str, known: &str) -> bool {
+    let typed: Vec<char> = typed.to_lowercase().chars().collect();
+    let known: Vec<char> = known.to_lowercase().chars().collect();
+    let allowed = if known.len() <= 4 { 1 } else { 2 };
+    if typed.len().abs_diff(known.len()) > allowed {
+        return false;
+    }
+    // Optimal string alignment distance (Damerau–Levenshtein without
+    // repeated edits of one substring).
+    let (n, m) = (typed.len(), known.len());
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=m {
+        d[0][j] = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let cost = usize::from(typed[i - 1] != known[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && typed[i - 1] == known[j - 2] && typed[i - 2] == known[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[n][m] <= allowed
+}
+
 fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
@@ -276,6 +310,7 @@ fn check_object(
             let hint = fields
                 .iter()
                 .find(|fd| fd.name.eq_ignore_ascii_case(key))
+                .or_else(|| fields.iter().find(|fd| is_misspelling(key, fd.name)))
                 .map(|fd| format!(" (did you mean \"{}\"?)", fd.name))
                 .unwrap_or_default();
             warnings.push(Warning {

@@ -253,7 +253,7 @@ fn unsupported_and_unknown_fields_warn() {
     find("containerDefinitions[0].portMappings[0].appProtocol");
     assert_eq!(
         find("containerDefinitions[0].memroy").message,
-        "unknown field, ignored"
+        "unknown field, ignored (did you mean \"memory\"?)"
     );
     assert!(find("containerDefinitions[0].Image")
         .message
@@ -768,4 +768,44 @@ fn fuzzish_inputs_never_panic() {
     ] {
         exercise(s);
     }
+}
+
+#[test]
+fn misspelt_fields_are_named_with_the_field_meant() {
+    assert!(parse::is_misspelling("memroy", "memory"));
+    assert!(parse::is_misspelling("memmory", "memory"));
+    assert!(parse::is_misspelling("imgae", "image"));
+    assert!(parse::is_misspelling("enviroment", "environment"));
+    assert!(!parse::is_misspelling("cpu", "user"));
+    assert!(!parse::is_misspelling("links", "image"));
+    assert!(!parse::is_misspelling("hostname", "command"));
+    let json = r#"{"family": "f", "containerDefinitions": [
+        {"name": "a", "image": "busybox", "memroy": 64, "essential": true}]}"#;
+    let (_, warnings) = parse_register_input(json).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].path, "containerDefinitions[0].memroy");
+    assert!(
+        warnings[0].message.contains("did you mean \"memory\""),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn image_repositories_with_upper_case_are_refused_at_registration() {
+    use validate::upper_case_repository as upper;
+    assert_eq!(upper("My/Web:1"), Some("My/Web"));
+    assert_eq!(upper("nginx:Latest"), None, "a tag may have upper case");
+    assert_eq!(upper("Registry.Lab:5000/web:1"), None, "so may the host");
+    assert_eq!(upper("registry.lab:5000/Web:1"), Some("Web"));
+    assert_eq!(upper("localhost/web@sha256:AB"), None);
+    assert_eq!(upper("busybox"), None);
+    let json = r#"{"family": "f", "containerDefinitions": [
+        {"name": "a", "image": "Busybox:1", "memory": 64}]}"#;
+    let (td, _) = parse_register_input(json).unwrap();
+    let error = validate(&td).unwrap_err();
+    assert_eq!(error.path(), "containerDefinitions[0].image");
+    assert!(
+        error.message().contains("upper case") && error.message().contains("\"busybox:1\""),
+        "{error}"
+    );
 }

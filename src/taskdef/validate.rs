@@ -13,6 +13,24 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
+/// The repository path of an image reference when it has upper case, which
+/// Docker refuses at pull and run ("repository name must be lowercase").
+/// The registry host (a first component with `.` or `:`, or `localhost`),
+/// the tag and the digest may have upper case.
+pub(super) fn upper_case_repository(image: &str) -> Option<&str> {
+    let name = image.split('@').next().unwrap_or(image);
+    let name = match name.rfind(':') {
+        // A colon after the last slash starts the tag.
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    };
+    let path = match name.split_once('/') {
+        Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => rest,
+        _ => name,
+    };
+    path.chars().any(|c| c.is_ascii_uppercase()).then_some(path)
+}
+
 /// Checks ECS's naming rule: 1 to 255 letters, numbers, hyphens, underscores.
 pub(super) fn check_name(path: &str, what: &str, name: &str) -> Result<(), TaskDefinitionError> {
     if name.is_empty() {
@@ -90,6 +108,17 @@ pub fn validate(td: &TaskDefinition) -> Result<(), TaskDefinitionError> {
         }
     }
 
+    if td.tags.len() > crate::vocab::limits::MAX_TAGS {
+        return Err(TaskDefinitionError::invalid(
+            "tags",
+            format!(
+                "a task definition can have at most {} tags (got {})",
+                crate::vocab::limits::MAX_TAGS,
+                td.tags.len()
+            ),
+        ));
+    }
+
     let containers = &td.container_definitions;
     if containers.is_empty() {
         return Err(TaskDefinitionError::invalid(
@@ -164,6 +193,17 @@ fn validate_container(
             format!(
                 "image \"{}\" must not contain whitespace",
                 c.image.escape_debug()
+            ),
+        ));
+    }
+
+    if let Some(repository) = upper_case_repository(&c.image) {
+        return Err(TaskDefinitionError::invalid(
+            p("image"),
+            format!(
+                "image \"{}\" has upper case in its repository name \"{repository}\": Docker accepts only lowercase there (a tag may have upper case), so write \"{}\"",
+                c.image,
+                c.image.replacen(repository, &repository.to_lowercase(), 1)
             ),
         ));
     }

@@ -1,7 +1,7 @@
 //! The ECS nouns every layer shares, at the bottom of the crate: the actions
 //! (`action::EcsAction`), the port
 //! [`Protocol`], placement specs (`placement`), the cluster query language's
-//! syntax tree (`query`), ids (`ids`), and wall-clock time as commands carry it (`time`).
+//! syntax tree (`query`), ids (`ids`), the sizes orc accepts (`limits`), and wall-clock time as commands carry it (`time`).
 //!
 //! It imports nothing from the crate but `error`, so the store, the
 //! scheduler, the agent and the API can all name these types without
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod action;
 pub mod ids;
+pub mod limits;
 pub mod placement;
 pub mod query;
 pub mod time;

@@ -30,6 +30,13 @@ pub fn to_status(error: Error) -> Status {
 pub fn from_status(status: Status) -> Error {
     let message = status.message().to_string();
     match status.code() {
+        // tonic's words for a message over the server's decoding limit.
+        Code::OutOfRange | Code::ResourceExhausted if message.contains("message length too large") => {
+            Error::InvalidInput(format!(
+                "the request is over the server's limit of {} per request ({message}): send less at once",
+                crate::vocab::limits::human_bytes(crate::vocab::limits::MAX_REQUEST_BYTES)
+            ))
+        }
         Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(message),
         Code::NotFound => Error::NotFound(message),
         Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => Error::Conflict(message),
