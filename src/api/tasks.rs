@@ -41,7 +41,10 @@ pub(super) async fn register_task_definition(
         Error::InvalidInput(message)
     })?;
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-    warnings.extend(raft.store().read(|state| larger_than_every_instance(state, &definition)));
+    warnings.extend(
+        raft.store()
+            .read(|state| larger_than_every_instance(state, &definition)),
+    );
     let answer = propose(
         raft,
         request_id,
@@ -61,7 +64,12 @@ pub(super) async fn register_task_definition(
 /// container instance has: run-task will refuse it until a larger one joins.
 fn larger_than_every_instance(state: &State, definition: &taskdef::TaskDefinition) -> Vec<String> {
     let demand = crate::store::ecs::demand_of(definition);
-    let live = || state.container_instances.values().filter(|i| i.status != "INACTIVE");
+    let live = || {
+        state
+            .container_instances
+            .values()
+            .filter(|i| i.status != "INACTIVE")
+    };
     let mut warnings = Vec::new();
     if let Some(memory) = live().map(|i| i.registration.memory_mib).max() {
         if demand.memory_mib > memory {
@@ -140,7 +148,9 @@ fn check_fits_some_instance(
 /// Refuses a list argument longer than ECS accepts for the verb.
 fn check_count(field: &str, count: usize, limit: usize, verb: &str) -> Result<()> {
     if count > limit {
-        return Err(Error::InvalidInput(limits::too_many(field, limit, count, verb)));
+        return Err(Error::InvalidInput(limits::too_many(
+            field, limit, count, verb,
+        )));
     }
     Ok(())
 }

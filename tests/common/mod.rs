@@ -5,3 +5,4 @@ pub mod agent;
 pub mod cluster;
 pub mod images;
 pub mod orc;
+pub mod state_size;
