@@ -94,6 +94,7 @@ impl FakeAgent {
                     cluster: "default".into(),
                     container_instance_id: String::new(),
                     instance_json: registration.to_string(),
+                    agent_session: String::new(),
                 })
                 .await;
             match registered {
@@ -114,6 +115,7 @@ impl FakeAgent {
                         cluster: "default".into(),
                         container_instance_id: id.clone(),
                         running_task_ids: vec![],
+                        agent_session: String::new(),
                     })
                     .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
