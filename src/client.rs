@@ -14,13 +14,28 @@ pub use crate::store::ChangeStream;
 use crate::wire::convert;
 use crate::wire::proto::orc_client::OrcClient;
 use crate::wire::proto::{
-    ActionRequest, AddServerRequest, ClusterStatusRequest, RemoveServerRequest, WatchRequest,
+    ActionRequest, AddServerRequest, ClusterStatusRequest, LogChunk, RemoveServerRequest,
+    TaskLogsRequest, WatchRequest,
 };
 use crate::wire::status::from_status;
 use crate::{Error, Result};
 
 pub use crate::vocab::ids::request_id;
 pub use crate::wire::channel;
+
+/// A run of lines of one container's output (`orc logs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputChunk {
+    /// The container definition's name.
+    pub container: String,
+    /// Lines without their newline, in order.
+    pub lines: Vec<String>,
+    /// From stderr (stdout otherwise).
+    pub stderr: bool,
+}
+
+/// A task's output as its agent sends it, until an error ends it.
+pub type OutputStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<OutputChunk>> + Send>>;
 
 /// A connection to one orc server.
 #[derive(Clone)]
@@ -132,6 +147,42 @@ impl Client {
             .into_inner();
         Ok(Box::pin(events.map(|event| {
             event.map(convert::change).map_err(from_status)
+        })))
+    }
+
+    /// A task's container output (`orc logs`), read by its instance's agent
+    /// and passed on by this client's server (or a peer of it).
+    /// `since_unix_seconds` 0 means all of it; with `follow` the stream goes
+    /// on until the containers stop.
+    pub async fn task_logs(
+        &self,
+        cluster: &str,
+        task: &str,
+        container: &str,
+        follow: bool,
+        since_unix_seconds: i64,
+    ) -> Result<OutputStream> {
+        let request = TaskLogsRequest {
+            cluster: cluster.to_string(),
+            task: task.to_string(),
+            container: container.to_string(),
+            follow,
+            since_unix_seconds,
+            this_server_only: false,
+        };
+        let chunks = self
+            .retrying(|mut orc| {
+                let request = request.clone();
+                async move { orc.task_logs(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(Box::pin(chunks.map(|chunk| {
+            chunk.map_err(from_status).map(|c: LogChunk| OutputChunk {
+                container: c.container,
+                lines: c.lines,
+                stderr: c.stderr,
+            })
         })))
     }
 

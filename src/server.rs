@@ -232,6 +232,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         transport,
         liveness: liveness.clone(),
         service_limits: options.service_limits,
+        logs: Default::default(),
     };
     tokio::spawn(async move {
         let stop = async move {

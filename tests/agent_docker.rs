@@ -35,8 +35,9 @@ use orc::agent::worker;
 use orc::model::{Assignment, TaskStateChange, TaskStatus};
 use orc::wire::proto::agent_api_server::{AgentApi, AgentApiServer};
 use orc::wire::proto::{
-    Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest,
-    RegisterInstanceResponse, ReportAck, TaskStateReport, WatchAssignmentsRequest,
+    Assignments, HeartbeatRequest, HeartbeatResponse, LogChunk, LogRequest,
+    RegisterInstanceRequest, RegisterInstanceResponse, ReportAck, TaskStateReport,
+    WatchAssignmentsRequest,
 };
 
 const IMAGE: &str = "orc-test/busybox:1";
@@ -196,6 +197,17 @@ impl AgentApi for Plane {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    type ServeLogsStream =
+        Pin<Box<dyn futures::Stream<Item = Result<LogRequest, Status>> + Send + 'static>>;
+
+    /// The double serves no logs (the real server's are tested end to end).
+    async fn serve_logs(
+        &self,
+        _request: Request<tonic::Streaming<LogChunk>>,
+    ) -> Result<Response<Self::ServeLogsStream>, Status> {
+        Err(Status::unimplemented("the test double serves no logs"))
     }
 
     async fn report_task_state(

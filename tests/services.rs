@@ -280,3 +280,65 @@ async fn a_crash_pushed_before_the_first_rollout_completed_rolls_back() {
         service["deployments"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_removed_by_hand_stops_its_task_and_the_service_replaces_it() {
+    let image = busybox_image(IMAGE);
+    let orc = TestOrc::start().await;
+    let definition = json!({"family": "web", "containerDefinitions": [{
+        "name": "web", "image": image, "memory": 16, "stopTimeout": 1,
+        "command": ["sleep", "600"]}]});
+    assert_eq!(orc.register(definition).await, "web:1");
+    orc.call(
+        "CreateService",
+        json!({"serviceName": "web", "taskDefinition": "web:1", "desiredCount": 1}),
+    )
+    .await;
+    wait_stable(&orc, "web:1", 1).await;
+    let first = live_task_ids(&orc).await.remove(0);
+    let task = orc.task(&first).await;
+    let container = task["containers"][0]["runtimeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let removed = std::process::Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{removed:?}");
+
+    let stopped = orc.wait_task(&first, "STOPPED").await;
+    assert_eq!(
+        stopped["stoppedReason"],
+        "Essential container in task was removed outside orc"
+    );
+    assert_eq!(stopped["stopCode"], "EssentialContainerExited");
+    // Replaced under a new id; the removed container is not made again.
+    let replacement = eventually(Duration::from_secs(60), "a replacement task", || async {
+        live_task_ids(&orc)
+            .await
+            .into_iter()
+            .find(|id| *id != first)
+    })
+    .await;
+    orc.wait_task(&replacement, "RUNNING").await;
+    let names = std::process::Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&names.stdout).contains(&format!("orc-{first}-web")),
+        "the removed container was recreated"
+    );
+    let text = eventually(Duration::from_secs(20), "the event", || async {
+        let text = events(&service(&orc).await);
+        text.contains("removed outside orc").then_some(text)
+    })
+    .await;
+    assert!(
+        text.contains(&format!(
+            "(task {first}) stopped: Essential container in task was removed outside orc"
+        )),
+        "{text}"
+    );
+}

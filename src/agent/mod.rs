@@ -10,6 +10,8 @@
 //!   to actions (pull, network, create, start in `dependsOn` order, stop,
 //!   remove) and reports;
 //! * `executor`: carries those actions out through the `Runtime`;
+//! * `logs`: the log session the agent keeps open to its server, which
+//!   serves `orc logs` from any machine;
 //! * `ports`: dynamic host ports (32768–60999) recovered from labels;
 //! * `network`: the /28 subnet pool for multi-container task networks;
 //! * `config`: `orc agent` flags (`AgentArgs`) and `AgentConfig`.
@@ -18,6 +20,7 @@ pub mod config;
 pub mod docker;
 pub mod executor;
 pub mod fake;
+pub mod logs;
 pub mod network;
 pub mod ports;
 pub mod reconcile;

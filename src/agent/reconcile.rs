@@ -82,6 +82,9 @@ pub struct ObservedContainer {
     pub finished_at_ms: Option<u64>,
 }
 
+/// How long a killed container may still be on its way to removal.
+pub const REMOVAL_GRACE_MS: u64 = 400;
+
 /// The container reason of a container removed outside orc.
 pub const CONTAINER_REMOVED_REASON: &str =
     "the container was removed outside orc (docker rm); orc does not recreate it";
@@ -501,6 +504,17 @@ impl<'a> TaskCtx<'a, '_> {
         actions
     }
 
+    /// `docker rm -f` kills a container (exit code 137) and removes it a
+    /// moment later: a container killed within [`REMOVAL_GRACE_MS`] may be
+    /// on its way out, so its exit is not yet taken for the cause (the
+    /// worker looks again 500 ms after the engine's `die` event).
+    fn maybe_being_removed(&self, c: &ObservedContainer) -> bool {
+        let killed = c.state == ContainerState::Dead || (c.exit_code == Some(137) && !c.oom_killed);
+        killed
+            && c.finished_at_ms
+                .is_some_and(|at| self.input.now_ms < at.saturating_add(REMOVAL_GRACE_MS))
+    }
+
     /// Why the task must stop although it is wanted running, if it must.
     fn stop_cause(&self, by_name: &HashMap<&str, &ObservedContainer>) -> Option<StopCause> {
         if let Some((_, reason)) = self.input.memory.failures.get(self.arn()) {
@@ -519,7 +533,7 @@ impl<'a> TaskCtx<'a, '_> {
         }
         for def in &self.td().container_definitions {
             if let Some(c) = by_name.get(def.name.as_str()) {
-                if def.is_essential() && c.state.is_terminal() {
+                if def.is_essential() && c.state.is_terminal() && !self.maybe_being_removed(c) {
                     return Some(StopCause {
                         stop_code: stop_code::ESSENTIAL_CONTAINER_EXITED.into(),
                         reason: ESSENTIAL_EXITED_REASON.into(),
@@ -1532,6 +1546,32 @@ mod tests {
             plan.reports[0].reason.as_deref(),
             Some(stop_code::ESSENTIAL_CONTAINER_REMOVED_REASON)
         );
+    }
+
+    #[test]
+    fn a_killed_essential_container_is_given_a_moment_to_be_removed() {
+        let mut w = World::new(vec![web("t1")]);
+        w.now_ms = 1_000_000;
+        let mut c = observed("t1", "web", ContainerState::Exited);
+        c.exit_code = Some(137);
+        c.finished_at_ms = Some(w.now_ms - 100);
+        w.containers.push(c);
+        let plan = w.plan();
+        assert!(
+            plan.work.is_empty() && plan.reports.iter().all(|r| r.status != TaskStatus::Stopped)
+        );
+        // Still there after the grace: an exit like any other.
+        w.now_ms += REMOVAL_GRACE_MS;
+        let plan = w.plan();
+        assert_eq!(plan.reports[0].status, TaskStatus::Stopped);
+        assert_eq!(
+            plan.reports[0].reason.as_deref(),
+            Some(ESSENTIAL_EXITED_REASON)
+        );
+        // A crash (not a kill) is acted on at once.
+        w.now_ms -= REMOVAL_GRACE_MS;
+        w.containers[0].exit_code = Some(3);
+        assert_eq!(w.plan().reports[0].status, TaskStatus::Stopped);
     }
 
     #[test]

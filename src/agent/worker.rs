@@ -464,6 +464,16 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
     tasks.spawn(forever(events_loop(shared.clone())));
     tasks.spawn(forever(report_loop(shared.clone())));
     tasks.spawn(forever(reconcile_loop(shared.clone(), assign_rx)));
+    tasks.spawn(forever(crate::agent::logs::serve(
+        shared.runtime.clone(),
+        shared.config.cluster.clone(),
+        shared.instance_id.clone(),
+        {
+            let shared = shared.clone();
+            move || shared.conn.client().1
+        },
+        shared.config.max_backoff,
+    )));
     // The loops run until the agent must stop (another agent took the
     // instance over); dropping the set (on shutdown) aborts them.
     while let Some(r) = tasks.join_next().await {

@@ -20,8 +20,9 @@ use crate::vocab::time::now_ms;
 use crate::wire::proto::agent_api_client::AgentApiClient;
 use crate::wire::proto::agent_api_server::AgentApi;
 use crate::wire::proto::{
-    Assignments, HeartbeatRequest, HeartbeatResponse, RegisterInstanceRequest,
-    RegisterInstanceResponse, ReportAck, TaskStateReport, WatchAssignmentsRequest,
+    Assignments, HeartbeatRequest, HeartbeatResponse, LogChunk, LogRequest,
+    RegisterInstanceRequest, RegisterInstanceResponse, ReportAck, TaskStateReport,
+    WatchAssignmentsRequest,
 };
 use crate::wire::status::to_status;
 use crate::wire::{AGENT_SESSION_LEASE, LIVE_AGENT_REFUSAL};
@@ -325,6 +326,15 @@ impl AgentApi for ApiContext {
             }
         });
         Ok(Response::new(stream))
+    }
+
+    type ServeLogsStream = super::ResponseStream<LogRequest>;
+
+    async fn serve_logs(
+        &self,
+        request: Request<tonic::Streaming<LogChunk>>,
+    ) -> Result<Response<Self::ServeLogsStream>, Status> {
+        Ok(Response::new(self.logs.serve(request.into_inner())))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id, task = tracing::field::Empty))]

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod ecs;
 pub mod listener;
+pub mod logs;
 pub mod members;
 pub mod services;
 pub mod tasks;
@@ -36,7 +37,8 @@ use crate::wire::proto::orc_server::{Orc, OrcServer};
 use crate::wire::proto::peer_server::{Peer, PeerServer};
 use crate::wire::proto::{
     ActionRequest, ActionResponse, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
-    MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, WatchEvent, WatchRequest,
+    LogChunk, MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, TaskLogsRequest,
+    WatchEvent, WatchRequest,
 };
 use crate::wire::status::to_status;
 use crate::{Error, Result};
@@ -52,6 +54,8 @@ pub struct ApiContext {
     pub liveness: crate::controller::Liveness,
     /// Caps on what a service may ask for (`orc server --max-service-desired-count`).
     pub service_limits: services::ServiceLimits,
+    /// The log sessions of the agents connected to this server.
+    pub logs: logs::LogSessions,
 }
 
 impl ApiContext {
@@ -292,6 +296,19 @@ impl Orc for ApiContext {
             watch::open(self.raft.store().clone(), after_revision).map_err(to_status)?;
         let events = changes.map(|change| change.map(convert::watch_event).map_err(to_status));
         Ok(Response::new(Box::pin(events)))
+    }
+
+    type TaskLogsStream = ResponseStream<LogChunk>;
+
+    #[tracing::instrument(level = "debug", skip_all, fields(task = %request.get_ref().task))]
+    async fn task_logs(
+        &self,
+        request: Request<TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        ApiContext::task_logs(self, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 }
 

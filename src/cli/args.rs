@@ -41,7 +41,8 @@ pub enum Command {
     Server(ServerCommand),
     /// Run the container instance agent on this machine (drives the local Docker).
     Agent(crate::agent::config::AgentArgs),
-    /// Print a task's container logs (from the local Docker Engine).
+    /// Print a task's container output, running or recently stopped, from
+    /// any machine (the task's agent reads it and any server passes it on).
     Logs {
         /// The cluster.
         #[arg(long)]
@@ -54,9 +55,10 @@ pub enum Command {
         /// Keep printing new lines.
         #[arg(long, short)]
         follow: bool,
-        /// Only lines newer than this many seconds ago.
+        /// Only lines since then: a duration back from now (10m, 1h, 30s)
+        /// or a time (2026-11-29T17:35:00Z).
         #[arg(long)]
-        since: Option<i64>,
+        since: Option<String>,
     },
     /// Control-plane commands.
     #[command(subcommand)]

@@ -28,7 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &task,
                 container.as_deref(),
                 follow,
-                since,
+                since.as_deref(),
             )
             .await
         }
@@ -377,73 +377,73 @@ async fn logs(
     task: &str,
     container: Option<&str>,
     follow: bool,
-    since: Option<i64>,
+    since: Option<&str>,
 ) -> anyhow::Result<()> {
-    use crate::agent::runtime::Runtime as _;
     use futures::StreamExt as _;
+    use std::io::Write as _;
+    let now = crate::vocab::time::now_ms() / 1000;
+    let since_unix_seconds = match since {
+        None => 0,
+        Some(text) => parse_since(text, now).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
     let client = Client::new(endpoint)?;
-    let (answer, _) = client
-        .call(
-            "DescribeTasks",
-            json!({"cluster": cluster, "tasks": [task]}),
+    // Lines carry their container's name when the task has several and
+    // all of them are read.
+    let prefixed = container.is_none() && {
+        let (answer, _) = client
+            .call(
+                "DescribeTasks",
+                json!({"cluster": cluster, "tasks": [task]}),
+            )
+            .await?;
+        answer["tasks"][0]["containers"]
+            .as_array()
+            .is_some_and(|c| c.len() > 1)
+    };
+    let mut chunks = client
+        .task_logs(
+            cluster.as_deref().unwrap_or_default(),
+            task,
+            container.unwrap_or_default(),
+            follow,
+            since_unix_seconds,
         )
         .await?;
-    let Some(described) = answer["tasks"].as_array().and_then(|t| t.first()).cloned() else {
-        anyhow::bail!("task {task} was not found: check the id and --cluster");
-    };
-    let runtime = crate::agent::docker::DockerRuntime::connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let since = since.map(|seconds| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|now| now.as_secs() as i64 - seconds)
-            .unwrap_or(0)
-    });
-    let containers: Vec<serde_json::Value> = described["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| container.is_none_or(|name| c["name"] == name))
-        .cloned()
-        .collect();
-    if containers.is_empty() {
-        anyhow::bail!(
-            "task {task} has no container named {:?}",
-            container.unwrap_or("")
-        );
-    }
-    let many = containers.len() > 1;
-    let mut streams = Vec::new();
-    for c in &containers {
-        let name = c["name"].as_str().unwrap_or("?").to_string();
-        let Some(id) = c["runtimeId"].as_str() else {
-            eprintln!(
-                "{name}: no container yet (the task is {})",
-                described["lastStatus"].as_str().unwrap_or("?")
-            );
-            continue;
-        };
-        let prefix = if many {
-            format!("{name} | ")
+    let stdout = std::io::stdout();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        let prefix = if prefixed {
+            format!("{} | ", chunk.container)
         } else {
             String::new()
         };
-        streams.push(
-            runtime
-                .logs(id, follow, since, None)
-                .map(move |line| (prefix.clone(), line))
-                .boxed(),
-        );
-    }
-    let mut merged = futures::stream::select_all(streams);
-    while let Some((prefix, line)) = merged.next().await {
-        match line {
-            Ok(line) => println!("{prefix}{}", line.text.trim_end_matches('\n')),
-            Err(error) => anyhow::bail!(
-                "cannot read the logs from the local Docker Engine ({error}); `orc logs` reads the Docker of the machine it runs on, so run it on the task's instance"
-            ),
+        let mut out = stdout.lock();
+        let mut written = Ok(());
+        for line in &chunk.lines {
+            written = written.and_then(|()| writeln!(out, "{prefix}{line}"));
+        }
+        match written.and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // The reader went away (`orc logs TASK | head`): stop quietly.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+/// `--since`: a duration back from `now` (10m, 1h, 30s, 1h30m, or plain
+/// seconds) or an RFC 3339 time (2026-11-29T17:35:00Z); epoch seconds.
+pub fn parse_since(text: &str, now: u64) -> Result<i64, String> {
+    if let Some(ms) = crate::agent::runtime::parse_rfc3339_ms(text) {
+        return Ok(i64::try_from(ms / 1000).unwrap_or(i64::MAX));
+    }
+    match crate::agent::config::parse_duration(text) {
+        Ok(ago) => Ok(i64::try_from(now.saturating_sub(ago.as_secs()))
+            .unwrap_or(i64::MAX)
+            .max(1)),
+        Err(_) => Err(format!(
+            "--since {text:?} is neither a duration nor a time: write it like 10m, 1h, 30s or 2026-11-29T17:35:00Z"
+        )),
+    }
 }
