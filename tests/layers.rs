@@ -317,6 +317,11 @@ const PROTOBUF_GLUE: &[&str] = &[
     "client.rs",
     "agent/worker.rs",
     "raft/transport.rs",
+    // The log session: relays LogRequest/LogChunk streams between an
+    // agent's ServeLogs call and readers' TaskLogs calls (no domain type
+    // stands behind a chunk of output lines).
+    "api/logs.rs",
+    "agent/logs.rs",
 ];
 
 #[test]
