@@ -245,6 +245,19 @@ pub fn provisioning_commands(state: &State, seed: u64) -> Vec<Command> {
     commands
 }
 
+/// Forgets the tasks that stopped more than `keep` ago (ECS keeps stopped
+/// tasks describable for an hour), or `None` when there are none. Pure.
+pub fn prune_command(state: &State, now_ms: u64, keep: Duration) -> Option<Command> {
+    let cutoff = now_ms.saturating_sub(keep.as_millis() as u64);
+    let any = state.tasks.values().any(|t| {
+        t.last_status == crate::model::TaskStatus::Stopped
+            && t.stopped_at.is_some_and(|at| at * 1000.0 < cutoff as f64)
+    });
+    any.then_some(Command::PruneStoppedTasks {
+        stopped_before_ms: cutoff,
+    })
+}
+
 /// How long a placement of waiting tasks that apply refused as a whole is
 /// not proposed again unchanged (the scheduler's view and apply's check
 /// disagreeing would otherwise make a write per loop turn).
@@ -306,18 +319,10 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
             );
             if now.duration_since(last_prune) > Duration::from_secs(60) {
                 last_prune = now;
-                let cutoff = now_ms().saturating_sub(options.keep_stopped_tasks.as_millis() as u64);
-                let any = raft.store().read(|state| {
-                    state.tasks.values().any(|t| {
-                        t.last_status == crate::model::TaskStatus::Stopped
-                            && t.stopped_at.is_some_and(|at| at * 1000.0 < cutoff as f64)
-                    })
-                });
-                if any {
-                    commands.push(Command::PruneStoppedTasks {
-                        stopped_before_ms: cutoff,
-                    });
-                }
+                commands.extend(
+                    raft.store()
+                        .read(|state| prune_command(state, now_ms(), options.keep_stopped_tasks)),
+                );
             }
             for command in commands {
                 let placing =
@@ -880,5 +885,188 @@ mod tests {
             "{stopped}"
         );
         assert_eq!(stopped.matches("(task ").count(), 10, "{stopped}");
+    }
+
+    #[test]
+    fn stopped_tasks_stay_describable_for_an_hour_then_are_forgotten() {
+        let mut state = cluster_with(&[("i-a", "a", 1024)]);
+        run_task(
+            &mut state,
+            "small",
+            &[("done", "i-a"), ("alive", "i-a")],
+            &[],
+            vec![],
+            vec![],
+            2,
+        );
+        stop(&mut state, "done", "i-a"); // stopped at 100 ms
+        let keep = ControllerOptions::default().keep_stopped_tasks;
+        assert_eq!(keep, Duration::from_secs(3600));
+        assert_eq!(
+            prune_command(&state, 100 + 3_600_000, keep),
+            None,
+            "kept a full hour"
+        );
+        let command = prune_command(&state, 100 + 3_600_001, keep).expect("pruned after an hour");
+        propose(&mut state, command);
+        assert!(
+            state.task("default", "done").is_err(),
+            "the stopped task is forgotten"
+        );
+        assert!(
+            state.task("default", "alive").is_ok(),
+            "a live task is never pruned"
+        );
+        assert_eq!(prune_command(&state, 10_000_000, keep), None);
+    }
+
+    #[test]
+    fn a_stale_placement_is_refused_on_apply_and_never_double_books() {
+        let mut state = cluster_with(&[("i-a", "a", 512)]);
+        run_task(
+            &mut state,
+            "big",
+            &[("first", "i-a")],
+            &[],
+            vec![],
+            vec![],
+            2,
+        );
+        // Decided on a view from before `first`: apply sees the instance full.
+        let launch = TaskLaunch {
+            cluster: "default".into(),
+            task_definition_arn: "big:1".into(),
+            overrides: None,
+            started_by: None,
+            group: "family:big".into(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
+        };
+        let answer = propose(
+            &mut state,
+            Command::RunTask {
+                launch,
+                planned: vec![PlannedTask {
+                    task_id: "stale".into(),
+                    instance_id: "i-a".into(),
+                }],
+                unplaced: vec![],
+                now_ms: 3,
+            },
+        );
+        assert_eq!(answer["tasks"], serde_json::json!([]), "{answer}");
+        assert_eq!(
+            answer["failures"][0]["reason"], "RESOURCE:MEMORY",
+            "{answer}"
+        );
+        assert!(state.task("default", "stale").is_err());
+        // A stale placement of a waiting task is refused the same way.
+        run_task(&mut state, "big", &[], &["waiting"], vec![], vec![], 4);
+        let answer = propose(
+            &mut state,
+            Command::PlaceTasks {
+                cluster: "default".into(),
+                planned: vec![PlannedTask {
+                    task_id: "waiting".into(),
+                    instance_id: "i-a".into(),
+                }],
+            },
+        );
+        assert_eq!(answer["placed"], serde_json::json!([]), "{answer}");
+        assert_eq!(
+            state.task("default", "waiting").unwrap().last_status,
+            TaskStatus::Provisioning
+        );
+        assert_eq!(state.usage("default", "i-a").memory_mib, 400, "booked once");
+    }
+
+    #[test]
+    fn run_task_overrides_change_what_the_task_holds() {
+        let mut state = cluster_with(&[("i-a", "a", 1024)]);
+        let launch = TaskLaunch {
+            cluster: "default".into(),
+            task_definition_arn: "small:1".into(),
+            overrides: Some(
+                serde_json::json!({"containerOverrides": [{"name": "c", "memory": 300}]}),
+            ),
+            started_by: None,
+            group: "family:small".into(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
+        };
+        propose(
+            &mut state,
+            Command::RunTask {
+                launch,
+                planned: vec![PlannedTask {
+                    task_id: "bigger".into(),
+                    instance_id: "i-a".into(),
+                }],
+                unplaced: vec![],
+                now_ms: 2,
+            },
+        );
+        let task = state.task("default", "bigger").unwrap();
+        assert_eq!(task.memory, "300");
+        assert_eq!(state.usage("default", "i-a").memory_mib, 300);
+    }
+
+    #[test]
+    fn task_definition_revisions_deregister_and_delete_as_ecs_does() {
+        let mut state = cluster_with(&[]);
+        let (definition, _) = crate::taskdef::parse_register_input(
+            r#"{"family": "small", "containerDefinitions": [{"name": "c", "image": "x", "memory": 50}]}"#,
+        )
+        .unwrap();
+        let answer = propose(
+            &mut state,
+            Command::RegisterTaskDefinition {
+                task_definition: definition,
+                now_ms: 2,
+            },
+        );
+        assert_eq!(answer["taskDefinition"]["revision"], 2);
+        assert_eq!(
+            state.resolve_task_definition("small").unwrap().revision,
+            Some(2),
+            "a bare family is its latest ACTIVE revision"
+        );
+        let delete = |revision| Command::DeleteTaskDefinitions {
+            task_definitions: vec![("small".into(), revision), ("ghost".into(), 1)],
+        };
+        let answer = propose(&mut state, delete(2));
+        assert_eq!(answer["taskDefinitions"], serde_json::json!([]));
+        assert!(
+            answer["failures"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("still in ACTIVE status"),
+            "{answer}"
+        );
+        assert_eq!(answer["failures"][1]["reason"], "TASK_DEFINITION_NOT_FOUND");
+
+        propose(
+            &mut state,
+            Command::DeregisterTaskDefinition {
+                family: "small".into(),
+                revision: 2,
+                now_ms: 3,
+            },
+        );
+        assert_eq!(
+            state.resolve_task_definition("small").unwrap().revision,
+            Some(1),
+            "the deregistered revision is no longer the family's"
+        );
+        assert_eq!(
+            state.resolve_task_definition("small:2").unwrap().status,
+            Some(crate::taskdef::TaskDefinitionStatus::Inactive),
+            "an INACTIVE revision is still described by its number"
+        );
+        let answer = propose(&mut state, delete(2));
+        assert_eq!(
+            answer["taskDefinitions"][0]["status"], "DELETE_IN_PROGRESS",
+            "{answer}"
+        );
     }
 }

@@ -329,12 +329,27 @@ async fn a_provisioning_task_runs_once_room_appears() {
         .register(json!({"family": "hog", "containerDefinitions": [{
             "name": "hog", "image": image, "memoryReservation": free - 100, "command": sleeper}]}))
         .await;
-    let second = orc
-        .register(json!({"family": "second", "containerDefinitions": [{
-            "name": "second", "image": image, "memory": 200, "command": sleeper}]}))
-        .await;
+    // The `--family --container-definitions` form of register-task-definition.
+    let containers = json!([{"name": "second", "image": image, "memory": 200, "command": sleeper}]);
+    let (ok, _, stderr) = orc.cli(&[
+        "register-task-definition",
+        "--family",
+        "second",
+        "--container-definitions",
+        &containers.to_string(),
+    ]);
+    assert!(ok, "{stderr}");
+    let second = "second:1".to_string();
     let hog_id = orc.run_task(&hog).await;
-    orc.wait_task(&hog_id, "RUNNING").await;
+    let (ok, _, stderr) = orc.cli(&[
+        "wait",
+        "tasks-running",
+        "--tasks",
+        &hog_id,
+        "--timeout",
+        "60",
+    ]);
+    assert!(ok, "{stderr}");
 
     let second_id = orc.run_task(&second).await;
     let waiting = orc.task(&second_id).await;
@@ -353,9 +368,48 @@ async fn a_provisioning_task_runs_once_room_appears() {
         "no instance has room yet:\n{stdout}"
     );
 
+    // A younger copy with its own constraint no instance meets: run-task
+    // explains why, and it keeps waiting after room appears.
+    let (ok, stdout, stderr) = orc.cli(&[
+        "run-task",
+        "--task-definition",
+        &second,
+        "--placement-constraints",
+        "type=memberOf,expression=\"attribute:ecs.os-type == windows\"",
+        "--explain",
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let picky: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(picky["tasks"][0]["lastStatus"], "PROVISIONING", "{picky}");
+    assert!(
+        picky["explanation"][0]["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("rejected"),
+        "{picky}"
+    );
+    let picky_id = picky["tasks"][0]["taskArn"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+
     let (ok, _, stderr) = orc.cli(&["stop-task", "--task", &hog_id]);
     assert!(ok, "{stderr}");
-    let running = orc.wait_task(&second_id, "RUNNING").await;
+    let (ok, _, stderr) = orc.cli(&[
+        "wait",
+        "tasks-running",
+        "--tasks",
+        &second_id,
+        "--timeout",
+        "60",
+    ]);
+    assert!(ok, "{stderr}");
+    let running = orc.task(&second_id).await;
     assert_eq!(
         running["containerInstanceArn"]
             .as_str()
@@ -369,4 +423,24 @@ async fn a_provisioning_task_runs_once_room_appears() {
     let (ok, stdout, stderr) = orc.cli(&["explain-task", &second_id]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("chosen: the task runs here"), "{stdout}");
+
+    let still = orc.task(&picky_id).await;
+    assert_eq!(still["lastStatus"], "PROVISIONING", "{still}");
+    assert_eq!(
+        still["placementConstraints"][0]["expression"], "attribute:ecs.os-type == windows",
+        "{still}"
+    );
+    let (ok, stdout, stderr) = orc.cli(&["explain-task", &picky_id]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("memberOf(attribute:ecs.os-type == windows)") && !stdout.contains("chosen"),
+        "explain-task judges with the task's own constraint:\n{stdout}"
+    );
+    let (ok, _, stderr) = orc.cli(&["stop-task", "--task", &picky_id]);
+    assert!(ok, "{stderr}");
+    let stopped = orc.task(&picky_id).await;
+    assert_eq!(
+        stopped["lastStatus"], "STOPPED",
+        "a waiting task stops at once: {stopped}"
+    );
 }
