@@ -40,7 +40,7 @@ use crate::wire::proto::{
     LogChunk, MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, TaskLogsRequest,
     WatchEvent, WatchRequest,
 };
-use crate::wire::status::to_status;
+use crate::wire::status::{respond, to_status};
 use crate::{Error, Result};
 
 /// Shared by every handler of one server.
@@ -227,10 +227,7 @@ impl Orc for ApiContext {
         &self,
         request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        ApiContext::cluster_status(self, request.into_inner().linearizable)
-            .await
-            .map(|status| Response::new(status.into()))
-            .map_err(to_status)
+        respond(ApiContext::cluster_status(self, request.into_inner().linearizable).await)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = request.get_ref().node_id, address = %request.get_ref().address))]
@@ -239,10 +236,10 @@ impl Orc for ApiContext {
         request: Request<AddServerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
         let request = request.into_inner();
-        ApiContext::add_server(self, request.node_id, &request.address, &request.cluster_id)
-            .await
-            .map(|membership| Response::new(membership.into()))
-            .map_err(to_status)
+        respond(
+            ApiContext::add_server(self, request.node_id, &request.address, &request.cluster_id)
+                .await,
+        )
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = request.get_ref().node_id))]
@@ -250,10 +247,7 @@ impl Orc for ApiContext {
         &self,
         request: Request<RemoveServerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
-        ApiContext::remove_server(self, request.into_inner().node_id)
-            .await
-            .map(|membership| Response::new(membership.into()))
-            .map_err(to_status)
+        respond(ApiContext::remove_server(self, request.into_inner().node_id).await)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(action = %request.get_ref().action, request_id = %request.get_ref().request_id))]

@@ -39,6 +39,7 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
 /// `orc server`: runs one member of the control plane until a shutdown
 /// signal or until it is removed; exits non-zero when its storage fails.
 pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let data_dir = args
         .data_dir
         .clone()
@@ -49,7 +50,7 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
         server.node_id, server.advertise
     );
     tokio::select! {
-        _ = shutdown_signal() => eprintln!("shutting down"),
+        _ = shutdown => eprintln!("shutting down"),
         ended = server.ended() => match ended {
             server::Ended::Removed => eprintln!("this server was removed from the control plane; exiting"),
             server::Ended::Failed(reason) => {
@@ -68,6 +69,7 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
 /// `orc up`: a one-server control plane and (unless `--no-agent`) an agent
 /// in one process.
 pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let data_dir = args.data_dir.unwrap_or_else(|| default_data_dir("up"));
     let server_dir = data_dir.join("server");
     let fresh = matches!(
@@ -123,7 +125,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         "press ctrl-c to stop (running tasks keep running and are adopted on the next start)"
     );
     let failed = tokio::select! {
-        _ = shutdown_signal() => None,
+        _ = shutdown => None,
         ended = server.ended() => match ended {
             server::Ended::Failed(reason) => Some(reason),
             server::Ended::Removed => None,
@@ -144,6 +146,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// `orc agent`: registers this machine as a container instance and drives
 /// its Docker Engine until a shutdown signal.
 pub(super) async fn agent(args: crate::agent::config::AgentArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let config = crate::agent::config::AgentConfig::try_from(args)?;
     let runtime = crate::agent::docker::DockerRuntime::connect()
         .await
@@ -153,21 +156,30 @@ pub(super) async fn agent(args: crate::agent::config::AgentArgs) -> anyhow::Resu
         config.servers.join(","),
         config.cluster
     );
-    crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown_signal()).await?;
+    crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown).await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Resolves on SIGTERM or ctrl-c. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives
+/// while the role is still starting is not fatal (the default action) but
+/// stops it cleanly once it gets there.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = signal(SignalKind::terminate()).ok();
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(interrupt) => {}
+            _ = wait(terminate) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

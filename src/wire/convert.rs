@@ -30,85 +30,46 @@ pub fn change(event: WatchEvent) -> Change {
     }
 }
 
-impl From<ServerMember> for Member {
-    fn from(m: ServerMember) -> Self {
-        Member {
-            id: m.id,
-            address: m.address,
-            role: m.role,
-            voter: m.voter,
-            matched_index: m.matched_index,
-            healthy: m.healthy,
-            failure: m.failure,
+/// Converts between a domain type and its protobuf message both ways, field
+/// by field; `; lists` are repeated fields whose items convert too.
+macro_rules! both_ways {
+    ($domain:ident <=> $wire:ident { $($field:ident),* $(; $($list:ident),*)? }) => {
+        impl From<$domain> for $wire {
+            fn from(value: $domain) -> Self {
+                $wire {
+                    $($field: value.$field,)*
+                    $($($list: value.$list.into_iter().map(Into::into).collect(),)*)?
+                }
+            }
         }
-    }
+
+        impl From<$wire> for $domain {
+            fn from(value: $wire) -> Self {
+                $domain {
+                    $($field: value.$field,)*
+                    $($($list: value.$list.into_iter().map(Into::into).collect(),)*)?
+                }
+            }
+        }
+    };
 }
 
-impl From<Member> for ServerMember {
-    fn from(m: Member) -> Self {
-        ServerMember {
-            id: m.id,
-            address: m.address,
-            role: m.role,
-            voter: m.voter,
-            matched_index: m.matched_index,
-            healthy: m.healthy,
-            failure: m.failure,
-        }
-    }
-}
+both_ways!(ServerMember <=> Member { id, address, role, voter, matched_index, healthy, failure });
 
-impl From<ControlPlaneStatus> for ClusterStatusResponse {
-    fn from(s: ControlPlaneStatus) -> Self {
-        ClusterStatusResponse {
-            cluster_id: s.cluster_id,
-            answering_node_id: s.answering_node_id,
-            leader_id: s.leader_id,
-            leader_address: s.leader_address,
-            term: s.term,
-            commit_index: s.commit_index,
-            applied_index: s.applied_index,
-            members: s.members.into_iter().map(Member::from).collect(),
-            revision: s.revision,
-            snapshot_index: s.snapshot_index,
-        }
-    }
-}
+both_ways!(ControlPlaneStatus <=> ClusterStatusResponse {
+    cluster_id,
+    answering_node_id,
+    leader_id,
+    leader_address,
+    term,
+    commit_index,
+    applied_index,
+    revision,
+    snapshot_index;
+    members
+});
 
-impl From<ClusterStatusResponse> for ControlPlaneStatus {
-    fn from(s: ClusterStatusResponse) -> Self {
-        ControlPlaneStatus {
-            cluster_id: s.cluster_id,
-            answering_node_id: s.answering_node_id,
-            leader_id: s.leader_id,
-            leader_address: s.leader_address,
-            term: s.term,
-            commit_index: s.commit_index,
-            applied_index: s.applied_index,
-            members: s.members.into_iter().map(ServerMember::from).collect(),
-            revision: s.revision,
-            snapshot_index: s.snapshot_index,
-        }
-    }
-}
-
-impl From<Membership> for MembershipResponse {
-    fn from(m: Membership) -> Self {
-        MembershipResponse {
-            cluster_id: m.cluster_id,
-            members: m.members.into_iter().map(Member::from).collect(),
-        }
-    }
-}
-
-impl From<MembershipResponse> for Membership {
-    fn from(m: MembershipResponse) -> Self {
-        Membership {
-            cluster_id: m.cluster_id,
-            members: m.members.into_iter().map(ServerMember::from).collect(),
-        }
-    }
-}
+both_ways!(Membership <=> MembershipResponse { cluster_id; members });
 
 #[cfg(test)]
 mod tests {

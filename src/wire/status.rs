@@ -26,6 +26,14 @@ pub fn to_status(error: Error) -> Status {
     }
 }
 
+/// A handler's domain answer as a gRPC response: the value converted to its
+/// message, the error to its status.
+pub fn respond<T, M: From<T>>(result: crate::Result<T>) -> Result<tonic::Response<M>, Status> {
+    result
+        .map(|value| tonic::Response::new(value.into()))
+        .map_err(to_status)
+}
+
 /// A gRPC status as our error.
 pub fn from_status(status: Status) -> Error {
     let message = status.message().to_string();
