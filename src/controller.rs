@@ -1069,4 +1069,64 @@ mod tests {
             "{answer}"
         );
     }
+
+    #[test]
+    fn a_task_status_only_moves_forward() {
+        let mut state = cluster_with(&[("i-a", "a", 1024)]);
+        run_task(&mut state, "small", &[("t", "i-a")], &[], vec![], vec![], 2);
+        let report = |status| TaskStateChange {
+            task_arn: crate::model::arn("task", "default/t"),
+            status,
+            reason: None,
+            stop_code: None,
+            containers: vec![],
+            health_status: "UNKNOWN".into(),
+            at_ms: 10,
+        };
+        let submit = |state: &mut State, status| {
+            propose(
+                state,
+                Command::SubmitTaskStateChange {
+                    cluster: "default".into(),
+                    instance_id: "i-a".into(),
+                    change: report(status),
+                },
+            )
+        };
+        submit(&mut state, TaskStatus::Running);
+        let answer = submit(&mut state, TaskStatus::Pending);
+        assert_eq!(answer["ignored"], "states only move forward", "{answer}");
+        assert_eq!(
+            state.task("default", "t").unwrap().last_status,
+            TaskStatus::Running
+        );
+        let error = propose_error(
+            &mut state,
+            Command::SubmitTaskStateChange {
+                cluster: "default".into(),
+                instance_id: "i-other".into(),
+                change: report(TaskStatus::Stopped),
+            },
+        );
+        assert!(
+            error.contains("not assigned to container instance i-other"),
+            "{error}"
+        );
+        assert_eq!(
+            state.task("default", "t").unwrap().last_status,
+            TaskStatus::Running
+        );
+    }
+
+    fn propose_error(state: &mut State, command: Command) -> String {
+        apply(
+            state,
+            &Proposal {
+                request_id: crate::vocab::ids::request_id(),
+                command,
+            },
+        )
+        .expect_err("the command is refused")
+        .to_string()
+    }
 }
