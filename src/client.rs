@@ -42,8 +42,32 @@ pub type OutputStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Outp
 pub struct Client {
     endpoint: String,
     orc: OrcClient<Channel>,
-    /// How long retryable failures are retried.
+    /// How long retryable failures are retried: the deadline of a call,
+    /// attempts included (an attempt that hangs is cut off at it).
     pub retry_for: Duration,
+    /// The CLI's mode (see `Client::for_people`): `retry_for` also cuts
+    /// off an attempt in flight; an attempt unanswered for a few seconds
+    /// probes the address (`wire::probe`) and fails at once when nothing
+    /// there speaks HTTP/2 (a paused server, a port that is not orc's); and
+    /// a server that cannot be reached at all (refused, reset, not HTTP/2)
+    /// is retried for `unreachable_for` only, then named with what a probe
+    /// found there.
+    pub strict: bool,
+    /// How long an unreachable server is retried in strict mode.
+    pub unreachable_for: Duration,
+}
+
+/// How long an attempt may go unanswered before the address is probed.
+const PROBE_AFTER: Duration = Duration::from_secs(3);
+
+/// How long each step of a probe may take.
+const PROBE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Whether a failed call failed below gRPC (no connection, a broken one, a
+/// peer that does not speak HTTP/2), as opposed to a status an orc server
+/// sent: tonic attaches the transport's error as the status's source.
+fn failed_below_grpc(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 impl Client {
@@ -55,7 +79,20 @@ impl Client {
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
             retry_for: Duration::from_secs(15),
+            strict: false,
+            unreachable_for: Duration::from_secs(15),
         })
+    }
+
+    /// A client for a person or a script at the command line: every call
+    /// ends within `timeout`, and a server that cannot be reached, or is not
+    /// an orc server, is named within a few seconds with what to try.
+    pub fn for_people(endpoint: &str, timeout: Duration) -> Result<Client> {
+        let mut client = Client::new(endpoint)?;
+        client.retry_for = timeout;
+        client.strict = true;
+        client.unreachable_for = Duration::from_secs(2).min(timeout);
+        Ok(client)
     }
 
     /// The endpoint this client talks to.
@@ -70,18 +107,73 @@ impl Client {
     {
         let deadline = Instant::now() + self.retry_for;
         let mut pause = Duration::from_millis(50);
+        let mut unreachable_since: Option<Instant> = None;
         loop {
-            match attempt(self.orc.clone()).await {
+            let status = match self.bounded(attempt(self.orc.clone()), deadline).await? {
                 Ok(value) => return Ok(value),
-                Err(status) => {
-                    let error = from_status(status);
-                    if !error.is_retryable() || Instant::now() + pause > deadline {
-                        return Err(error);
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                Err(status) => status,
+            };
+            let below_grpc = self.strict && failed_below_grpc(&status);
+            let error = from_status(status);
+            if below_grpc {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if Instant::now() + pause > (since + self.unreachable_for).min(deadline) {
+                    return Err(self.explain_unreachable(error).await);
                 }
+            } else if !error.is_retryable() || Instant::now() + pause > deadline {
+                return Err(error);
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs one attempt; in strict mode until `deadline` only, and an
+    /// attempt unanswered for `PROBE_AFTER` probes the address and gives up
+    /// at once when nothing there speaks HTTP/2.
+    async fn bounded<T>(
+        &self,
+        attempt: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+        deadline: Instant,
+    ) -> Result<std::result::Result<T, tonic::Status>> {
+        if !self.strict {
+            return Ok(attempt.await);
+        }
+        tokio::pin!(attempt);
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let probe_at = tokio::time::Instant::now() + PROBE_AFTER;
+        if probe_at < deadline {
+            tokio::select! {
+                answer = &mut attempt => return Ok(answer),
+                () = tokio::time::sleep_until(probe_at) => {}
+            }
+            let verdict = tokio::select! {
+                answer = &mut attempt => return Ok(answer),
+                verdict = crate::wire::probe::probe(&self.endpoint, PROBE_PATIENCE) => verdict,
+            };
+            if let crate::wire::probe::Verdict::Explained(sentence) = verdict {
+                return Err(Error::Unavailable(sentence));
+            }
+        }
+        tokio::select! {
+            answer = &mut attempt => Ok(answer),
+            () = tokio::time::sleep_until(deadline) => Err(Error::Unavailable(format!(
+                "{} did not answer within {} s: the control plane may be without a quorum or overloaded (see `orc cluster status --local`); raise --timeout to wait longer",
+                self.endpoint,
+                self.retry_for.as_secs_f64().ceil()
+            ))),
+        }
+    }
+
+    /// The error for a server that could not be reached: what a probe
+    /// found at its address, or the transport's own words.
+    async fn explain_unreachable(&self, error: Error) -> Error {
+        match crate::wire::probe::probe(&self.endpoint, PROBE_PATIENCE).await {
+            crate::wire::probe::Verdict::Explained(sentence) => Error::Unavailable(sentence),
+            crate::wire::probe::Verdict::Http2 => Error::Unavailable(format!(
+                "the connection to {} failed ({error}); it speaks HTTP/2, so retry, or check it is an orc server",
+                self.endpoint
+            )),
         }
     }
 

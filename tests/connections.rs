@@ -168,3 +168,171 @@ async fn strangers_holding_sockets_neither_starve_the_admin_nor_stay_forever() {
     let (ok, stderr, _) = server.cluster_status();
     assert!(ok, "{stderr}");
 }
+
+// ------------------------------------------------------------ the CLI's errors
+
+/// `orc cluster status --endpoint ENDPOINT` with extra flags: (success,
+/// stderr, seconds).
+fn cli_status(endpoint: &str, extra: &[&str]) -> (bool, String, f64) {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+        .args(["cluster", "status", "--endpoint", endpoint])
+        .args(extra)
+        .env_remove("ORC_TIMEOUT")
+        .output()
+        .expect("run orc");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+/// A listener on a free loopback port that treats every connection with
+/// `answer` on its own thread, for as long as the test runs.
+fn tiny_listener(answer: fn(TcpStream)) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer(stream));
+        }
+    });
+    address
+}
+
+/// What each bad endpoint must fail with, and within how long (a loaded
+/// 2-core machine: the failures take 0-5 s here).
+fn assert_fails(endpoint: &str, extra: &[&str], expected: &[&str], within: f64) {
+    let (ok, stderr, seconds) = cli_status(endpoint, extra);
+    assert!(!ok, "{endpoint}: succeeded?");
+    for words in expected {
+        assert!(
+            stderr.contains(words),
+            "{endpoint}: the error should say {words:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        seconds < within,
+        "{endpoint}: took {seconds:.1}s (more than {within}s):\n{stderr}"
+    );
+    eprintln!(
+        "{endpoint} {extra:?}: failed in {seconds:.2}s: {}",
+        stderr.trim()
+    );
+}
+
+#[test]
+fn invalid_addresses_are_refused_before_any_connection() {
+    for (endpoint, words) in [
+        ("127.0.0.1:99999", "99999 is not a port number"),
+        ("127.0.0.1", "it has no port"),
+        (":7400", "it has no host"),
+        ("127.0.0.1:", "it has no port"),
+    ] {
+        assert_fails(
+            endpoint,
+            &[],
+            &[
+                &format!("invalid address {endpoint:?}"),
+                words,
+                "--endpoint",
+            ],
+            2.0,
+        );
+    }
+}
+
+#[test]
+fn unreachable_and_foreign_endpoints_are_named_within_seconds() {
+    let closed = format!("127.0.0.1:{}", free_port());
+    assert_fails(
+        &closed,
+        &[],
+        &[&closed, "nothing listens", "orc server"],
+        10.0,
+    );
+    assert_fails(
+        "no-such-host.invalid:7400",
+        &[],
+        &["cannot resolve no-such-host.invalid:7400"],
+        10.0,
+    );
+    let http = tiny_listener(|mut stream| {
+        let mut buffer = [0u8; 256];
+        let _ = stream.read(&mut buffer);
+        let _ = stream.write_all(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    });
+    assert_fails(
+        &http,
+        &[],
+        &[&format!(
+            "{http} answered HTTP/1.1, not gRPC: is this an orc server?"
+        )],
+        10.0,
+    );
+    let ssh = tiny_listener(|mut stream| {
+        let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    assert_fails(
+        &ssh,
+        &[],
+        &[&format!("{ssh} answered with an SSH banner, not gRPC")],
+        10.0,
+    );
+    let silent = tiny_listener(|stream| {
+        std::thread::sleep(Duration::from_secs(60));
+        drop(stream);
+    });
+    assert_fails(
+        &silent,
+        &[],
+        &[&format!(
+            "{silent} accepted the connection but answered nothing"
+        )],
+        15.0,
+    );
+    // --timeout bounds the call: the probe would come only after 3 s.
+    assert_fails(
+        &silent,
+        &["--timeout", "1"],
+        &[&silent, "did not answer within 1 s", "--timeout"],
+        5.0,
+    );
+}
+
+#[test]
+fn a_paused_server_is_named_as_such() {
+    let root = tempfile::tempdir().unwrap();
+    let server = LimitedServer::start(root.path(), 1024, 1024, 60);
+    let ready = Instant::now();
+    while !server.cluster_status().0 {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = server.child.id() as i32;
+    // SAFETY: signals a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let (ok, stderr, seconds) = cli_status(&server.address, &[]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(!ok);
+    assert!(
+        stderr.contains(&server.address) && stderr.contains("paused (SIGSTOP)"),
+        "{stderr}"
+    );
+    assert!(seconds < 15.0, "took {seconds:.1}s: {stderr}");
+    eprintln!(
+        "a paused server: failed in {seconds:.2}s: {}",
+        stderr.trim()
+    );
+    let (ok, stderr, _) = server.cluster_status();
+    assert!(ok, "answers again once continued: {stderr}");
+}

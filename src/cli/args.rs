@@ -19,6 +19,12 @@ pub struct Cli {
     /// How to print results: tables for people, json shaped like `aws ecs` for scripts.
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: OutputFormat,
+    /// Give up after this many seconds: on each call (default 30), or on
+    /// the whole wait for `orc wait` (default 600). An address that cannot
+    /// be reached, or that is not an orc server, fails within a few seconds.
+    #[arg(long, global = true, env = "ORC_TIMEOUT", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -362,9 +368,6 @@ pub struct WaitServices {
     /// Service names or ARNs.
     #[arg(long, num_args = 1.., required = true)]
     pub services: Vec<String>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
 }
 
 /// The tasks to wait for.
@@ -376,9 +379,6 @@ pub struct WaitTasks {
     /// Task ids or ARNs.
     #[arg(long, num_args = 1.., required = true)]
     pub tasks: Vec<String>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {

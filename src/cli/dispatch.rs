@@ -9,9 +9,32 @@ use super::output::Output;
 use super::{roles, shorthand, wait, watch};
 use crate::client::Client;
 
+/// How long one call may take when `--timeout` is not given.
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `--timeout` for one call, set once when the command line is run.
+static CALL_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// A client for the server at `endpoint` whose calls end within `--timeout`
+/// and name an unreachable (or non-orc) address within a few seconds. The
+/// address is checked before anything connects.
+pub(super) fn client(endpoint: &str) -> anyhow::Result<Client> {
+    let timeout = *CALL_TIMEOUT.get().unwrap_or(&DEFAULT_CALL_TIMEOUT);
+    Client::for_people(endpoint, timeout).map_err(|error| match error {
+        crate::Error::InvalidInput(message) => {
+            anyhow::anyhow!("{message} (given with --endpoint or ORC_ENDPOINT)")
+        }
+        other => other.into(),
+    })
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = Output::new(cli.output);
+    let wait_timeout = cli.timeout;
+    if let Some(seconds) = cli.timeout {
+        let _ = CALL_TIMEOUT.set(std::time::Duration::from_secs(seconds));
+    }
     match cli.command {
         Command::Up(args) => roles::up(args).await,
         Command::Agent(args) => roles::agent(args).await,
@@ -42,12 +65,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 ServerAction::Add { node_id, address } => {
-                    Client::new(&cli.endpoint)?
+                    client(&cli.endpoint)?
                         .add_server(node_id, &address, "")
                         .await?
                 }
                 ServerAction::Remove { node_id } => {
-                    Client::new(&cli.endpoint)?.remove_server(node_id).await?
+                    client(&cli.endpoint)?.remove_server(node_id).await?
                 }
             };
             output.members(&answer.cluster_id, &answer.members);
@@ -55,7 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Server(ServerCommand { action: None, run }) => roles::server(run).await,
         Command::Cluster(ClusterCommand::Status { local }) => {
-            let client = Client::new(&cli.endpoint)?;
+            let client = client(&cli.endpoint)?;
             let status = client.cluster_status(!local).await?;
             output.cluster_status(&status);
             Ok(())
@@ -185,7 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             ecs(&cli.endpoint, &output, "ListTasks", body).await
         }
-        Command::Wait(wait) => wait::run(&cli.endpoint, wait).await,
+        Command::Wait(wait) => wait::run(&cli.endpoint, wait, wait_timeout).await,
         Command::CreateService(args) => {
             let body = create_service_body(&args)?;
             ecs(&cli.endpoint, &output, "CreateService", body).await
@@ -362,7 +385,7 @@ async fn ecs(
     action: &str,
     body: serde_json::Value,
 ) -> anyhow::Result<()> {
-    let client = Client::new(endpoint)?;
+    let client = client(endpoint)?;
     let (answer, warnings) = client.call(action, body).await?;
     for warning in warnings {
         eprintln!("warning: {warning}");

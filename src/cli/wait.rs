@@ -51,12 +51,22 @@ impl Default for Progress {
 }
 
 /// Runs a wait command.
-pub async fn run(endpoint: &str, command: WaitCommand) -> anyhow::Result<()> {
+/// `timeout` (`--timeout`) bounds the whole wait: 600 s unless given.
+pub async fn run(endpoint: &str, command: WaitCommand, timeout: Option<u64>) -> anyhow::Result<()> {
+    let timeout = timeout.unwrap_or(600);
     match command {
-        WaitCommand::TasksRunning(args) => wait_tasks(endpoint, &args, true).await,
-        WaitCommand::TasksStopped(args) => wait_tasks(endpoint, &args, false).await,
-        WaitCommand::ServicesStable(args) => wait_services(endpoint, &args).await,
+        WaitCommand::TasksRunning(args) => wait_tasks(endpoint, &args, true, timeout).await,
+        WaitCommand::TasksStopped(args) => wait_tasks(endpoint, &args, false, timeout).await,
+        WaitCommand::ServicesStable(args) => wait_services(endpoint, &args, timeout).await,
     }
+}
+
+/// A client whose every call of the wait ends within 30 s, or sooner when
+/// the whole wait must end sooner.
+fn wait_client(endpoint: &str, timeout: u64) -> anyhow::Result<Client> {
+    let mut client = super::dispatch::client(endpoint)?;
+    client.retry_for = client.retry_for.min(Duration::from_secs(timeout));
+    Ok(client)
 }
 
 /// Whether an ECS service description is stable, as the `aws ecs wait
@@ -83,9 +93,9 @@ pub fn never_stable(service: &Value) -> Option<String> {
     })
 }
 
-async fn wait_services(endpoint: &str, args: &WaitServices) -> anyhow::Result<()> {
-    let client = Client::new(endpoint)?;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+async fn wait_services(endpoint: &str, args: &WaitServices, timeout: u64) -> anyhow::Result<()> {
+    let client = wait_client(endpoint, timeout)?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
     let mut progress = Progress::new();
     loop {
         let (answer, _) = client
@@ -137,15 +147,20 @@ async fn wait_services(endpoint: &str, args: &WaitServices) -> anyhow::Result<()
         }
         if Instant::now() > deadline {
             progress.finish();
-            bail!("timed out after {} s waiting for services to be stable: see the events in `orc describe-services`", args.timeout);
+            bail!("timed out after {} s waiting for services to be stable: see the events in `orc describe-services`", timeout);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn wait_tasks(endpoint: &str, args: &WaitTasks, want_running: bool) -> anyhow::Result<()> {
-    let client = Client::new(endpoint)?;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+async fn wait_tasks(
+    endpoint: &str,
+    args: &WaitTasks,
+    want_running: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    let client = wait_client(endpoint, timeout)?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
     let mut progress = Progress::new();
     let goal = if want_running { "RUNNING" } else { "STOPPED" };
     loop {
@@ -192,7 +207,7 @@ async fn wait_tasks(endpoint: &str, args: &WaitTasks, want_running: bool) -> any
         }
         if Instant::now() > deadline {
             progress.finish();
-            bail!("timed out after {} s waiting for tasks to be {goal}: raise --timeout or check `orc describe-tasks`", args.timeout);
+            bail!("timed out after {} s waiting for tasks to be {goal}: raise --timeout or check `orc describe-tasks`", timeout);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

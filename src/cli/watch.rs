@@ -24,16 +24,17 @@ pub async fn run(
     output: &Output,
     after_revision: Option<u64>,
 ) -> anyhow::Result<()> {
-    let client = Client::new(endpoint)?;
+    let first = super::dispatch::client(endpoint)?;
     // Resuming needs a revision even when watching from now on (which the
     // server would take 0 for, again at each reconnection): the server's
     // current one, read before the watch opens.
     let mut after = match after_revision {
         Some(revision) if revision > 0 => revision,
-        _ => client.cluster_status(false).await?.revision,
+        _ => first.cluster_status(false).await?.revision,
     };
-    // This loop does the retrying, so that a lost connection is reported once.
-    let mut client = client;
+    // This loop does the retrying, so that a lost connection is reported
+    // once; the stream itself has no deadline.
+    let mut client = Client::new(endpoint)?;
     client.retry_for = Duration::ZERO;
     let mut pause = FIRST_PAUSE;
     let mut disconnected = false;

@@ -1,13 +1,15 @@
 //! The one owner of protobuf: the generated gRPC code (`proto`), the
 //! conversions between its messages and domain types (`convert`), the
 //! mapping of `crate::Error` to `tonic::Status` and back (`status`), and the
-//! gRPC channel helpers (`channel`).
+//! gRPC channel helpers (`channel`, and `probe`, which names what answers at
+//! an address when gRPC fails there).
 //!
 //! It sits below every module that speaks gRPC (`raft::transport`, `api`,
 //! `client`, `agent`) and above the domain types it converts.
 
 pub mod channel;
 pub mod convert;
+pub mod probe;
 pub mod proto;
 pub mod status;
 
