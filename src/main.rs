@@ -29,6 +29,10 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        // A CLI's sockets are written from the runtime's threads: there a
+        // peer that closed (an HTTP/1.1 server at --endpoint, a server that
+        // died) must be an EPIPE the client names, not a silent SIGPIPE.
+        .on_thread_start(block_sigpipe_on_this_thread)
         .build()
     {
         Ok(runtime) => runtime,
@@ -43,6 +47,21 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Blocks SIGPIPE on the calling thread, so a write to a closed socket
+/// there fails with EPIPE (stdout is written from the main thread, where
+/// `quit_quietly_on_a_closed_pipe` applies).
+fn block_sigpipe_on_this_thread() {
+    #[cfg(unix)]
+    // SAFETY: changes only the calling thread's signal mask, through a
+    // sigset_t this function owns.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
