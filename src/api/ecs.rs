@@ -176,6 +176,22 @@ async fn describe_clusters(raft: &RaftHandle, body: &str) -> Result<ActionResult
     .await
 }
 
+/// The ARNs of a cluster's items in `table` that `keep` accepts, in key
+/// order: the answer of ECS's list actions.
+pub(crate) fn arns_in_cluster<'a, V>(
+    table: &'a crate::store::table::Table<V>,
+    cluster: &str,
+    keep: impl Fn(&V) -> bool,
+    arn: fn(&V) -> &str,
+) -> Vec<&'a str> {
+    table
+        .scan_prefix(&format!("{cluster}/"))
+        .map(|(_, item)| item)
+        .filter(|item| keep(item))
+        .map(arn)
+        .collect()
+}
+
 /// ECS's answer to a describe action: under `key`, each wanted item that
 /// `find` finds, and under `failures` a `MISSING` failure naming
 /// `missing_arn` of each one it does not.

@@ -306,17 +306,23 @@ impl Orc for ApiContext {
     }
 }
 
-#[tonic::async_trait]
-impl Peer for ApiContext {
-    async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        let batch = request.into_inner();
+impl ApiContext {
+    /// Steps one inbound batch of raft messages from a peer (both `Peer` calls).
+    fn step_wire_batch(&self, batch: &RaftBatch) -> Result<(), Status> {
         self.step_batch(
             &batch.cluster_id,
             batch.from_id,
             &batch.from_address,
             &batch.messages,
         )
-        .map_err(to_status)?;
+        .map_err(to_status)
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for ApiContext {
+    async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        self.step_wire_batch(&request.into_inner())?;
         Ok(Response::new(RaftAck {}))
     }
 
@@ -327,13 +333,7 @@ impl Peer for ApiContext {
     ) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
-            self.step_batch(
-                &batch.cluster_id,
-                batch.from_id,
-                &batch.from_address,
-                &batch.messages,
-            )
-            .map_err(to_status)?;
+            self.step_wire_batch(&batch)?;
         }
         Ok(Response::new(RaftAck {}))
     }

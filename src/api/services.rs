@@ -272,13 +272,12 @@ pub(super) async fn list_services(raft: &RaftHandle, body: &str) -> Result<Actio
     let cluster = cluster_of(&request.cluster);
     read_linearizable(raft, |state| {
         state.active_cluster(&cluster)?;
-        let arns: Vec<&str> = state
-            .services
-            .scan_prefix(&format!("{cluster}/"))
-            .map(|(_, s)| s)
-            .filter(|s| s.status != "INACTIVE")
-            .map(|s| s.service_arn.as_str())
-            .collect();
+        let arns = super::ecs::arns_in_cluster(
+            &state.services,
+            &cluster,
+            |s| s.status != "INACTIVE",
+            |s| s.service_arn.as_str(),
+        );
         Ok(json!({ "serviceArns": arns }).into())
     })
     .await

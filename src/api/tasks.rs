@@ -660,13 +660,12 @@ pub(super) async fn list_container_instances(
     let cluster = cluster_of(&request.cluster);
     read(raft, |state| {
         state.active_cluster(&cluster)?;
-        let arns: Vec<&str> = state
-            .container_instances
-            .scan_prefix(&format!("{cluster}/"))
-            .map(|(_, i)| i)
-            .filter(|i| request.status.as_deref().is_none_or(|s| i.status == s))
-            .map(|i| i.container_instance_arn.as_str())
-            .collect();
+        let arns = super::ecs::arns_in_cluster(
+            &state.container_instances,
+            &cluster,
+            |i| request.status.as_deref().is_none_or(|s| i.status == s),
+            |i| i.container_instance_arn.as_str(),
+        );
         Ok(json!({ "containerInstanceArns": arns }).into())
     })
     .await
