@@ -419,6 +419,19 @@ mod tests {
     use crate::store::ecs::{TaskLaunch, UnplacedTask};
     use crate::store::state::apply;
 
+    /// A run-task launch of `big:1` in the default cluster, with no placement options.
+    fn big_launch() -> TaskLaunch {
+        TaskLaunch {
+            cluster: "default".into(),
+            task_definition_arn: "big:1".into(),
+            overrides: None,
+            started_by: None,
+            group: "family:big".into(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
+        }
+    }
+
     fn propose(state: &mut State, command: Command) -> serde_json::Value {
         let request_id = crate::vocab::ids::request_id();
         apply(
@@ -473,15 +486,7 @@ mod tests {
                 now_ms: 1,
             },
         );
-        let launch = TaskLaunch {
-            cluster: "default".into(),
-            task_definition_arn: "big:1".into(),
-            overrides: None,
-            started_by: None,
-            group: "family:big".into(),
-            placement_strategy: vec![],
-            placement_constraints: vec![],
-        };
+        let launch = big_launch();
         let answer = propose(
             &mut state,
             Command::RunTask {
@@ -933,15 +938,7 @@ mod tests {
             2,
         );
         // Decided on a view from before `first`: apply sees the instance full.
-        let launch = TaskLaunch {
-            cluster: "default".into(),
-            task_definition_arn: "big:1".into(),
-            overrides: None,
-            started_by: None,
-            group: "family:big".into(),
-            placement_strategy: vec![],
-            placement_constraints: vec![],
-        };
+        let launch = big_launch();
         let answer = propose(
             &mut state,
             Command::RunTask {

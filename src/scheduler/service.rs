@@ -431,6 +431,11 @@ mod tests {
     use crate::model::{Deployment, DeploymentCircuitBreaker, DeploymentConfiguration};
     use std::collections::BTreeMap as Map;
 
+    /// The plan for `service` and `tasks` on one ACTIVE instance "a" at 10 s.
+    fn reconcile_on_one_active_instance(service: &Service, tasks: &[&Task]) -> Plan {
+        reconcile(service, tasks, &[view("a", InstanceStatus::Active)], 10_000)
+    }
+
     fn deployment(id: &str, status: &str, definition: &str) -> Deployment {
         Deployment {
             id: id.into(),
@@ -526,12 +531,7 @@ mod tests {
             .map(|i| task(&format!("o{i}"), "d1", TaskStatus::Running, "a"))
             .collect();
         let refs: Vec<&Task> = old.iter().collect();
-        let plan = reconcile(
-            &service,
-            &refs,
-            &[view("a", InstanceStatus::Active)],
-            10_000,
-        );
+        let plan = reconcile_on_one_active_instance(&service, &refs);
         assert_eq!(plan.starts[0].count, 2, "only 2 more fit under 150%");
         assert_eq!(plan.stops.len(), 2, "2 old may go while 2 stay healthy");
         assert!(plan.deployment_changes.is_empty());
@@ -544,12 +544,7 @@ mod tests {
             .map(|i| task(&format!("n{i}"), "d2", TaskStatus::Running, "a"))
             .collect();
         let refs: Vec<&Task> = tasks.iter().collect();
-        let plan = reconcile(
-            &service,
-            &refs,
-            &[view("a", InstanceStatus::Active)],
-            10_000,
-        );
+        let plan = reconcile_on_one_active_instance(&service, &refs);
         assert!(plan.starts.is_empty() && plan.stops.is_empty());
         assert_eq!(plan.deployment_changes[0].rollout_state, "COMPLETED");
         assert_eq!(
@@ -576,12 +571,7 @@ mod tests {
             .map(|i| task(&format!("o{i}"), "d1", TaskStatus::Running, "a"))
             .collect();
         let refs: Vec<&Task> = old.iter().collect();
-        let plan = reconcile(
-            &service,
-            &refs,
-            &[view("a", InstanceStatus::Active)],
-            10_000,
-        );
+        let plan = reconcile_on_one_active_instance(&service, &refs);
         assert_eq!(plan.deployment_changes[0].rollout_state, "FAILED");
         assert_eq!(plan.rollback_to.as_deref(), Some("web:1"));
         assert!(
@@ -652,12 +642,7 @@ mod tests {
                 })
                 .collect();
             let refs: Vec<&Task> = serving.iter().collect();
-            let plan = reconcile(
-                &service,
-                &refs,
-                &[view("a", InstanceStatus::Active)],
-                10_000,
-            );
+            let plan = reconcile_on_one_active_instance(&service, &refs);
             let case = format!("last completed {last_completed:?}, older {older:?}");
             assert_eq!(plan.deployment_changes[0].rollout_state, "FAILED", "{case}");
             assert_eq!(plan.rollback_to.as_deref(), expected, "{case}");
