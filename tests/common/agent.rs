@@ -96,7 +96,8 @@ impl TestAgent {
     }
 }
 
-fn docker_ids(args: &[&str]) -> Vec<String> {
+/// The ids `docker ARGS` prints, one a line, sorted.
+pub fn docker_ids(args: &[&str]) -> Vec<String> {
     let output = Command::new("docker")
         .args(args)
         .output()

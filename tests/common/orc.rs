@@ -180,7 +180,7 @@ impl TestOrc {
         let Some(id) = self.instance_id() else {
             return vec![];
         };
-        docker_ids(&[
+        super::agent::docker_ids(&[
             "ps",
             "-aq",
             "--filter",
@@ -193,7 +193,7 @@ impl TestOrc {
         let Some(id) = self.instance_id() else {
             return vec![];
         };
-        docker_ids(&[
+        super::agent::docker_ids(&[
             "ps",
             "-q",
             "--no-trunc",
@@ -203,39 +203,12 @@ impl TestOrc {
     }
 }
 
-fn docker_ids(args: &[&str]) -> Vec<String> {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 impl Drop for TestOrc {
     fn drop(&mut self) {
         self.kill_agent();
         self.server.kill();
         if let Some(id) = self.instance_id() {
-            let label = format!("label=orc.instance-id={id}");
-            let containers = docker_ids(&["ps", "-aq", "--filter", &label]);
-            if !containers.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&containers)
-                    .output();
-            }
-            let networks = docker_ids(&["network", "ls", "-q", "--filter", &label]);
-            if !networks.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["network", "rm"])
-                    .args(&networks)
-                    .output();
-            }
+            super::agent::remove_instance_containers(&id);
         }
     }
 }
