@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status};
 use super::{async_stream, ApiContext};
 use crate::controller::Liveness;
 use crate::model::{Assignment, InstanceRegistration, TaskStateChange};
-use crate::raft::node::Role;
 use crate::store::{Command, Proposal, State};
 use crate::vocab::time::now_ms;
 use crate::wire::proto::agent_api_client::AgentApiClient;
@@ -119,31 +118,7 @@ pub fn assignments(state: &State, cluster: &str, instance_id: &str) -> Vec<Strin
 }
 
 impl ApiContext {
-    /// The leader's address when this server is a follower that knows it;
-    /// `Ok(None)` on the leader; unavailable while no leader is elected.
-    fn agent_leader(&self) -> Result<Option<String>> {
-        let status = self.raft.status();
-        if status.role == Role::Leader {
-            return Ok(None);
-        }
-        if status.leader_id == 0 {
-            return Err(Error::Unavailable(
-                "no leader is elected right now (is a majority of servers up?); retry in a moment"
-                    .into(),
-            ));
-        }
-        self.raft
-            .store()
-            .read(|s| s.member_address(status.leader_id).map(str::to_string))
-            .map(Some)
-            .ok_or_else(|| {
-                Error::Unavailable(
-                    "the leader's address is not known yet; retry in a moment".into(),
-                )
-            })
-    }
-
-    /// A client for the leader (see `agent_leader`).
+    /// A client for the leader (see `leader_address`).
     fn leader_agent_client(&self, address: &str) -> Result<AgentApiClient<Channel>> {
         Ok(AgentApiClient::new(leader_channel(address)?))
     }
@@ -184,7 +159,7 @@ impl AgentApi for ApiContext {
         let request = request.into_inner();
         // The leader hears every heartbeat, so it decides whether another
         // agent still owns this instance.
-        if let Some(leader) = self.agent_leader().map_err(to_status)? {
+        if let Some(leader) = self.leader_address().map_err(to_status)? {
             let mut client = self.leader_agent_client(&leader).map_err(to_status)?;
             let forwarded = tokio::time::timeout(
                 Duration::from_secs(8),
@@ -248,7 +223,7 @@ impl AgentApi for ApiContext {
         let request = request.into_inner();
         let cluster = cluster_or_default(&request.cluster);
         // The leader decides connectivity, so it must hear every heartbeat.
-        if let Some(leader) = self.agent_leader().map_err(to_status)? {
+        if let Some(leader) = self.leader_address().map_err(to_status)? {
             let mut client = self.leader_agent_client(&leader).map_err(to_status)?;
             let forwarded =
                 tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request.clone()))

@@ -63,8 +63,9 @@ impl ApiContext {
         self.transport.cluster_id().to_string()
     }
 
-    /// A client for the current leader, when this server is not it.
-    fn leader_client(&self) -> Result<Option<Client>> {
+    /// The leader's address when this server is a follower that knows it;
+    /// `Ok(None)` on the leader; unavailable while no leader is elected.
+    fn leader_address(&self) -> Result<Option<String>> {
         let status = self.raft.status();
         if status.role == Role::Leader {
             return Ok(None);
@@ -75,15 +76,22 @@ impl ApiContext {
                     .into(),
             ));
         }
-        let address = self
-            .raft
+        self.raft
             .store()
             .read(|s| s.member_address(status.leader_id).map(str::to_string))
+            .map(Some)
             .ok_or_else(|| {
                 Error::Unavailable(
                     "the leader's address is not known yet; retry in a moment".into(),
                 )
-            })?;
+            })
+    }
+
+    /// A client for the current leader, when this server is not it.
+    fn leader_client(&self) -> Result<Option<Client>> {
+        let Some(address) = self.leader_address()? else {
+            return Ok(None);
+        };
         let mut client = Client::new(&address)?;
         client.retry_for = Duration::from_secs(5);
         Ok(Some(client))
