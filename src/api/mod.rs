@@ -31,7 +31,7 @@ use crate::model::{ControlPlaneStatus, Membership};
 use crate::raft::node::{RaftHandle, Role};
 use crate::raft::transport::Transport;
 use crate::store::ChangeStream;
-use crate::vocab::action::EcsAction;
+use crate::vocab::action::Action;
 use crate::wire::convert;
 use crate::wire::proto::orc_server::{Orc, OrcServer};
 use crate::wire::proto::peer_server::{Peer, PeerServer};
@@ -59,6 +59,24 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
+    /// Runs one action of any service: the one `match` over [`Action`]
+    /// that `Orc.Call` and the AWS door both go through. An empty request id
+    /// gets a fresh one.
+    pub async fn dispatch(
+        &self,
+        action: Action,
+        body: &str,
+        request_id: String,
+    ) -> Result<ecs::ActionResult> {
+        match action {
+            Action::Ecs(action) => {
+                ecs::call(&self.raft, self.service_limits, action, body, request_id).await
+            }
+            Action::Elbv2(action) => match action {},
+            Action::Ecr(action) => match action {},
+        }
+    }
+
     fn control_plane_id(&self) -> String {
         self.transport.cluster_id().to_string()
     }
@@ -265,15 +283,9 @@ impl Orc for ApiContext {
     ) -> Result<Response<ActionResponse>, Status> {
         let request = request.into_inner();
         let result = async {
-            let action: EcsAction = request.action.parse()?;
-            ecs::call(
-                &self.raft,
-                self.service_limits,
-                action,
-                &request.body_json,
-                request.request_id,
-            )
-            .await
+            let action: Action = request.action.parse()?;
+            self.dispatch(action, &request.body_json, request.request_id)
+                .await
         }
         .await
         .map_err(|error| {

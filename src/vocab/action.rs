@@ -1,36 +1,71 @@
-//! The ECS actions orc implements, as one closed enum with ECS's action
-//! names. A request's action string is parsed once at the edge (the gRPC
-//! `Orc.Call` today, an AWS-shaped HTTP door later) and dispatched in one
-//! `match` (`api::ecs::call`).
+//! The actions orc implements, one closed enum per AWS service with AWS's
+//! action names (`EcsAction`, `Elbv2Action`, `EcrAction`), gathered in
+//! [`Action`]. A request's action string is parsed once at the edge (the gRPC
+//! `Orc.Call`, the AWS-shaped HTTP door) and dispatched in one `match`
+//! (`api::call`).
+//!
+//! On `Orc.Call` an ECS action travels by its bare name (`RunTask`); the
+//! other services' actions carry their service's prefix (`elbv2:CreateLoadBalancer`,
+//! `ecr:CreateRepository`), since some names exist in more than one service.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::Error;
 
-macro_rules! ecs_actions {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// One ECS action, named as ECS names it (`RunTask`, `CreateService`, ...).
+macro_rules! actions {
+    ($(#[$enum_doc:meta])* $enum:ident, $service:literal; $($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        $(#[$enum_doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum EcsAction {
+        pub enum $enum {
             $($(#[$doc])* $name,)*
         }
 
-        impl EcsAction {
+        impl $enum {
             /// Every action, in declaration order.
-            pub const ALL: &'static [EcsAction] = &[$(EcsAction::$name,)*];
+            pub const ALL: &'static [$enum] = &[$($enum::$name,)*];
 
-            /// ECS's name of the action, e.g. `RunTask`.
+            /// The AWS service's short name, as `aws` spells it (`ecs`, `elbv2`, `ecr`).
+            pub const SERVICE: &'static str = $service;
+
+            /// AWS's name of the action, e.g. `RunTask`.
             pub fn name(self) -> &'static str {
+                #[allow(unreachable_code)]
                 match self {
-                    $(EcsAction::$name => stringify!($name),)*
+                    $($enum::$name => stringify!($name),)*
                 }
+            }
+        }
+
+        impl fmt::Display for $enum {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $enum {
+            type Err = Error;
+            /// Parses AWS's action name exactly (case matters, as in AWS).
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $enum::ALL
+                    .iter()
+                    .copied()
+                    .find(|action| action.name() == s)
+                    .ok_or_else(|| unknown_action($service, s))
             }
         }
     };
 }
 
-ecs_actions! {
+fn unknown_action(service: &str, name: &str) -> Error {
+    Error::InvalidInput(format!(
+        "unknown {service} action {name:?}: run `orc --help` for the supported commands"
+    ))
+}
+
+actions! {
+    /// One ECS action, named as ECS names it (`RunTask`, `CreateService`, ...).
+    EcsAction, "ecs";
     /// Creates a cluster (or answers the existing one).
     CreateCluster,
     /// Deletes an empty cluster.
@@ -77,25 +112,73 @@ ecs_actions! {
     ListServices,
 }
 
-impl fmt::Display for EcsAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+actions! {
+    /// One Elastic Load Balancing v2 action (`CreateLoadBalancer`, ...),
+    /// served by orc's built-in load balancer.
+    Elbv2Action, "elbv2";
+}
+
+actions! {
+    /// One ECR action (`CreateRepository`, ...), served by orc's built-in
+    /// image registry.
+    EcrAction, "ecr";
+}
+
+/// Any action orc implements, of any service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// An ECS action.
+    Ecs(EcsAction),
+    /// An ELBv2 action.
+    Elbv2(Elbv2Action),
+    /// An ECR action.
+    Ecr(EcrAction),
+}
+
+impl Action {
+    /// The service's short name (`ecs`, `elbv2`, `ecr`).
+    pub fn service(self) -> &'static str {
+        match self {
+            Action::Ecs(_) => EcsAction::SERVICE,
+            Action::Elbv2(_) => Elbv2Action::SERVICE,
+            Action::Ecr(_) => EcrAction::SERVICE,
+        }
+    }
+
+    /// The action's own name, without its service (`RunTask`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Ecs(a) => a.name(),
+            Action::Elbv2(a) => a.name(),
+            Action::Ecr(a) => a.name(),
+        }
     }
 }
 
-impl FromStr for EcsAction {
+impl fmt::Display for Action {
+    /// The form `Orc.Call` carries: bare for ECS, `service:Name` otherwise.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Ecs(a) => write!(f, "{a}"),
+            other => write!(f, "{}:{}", other.service(), other.name()),
+        }
+    }
+}
+
+impl FromStr for Action {
     type Err = Error;
-    /// Parses ECS's action name exactly (case matters, as in ECS).
+    /// Parses `RunTask` (ECS), `ecs:RunTask`, `elbv2:CreateLoadBalancer` or
+    /// `ecr:CreateRepository`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EcsAction::ALL
-            .iter()
-            .copied()
-            .find(|action| action.name() == s)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "unknown action {s:?}: run `orc --help` for the supported commands"
-                ))
-            })
+        match s.split_once(':') {
+            None => s.parse().map(Action::Ecs),
+            Some((EcsAction::SERVICE, name)) => name.parse().map(Action::Ecs),
+            Some((Elbv2Action::SERVICE, name)) => name.parse().map(Action::Elbv2),
+            Some((EcrAction::SERVICE, name)) => name.parse().map(Action::Ecr),
+            Some((service, _)) => Err(Error::InvalidInput(format!(
+                "unknown service {service:?} in action {s:?}: orc serves ecs, elbv2 and ecr"
+            ))),
+        }
     }
 }
 
@@ -107,8 +190,30 @@ mod tests {
     fn every_name_parses_back_to_its_action() {
         for action in EcsAction::ALL {
             assert_eq!(action.name().parse::<EcsAction>().unwrap(), *action);
+            assert_eq!(
+                action.to_string().parse::<Action>().unwrap(),
+                Action::Ecs(*action)
+            );
         }
         assert_eq!(EcsAction::ALL.len(), 22);
+    }
+
+    #[test]
+    fn a_prefixed_action_names_its_service() {
+        assert_eq!(
+            "ecs:RunTask".parse::<Action>().unwrap(),
+            Action::Ecs(EcsAction::RunTask)
+        );
+        let error = "sqs:SendMessage".parse::<Action>().unwrap_err();
+        assert!(
+            error.to_string().contains("unknown service \"sqs\""),
+            "{error}"
+        );
+        let error = "elbv2:Nope".parse::<Action>().unwrap_err();
+        assert!(
+            error.to_string().contains("unknown elbv2 action \"Nope\""),
+            "{error}"
+        );
     }
 
     #[test]
@@ -117,7 +222,8 @@ mod tests {
         assert_eq!(
             error.to_string(),
             Error::InvalidInput(
-                "unknown action \"runTask\": run `orc --help` for the supported commands".into()
+                "unknown ecs action \"runTask\": run `orc --help` for the supported commands"
+                    .into()
             )
             .to_string()
         );
