@@ -11,6 +11,7 @@ pub mod datadir;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod proxy;
 pub mod raft;
 pub mod scheduler;
 pub mod server;

@@ -12,7 +12,8 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A cumulative latency histogram.
+/// A latency histogram: each observation adds to one bucket (so recording
+/// is one add, not one per bucket); `render` makes the counts cumulative.
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -30,10 +31,8 @@ impl Histogram {
 
     fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Relaxed);
-            }
+        if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
         self.sum_micros
@@ -42,21 +41,30 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The samples of one series; `labels` is empty or `a="x",b="y",`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
-            );
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
         let _ = writeln!(
             out,
-            "{name}_sum {}",
+            "{name}_sum{braces} {}",
             self.sum_micros.load(Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(out, "{name}_count {count}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
     }
 }
 
@@ -302,7 +310,247 @@ pub fn render() -> String {
         "counter",
         ACCEPTS_REFUSED.load(Relaxed),
     );
+    render_load_balancer(&mut out);
     out
+}
+
+// ---- The load balancer's data path (`proxy`), labelled by target group and
+// target. The proxy holds an `Arc` to each series it records into (looked up
+// once per route change, not per request); a series whose last holder is
+// gone is dropped from the exposition.
+
+/// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+struct StatusClasses([AtomicU64; 5]);
+
+impl StatusClasses {
+    const fn new() -> Self {
+        StatusClasses([const { AtomicU64::new(0) }; 5])
+    }
+
+    fn record(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[class].fetch_add(1, Relaxed);
+    }
+}
+
+/// One load balancer target group's series.
+pub struct TargetGroupSeries {
+    requests: AtomicU64,
+    responses: StatusClasses,
+    latency: Histogram,
+    healthy_targets: AtomicU64,
+    fail_open: AtomicU64,
+}
+
+/// One target's series (within its target group).
+pub struct TargetSeries {
+    requests: AtomicU64,
+    responses: StatusClasses,
+    latency: Histogram,
+}
+
+impl TargetGroupSeries {
+    /// Records a request (an HTTP request or a TCP connection) routed to the group.
+    pub fn record_request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    /// Records the status the client got (the proxy's own 502/503/504
+    /// included) and the time to the response head.
+    pub fn record_response(&self, status: u16, elapsed: Duration) {
+        self.responses.record(status);
+        self.latency.observe(elapsed);
+    }
+
+    /// Sets how many of the group's targets are healthy.
+    pub fn set_healthy_targets(&self, count: u64) {
+        self.healthy_targets.store(count, Relaxed);
+    }
+
+    /// Records a request routed while no target was healthy (fail open).
+    pub fn record_fail_open(&self) {
+        self.fail_open.fetch_add(1, Relaxed);
+    }
+}
+
+impl TargetSeries {
+    /// Records a request (or TCP connection) sent to the target.
+    pub fn record_request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    /// Records the target's response status and its time to the head.
+    pub fn record_response(&self, status: u16, elapsed: Duration) {
+        self.responses.record(status);
+        self.latency.observe(elapsed);
+    }
+}
+
+type Registry<K, V> = std::sync::Mutex<std::collections::BTreeMap<K, std::sync::Weak<V>>>;
+
+static TARGET_GROUPS: Registry<String, TargetGroupSeries> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static TARGETS: Registry<(String, String), TargetSeries> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn series<K: Ord, V>(
+    registry: &Registry<K, V>,
+    key: K,
+    new: impl FnOnce() -> V,
+) -> std::sync::Arc<V> {
+    let mut map = registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(found) = map.get(&key).and_then(std::sync::Weak::upgrade) {
+        return found;
+    }
+    let made = std::sync::Arc::new(new());
+    map.insert(key, std::sync::Arc::downgrade(&made));
+    made
+}
+
+/// The series of the target group named `name` (shared by every holder).
+pub fn target_group_series(name: &str) -> std::sync::Arc<TargetGroupSeries> {
+    series(&TARGET_GROUPS, name.to_string(), || TargetGroupSeries {
+        requests: AtomicU64::new(0),
+        responses: StatusClasses::new(),
+        latency: Histogram::new(),
+        healthy_targets: AtomicU64::new(0),
+        fail_open: AtomicU64::new(0),
+    })
+}
+
+/// The series of target `target` (an address) in target group `group`.
+pub fn target_series(group: &str, target: &str) -> std::sync::Arc<TargetSeries> {
+    series(&TARGETS, (group.to_string(), target.to_string()), || {
+        TargetSeries {
+            requests: AtomicU64::new(0),
+            responses: StatusClasses::new(),
+            latency: Histogram::new(),
+        }
+    })
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn live<K: Clone + Ord, V>(registry: &Registry<K, V>) -> Vec<(K, std::sync::Arc<V>)> {
+    let mut map = registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    map.retain(|_, weak| weak.strong_count() > 0);
+    map.iter()
+        .filter_map(|(key, weak)| Some((key.clone(), weak.upgrade()?)))
+        .collect()
+}
+
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn render_load_balancer(out: &mut String) {
+    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let groups = live(&TARGET_GROUPS);
+    let targets = live(&TARGETS);
+    let group_labels: Vec<String> = groups
+        .iter()
+        .map(|(name, _)| format!("target_group=\"{}\",", label(name)))
+        .collect();
+    let target_labels: Vec<String> = targets
+        .iter()
+        .map(|((group, target), _)| {
+            format!(
+                "target_group=\"{}\",target=\"{}\",",
+                label(group),
+                label(target)
+            )
+        })
+        .collect();
+    let plain = |labels: &str| labels.trim_end_matches(',').to_string();
+
+    family(
+        out,
+        "orc_lb_requests_total",
+        "Requests (HTTP requests, TCP connections) routed by the load balancer, by target group.",
+        "counter",
+    );
+    for ((_, series), labels) in groups.iter().zip(&group_labels) {
+        let _ = writeln!(
+            out,
+            "orc_lb_requests_total{{{}}} {}",
+            plain(labels),
+            series.requests.load(Relaxed)
+        );
+    }
+    family(
+        out,
+        "orc_lb_responses_total",
+        "Responses the load balancer's clients got (its own 502/503/504 included), by target group and status class.",
+        "counter",
+    );
+    for ((_, series), labels) in groups.iter().zip(&group_labels) {
+        for (class, count) in CLASSES.iter().zip(&series.responses.0) {
+            let _ = writeln!(
+                out,
+                "orc_lb_responses_total{{{labels}class=\"{class}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP orc_lb_response_seconds Time from a request to its response head, by target group.\n# TYPE orc_lb_response_seconds histogram");
+    for ((_, series), labels) in groups.iter().zip(&group_labels) {
+        series
+            .latency
+            .render_series(out, "orc_lb_response_seconds", labels);
+    }
+    let _ = writeln!(out, "# HELP orc_lb_healthy_targets Healthy targets in the route table, by target group.\n# TYPE orc_lb_healthy_targets gauge");
+    for ((_, series), labels) in groups.iter().zip(&group_labels) {
+        let _ = writeln!(
+            out,
+            "orc_lb_healthy_targets{{{}}} {}",
+            plain(labels),
+            series.healthy_targets.load(Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP orc_lb_fail_open_total Requests routed while no target of the group was healthy (to every target not draining, as ALB does).\n# TYPE orc_lb_fail_open_total counter");
+    for ((_, series), labels) in groups.iter().zip(&group_labels) {
+        let _ = writeln!(
+            out,
+            "orc_lb_fail_open_total{{{}}} {}",
+            plain(labels),
+            series.fail_open.load(Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP orc_lb_target_requests_total Requests (or TCP connections) sent to each target.\n# TYPE orc_lb_target_requests_total counter");
+    for ((_, series), labels) in targets.iter().zip(&target_labels) {
+        let _ = writeln!(
+            out,
+            "orc_lb_target_requests_total{{{}}} {}",
+            plain(labels),
+            series.requests.load(Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP orc_lb_target_responses_total Responses from each target, by status class.\n# TYPE orc_lb_target_responses_total counter");
+    for ((_, series), labels) in targets.iter().zip(&target_labels) {
+        for (class, count) in CLASSES.iter().zip(&series.responses.0) {
+            let _ = writeln!(
+                out,
+                "orc_lb_target_responses_total{{{labels}class=\"{class}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP orc_lb_target_response_seconds Time from sending a request to a target to its response head.\n# TYPE orc_lb_target_response_seconds histogram");
+    for ((_, series), labels) in targets.iter().zip(&target_labels) {
+        series
+            .latency
+            .render_series(out, "orc_lb_target_response_seconds", labels);
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,387 @@
+//! One HTTP listener: its accept loop, and one request's way through it.
+//! The rule is chosen by host and path, the target by round-robin; the
+//! request goes out over a pooled HTTP/1.1 connection with hop-by-hop
+//! headers dropped and X-Forwarded-* added. Upgrade requests (WebSocket)
+//! get a connection of their own and become a byte tunnel after a 101.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::body::ProxyBody;
+use super::pool::SendFailure;
+use super::{rules, Group, Inner, Target};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What a connection's requests share: the listener port and the client.
+struct Client {
+    port: u16,
+    /// The client's address as an X-Forwarded-For entry.
+    address: HeaderValue,
+}
+
+/// Accepts connections until `stop` says so; each connection then finishes
+/// the requests in flight and closes.
+pub(super) async fn serve(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    port: u16,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(port, %error, "load balancer listener cannot accept");
+                // Out of descriptors, most likely: give connections time to close.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let client = Arc::new(Client {
+            port,
+            address: HeaderValue::try_from(peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+        });
+        let inner = inner.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let service_inner = inner.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let inner = service_inner.clone();
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(handle(&inner, &client, request).await) }
+            });
+            let connection = inner
+                .http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(port, %peer, %error, "load balancer client connection ended");
+            }
+        });
+    }
+}
+
+/// A short plain-text answer of the proxy's own.
+fn plain(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The host a request names (Host header, or the authority of an h2 or
+/// absolute-form request), without its port.
+fn request_host(request: &Request<Incoming>) -> &str {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    rules::host_without_port(host)
+}
+
+/// Whether the request asks to switch protocols on this connection (a
+/// WebSocket, say). `h2c` is not passed on: the proxy speaks HTTP/1.1 to
+/// targets and answers such a request in HTTP/1.1, which the client allows.
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    let Some(upgrade) = headers.get(header::UPGRADE) else {
+        return false;
+    };
+    if upgrade.as_bytes().eq_ignore_ascii_case(b"h2c") {
+        return false;
+    }
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Drops the hop-by-hop headers (those the Connection header names too).
+fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        headers.remove(header::CONNECTION);
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &HTTP2_SETTINGS,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Rewrites a client's request for a target: HTTP/1.1 in origin form,
+/// hop-by-hop headers dropped (Upgrade kept for an upgrade), X-Forwarded-*
+/// set.
+fn prepare(
+    request: &mut Request<Incoming>,
+    client: &Client,
+    port_header: &HeaderValue,
+    upgrade: bool,
+) {
+    let upgrade_value = if upgrade {
+        request.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+        if !request.headers().contains_key(header::HOST) {
+            if let Some(authority) = request.uri().authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
+        }
+        let origin = request
+            .uri()
+            .path_and_query()
+            .map(|pq| Uri::from(pq.clone()))
+            .unwrap_or_else(|| Uri::from_static("/"));
+        *request.uri_mut() = origin;
+    }
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    drop_hop_by_hop(headers);
+    if let Some(upgrade_value) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade_value);
+    }
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            let mut joined = Vec::with_capacity(previous.len() + 2 + client.address.len());
+            joined.extend_from_slice(previous.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.address.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.address.clone())
+        }
+        None => client.address.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PORT.clone(), port_header.clone());
+}
+
+/// One request, start to response head.
+async fn handle(
+    inner: &Inner,
+    client: &Client,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let snapshot = inner.snapshot();
+    let Some(listener) = snapshot.listeners.get(&client.port) else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 Service Unavailable: port {} has no listener now\n",
+                client.port
+            ),
+        );
+    };
+    let host = request_host(&request);
+    let path = request.uri().path();
+    let Some(rule) = listener
+        .rules
+        .iter()
+        .find(|rule| rules::rule_matches(&rule.hosts, &rule.paths, host, path))
+    else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "404 Not Found: no rule of listener {} matches this host and path\n",
+                listener.arn
+            ),
+        );
+    };
+    let Some(group) = &rule.group else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 Service Unavailable: target group {} is not in the route table\n",
+                rule.target_group_arn
+            ),
+        );
+    };
+    group.series.record_request();
+    let count = group.routable.targets.len();
+    if count == 0 {
+        group.series.record_response(503, started.elapsed());
+        return plain(StatusCode::SERVICE_UNAVAILABLE, group.no_target.clone());
+    }
+    if group.routable.fail_open {
+        group.series.record_fail_open();
+    }
+    let counter = group.counter.fetch_add(1, Relaxed);
+    let upgrade = wants_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    prepare(&mut request, client, &listener.port_header, upgrade);
+
+    let deadline = tokio::time::Instant::from_std(started + inner.options.request_timeout);
+    let mut last_error = String::new();
+    let mut request = Some(request);
+    for index in rules::attempt_order(count, counter) {
+        let target = &group.targets[group.routable.targets[index]];
+        let Some(outgoing) = request.take() else {
+            break;
+        };
+        target.series.record_request();
+        let sent = if upgrade {
+            tokio::time::timeout_at(deadline, target.pool.send_upgrade(outgoing))
+                .await
+                .map(|result| result.map(|response| (response, None)))
+        } else {
+            tokio::time::timeout_at(deadline, target.pool.send(outgoing))
+                .await
+                .map(|result| result.map(|(response, sender)| (response, Some(sender))))
+        };
+        match sent {
+            Ok(Ok((response, sender))) => {
+                return respond(group, target, started, response, sender, client_upgrade);
+            }
+            Ok(Err(SendFailure::NotSent(back, error))) => {
+                tracing::warn!(port = client.port, target_group = %group.name, target = %target.address, %error, "target refused the connection; trying the next target");
+                target.series.record_response(502, started.elapsed());
+                last_error = error;
+                request = Some(*back);
+            }
+            Ok(Err(SendFailure::Failed(error))) => {
+                tracing::warn!(port = client.port, target_group = %group.name, target = %target.address, %error, "target failed mid-request");
+                target.series.record_response(502, started.elapsed());
+                return failed(
+                    group,
+                    started,
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "502 Bad Gateway: target {} of target group {} failed: {error}\n",
+                        target.address, group.name
+                    ),
+                );
+            }
+            Err(_) => {
+                tracing::warn!(port = client.port, target_group = %group.name, target = %target.address, "target timed out");
+                target.series.record_response(504, started.elapsed());
+                return failed(
+                    group,
+                    started,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "504 Gateway Timeout: target {} of target group {} did not answer within {:?}\n",
+                        target.address, group.name, inner.options.request_timeout
+                    ),
+                );
+            }
+        }
+    }
+    failed(
+        group,
+        started,
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "502 Bad Gateway: no target of target group {} accepted a connection ({last_error})\n",
+            group.name
+        ),
+    )
+}
+
+fn failed(
+    group: &Group,
+    started: Instant,
+    status: StatusCode,
+    body: String,
+) -> Response<ProxyBody> {
+    group
+        .series
+        .record_response(status.as_u16(), started.elapsed());
+    plain(status, body)
+}
+
+/// The target's response head, on its way to the client.
+fn respond(
+    group: &Group,
+    target: &Target,
+    started: Instant,
+    mut response: Response<Incoming>,
+    sender: Option<hyper::client::conn::http1::SendRequest<Incoming>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let status = response.status();
+    let elapsed = started.elapsed();
+    target.series.record_response(status.as_u16(), elapsed);
+    group.series.record_response(status.as_u16(), elapsed);
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let target_upgrade = hyper::upgrade::on(&mut response);
+            let (target_address, group_name) = (target.address, group.name.clone());
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, target_upgrade) {
+                    Ok((client, target)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut target = TokioIo::new(target);
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut client, &mut target).await
+                        {
+                            tracing::debug!(target_group = %group_name, target = %target_address, %error, "upgraded connection ended");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(target_group = %group_name, target = %target_address, %error, "upgrade failed");
+                    }
+                }
+            });
+            return response.map(|_| ProxyBody::empty());
+        }
+    }
+    drop_hop_by_hop(response.headers_mut());
+    let pool = target.pool.clone();
+    response.map(|body| ProxyBody::target(body, sender.map(|sender| (sender, pool))))
+}

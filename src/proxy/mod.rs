@@ -1,0 +1,376 @@
+//! orc's built-in load balancer, the data path: HTTP (HTTP/1.1 with
+//! keep-alive, h2c, Upgrade pass-through) and TCP listeners that forward to
+//! target groups by elbv2's rules, round-robin over healthy targets (fail
+//! open when none is).
+//!
+//! It knows nothing of the store, Raft or the API: whoever knows the load
+//! balancers builds a [`RouteTable`] and hands it to [`Proxy::apply`], as
+//! often as it changes. A table is compiled once per apply into an
+//! immutable snapshot (rules, target lists, their connection pools and
+//! metric series) that requests share through an `Arc`; apply swaps it
+//! atomically, so a request in flight keeps the snapshot it started with.
+//!
+//! * `routes`: the table (plain data).
+//! * `rules`: pure decisions (ALB wildcards, which rule, which targets).
+//! * `http`: one HTTP request's way through; `tcp`: one TCP connection's.
+//! * `pool`: connections to a target; `body`: response bodies.
+
+mod body;
+mod http;
+mod pool;
+pub mod routes;
+pub mod rules;
+mod tcp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::{self, TargetGroupSeries, TargetSeries};
+pub use body::ProxyBody;
+pub use routes::{
+    ListenerProtocol, ListenerRoutes, RouteTable, RuleRoute, TargetGroupRoutes, TargetRoute,
+    TargetState,
+};
+
+/// hyper's smallest read buffer; a smaller header cap is raised to it.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// How the proxy treats its clients and targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// The address listeners bind (0.0.0.0 serves every interface).
+    pub bind_host: IpAddr,
+    /// A target must answer with a response head within this long (504
+    /// otherwise); a TCP target must accept within it.
+    pub request_timeout: Duration,
+    /// A client connection waiting for request headers this long (idle
+    /// between requests, or a slow client that never finishes its headers)
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// The largest request head (request line and headers) accepted; a
+    /// bigger one is answered 431. At least 8 KiB.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            bind_host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// A listener whose port could not be bound. Its port stays in the table
+/// and binding is retried on the next apply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("listener {arn} cannot listen on port {port}: {message}; free the port or give the listener another one")]
+pub struct ListenerBindError {
+    /// The listener's ARN.
+    pub arn: String,
+    /// The port it could not bind.
+    pub port: u16,
+    /// What the operating system said.
+    pub message: String,
+}
+
+/// The load balancer's data path. Cheap to clone: clones share listeners
+/// and routes.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: ProxyOptions,
+    /// The routes requests use, swapped whole by `apply`.
+    routes: RwLock<Arc<Snapshot>>,
+    /// The listeners bound, by port.
+    listeners: Mutex<BTreeMap<u16, Running>>,
+    /// One apply at a time.
+    applying: tokio::sync::Mutex<()>,
+    http: auto::Builder<TokioExecutor>,
+}
+
+struct Running {
+    protocol: ListenerProtocol,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A compiled route table.
+#[derive(Default)]
+struct Snapshot {
+    listeners: HashMap<u16, Listener>,
+    groups: BTreeMap<String, Arc<Group>>,
+}
+
+struct Listener {
+    arn: String,
+    rules: Vec<Rule>,
+    /// X-Forwarded-Port's value.
+    port_header: HeaderValue,
+}
+
+struct Rule {
+    hosts: Vec<String>,
+    paths: Vec<String>,
+    target_group_arn: String,
+    group: Option<Arc<Group>>,
+}
+
+struct Group {
+    name: String,
+    targets: Vec<Target>,
+    routable: rules::Routable,
+    /// Requests routed so far: the round-robin position. Kept across
+    /// applies.
+    counter: Arc<AtomicUsize>,
+    series: Arc<TargetGroupSeries>,
+    /// The 503 body when no target can take a request.
+    no_target: Bytes,
+}
+
+struct Target {
+    address: SocketAddr,
+    pool: Arc<pool::TargetPool>,
+    series: Arc<TargetSeries>,
+}
+
+impl Snapshot {
+    /// Compiles `table`, keeping the previous snapshot's connection pools
+    /// and round-robin positions.
+    fn compile(table: &RouteTable, previous: &Snapshot) -> Snapshot {
+        let mut pools: HashMap<SocketAddr, Arc<pool::TargetPool>> = HashMap::new();
+        for group in previous.groups.values() {
+            for target in &group.targets {
+                pools.insert(target.address, target.pool.clone());
+            }
+        }
+        let mut groups = BTreeMap::new();
+        for (arn, routes) in &table.target_groups {
+            let states: Vec<TargetState> = routes.targets.iter().map(|t| t.state).collect();
+            let targets = routes
+                .targets
+                .iter()
+                .map(|target| Target {
+                    address: target.address,
+                    pool: pools
+                        .entry(target.address)
+                        .or_insert_with(|| Arc::new(pool::TargetPool::new(target.address)))
+                        .clone(),
+                    series: metrics::target_series(&routes.name, &target.address.to_string()),
+                })
+                .collect();
+            let series = metrics::target_group_series(&routes.name);
+            let healthy = states
+                .iter()
+                .filter(|s| **s == TargetState::Healthy)
+                .count();
+            series.set_healthy_targets(healthy as u64);
+            let counter = previous
+                .groups
+                .get(arn)
+                .map(|group| group.counter.clone())
+                .unwrap_or_default();
+            let no_target = Bytes::from(format!(
+                "503 Service Unavailable: target group {} has no target that can take requests (none registered, or all draining)\n",
+                routes.name
+            ));
+            groups.insert(
+                arn.clone(),
+                Arc::new(Group {
+                    name: routes.name.clone(),
+                    targets,
+                    routable: rules::routable(&states),
+                    counter,
+                    series,
+                    no_target,
+                }),
+            );
+        }
+        let listeners = table
+            .listeners
+            .iter()
+            .map(|listener| {
+                let mut ordered: Vec<&RuleRoute> = listener.rules.iter().collect();
+                // Ascending priority, the default rule (None) last.
+                ordered.sort_by_key(|rule| rule.priority.map_or(u64::MAX, u64::from));
+                let rules = ordered
+                    .into_iter()
+                    .map(|rule| Rule {
+                        hosts: rule.host_headers.clone(),
+                        paths: rule.path_patterns.clone(),
+                        target_group_arn: rule.target_group_arn.clone(),
+                        group: groups.get(&rule.target_group_arn).cloned(),
+                    })
+                    .collect();
+                (
+                    listener.port,
+                    Listener {
+                        arn: listener.arn.clone(),
+                        rules,
+                        port_header: HeaderValue::from(listener.port),
+                    },
+                )
+            })
+            .collect();
+        Snapshot { listeners, groups }
+    }
+}
+
+impl Proxy {
+    /// A proxy with no listener yet.
+    pub fn new(options: ProxyOptions) -> Proxy {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.idle_timeout)
+            .max_buf_size(options.max_header_bytes.max(MIN_HEADER_BYTES))
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(options.max_header_bytes.max(MIN_HEADER_BYTES)).unwrap_or(u32::MAX),
+            )
+            .keep_alive_interval(options.idle_timeout)
+            .keep_alive_timeout(options.idle_timeout);
+        Proxy {
+            inner: Arc::new(Inner {
+                options,
+                routes: RwLock::new(Arc::new(Snapshot::default())),
+                listeners: Mutex::new(BTreeMap::new()),
+                applying: tokio::sync::Mutex::new(()),
+                http,
+            }),
+        }
+    }
+
+    /// Binds listeners new in `table`, closes those no longer in it
+    /// (requests in flight finish), swaps the routes atomically (no request
+    /// in flight is dropped). Returns one error per listener whose port
+    /// could not be bound (the port stays in the table and is retried on
+    /// the next apply).
+    pub async fn apply(&self, table: RouteTable) -> Vec<ListenerBindError> {
+        let _one_at_a_time = self.inner.applying.lock().await;
+        let previous = self.inner.snapshot();
+        let next = Arc::new(Snapshot::compile(&table, &previous));
+        *self
+            .inner
+            .routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+
+        let wanted: HashMap<u16, &ListenerRoutes> =
+            table.listeners.iter().map(|l| (l.port, l)).collect();
+        // Close the listeners gone (or whose protocol changed) first, so
+        // their ports are free for a listener that takes them over.
+        let closing: Vec<Running> = {
+            let mut running = self.inner.lock_listeners();
+            let gone: Vec<u16> = running
+                .iter()
+                .filter(|(port, r)| wanted.get(port).is_none_or(|l| l.protocol != r.protocol))
+                .map(|(port, _)| *port)
+                .collect();
+            gone.iter()
+                .filter_map(|port| running.remove(port))
+                .collect()
+        };
+        for listener in closing {
+            let _ = listener.stop.send(true);
+            let _ = listener.task.await;
+        }
+
+        let mut errors = Vec::new();
+        for listener in &table.listeners {
+            if self.inner.lock_listeners().contains_key(&listener.port) {
+                continue;
+            }
+            let address = SocketAddr::new(self.inner.options.bind_host, listener.port);
+            match TcpListener::bind(address).await {
+                Ok(socket) => {
+                    let (stop, stopped) = watch::channel(false);
+                    let inner = self.inner.clone();
+                    let port = listener.port;
+                    let task = match listener.protocol {
+                        ListenerProtocol::Http => {
+                            tokio::spawn(http::serve(inner, socket, port, stopped))
+                        }
+                        ListenerProtocol::Tcp => {
+                            tokio::spawn(tcp::serve(inner, socket, port, stopped))
+                        }
+                    };
+                    tracing::info!(port, listener = %listener.arn, protocol = ?listener.protocol, "load balancer listener bound");
+                    self.inner.lock_listeners().insert(
+                        listener.port,
+                        Running {
+                            protocol: listener.protocol,
+                            stop,
+                            task,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(port = listener.port, listener = %listener.arn, %error, "load balancer listener cannot bind its port");
+                    errors.push(ListenerBindError {
+                        arn: listener.arn.clone(),
+                        port: listener.port,
+                        message: format!("binding {address} failed: {error}"),
+                    });
+                }
+            }
+        }
+        errors
+    }
+
+    /// The ports listened on now.
+    pub fn bound_ports(&self) -> Vec<u16> {
+        self.inner.lock_listeners().keys().copied().collect()
+    }
+
+    /// Closes every listener (connections finish their requests in flight)
+    /// and forgets the routes.
+    pub async fn shutdown(&self) {
+        let _one_at_a_time = self.inner.applying.lock().await;
+        let closing: Vec<Running> = std::mem::take(&mut *self.inner.lock_listeners())
+            .into_values()
+            .collect();
+        for listener in closing {
+            let _ = listener.stop.send(true);
+            let _ = listener.task.await;
+        }
+        *self
+            .inner
+            .routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Snapshot::default());
+    }
+}
+
+impl Inner {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.routes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Running>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

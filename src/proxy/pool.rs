@@ -1,0 +1,156 @@
+//! Connections to one target: HTTP/1.1 keep-alive connections kept idle
+//! between requests (last used first), new ones made when none is idle, and
+//! the one-off connections an Upgrade request needs (never pooled).
+//!
+//! A connection goes back to the pool only once its response body has been
+//! read to the end (see `body::ProxyBody`); one whose body was cut short is
+//! dropped, which closes it.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per target, at most.
+const MAX_IDLE: usize = 512;
+
+/// Why a request did not get a response from a target.
+pub(super) enum SendFailure {
+    /// Nothing was sent (the connect failed or was refused): the request
+    /// comes back, to try another target.
+    NotSent(Box<Request<Incoming>>, String),
+    /// The target failed after the request was (at least partly) sent.
+    Failed(hyper::Error),
+}
+
+/// The connections to one target address.
+pub(super) struct TargetPool {
+    address: SocketAddr,
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+impl TargetPool {
+    pub(super) fn new(address: SocketAddr) -> TargetPool {
+        TargetPool {
+            address,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+    }
+
+    /// Puts a connection whose exchange is over back for the next request.
+    pub(super) fn check_in(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<TokioIo<TcpStream>> {
+        let stream = TcpStream::connect(self.address).await?;
+        stream.set_nodelay(true)?;
+        Ok(TokioIo::new(stream))
+    }
+
+    /// Sends `request` on an idle connection, or a new one. A pooled
+    /// connection the target closed meanwhile hands the request back
+    /// unsent, and the next one is tried. Returns the response head and the
+    /// connection, to check in once the body is read.
+    pub(super) async fn send(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), SendFailure> {
+        loop {
+            let (mut sender, fresh) = match self.take_idle() {
+                Some(sender) => (sender, false),
+                None => match self.handshake().await {
+                    Ok(sender) => (sender, true),
+                    Err(error) => return Err(SendFailure::NotSent(Box::new(request), error)),
+                },
+            };
+            if !fresh && !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut error) => match error.take_message() {
+                    Some(back) if !fresh => request = back,
+                    Some(back) => {
+                        return Err(SendFailure::NotSent(
+                            Box::new(back),
+                            format!("the new connection closed: {}", error.into_error()),
+                        ))
+                    }
+                    None => return Err(SendFailure::Failed(error.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn handshake(&self) -> Result<SendRequest<Incoming>, String> {
+        let io = self.connect().await.map_err(|error| error.to_string())?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|error| error.to_string())?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "target connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends an Upgrade request on a connection of its own that may be
+    /// taken over after a 101.
+    pub(super) async fn send_upgrade(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendFailure> {
+        let io = match self.connect().await {
+            Ok(io) => io,
+            Err(error) => return Err(SendFailure::NotSent(Box::new(request), error.to_string())),
+        };
+        let (mut sender, connection) = match http1::handshake(io).await {
+            Ok(pair) => pair,
+            Err(error) => return Err(SendFailure::NotSent(Box::new(request), error.to_string())),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "target upgrade connection ended");
+            }
+        });
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(mut error) => match error.take_message() {
+                Some(back) => Err(SendFailure::NotSent(
+                    Box::new(back),
+                    error.into_error().to_string(),
+                )),
+                None => Err(SendFailure::Failed(error.into_error())),
+            },
+        }
+    }
+}
+
+/// Connects to a target for a TCP listener.
+pub(super) async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
