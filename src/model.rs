@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod elbv2;
+
 /// The partition, region and account that every orc ARN carries. orc runs on
 /// the user's own hardware, so the partition is `orc` and the account zeros.
 pub const ARN_PREFIX: &str = "arn:orc:ecs:local:000000000000";

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod ecs;
+pub mod elbv2;
 pub mod listener;
 pub mod logs;
 pub mod members;
@@ -72,7 +73,7 @@ impl ApiContext {
             Action::Ecs(action) => {
                 ecs::call(&self.raft, self.service_limits, action, body, request_id).await
             }
-            Action::Elbv2(action) => match action {},
+            Action::Elbv2(action) => elbv2::call(&self.raft, action, body, request_id).await,
             Action::Ecr(action) => match action {},
         }
     }

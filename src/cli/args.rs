@@ -69,6 +69,9 @@ pub enum Command {
     /// Control-plane commands.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The built-in load balancer, with `aws elbv2`'s verbs and flags.
+    #[command(subcommand)]
+    Elbv2(super::elbv2::Elbv2Command),
     /// Print each change of the control plane's state as it is applied, one
     /// line each, until ctrl-c; resumes where it was after a lost connection.
     Watch {

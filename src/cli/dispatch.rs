@@ -83,6 +83,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             output.cluster_status(&status);
             Ok(())
         }
+        Command::Elbv2(verb) => {
+            let (action, body) = verb.request()?;
+            ecs(&cli.endpoint, &output, &format!("elbv2:{action}"), body).await
+        }
         Command::Watch { after_revision } => {
             watch::run(&cli.endpoint, &output, after_revision).await
         }

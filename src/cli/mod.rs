@@ -7,6 +7,7 @@
 
 mod args;
 mod dispatch;
+pub mod elbv2;
 pub mod output;
 mod roles;
 pub mod shorthand;

@@ -208,6 +208,8 @@ pub enum Command {
         /// When.
         now_ms: u64,
     },
+    /// A load balancer change (elbv2's verbs, the health checks, draining).
+    Elbv2(super::elbv2::Elbv2Command),
 }
 
 impl Command {
@@ -234,6 +236,7 @@ impl Command {
             Command::DeleteService { .. } => "DeleteService",
             Command::ServiceLaunch { .. } => "ServiceLaunch",
             Command::ServicePlan { .. } => "ServicePlan",
+            Command::Elbv2(command) => command.action(),
         }
     }
 
@@ -320,6 +323,7 @@ impl Command {
                 subjects.instances([instance_id.as_str()]);
             }
             Command::PruneStoppedTasks { .. } => {}
+            Command::Elbv2(command) => return command.subjects(),
             Command::CreateService { service, .. } => {
                 subjects.cluster(&service.cluster_arn);
                 subjects.push("service", &service.service_name);

@@ -19,6 +19,7 @@
 
 pub mod command;
 pub mod ecs;
+pub mod elbv2;
 pub mod history;
 pub mod services;
 pub mod state;

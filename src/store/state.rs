@@ -112,6 +112,9 @@ pub struct State {
     pub tasks: Table<Task>,
     /// Services by `cluster/name`.
     pub services: Table<Service>,
+    /// The built-in load balancer's resources.
+    #[serde(default)]
+    pub elbv2: super::elbv2::Elbv2State,
     /// Resource usage and assignments per instance; rebuilt after loading.
     #[serde(skip)]
     pub(crate) indexes: super::ecs::Indexes,
@@ -354,6 +357,7 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             plan,
             now_ms,
         } => services::apply_plan(state, cluster, service_name, plan, *now_ms),
+        Command::Elbv2(command) => super::elbv2::apply(state, command),
         Command::DeleteCluster { cluster_name } => {
             let name = model::cluster_name_from(cluster_name);
             state.active_cluster(&name)?;

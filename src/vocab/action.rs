@@ -116,6 +116,48 @@ actions! {
     /// One Elastic Load Balancing v2 action (`CreateLoadBalancer`, ...),
     /// served by orc's built-in load balancer.
     Elbv2Action, "elbv2";
+    /// Creates a load balancer (or answers the one of that name with the same settings).
+    CreateLoadBalancer,
+    /// Describes load balancers.
+    DescribeLoadBalancers,
+    /// Deletes a load balancer and its listeners.
+    DeleteLoadBalancer,
+    /// Creates a target group with its health-check settings.
+    CreateTargetGroup,
+    /// Describes target groups.
+    DescribeTargetGroups,
+    /// Changes a target group's health-check settings.
+    ModifyTargetGroup,
+    /// Deletes a target group no listener, rule or service uses.
+    DeleteTargetGroup,
+    /// Describes a target group's attributes.
+    DescribeTargetGroupAttributes,
+    /// Changes a target group's attributes (`deregistration_delay.timeout_seconds`, ...).
+    ModifyTargetGroupAttributes,
+    /// Creates a listener: a port every proxy serves.
+    CreateListener,
+    /// Describes listeners.
+    DescribeListeners,
+    /// Changes a listener's port, protocol or default action.
+    ModifyListener,
+    /// Deletes a listener and its rules.
+    DeleteListener,
+    /// Creates a rule (host-header and path-pattern conditions, a priority).
+    CreateRule,
+    /// Describes a listener's rules, its default rule last.
+    DescribeRules,
+    /// Changes a rule's conditions or actions.
+    ModifyRule,
+    /// Changes rules' priorities.
+    SetRulePriorities,
+    /// Deletes a rule.
+    DeleteRule,
+    /// Registers targets with a target group.
+    RegisterTargets,
+    /// Deregisters targets: they drain for the deregistration delay.
+    DeregisterTargets,
+    /// Describes the health of a target group's targets.
+    DescribeTargetHealth,
 }
 
 actions! {
@@ -196,6 +238,12 @@ mod tests {
             );
         }
         assert_eq!(EcsAction::ALL.len(), 22);
+        for action in Elbv2Action::ALL {
+            assert_eq!(
+                Action::Elbv2(*action).to_string().parse::<Action>().unwrap(),
+                Action::Elbv2(*action)
+            );
+        }
     }
 
     #[test]
