@@ -240,7 +240,10 @@ mod tests {
         assert_eq!(EcsAction::ALL.len(), 22);
         for action in Elbv2Action::ALL {
             assert_eq!(
-                Action::Elbv2(*action).to_string().parse::<Action>().unwrap(),
+                Action::Elbv2(*action)
+                    .to_string()
+                    .parse::<Action>()
+                    .unwrap(),
                 Action::Elbv2(*action)
             );
         }
