@@ -21,6 +21,7 @@ use orc::proxy::{
     ListenerProtocol, ListenerRoutes, Proxy, ProxyOptions, RouteTable, RuleRoute,
     TargetGroupRoutes, TargetRoute, TargetState,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -258,5 +259,678 @@ async fn a_port_already_taken_is_a_bind_error_naming_it_and_is_retried() {
     assert_eq!(proxy.bound_ports(), vec![port]);
     let (status, body) = fetch(port, "/").await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "web-1"));
+    proxy.shutdown().await;
+}
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `condition` until it holds, failing after `DEADLINE`.
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads from a raw socket until `done` holds for what was read or the
+/// peer closes; the deadline bounds it.
+async fn read_raw(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut read = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let outcome = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    read.extend_from_slice(&buffer[..n]);
+                    if done(&read) {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "the peer neither answered nor closed within {DEADLINE:?}"
+    );
+    read
+}
+
+fn metric(name_and_labels: &str) -> u64 {
+    let text = orc::metrics::render();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_set_and_rules_route_by_host_and_path() {
+    let echo = backend_with(Arc::new(|request: Request<Incoming>| {
+        Box::pin(async move {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap_or("?").to_string())
+                    .unwrap_or_default()
+            };
+            Response::new(text(format!(
+                "xff={} proto={} port={} host={} conn={}",
+                header("x-forwarded-for"),
+                header("x-forwarded-proto"),
+                header("x-forwarded-port"),
+                header("host"),
+                header("connection"),
+            )))
+        })
+    }))
+    .await;
+    let api = named("api").await;
+    let statics = named("static").await;
+    let (proxy, port) = start(options(), |port| {
+        let mut routes = table(
+            port,
+            ListenerProtocol::Http,
+            group("echo", &[(echo.address, TargetState::Healthy)]),
+        );
+        for g in [
+            group("api", &[(api.address, TargetState::Healthy)]),
+            group("static", &[(statics.address, TargetState::Healthy)]),
+        ] {
+            routes.target_groups.insert(g.arn.clone(), g);
+        }
+        // Given out of order: the proxy evaluates by priority.
+        routes.listeners[0].rules.insert(
+            0,
+            RuleRoute {
+                priority: Some(20),
+                host_headers: vec![],
+                path_patterns: vec!["/static/*".into(), "/img/????.png".into()],
+                target_group_arn: "arn:orc:elasticloadbalancing:targetgroup/static".into(),
+            },
+        );
+        routes.listeners[0].rules.insert(
+            0,
+            RuleRoute {
+                priority: Some(10),
+                host_headers: vec!["*.api.test".into()],
+                path_patterns: vec![],
+                target_group_arn: "arn:orc:elasticloadbalancing:targetgroup/api".into(),
+            },
+        );
+        routes
+    })
+    .await;
+    let mut sender = connect(port).await;
+    let request = Request::get("/x")
+        .header("host", "web.test")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("connection", "keep-alive")
+        .body(Empty::new().map_err(|never| match never {}).boxed())
+        .unwrap();
+    let (status, body) = send(&mut sender, request).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        format!("xff=203.0.113.7, 127.0.0.1 proto=http port={port} host=web.test conn=")
+    );
+    for (host, path, expected) in [
+        ("v1.API.test:8080", "/static/a.css", "api"),
+        ("web.test", "/static/a.css", "static"),
+        ("web.test", "/img/logo.png", "static"),
+        ("web.test", "/img/logos.png", "xff="),
+        ("api.test", "/STATIC/a.css", "xff="),
+    ] {
+        let request = Request::get(path)
+            .header("host", host)
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        let (_, body) = send(&mut sender, request).await.unwrap();
+        assert!(body.starts_with(expected), "{host}{path} went to {body}");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_becomes_a_tunnel_and_a_websocket_echo_comes_back() {
+    let echo = backend_with(Arc::new(|mut request: Request<Incoming>| {
+        Box::pin(async move {
+            let upgraded = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let mut io = TokioIo::new(upgraded.await.unwrap());
+                let mut buffer = [0u8; 1024];
+                loop {
+                    match io.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(text(""))
+                .unwrap()
+        })
+    }))
+    .await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("ws", &[(echo.address, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_raw(&mut stream, |read| {
+        read.windows(4).any(|w| w == b"\r\n\r\n")
+    })
+    .await;
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // A masked WebSocket text frame ("hello"), echoed byte for byte.
+    let frame = [
+        0x81u8,
+        0x85,
+        1,
+        2,
+        3,
+        4,
+        b'h' ^ 1,
+        b'e' ^ 2,
+        b'l' ^ 3,
+        b'l' ^ 4,
+        b'o' ^ 1,
+    ];
+    for _ in 0..3 {
+        stream.write_all(&frame).await.unwrap();
+        let echoed = read_raw(&mut stream, |read| read.len() >= frame.len()).await;
+        assert_eq!(echoed, frame);
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_client_is_served_over_http1_targets() {
+    let backends = [named("web-1").await, named("web-2").await];
+    let targets: Vec<_> = backends
+        .iter()
+        .map(|b| (b.address, TargetState::Healthy))
+        .collect();
+    let (proxy, port) = start(options(), |port| {
+        table(port, ListenerProtocol::Http, group("h2", &targets))
+    })
+    .await;
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // Concurrent streams on the one connection.
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let mut sender = sender.clone();
+        streams.spawn(async move {
+            let request = Request::get(format!("http://h2.test:{port}/"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.version(), hyper::Version::HTTP_2);
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        });
+    }
+    let mut seen = BTreeMap::<String, usize>::new();
+    while let Some(answer) = streams.join_next().await {
+        let (status, body) = answer.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        *seen.entry(body).or_default() += 1;
+    }
+    assert_eq!(
+        seen,
+        BTreeMap::from([("web-1".to_string(), 5), ("web-2".to_string(), 5)])
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off_and_an_oversized_header_gets_431_while_others_are_served() {
+    let web = named("web-1").await;
+    let (proxy, port) = start(
+        ProxyOptions {
+            idle_timeout: Duration::from_millis(500),
+            ..options()
+        },
+        |port| {
+            table(
+                port,
+                ListenerProtocol::Http,
+                group("slow", &[(web.address, TargetState::Healthy)]),
+            )
+        },
+    )
+    .await;
+    // A client that starts its headers and never finishes them.
+    let mut slow = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Others are served meanwhile.
+    for _ in 0..5 {
+        assert_eq!(fetch(port, "/").await.unwrap().1, "web-1");
+    }
+    // The slow one is closed (with or without a 408) once the time-out passes.
+    let answer = read_raw(&mut slow, |_| false).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    // A head bigger than the cap.
+    let mut big = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: web.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    // The proxy may answer and close before reading it all.
+    let _ = big.write_all(request.as_bytes()).await;
+    let answer = read_raw(&mut big, |read| read.windows(4).any(|w| w == b"\r\n\r\n")).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(web.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(fetch(port, "/").await.unwrap().1, "web-1");
+    proxy.shutdown().await;
+}
+
+/// A raw target: reads a request head, then `act`s on the socket.
+async fn raw_target<F, Fut>(act: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = read_raw(&mut stream, |read| {
+                read.windows(4).any(|w| w == b"\r\n\r\n")
+            })
+            .await;
+            act(stream).await;
+        }
+    });
+    (address, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_failing_mid_request_gives_502_or_an_aborted_body_and_the_proxy_stays_up() {
+    // Resets before any response byte.
+    let (before_head, before_task) = raw_target(|stream| async move {
+        let _ = stream.set_zero_linger();
+        drop(stream);
+    })
+    .await;
+    // Sends a head promising 1000 bytes, 7 of them, then resets.
+    let (mid_body, mid_task) = raw_target(|mut stream| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+            .await;
+        let _ = stream.flush().await;
+        let _ = stream.set_zero_linger();
+        drop(stream);
+    })
+    .await;
+    let web = named("web-1").await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("broken", &[(before_head, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let (status, body) = fetch(port, "/").await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("target group broken"), "{body}");
+    // Dropping the last handle closes the listener.
+    drop(proxy);
+    until("the dropped proxy's port to close", || {
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err()
+    })
+    .await;
+
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("broken", &[(mid_body, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let mut sender = connect(port).await;
+    let response = sender.send_request(get("/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the client's body must be cut short, not completed"
+    );
+    // The proxy serves the next request.
+    let routes = table(
+        port,
+        ListenerProtocol::Http,
+        group("broken", &[(web.address, TargetState::Healthy)]),
+    );
+    assert!(proxy.apply(routes).await.is_empty());
+    assert_eq!(
+        fetch(port, "/").await.unwrap(),
+        (StatusCode::OK, "web-1".to_string())
+    );
+    proxy.shutdown().await;
+    before_task.abort();
+    mid_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_is_retried_on_the_next_target() {
+    let dead = {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.local_addr().unwrap()
+    };
+    let web = named("web-1").await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group(
+                "retry",
+                &[
+                    (dead, TargetState::Healthy),
+                    (web.address, TargetState::Healthy),
+                ],
+            ),
+        )
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            fetch(port, "/").await.unwrap(),
+            (StatusCode::OK, "web-1".to_string())
+        );
+    }
+    assert_eq!(web.requests.load(Ordering::SeqCst), 10);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_healthy_target_every_target_not_draining_is_used_and_counted() {
+    let backends = [
+        named("web-1").await,
+        named("web-2").await,
+        named("web-3").await,
+    ];
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group(
+                "fail-open-tg",
+                &[
+                    (backends[0].address, TargetState::Unhealthy),
+                    (backends[1].address, TargetState::Initial),
+                    (backends[2].address, TargetState::Draining),
+                ],
+            ),
+        )
+    })
+    .await;
+    let mut sender = connect(port).await;
+    for _ in 0..10 {
+        let (status, body) = send(&mut sender, get("/")).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(body, "web-3");
+    }
+    assert_eq!(backends[0].requests.load(Ordering::SeqCst), 5);
+    assert_eq!(backends[1].requests.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        metric("orc_lb_fail_open_total{target_group=\"fail-open-tg\"}"),
+        10
+    );
+    assert_eq!(
+        metric("orc_lb_requests_total{target_group=\"fail-open-tg\"}"),
+        10
+    );
+    assert_eq!(
+        metric("orc_lb_responses_total{target_group=\"fail-open-tg\",class=\"2xx\"}"),
+        10
+    );
+    assert_eq!(
+        metric("orc_lb_healthy_targets{target_group=\"fail-open-tg\"}"),
+        0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_target_gets_no_new_request_while_its_request_in_flight_completes() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    let slow = backend_with(Arc::new(move |_| {
+        let released = released.clone();
+        Box::pin(async move {
+            released.notified().await;
+            Response::new(text("slow"))
+        })
+    }))
+    .await;
+    let fast = named("fast").await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("drain", &[(slow.address, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let in_flight = tokio::spawn(fetch(port, "/"));
+    until("the request to reach the slow target", || {
+        slow.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let draining = table(
+        port,
+        ListenerProtocol::Http,
+        group(
+            "drain",
+            &[
+                (slow.address, TargetState::Draining),
+                (fast.address, TargetState::Healthy),
+            ],
+        ),
+    );
+    assert!(proxy.apply(draining).await.is_empty());
+    for _ in 0..10 {
+        assert_eq!(fetch(port, "/").await.unwrap().1, "fast");
+    }
+    assert_eq!(slow.requests.load(Ordering::SeqCst), 1);
+    release.notify_one();
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        (StatusCode::OK, "slow".to_string())
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_too_slow_to_answer_gets_504() {
+    let never = backend_with(Arc::new(|_| {
+        Box::pin(async {
+            std::future::pending::<()>().await;
+            unreachable!()
+        })
+    }))
+    .await;
+    let (proxy, port) = start(
+        ProxyOptions {
+            request_timeout: Duration::from_millis(300),
+            ..options()
+        },
+        |port| {
+            table(
+                port,
+                ListenerProtocol::Http,
+                group("sleepy", &[(never.address, TargetState::Healthy)]),
+            )
+        },
+    )
+    .await;
+    let (status, body) = fetch(port, "/").await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("target group sleepy"), "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_changing_under_a_request_loop_fail_no_request() {
+    let backends = [
+        named("web-1").await,
+        named("web-2").await,
+        named("web-3").await,
+    ];
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
+    let make = move |port: u16, round: usize| {
+        // Each round drops one target, drains another, and moves the rule.
+        let targets: Vec<(SocketAddr, TargetState)> = (0..3)
+            .filter(|i| *i != round % 3)
+            .map(|i| {
+                let state = if i == (round + 1) % 3 && round.is_multiple_of(2) {
+                    TargetState::Draining
+                } else {
+                    TargetState::Healthy
+                };
+                (addresses[i], state)
+            })
+            .collect();
+        let mut routes = table(
+            port,
+            ListenerProtocol::Http,
+            group(&format!("live-{}", round % 2), &targets),
+        );
+        routes.listeners[0].rules[0].path_patterns = if round % 4 == 3 {
+            vec!["/*".into()]
+        } else {
+            vec![]
+        };
+        routes
+    };
+    let (proxy, port) = start(options(), |port| make(port, 0)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.spawn(async move {
+            let (mut sent, mut failed) = (0usize, 0usize);
+            let mut sender = connect(port).await;
+            while !stop.load(Ordering::SeqCst) {
+                sent += 1;
+                match send(&mut sender, get("/")).await {
+                    Ok((StatusCode::OK, body)) if body.starts_with("web-") => {}
+                    other => {
+                        failed += 1;
+                        eprintln!("failed: {other:?}");
+                        sender = connect(port).await;
+                    }
+                }
+            }
+            (sent, failed)
+        });
+    }
+    for round in 1..=60 {
+        assert!(proxy.apply(make(port, round)).await.is_empty());
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut sent, mut failed) = (0, 0);
+    while let Some(counts) = clients.join_next().await {
+        let (s, f) = counts.unwrap();
+        sent += s;
+        failed += f;
+    }
+    assert!(sent >= 60, "only {sent} requests were sent");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_round_robins_connections() {
+    let backends = [
+        named("web-1").await,
+        named("web-2").await,
+        named("web-3").await,
+    ];
+    let dead = {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut targets: Vec<_> = backends
+        .iter()
+        .map(|b| (b.address, TargetState::Healthy))
+        .collect();
+    targets.insert(1, (dead, TargetState::Healthy));
+    let (proxy, port) = start(options(), |port| {
+        table(port, ListenerProtocol::Tcp, group("tcp", &targets))
+    })
+    .await;
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..12 {
+        // Each connection carries two requests to the same target.
+        let mut sender = connect(port).await;
+        let (_, first) = send(&mut sender, get("/")).await.unwrap();
+        let (_, second) = send(&mut sender, get("/")).await.unwrap();
+        assert_eq!(first, second);
+        *seen.entry(first).or_default() += 1;
+    }
+    // The dead target's turns went to the next one.
+    assert_eq!(
+        seen,
+        BTreeMap::from([
+            ("web-1".to_string(), 3),
+            ("web-2".to_string(), 6),
+            ("web-3".to_string(), 3)
+        ])
+    );
     proxy.shutdown().await;
 }

@@ -88,10 +88,24 @@ pub struct ListenerBindError {
 }
 
 /// The load balancer's data path. Cheap to clone: clones share listeners
-/// and routes.
+/// and routes. When the last clone is dropped, the listeners close (as
+/// with `shutdown`, without waiting).
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
+    _owner: Arc<Owner>,
+}
+
+/// Closes the listeners when the last `Proxy` clone goes (their tasks hold
+/// `Inner`, not this).
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        for (_, listener) in std::mem::take(&mut *self.0.lock_listeners()) {
+            let _ = listener.stop.send(true);
+        }
+    }
 }
 
 struct Inner {
@@ -248,14 +262,16 @@ impl Proxy {
             )
             .keep_alive_interval(options.idle_timeout)
             .keep_alive_timeout(options.idle_timeout);
+        let inner = Arc::new(Inner {
+            options,
+            routes: RwLock::new(Arc::new(Snapshot::default())),
+            listeners: Mutex::new(BTreeMap::new()),
+            applying: tokio::sync::Mutex::new(()),
+            http,
+        });
         Proxy {
-            inner: Arc::new(Inner {
-                options,
-                routes: RwLock::new(Arc::new(Snapshot::default())),
-                listeners: Mutex::new(BTreeMap::new()),
-                applying: tokio::sync::Mutex::new(()),
-                http,
-            }),
+            _owner: Arc::new(Owner(inner.clone())),
+            inner,
         }
     }
 
