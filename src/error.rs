@@ -1,7 +1,8 @@
 //! The crate's one error type. Each variant says what the caller should do:
 //! fix the input, look elsewhere, retry on the leader, wait and retry, or
 //! report a bug. `anyhow` is used only at the edges (`main`, the CLI).
-//! The conversion to and from `tonic::Status` lives in `api::status`.
+//! The conversion to and from `tonic::Status` lives in `wire::status`; the
+//! AWS exception names, in the AWS door (`api::door`).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,52 @@ pub enum Error {
     /// A bug or a broken invariant; the text says what.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A refusal that AWS's APIs name with an error of their own (ECS's
+    /// `ClusterNotFoundException`, ...): it behaves as its [`Refusal::kind`]
+    /// everywhere, and the AWS door answers with the precise name.
+    #[error("{1}")]
+    Refused(Refusal, String),
+}
+
+/// What precisely was refused, where AWS's APIs have a name for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The named cluster does not exist (or is INACTIVE).
+    ClusterNotFound,
+    /// The named service does not exist in the cluster.
+    ServiceNotFound,
+    /// The service exists but is DRAINING or INACTIVE.
+    ServiceNotActive,
+    /// A cluster to delete still has active services.
+    ClusterContainsServices,
+    /// A cluster to delete still has tasks that are not stopped.
+    ClusterContainsTasks,
+    /// A cluster to delete still has registered container instances.
+    ClusterContainsContainerInstances,
+}
+
+/// The broad kinds of [`Error`], for a [`Refusal`] to behave as one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// As [`Error::InvalidInput`].
+    InvalidInput,
+    /// As [`Error::NotFound`].
+    NotFound,
+    /// As [`Error::Conflict`].
+    Conflict,
+}
+
+impl Refusal {
+    /// The broad kind this refusal is.
+    pub fn kind(self) -> Kind {
+        match self {
+            Refusal::ClusterNotFound | Refusal::ServiceNotFound => Kind::NotFound,
+            Refusal::ServiceNotActive
+            | Refusal::ClusterContainsServices
+            | Refusal::ClusterContainsTasks
+            | Refusal::ClusterContainsContainerInstances => Kind::Conflict,
+        }
+    }
 }
 
 fn leader_hint(address: &Option<String>) -> String {
@@ -41,14 +88,15 @@ fn leader_hint(address: &Option<String>) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The ECS exception name an `aws ecs` user expects for this error.
-    pub fn ecs_code(&self) -> &'static str {
+    /// The broad kind of this error, when it is a refusal of the request
+    /// (`None` for the retryable and internal ones).
+    pub fn kind(&self) -> Option<Kind> {
         match self {
-            Error::InvalidInput(_) => "InvalidParameterException",
-            Error::NotFound(_) => "ResourceNotFoundException",
-            Error::Conflict(_) => "ResourceInUseException",
-            Error::NotLeader { .. } | Error::Unavailable(_) => "ServerException",
-            Error::Internal(_) => "ServerException",
+            Error::InvalidInput(_) => Some(Kind::InvalidInput),
+            Error::NotFound(_) => Some(Kind::NotFound),
+            Error::Conflict(_) => Some(Kind::Conflict),
+            Error::Refused(refusal, _) => Some(refusal.kind()),
+            Error::NotLeader { .. } | Error::Unavailable(_) | Error::Internal(_) => None,
         }
     }
 

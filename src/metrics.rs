@@ -85,6 +85,8 @@ static WATCHES_FELL_BEHIND: AtomicU64 = AtomicU64::new(0);
 static CONNECTIONS_OPEN: AtomicU64 = AtomicU64::new(0);
 static CONNECTIONS_CLOSED_IDLE: AtomicU64 = AtomicU64::new(0);
 static ACCEPTS_REFUSED: AtomicU64 = AtomicU64::new(0);
+static AWS_REQUESTS: AtomicU64 = AtomicU64::new(0);
+static AWS_REQUESTS_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one open API connection for as long as it lives.
 pub struct OpenConnection(());
@@ -109,6 +111,14 @@ pub fn record_idle_closed() {
 /// Records a failed accept for lack of file descriptors.
 pub fn record_accept_refused() {
     ACCEPTS_REFUSED.fetch_add(1, Relaxed);
+}
+
+/// Records one request to the AWS door (`POST /`) and whether it succeeded.
+pub fn record_aws_request(ok: bool) {
+    AWS_REQUESTS.fetch_add(1, Relaxed);
+    if !ok {
+        AWS_REQUESTS_FAILED.fetch_add(1, Relaxed);
+    }
 }
 
 /// Counts one open `Orc.Watch` stream for as long as it lives.
@@ -311,6 +321,20 @@ pub fn render() -> String {
         ACCEPTS_REFUSED.load(Relaxed),
     );
     render_load_balancer(&mut out);
+    gauge(
+        &mut out,
+        "orc_aws_requests_total",
+        "Requests to the AWS door (POST /).",
+        "counter",
+        AWS_REQUESTS.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_aws_requests_failed_total",
+        "Requests to the AWS door answered with an error.",
+        "counter",
+        AWS_REQUESTS_FAILED.load(Relaxed),
+    );
     out
 }
 

@@ -55,7 +55,7 @@ pub async fn call(
         EcsAction::CreateCluster => create_cluster(raft, body, request_id).await,
         EcsAction::DeleteCluster => delete_cluster(raft, body, request_id).await,
         EcsAction::DescribeClusters => describe_clusters(raft, body).await,
-        EcsAction::ListClusters => list_clusters(raft).await,
+        EcsAction::ListClusters => list_clusters(raft, body).await,
         EcsAction::RegisterTaskDefinition => {
             tasks::register_task_definition(raft, body, request_id).await
         }
@@ -215,7 +215,8 @@ pub(crate) fn described(
     Value::Object(answer)
 }
 
-async fn list_clusters(raft: &RaftHandle) -> Result<ActionResult> {
+async fn list_clusters(raft: &RaftHandle, body: &str) -> Result<ActionResult> {
+    let paging: Paging = parse("ListClusters", body)?;
     read_linearizable(raft, |state| {
         let arns: Vec<&str> = state
             .clusters
@@ -223,9 +224,86 @@ async fn list_clusters(raft: &RaftHandle) -> Result<ActionResult> {
             .filter(|c| c.status == "ACTIVE")
             .map(|c| c.cluster_arn.as_str())
             .collect();
-        Ok(json!({ "clusterArns": arns }).into())
+        Ok(paging.answer("clusterArns", arns)?.into())
     })
     .await
+}
+
+/// ECS's paging of a list action: at most `maxResults` ARNs a page (1 to
+/// 100; 100 when absent), and `nextToken` to ask for the page after the one
+/// that returned it. Flattened into each list action's request.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Paging {
+    next_token: Option<String>,
+    max_results: Option<i64>,
+}
+
+impl Paging {
+    /// ECS's page size when `maxResults` is absent, and its largest.
+    pub(crate) const MAX_RESULTS: usize = 100;
+
+    /// The answer of a list action: one page of `arns` (the whole list, in
+    /// its order) under `key`, and a `nextToken` when more remain. A token
+    /// names the last ARN of its page, so the next page starts right after
+    /// that ARN wherever it now is (or, if it has gone, after the ARNs
+    /// before it in order).
+    pub(crate) fn answer(&self, key: &str, arns: Vec<&str>) -> Result<Value> {
+        let size = match self.max_results {
+            None => Self::MAX_RESULTS,
+            Some(n) if (1..=Self::MAX_RESULTS as i64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(Error::InvalidInput(format!(
+                    "maxResults: must be between 1 and {}, got {n}",
+                    Self::MAX_RESULTS
+                )))
+            }
+        };
+        let start = match self.next_token.as_deref().filter(|t| !t.is_empty()) {
+            None => 0,
+            Some(token) => {
+                let after = decode_token(token).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "nextToken: {token:?} is not a token this server gave out: list again without it"
+                    ))
+                })?;
+                match arns.iter().position(|arn| *arn == after) {
+                    Some(i) => i + 1,
+                    None => arns.iter().take_while(|arn| **arn < after.as_str()).count(),
+                }
+            }
+        };
+        let page: Vec<&str> = arns.iter().skip(start).take(size).copied().collect();
+        let mut answer = serde_json::Map::new();
+        if start + page.len() < arns.len() {
+            if let Some(last) = page.last() {
+                answer.insert("nextToken".into(), Value::String(encode_token(last)));
+            }
+        }
+        answer.insert(key.to_string(), json!(page));
+        Ok(Value::Object(answer))
+    }
+}
+
+/// A page token: the hex of the page's last ARN behind a version tag.
+fn encode_token(last_arn: &str) -> String {
+    let mut token = String::from("orc1-");
+    for byte in last_arn.bytes() {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
+}
+
+fn decode_token(token: &str) -> Option<String> {
+    let hex = token.strip_prefix("orc1-")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The cluster a request names (name or ARN), `default` when it names none.
@@ -277,4 +355,61 @@ pub fn cluster_view(state: &State, cluster: &Cluster) -> Value {
         "capacityProviders": [],
         "defaultCapacityProviderStrategy": [],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paging(next_token: Option<String>, max_results: Option<i64>) -> Paging {
+        Paging {
+            next_token,
+            max_results,
+        }
+    }
+
+    #[test]
+    fn pages_walk_the_whole_list_once() {
+        let arns: Vec<String> = (0..250).map(|i| format!("arn:t/{i:03}")).collect();
+        let arns: Vec<&str> = arns.iter().map(String::as_str).collect();
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let answer = paging(token, None)
+                .answer("taskArns", arns.clone())
+                .unwrap();
+            let page = answer["taskArns"].as_array().unwrap();
+            assert!(page.len() <= Paging::MAX_RESULTS);
+            seen.extend(page.iter().map(|a| a.as_str().unwrap().to_string()));
+            token = answer["nextToken"].as_str().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        assert_eq!(seen, arns);
+    }
+
+    #[test]
+    fn a_page_resumes_after_its_token_even_when_that_item_went() {
+        let first = paging(None, Some(2))
+            .answer("k", vec!["a", "b", "c", "d"])
+            .unwrap();
+        assert_eq!(first["k"], json!(["a", "b"]));
+        let token = first["nextToken"].as_str().unwrap().to_string();
+        let next = paging(Some(token), Some(2))
+            .answer("k", vec!["a", "c", "d"])
+            .unwrap();
+        assert_eq!(next["k"], json!(["c", "d"]));
+        assert!(next.get("nextToken").is_none(), "{next}");
+    }
+
+    #[test]
+    fn bad_paging_is_refused_naming_the_field() {
+        let error = paging(None, Some(0)).answer("k", vec![]).unwrap_err();
+        assert!(error.to_string().starts_with("maxResults:"), "{error}");
+        let error = paging(Some("zz".into()), None)
+            .answer("k", vec![])
+            .unwrap_err();
+        assert!(error.to_string().starts_with("nextToken:"), "{error}");
+    }
 }

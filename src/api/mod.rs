@@ -1,5 +1,6 @@
 //! The gRPC services every server exposes on one listener (`Orc` for
-//! clients, `Peer` for other servers), plus `GET /metrics` for Prometheus.
+//! clients, `Peer` for other servers), plus `GET /metrics` for Prometheus
+//! and the AWS door (`POST /`, in `door`) for the aws CLI and SDKs.
 //! Handlers turn requests into proposals or reads on the raft handle; they
 //! never touch sled or raft-rs directly.
 //!
@@ -9,6 +10,7 @@
 //! domain-typed methods.
 
 pub mod agent;
+pub mod door;
 pub mod ecs;
 pub mod elbv2;
 pub mod listener;
@@ -455,13 +457,16 @@ pub async fn serve(
             .max_encoding_message_size(64 * 1024 * 1024),
     )
     .add_service(
-        PeerServer::new(context)
+        PeerServer::new(context.clone())
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024),
     );
     let router = routes
         .into_axum_router()
-        .route("/metrics", axum::routing::get(metrics));
+        .route("/metrics", axum::routing::get(metrics))
+        .merge(door::routes(context))
+        .fallback(door::not_served)
+        .method_not_allowed_fallback(door::not_served);
     listener::serve(listener, router, options, shutdown)
         .await
         .map_err(|e| Error::Unavailable(format!("the listener failed: {e}")))

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{cluster_of, described, parse, propose, read_linearizable, ActionResult};
+use super::ecs::{cluster_of, described, parse, propose, read_linearizable, ActionResult, Paging};
 use crate::model::{self, DeploymentConfiguration, LoadBalancer, Service, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::placement::{self, PlacementConstraint, PlacementStrategy};
@@ -251,6 +251,7 @@ pub(super) async fn describe_services(raft: &RaftHandle, body: &str) -> Result<A
     }
     let cluster = cluster_of(&request.cluster);
     read_linearizable(raft, |state| {
+        state.active_cluster(&cluster)?;
         Ok(described(
             "services",
             &request.services,
@@ -267,6 +268,8 @@ pub(super) async fn list_services(raft: &RaftHandle, body: &str) -> Result<Actio
     #[serde(rename_all = "camelCase")]
     struct Request {
         cluster: Option<String>,
+        #[serde(flatten)]
+        paging: Paging,
     }
     let request: Request = parse("ListServices", body)?;
     let cluster = cluster_of(&request.cluster);
@@ -278,7 +281,7 @@ pub(super) async fn list_services(raft: &RaftHandle, body: &str) -> Result<Actio
             |s| s.status != "INACTIVE",
             |s| s.service_arn.as_str(),
         );
-        Ok(json!({ "serviceArns": arns }).into())
+        Ok(request.paging.answer("serviceArns", arns)?.into())
     })
     .await
 }

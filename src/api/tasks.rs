@@ -6,7 +6,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::ecs::{cluster_of, described, parse, propose, read_linearizable as read, ActionResult};
+use super::ecs::{
+    cluster_of, described, parse, propose, read_linearizable as read, ActionResult, Paging,
+};
 use crate::model::{self, stop_code, ContainerInstance, Task, TaskStatus};
 use crate::raft::node::RaftHandle;
 use crate::scheduler::{self, placement, provisioning};
@@ -206,6 +208,8 @@ pub(super) async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Resu
         family_prefix: Option<String>,
         status: Option<String>,
         sort: Option<String>,
+        #[serde(flatten)]
+        paging: Paging,
     }
     let request: Request = parse("ListTaskDefinitions", body)?;
     let status = match request.status.as_deref().unwrap_or("ACTIVE") {
@@ -230,7 +234,7 @@ pub(super) async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Resu
         if request.sort.as_deref() == Some("DESC") {
             arns.reverse();
         }
-        Ok(json!({ "taskDefinitionArns": arns }).into())
+        Ok(request.paging.answer("taskDefinitionArns", arns)?.into())
     })
     .await
 }
@@ -510,6 +514,7 @@ pub(super) async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<Acti
     )?;
     let cluster = cluster_of(&request.cluster);
     read(raft, |state| {
+        state.active_cluster(&cluster)?;
         Ok(described(
             "tasks",
             &request.tasks,
@@ -531,6 +536,8 @@ pub(super) async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionRe
         service_name: Option<String>,
         desired_status: Option<String>,
         started_by: Option<String>,
+        #[serde(flatten)]
+        paging: Paging,
     }
     let request: Request = parse("ListTasks", body)?;
     let cluster = cluster_of(&request.cluster);
@@ -588,7 +595,7 @@ pub(super) async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionRe
             })
             .map(|task| task.task_arn.as_str())
             .collect();
-        Ok(json!({ "taskArns": arns }).into())
+        Ok(request.paging.answer("taskArns", arns)?.into())
     })
     .await
 }
@@ -655,6 +662,8 @@ pub(super) async fn list_container_instances(
     struct Request {
         cluster: Option<String>,
         status: Option<String>,
+        #[serde(flatten)]
+        paging: Paging,
     }
     let request: Request = parse("ListContainerInstances", body)?;
     let cluster = cluster_of(&request.cluster);
@@ -666,7 +675,7 @@ pub(super) async fn list_container_instances(
             |i| request.status.as_deref().is_none_or(|s| i.status == s),
             |i| i.container_instance_arn.as_str(),
         );
-        Ok(json!({ "containerInstanceArns": arns }).into())
+        Ok(request.paging.answer("containerInstanceArns", arns)?.into())
     })
     .await
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::command::Outcome;
 use super::ecs::{self, scoped_key, seconds, PlannedTask, TaskLaunch};
 use super::state::State;
+use crate::error::Refusal;
 use crate::model::{
     self, stop_code, Deployment, DeploymentConfiguration, Service, ServiceEvent, Task, TaskStatus,
 };
@@ -40,9 +41,12 @@ impl State {
         self.services
             .get(&scoped_key(cluster, name))
             .ok_or_else(|| {
-                Error::NotFound(format!(
+                Error::Refused(
+                    Refusal::ServiceNotFound,
+                    format!(
                     "service {name:?} not found in cluster {cluster:?} (see `orc list-services`)"
-                ))
+                ),
+                )
             })
     }
 
@@ -175,10 +179,13 @@ pub fn update_service(
     let cluster = model::cluster_name_from(cluster);
     let existing = state.service(&cluster, name)?;
     if existing.status != "ACTIVE" {
-        return Err(Error::InvalidInput(format!(
-            "service {name} is {}: it cannot be updated",
-            existing.status
-        )));
+        return Err(Error::Refused(
+            Refusal::ServiceNotActive,
+            format!(
+                "service {name} is {}: it cannot be updated",
+                existing.status
+            ),
+        ));
     }
     let key = scoped_key(&cluster, &existing.service_name);
     let new_definition = match &update.task_definition {
@@ -223,9 +230,10 @@ pub fn delete_service(state: &mut State, cluster: &str, name: &str, force: bool)
     let cluster = model::cluster_name_from(cluster);
     let existing = state.service(&cluster, name)?;
     if existing.status == "INACTIVE" {
-        return Err(Error::NotFound(format!(
-            "service {name} is already deleted"
-        )));
+        return Err(Error::Refused(
+            Refusal::ServiceNotActive,
+            format!("service {name} is already deleted"),
+        ));
     }
     if existing.desired_count > 0 && !force && existing.scheduling_strategy != "DAEMON" {
         return Err(Error::InvalidInput(format!(

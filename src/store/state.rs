@@ -12,6 +12,7 @@ use super::command::{Command, Outcome, Proposal};
 use super::ecs;
 use super::services;
 use super::table::Table;
+use crate::error::Refusal;
 use crate::model::{
     self, Cluster, ClusterCounts, ContainerInstance, Service, Task, TaskStatus, DEFAULT_CLUSTER,
 };
@@ -157,7 +158,7 @@ impl State {
         let name = model::cluster_name_from(name_or_arn);
         match self.clusters.get(&name) {
             Some(cluster) if cluster.status == "ACTIVE" => Ok(cluster),
-            _ => Err(Error::NotFound(format!(
+            _ => Err(Error::Refused(Refusal::ClusterNotFound, format!(
                 "cluster not found: {name:?} (create it with `orc create-cluster --cluster-name {name}`)"
             ))),
         }
@@ -371,8 +372,8 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
                 .scan_prefix(&format!("{name}/"))
                 .any(|(_, i)| i.status != "INACTIVE")
             {
-                return Err(Error::Conflict(format!(
-                    "the cluster {name} still has container instances registered: deregister them first (ClusterContainsContainerInstancesException)"
+                return Err(Error::Refused(Refusal::ClusterContainsContainerInstances, format!(
+                    "the cluster {name} still has container instances registered: deregister them first"
                 )));
             }
             if state
@@ -380,18 +381,22 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
                 .scan_prefix(&format!("{name}/"))
                 .any(|(_, s)| s.status != "INACTIVE")
             {
-                return Err(Error::Conflict(format!(
-                    "the cluster {name} still has active services: delete them first (ClusterContainsServicesException)"
-                )));
+                return Err(Error::Refused(
+                    Refusal::ClusterContainsServices,
+                    format!("the cluster {name} still has active services: delete them first"),
+                ));
             }
             if state
                 .tasks
                 .scan_prefix(&format!("{name}/"))
                 .any(|(_, t)| t.last_status != TaskStatus::Stopped)
             {
-                return Err(Error::Conflict(format!(
-                    "the cluster {name} still has tasks that are not stopped: stop them first (ClusterContainsTasksException)"
-                )));
+                return Err(Error::Refused(
+                    Refusal::ClusterContainsTasks,
+                    format!(
+                        "the cluster {name} still has tasks that are not stopped: stop them first"
+                    ),
+                ));
             }
             let cluster = state.clusters.get_mut(&name).expect("checked above");
             cluster.status = "INACTIVE".to_string();

@@ -23,6 +23,11 @@ pub fn to_status(error: Error) -> Status {
         }
         Error::Unavailable(_) => Status::unavailable(message),
         Error::Internal(_) => Status::internal(message),
+        Error::Refused(refusal, _) => match refusal.kind() {
+            crate::error::Kind::InvalidInput => Status::invalid_argument(message),
+            crate::error::Kind::NotFound => Status::not_found(message),
+            crate::error::Kind::Conflict => Status::failed_precondition(message),
+        },
     }
 }
 

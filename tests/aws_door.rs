@@ -1,0 +1,508 @@
+//! The AWS door with the real clients: the `aws` CLI (v1) and boto3 from
+//! PyPI (`.ci/run` installs them) against a real orc server, through
+//! `AWS_ENDPOINT_URL` with dummy keys and region `orc`. The scripts a user
+//! would write live in `tests/aws/`; this file starts orc, runs them, and
+//! checks what the clients saw. Hostile HTTP goes over a raw socket.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::cluster::TestServer;
+use common::images::busybox_image;
+use common::orc::TestOrc;
+use common::state_size::{run_and_stop_tasks, FakeAgent};
+use serde_json::{json, Value};
+
+const IMAGE: &str = "orc-test/busybox:1";
+
+/// The scripts' directory.
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aws")
+}
+
+/// A command with the AWS environment for the orc at `address`, isolated
+/// from any AWS configuration of the machine.
+fn aws_command(program: &str, address: &str, workdir: &Path) -> Command {
+    let mut command = Command::new(program);
+    command
+        .current_dir(workdir)
+        .env("AWS_ENDPOINT_URL", format!("http://{address}"))
+        .env("AWS_ACCESS_KEY_ID", "orc-test")
+        .env("AWS_SECRET_ACCESS_KEY", "orc-test-secret")
+        .env("AWS_DEFAULT_REGION", "orc")
+        .env("AWS_CONFIG_FILE", workdir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            workdir.join("no-aws-credentials"),
+        )
+        .env("AWS_PAGER", "")
+        .env("IMAGE", IMAGE);
+    command
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `aws ARGS...`; panics with instructions when the CLI is missing.
+fn aws(address: &str, workdir: &Path, args: &[&str]) -> Output {
+    aws_command("aws", address, workdir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `aws` ({e}): install the clients with `pip install awscli boto3` (.ci/run does)")
+        })
+}
+
+/// Runs one of `tests/aws/`'s scripts with `interpreter`; panics with its
+/// output unless it succeeds.
+fn script(interpreter: &str, name: &str, address: &str, workdir: &Path) -> String {
+    let output = aws_command(interpreter, address, workdir)
+        .arg(scripts().join(name))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {interpreter} ({e})"));
+    assert!(output.status.success(), "{name} failed:\n{}", text(&output));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+async fn server() -> (TestServer, tempfile::TempDir) {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    (server, root)
+}
+
+#[tokio::test]
+async fn errors_reach_aws_and_boto3_with_ecs_exception_names() {
+    let (server, root) = server().await;
+    let address = server.address.as_str();
+    let dir = root.path();
+
+    // Before the door, this exited 0 and created nothing.
+    let created = aws(
+        address,
+        dir,
+        &["ecs", "create-cluster", "--cluster-name", "x"],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let answer: Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(answer["cluster"]["status"], "ACTIVE", "{answer}");
+    let (listed, _) = server
+        .client()
+        .call("ListClusters", json!({}))
+        .await
+        .unwrap();
+    assert!(
+        listed["clusterArns"].to_string().contains("cluster/x"),
+        "{listed}"
+    );
+
+    for (args, code, words) in [
+        (
+            vec!["ecs", "list-tasks", "--cluster", "nope"],
+            "ClusterNotFoundException",
+            "\"nope\"",
+        ),
+        (
+            vec![
+                "ecs",
+                "update-service",
+                "--service",
+                "ghost",
+                "--desired-count",
+                "1",
+            ],
+            "ServiceNotFoundException",
+            "\"ghost\"",
+        ),
+        (
+            vec![
+                "ecs",
+                "register-task-definition",
+                "--family",
+                "bad",
+                "--container-definitions",
+                r#"[{"name": "c", "image": "busybox", "memory": 1}]"#,
+            ],
+            "InvalidParameterException",
+            "containerDefinitions[0].memory",
+        ),
+        (
+            vec![
+                "ecs",
+                "create-task-set",
+                "--cluster",
+                "default",
+                "--service",
+                "s",
+                "--task-definition",
+                "t",
+            ],
+            "UnknownOperationException",
+            "CreateTaskSet",
+        ),
+    ] {
+        let output = aws(address, dir, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // awscli v1 exits 255 on a service error (v2: 254).
+        assert!(
+            matches!(output.status.code(), Some(254 | 255)),
+            "{args:?}: {}",
+            text(&output)
+        );
+        assert!(
+            stderr.contains(&format!("An error occurred ({code})")) && stderr.contains(words),
+            "{args:?} should fail with {code} naming {words}: {}",
+            text(&output)
+        );
+    }
+    let seen = script("python3", "errors.py", address, dir);
+    assert!(seen.ends_with("ok\n"), "{seen}");
+    // Nothing of the refused requests was applied.
+    let (definitions, _) = server
+        .client()
+        .call("ListTaskDefinitions", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        definitions["taskDefinitionArns"],
+        json!([]),
+        "{definitions}"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_paginates_list_tasks_over_250_tasks() {
+    let (server, root) = server().await;
+    let address = server.address.as_str();
+    let client = server.client();
+    // 250 tasks, reported stopped by a fake instance (stopped tasks stay
+    // listed for an hour, whatever becomes of the instance).
+    let agent = FakeAgent::register(address, 1_000_000, 10_000_000).await;
+    client
+        .call(
+            "RegisterTaskDefinition",
+            json!({"family": "many", "containerDefinitions": [
+                {"name": "web", "image": "x/y:1", "memory": 8},
+                {"name": "sidecar", "image": "x/y:1", "memory": 8}]}),
+        )
+        .await
+        .unwrap();
+    run_and_stop_tasks(&client, &agent, "many", 250).await;
+
+    // Orc.Call pages as ECS does: 100 at most, and a token for the rest.
+    let (first, _) = client
+        .call("ListTasks", json!({"desiredStatus": "STOPPED"}))
+        .await
+        .unwrap();
+    assert_eq!(first["taskArns"].as_array().unwrap().len(), 100);
+    assert!(first["nextToken"].is_string(), "{}", first["nextToken"]);
+
+    // The CLI follows the tokens by itself (pages of 100, then of 30).
+    for args in [
+        vec!["ecs", "list-tasks", "--desired-status", "STOPPED"],
+        vec![
+            "ecs",
+            "list-tasks",
+            "--desired-status",
+            "STOPPED",
+            "--page-size",
+            "30",
+        ],
+    ] {
+        let output = aws(address, root.path(), &args);
+        assert!(output.status.success(), "{}", text(&output));
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let mut arns: Vec<&str> = answer["taskArns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(arns.len(), 250, "{args:?}");
+        arns.sort();
+        arns.dedup();
+        assert_eq!(arns.len(), 250, "{args:?}: every task once");
+    }
+    // --max-items stops early and hands out the CLI's own token.
+    let output = aws(
+        address,
+        root.path(),
+        &[
+            "ecs",
+            "list-tasks",
+            "--desired-status",
+            "STOPPED",
+            "--page-size",
+            "40",
+            "--max-items",
+            "50",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["taskArns"].as_array().unwrap().len(), 50, "{answer}");
+    assert!(answer["NextToken"].is_string(), "{answer}");
+}
+
+#[tokio::test]
+async fn seed_002_walk_through_with_boto3() {
+    busybox_image(IMAGE);
+    let orc = TestOrc::start().await;
+    let out = script(
+        "python3",
+        "seed002.py",
+        &orc.server.address,
+        orc.root.path(),
+    );
+    assert!(out.ends_with("ok\n"), "{out}");
+}
+
+#[tokio::test]
+async fn seed_004_lab_as_a_student_types_it_with_aws() {
+    busybox_image(IMAGE);
+    let orc = TestOrc::start().await;
+    let out = script("bash", "seed004.sh", &orc.server.address, orc.root.path());
+    assert!(out.contains("scaled to 4"), "{out}");
+    let (services, _) = orc
+        .client()
+        .call("DescribeServices", json!({"services": ["lab"]}))
+        .await
+        .unwrap();
+    assert_ne!(services["services"][0]["status"], "ACTIVE", "{services}");
+}
+
+/// One raw HTTP/1.1 exchange: sends `head` (request line and headers, CRLF
+/// separated, without the blank line) and `body`, then reads the whole
+/// answer; returns (status, headers, body).
+fn raw_http(address: &str, head: &str, body: &[u8]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(format!("{head}\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let (headers, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = headers
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    (status, headers.to_lowercase(), body.to_string())
+}
+
+fn json_request(
+    address: &str,
+    target: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Value) {
+    let mut head = format!(
+        "POST / HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {}",
+        body.len()
+    );
+    if let Some(target) = target {
+        head.push_str(&format!("\r\nX-Amz-Target: {target}"));
+    }
+    let (status, headers, body) = raw_http(address, &head, body);
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, headers, body)
+}
+
+/// A hostile awsJson1_1 request and what it must get.
+type HostileCase<'a> = (Option<String>, &'a str, Vec<u8>, &'a str, &'a str);
+
+#[tokio::test]
+async fn hostile_requests_get_a_4xx_in_the_protocol_shape_and_the_server_stays_up() {
+    let (server, _root) = server().await;
+    let address = server.address.as_str();
+    let ecs = |action: &str| format!("AmazonEC2ContainerServiceV20141113.{action}");
+    let json = "application/x-amz-json-1.1";
+
+    // (X-Amz-Target, Content-Type, body, the error's __type, words of its message)
+    let cases: Vec<HostileCase> = vec![
+        (
+            Some(ecs("CreateCluster")),
+            json,
+            b"{\"clusterName\": ".to_vec(),
+            "SerializationException",
+            "not valid JSON",
+        ),
+        (
+            Some(ecs("CreateCluster")),
+            json,
+            b"[\"x\"]".to_vec(),
+            "SerializationException",
+            "not a JSON object",
+        ),
+        (
+            Some(ecs("CreateCluster")),
+            json,
+            b"{\"clusterName\": \"\xff\xfe\"}".to_vec(),
+            "SerializationException",
+            "not UTF-8",
+        ),
+        (
+            Some(ecs("CreateCluster")),
+            json,
+            b"{\"clusterName\": 7}".to_vec(),
+            "InvalidParameterException",
+            "expected a string",
+        ),
+        (
+            Some("DynamoDB_20120810.PutItem".into()),
+            json,
+            b"{}".to_vec(),
+            "UnknownOperationException",
+            "DynamoDB_20120810.PutItem",
+        ),
+        (
+            Some(ecs("DeleteAttributes")),
+            json,
+            b"{}".to_vec(),
+            "UnknownOperationException",
+            "DeleteAttributes",
+        ),
+        (
+            None,
+            json,
+            b"{}".to_vec(),
+            "UnknownOperationException",
+            "X-Amz-Target",
+        ),
+        (
+            Some(ecs("CreateCluster")),
+            "text/plain",
+            b"{}".to_vec(),
+            "SerializationException",
+            "Content-Type",
+        ),
+    ];
+    for (target, content_type, body, code, words) in &cases {
+        let (status, headers, answer) =
+            json_request(address, target.as_deref(), content_type, body);
+        assert_eq!(status, 400, "{target:?}: {answer}");
+        assert_eq!(answer["__type"], *code, "{target:?}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(words),
+            "{target:?}: {answer}"
+        );
+        assert!(headers.contains("x-amzn-requestid:"), "{headers}");
+    }
+
+    // A 10 MB body is refused from its Content-Length, before it is read.
+    let (status, _, answer) = raw_http_json(
+        address,
+        &format!(
+            "POST / HTTP/1.1\r\nContent-Type: {json}\r\nX-Amz-Target: {}\r\nContent-Length: 10485760",
+            ecs("CreateCluster")
+        ),
+        b"",
+    );
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["__type"], "ClientException", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("1.0 MiB"),
+        "{answer}"
+    );
+    // ... and so is one sent in chunks, once it passes the limit.
+    let chunk = vec![b' '; 1024 * 1024 + 1];
+    let mut body = format!("{:x}\r\n", chunk.len()).into_bytes();
+    body.extend_from_slice(&chunk);
+    let (status, _, answer) = raw_http_json(
+        address,
+        &format!(
+            "POST / HTTP/1.1\r\nContent-Type: {json}\r\nX-Amz-Target: {}\r\nTransfer-Encoding: chunked",
+            ecs("CreateCluster")
+        ),
+        &body,
+    );
+    assert_eq!(status, 413, "{answer}");
+
+    // Query-protocol (form) bodies with bad encodings get XML errors.
+    for (form, code, words) in [
+        (
+            "Action=DescribeLoadBalancers&Version=2015-12-01&Names.member.1=%zz",
+            "MalformedQueryString",
+            "hex digits",
+        ),
+        (
+            "Action=DescribeLoadBalancers&Version=2015-12-01&Names.member.1=%ff",
+            "MalformedQueryString",
+            "UTF-8",
+        ),
+        ("Version=2015-12-01", "MalformedQueryString", "no Action"),
+        (
+            "Action=CreateBucket&Version=2006-03-01",
+            "InvalidAction",
+            "2006-03-01",
+        ),
+    ] {
+        let (status, headers, body) = raw_http(
+            address,
+            &format!(
+                "POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\nContent-Length: {}",
+                form.len()
+            ),
+            form.as_bytes(),
+        );
+        assert_eq!(status, 400, "{form}: {body}");
+        assert!(headers.contains("content-type: text/xml"), "{headers}");
+        assert!(body.contains("<ErrorResponse"), "{body}");
+        assert!(body.contains("<Type>Sender</Type>"), "{body}");
+        assert!(
+            body.contains(&format!("<Code>{code}</Code>")),
+            "{form}: {body}"
+        );
+        assert!(body.contains(words), "{form}: {body}");
+        assert!(body.contains("<RequestId>"), "{body}");
+    }
+
+    // Any other HTTP request says what the port serves.
+    for head in [
+        "GET / HTTP/1.1",
+        "GET /nothing HTTP/1.1",
+        "DELETE /metrics HTTP/1.1",
+        "POST /orc.Orc/Call HTTP/1.1\r\nContent-Length: 0",
+    ] {
+        let (status, _, body) = raw_http(address, head, b"");
+        assert!((400..500).contains(&status), "{head}: {status} {body}");
+        assert!(
+            body.contains("orc's API port") && body.contains("POST /"),
+            "{head}: {body}"
+        );
+    }
+
+    // Nothing was created, and the server still serves.
+    let (clusters, _) = server
+        .client()
+        .call("ListClusters", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        clusters["clusterArns"],
+        json!(["arn:orc:ecs:local:000000000000:cluster/default"]),
+        "{clusters}"
+    );
+}
+
+fn raw_http_json(address: &str, head: &str, body: &[u8]) -> (u16, String, Value) {
+    let (status, headers, body) = raw_http(address, head, body);
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, headers, body)
+}
