@@ -182,6 +182,31 @@ impl Client {
         self.call_with_id(action, body, &request_id()).await
     }
 
+    /// A list action's whole answer: its pages (ECS's `nextToken`, 100 ARNs
+    /// a page unless `maxResults` says otherwise) followed and joined, as
+    /// `aws` does unless told otherwise. The joined answer has no `nextToken`.
+    pub async fn call_all_pages(&self, action: &str, body: Value) -> Result<(Value, Vec<String>)> {
+        let (mut answer, mut warnings) = self.call(action, body.clone()).await?;
+        while let Some(token) = answer
+            .as_object_mut()
+            .and_then(|a| a.remove("nextToken"))
+            .filter(Value::is_string)
+        {
+            let mut next = body.clone();
+            next["nextToken"] = token;
+            let (page, more_warnings) = self.call(action, next).await?;
+            warnings.extend(more_warnings);
+            let Value::Object(page) = page else { break };
+            for (key, value) in page {
+                match (answer.get_mut(&key), value) {
+                    (Some(Value::Array(all)), Value::Array(items)) => all.extend(items),
+                    (_, value) => answer[key.as_str()] = value,
+                }
+            }
+        }
+        Ok((answer, warnings))
+    }
+
     /// Like `call`, with a request id the caller chose: sending the same id
     /// again (to any server) returns the first outcome instead of applying twice.
     pub async fn call_with_id(

@@ -108,7 +108,7 @@ async fn write_loop(
 async fn verify(server: &TestServer, acked: &BTreeSet<u64>, attempted: u64) {
     let (answer, _) = server
         .client()
-        .call("ListTaskDefinitions", json!({"familyPrefix": "w-"}))
+        .call_all_pages("ListTaskDefinitions", json!({"familyPrefix": "w-"}))
         .await
         .unwrap_or_else(|e| panic!("list on {} failed: {e}", server.address));
     let mut revisions: BTreeMap<u64, Vec<u64>> = BTreeMap::new();

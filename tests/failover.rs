@@ -51,7 +51,7 @@ fn register_body(family: &str) -> Value {
 async fn revisions(server: &TestServer, family: &str) -> Vec<String> {
     let (answer, _) = server
         .client()
-        .call("ListTaskDefinitions", json!({ "familyPrefix": family }))
+        .call_all_pages("ListTaskDefinitions", json!({ "familyPrefix": family }))
         .await
         .unwrap_or_else(|e| panic!("list on {} failed: {e}", server.address));
     answer["taskDefinitionArns"]

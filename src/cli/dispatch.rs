@@ -391,7 +391,7 @@ async fn ecs(
 ) -> anyhow::Result<()> {
     let client = client(endpoint)?;
     let (answer, warnings) = if action.starts_with("List") {
-        every_page(&client, action, body).await?
+        client.call_all_pages(action, body).await?
     } else {
         client.call(action, body).await?
     };
@@ -400,36 +400,6 @@ async fn ecs(
     }
     output.action(action, &answer);
     Ok(())
-}
-
-/// A list action's whole answer: its pages (ECS's `nextToken`), followed
-/// and joined, as `aws` does unless told otherwise.
-async fn every_page(
-    client: &Client,
-    action: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<(serde_json::Value, Vec<String>)> {
-    let (mut answer, mut warnings) = client.call(action, body.clone()).await?;
-    while let Some(token) = answer
-        .as_object_mut()
-        .and_then(|a| a.remove("nextToken"))
-        .filter(|t| t.is_string())
-    {
-        let mut next = body.clone();
-        next["nextToken"] = token;
-        let (page, more_warnings) = client.call(action, next).await?;
-        warnings.extend(more_warnings);
-        let Some(page) = page.as_object() else { break };
-        for (key, value) in page {
-            match (answer.get_mut(key), value) {
-                (Some(serde_json::Value::Array(all)), serde_json::Value::Array(items)) => {
-                    all.extend(items.iter().cloned())
-                }
-                _ => answer[key] = value.clone(),
-            }
-        }
-    }
-    Ok((answer, warnings))
 }
 
 async fn logs(
