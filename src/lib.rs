@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod blobstore;
 pub mod cli;
 pub mod client;
 pub mod controller;
@@ -11,6 +12,7 @@ pub mod datadir;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod oci;
 pub mod proxy;
 pub mod raft;
 pub mod scheduler;

@@ -233,6 +233,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         liveness: liveness.clone(),
         service_limits: options.service_limits,
         logs: Default::default(),
+        blobs: std::sync::Arc::new(crate::blobstore::BlobStore::open(data_dir.path())?),
     };
     tokio::spawn(async move {
         let stop = async move {

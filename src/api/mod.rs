@@ -11,11 +11,13 @@
 
 pub mod agent;
 pub mod door;
+pub mod ecr;
 pub mod ecs;
 pub mod elbv2;
 pub mod listener;
 pub mod logs;
 pub mod members;
+pub mod registry;
 pub mod services;
 pub mod tasks;
 pub mod watch;
@@ -59,6 +61,8 @@ pub struct ApiContext {
     pub service_limits: services::ServiceLimits,
     /// The log sessions of the agents connected to this server.
     pub logs: logs::LogSessions,
+    /// The image registry's blob files on this server.
+    pub blobs: Arc<crate::blobstore::BlobStore>,
 }
 
 impl ApiContext {
@@ -76,7 +80,7 @@ impl ApiContext {
                 ecs::call(&self.raft, self.service_limits, action, body, request_id).await
             }
             Action::Elbv2(action) => elbv2::call(&self.raft, action, body, request_id).await,
-            Action::Ecr(action) => match action {},
+            Action::Ecr(action) => ecr::call(&self.raft, action, body, request_id).await,
         }
     }
 
@@ -464,6 +468,10 @@ pub async fn serve(
     let router = routes
         .into_axum_router()
         .route("/metrics", axum::routing::get(metrics))
+        .merge(registry::router(Arc::new(registry::Registry {
+            raft: context.raft.clone(),
+            blobs: context.blobs.clone(),
+        })))
         .merge(door::routes(context))
         .fallback(door::not_served)
         .method_not_allowed_fallback(door::not_served);

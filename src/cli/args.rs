@@ -72,6 +72,9 @@ pub enum Command {
     /// The built-in load balancer, with `aws elbv2`'s verbs and flags.
     #[command(subcommand)]
     Elbv2(super::elbv2::Elbv2Command),
+    /// The built-in image registry, with ECR's verbs.
+    #[command(subcommand)]
+    Ecr(EcrCommand),
     /// Print each change of the control plane's state as it is applied, one
     /// line each, until ctrl-c; resumes where it was after a lost connection.
     Watch {
@@ -502,4 +505,69 @@ pub enum ClusterCommand {
         #[arg(long)]
         local: bool,
     },
+}
+
+/// `orc ecr ...`: the built-in image registry, as `aws ecr` names its verbs.
+#[derive(Subcommand, Debug)]
+pub enum EcrCommand {
+    /// Create a repository (a push also creates its repository).
+    CreateRepository {
+        /// The repository's name, e.g. lab/web.
+        #[arg(long)]
+        repository_name: String,
+    },
+    /// Describe repositories (default: all).
+    DescribeRepositories {
+        /// Repository names.
+        #[arg(long, num_args = 1..)]
+        repository_names: Vec<String>,
+    },
+    /// Delete a repository.
+    DeleteRepository {
+        /// The repository's name.
+        #[arg(long)]
+        repository_name: String,
+        /// Delete it with the images it holds.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List a repository's images (digest and tag).
+    ListImages {
+        /// The repository's name.
+        #[arg(long)]
+        repository_name: String,
+    },
+    /// Describe a repository's images: digest, tags, size, push time, platforms.
+    DescribeImages {
+        /// The repository's name.
+        #[arg(long)]
+        repository_name: String,
+        /// Only these images: imageTag=TAG or imageDigest=DIGEST (repeatable).
+        #[arg(long, num_args = 1.., value_parser = parse_image_id)]
+        image_ids: Vec<(String, String)>,
+    },
+    /// Delete images by tag or digest.
+    BatchDeleteImage {
+        /// The repository's name.
+        #[arg(long)]
+        repository_name: String,
+        /// imageTag=TAG or imageDigest=DIGEST (repeatable).
+        #[arg(long, num_args = 1.., required = true, value_parser = parse_image_id)]
+        image_ids: Vec<(String, String)>,
+    },
+    /// Print a password for `docker login --username AWS --password-stdin HOST:PORT`
+    /// (good for 12 hours).
+    GetLoginPassword,
+}
+
+/// `imageTag=v1` or `imageDigest=sha256:...`.
+fn parse_image_id(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key @ ("imageTag" | "imageDigest"), value)) if !value.is_empty() => {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "invalid image id {text:?}: write imageTag=TAG or imageDigest=sha256:..."
+        )),
+    }
 }

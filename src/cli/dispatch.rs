@@ -87,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (action, body) = verb.request()?;
             ecs(&cli.endpoint, &output, &format!("elbv2:{action}"), body).await
         }
+        Command::Ecr(command) => ecr(&cli.endpoint, &output, command).await,
         Command::Watch { after_revision } => {
             watch::run(&cli.endpoint, &output, after_revision).await
         }
@@ -399,6 +400,76 @@ async fn ecs(
         eprintln!("warning: {warning}");
     }
     output.action(action, &answer);
+    Ok(())
+}
+
+/// `orc ecr ...`: one `ecr:` action each.
+async fn ecr(endpoint: &str, output: &Output, command: EcrCommand) -> anyhow::Result<()> {
+    let ids = |ids: Vec<(String, String)>| -> Vec<serde_json::Value> {
+        ids.into_iter()
+            .map(|(key, value)| json!({ key: value }))
+            .collect()
+    };
+    let (action, body) = match command {
+        EcrCommand::CreateRepository { repository_name } => (
+            "CreateRepository",
+            json!({"repositoryName": repository_name}),
+        ),
+        EcrCommand::DescribeRepositories { repository_names } => (
+            "DescribeRepositories",
+            json!({"repositoryNames": repository_names}),
+        ),
+        EcrCommand::DeleteRepository {
+            repository_name,
+            force,
+        } => (
+            "DeleteRepository",
+            json!({"repositoryName": repository_name, "force": force}),
+        ),
+        EcrCommand::ListImages { repository_name } => {
+            ("ListImages", json!({"repositoryName": repository_name}))
+        }
+        EcrCommand::DescribeImages {
+            repository_name,
+            image_ids,
+        } => (
+            "DescribeImages",
+            json!({"repositoryName": repository_name, "imageIds": ids(image_ids)}),
+        ),
+        EcrCommand::BatchDeleteImage {
+            repository_name,
+            image_ids,
+        } => (
+            "BatchDeleteImage",
+            json!({"repositoryName": repository_name, "imageIds": ids(image_ids)}),
+        ),
+        EcrCommand::GetLoginPassword => {
+            use base64::Engine as _;
+            let (answer, _) = client(endpoint)?
+                .call("ecr:GetAuthorizationToken", json!({}))
+                .await?;
+            let token = answer["authorizationData"][0]["authorizationToken"]
+                .as_str()
+                .unwrap_or_default();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(token)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .unwrap_or_default();
+            let password = decoded
+                .strip_prefix("AWS:")
+                .ok_or_else(|| anyhow::anyhow!("the server answered no usable login token"))?;
+            println!("{password}");
+            return Ok(());
+        }
+    };
+    let (answer, warnings) = client(endpoint)?
+        .call(&format!("ecr:{action}"), body)
+        .await?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    output.ecr(action, &answer);
     Ok(())
 }
 

@@ -61,6 +61,67 @@ impl Output {
         );
     }
 
+    /// The answer of an ECR action: a table of repositories or images.
+    pub fn ecr(&self, action: &str, answer: &Value) {
+        if self.format == OutputFormat::Json {
+            return self.json(answer);
+        }
+        let list = |key: &str| answer[key].as_array().cloned().unwrap_or_default();
+        match action {
+            "CreateRepository" | "DeleteRepository" | "DescribeRepositories" => {
+                let repositories = match answer.get("repositories") {
+                    Some(_) => list("repositories"),
+                    None => vec![answer["repository"].clone()],
+                };
+                let rows: Vec<Vec<String>> = repositories
+                    .iter()
+                    .map(|r| vec![text(r, "repositoryName"), text(r, "repositoryUri")])
+                    .collect();
+                println!("{}", table(&["REPOSITORY", "URI"], &rows));
+            }
+            "ListImages" | "BatchDeleteImage" => {
+                let rows: Vec<Vec<String>> = list("imageIds")
+                    .iter()
+                    .map(|i| vec![text(i, "imageDigest"), text(i, "imageTag")])
+                    .collect();
+                println!("{}", table(&["DIGEST", "TAG"], &rows));
+                for failure in list("failures") {
+                    eprintln!(
+                        "failed: {} ({})",
+                        text(&failure, "failureReason"),
+                        text(&failure, "failureCode")
+                    );
+                }
+            }
+            "DescribeImages" => {
+                let join = |v: &Value, key: &str| {
+                    v[key]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default()
+                };
+                let rows: Vec<Vec<String>> = list("imageDetails")
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            text(i, "imageDigest"),
+                            join(i, "imageTags"),
+                            i["imageSizeInBytes"].to_string(),
+                            join(i, "platforms"),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["DIGEST", "TAGS", "SIZE", "PLATFORMS"], &rows));
+            }
+            _ => self.json(answer),
+        }
+    }
+
     /// The answer of an ECS action.
     pub fn action(&self, action: &str, answer: &Value) {
         if self.format == OutputFormat::Json {

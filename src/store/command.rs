@@ -210,6 +210,66 @@ pub enum Command {
     },
     /// A load balancer change (elbv2's verbs, the health checks, draining).
     Elbv2(super::elbv2::Elbv2Command),
+    /// ECR CreateRepository (`must_be_new`), or a push creating its repository.
+    RegistryCreateRepository {
+        /// The repository.
+        repository_name: String,
+        /// Refuse an existing repository (ECR's verb) rather than keep it.
+        must_be_new: bool,
+        /// When.
+        now_ms: u64,
+    },
+    /// ECR DeleteRepository.
+    RegistryDeleteRepository {
+        /// The repository.
+        repository_name: String,
+        /// Delete it with its images.
+        force: bool,
+    },
+    /// A verified blob (upload or mount) linked into a repository.
+    RegistryLinkBlob {
+        /// The repository.
+        repository_name: String,
+        /// The blob's digest.
+        digest: crate::oci::Digest,
+        /// Its size.
+        size: u64,
+        /// When.
+        now_ms: u64,
+    },
+    /// A blob link removed (`DELETE /v2/NAME/blobs/DIGEST`).
+    RegistryUnlinkBlob {
+        /// The repository.
+        repository_name: String,
+        /// The blob's digest.
+        digest: crate::oci::Digest,
+    },
+    /// A manifest pushed, with the tag it was pushed under.
+    RegistryPutManifest {
+        /// The manifest, what it references and the platforms it covers.
+        manifest: Box<super::registry::ManifestRecord>,
+        /// The tag, when pushed by tag.
+        tag: Option<String>,
+    },
+    /// A manifest deleted with its tags.
+    RegistryDeleteManifest {
+        /// The repository.
+        repository_name: String,
+        /// The manifest's digest.
+        digest: crate::oci::Digest,
+    },
+    /// A tag deleted.
+    RegistryDeleteTag {
+        /// The repository.
+        repository_name: String,
+        /// The tag.
+        tag: String,
+    },
+    /// The secret that signs registry tokens (kept only if none is set).
+    RegistrySetSecret {
+        /// Random, chosen by the proposer.
+        secret: String,
+    },
 }
 
 impl Command {
@@ -237,6 +297,14 @@ impl Command {
             Command::ServiceLaunch { .. } => "ServiceLaunch",
             Command::ServicePlan { .. } => "ServicePlan",
             Command::Elbv2(command) => command.action(),
+            Command::RegistryCreateRepository { .. } => "CreateRepository",
+            Command::RegistryDeleteRepository { .. } => "DeleteRepository",
+            Command::RegistryLinkBlob { .. } => "RegistryLinkBlob",
+            Command::RegistryUnlinkBlob { .. } => "RegistryUnlinkBlob",
+            Command::RegistryPutManifest { .. } => "PutImage",
+            Command::RegistryDeleteManifest { .. } => "BatchDeleteImage",
+            Command::RegistryDeleteTag { .. } => "RegistryDeleteTag",
+            Command::RegistrySetSecret { .. } => "RegistrySetSecret",
         }
     }
 
@@ -363,6 +431,28 @@ impl Command {
                     subjects.push("task", last_segment(task));
                 }
             }
+            Command::RegistryCreateRepository {
+                repository_name, ..
+            }
+            | Command::RegistryDeleteRepository {
+                repository_name, ..
+            }
+            | Command::RegistryLinkBlob {
+                repository_name, ..
+            }
+            | Command::RegistryUnlinkBlob {
+                repository_name, ..
+            }
+            | Command::RegistryDeleteManifest {
+                repository_name, ..
+            }
+            | Command::RegistryDeleteTag {
+                repository_name, ..
+            } => subjects.push("repository", repository_name),
+            Command::RegistryPutManifest { manifest, .. } => {
+                subjects.push("repository", &manifest.repository_name)
+            }
+            Command::RegistrySetSecret { .. } => {}
         }
         subjects.0
     }

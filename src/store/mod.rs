@@ -21,6 +21,7 @@ pub mod command;
 pub mod ecs;
 pub mod elbv2;
 pub mod history;
+pub mod registry;
 pub mod services;
 pub mod state;
 pub mod table;

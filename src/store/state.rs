@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, Outcome, Proposal};
 use super::ecs;
+use super::registry;
 use super::services;
 use super::table::Table;
 use crate::error::Refusal;
@@ -116,6 +117,9 @@ pub struct State {
     /// The built-in load balancer's resources.
     #[serde(default)]
     pub elbv2: super::elbv2::Elbv2State,
+    /// The image registry's repositories, manifests, tags and blob links.
+    #[serde(default)]
+    pub registry: super::registry::RegistryState,
     /// Resource usage and assignments per instance; rebuilt after loading.
     #[serde(skip)]
     pub(crate) indexes: super::ecs::Indexes,
@@ -359,6 +363,39 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             now_ms,
         } => services::apply_plan(state, cluster, service_name, plan, *now_ms),
         Command::Elbv2(command) => super::elbv2::apply(state, command),
+        Command::RegistryCreateRepository {
+            repository_name,
+            must_be_new,
+            now_ms,
+        } => {
+            registry::create_repository(&mut state.registry, repository_name, *must_be_new, *now_ms)
+        }
+        Command::RegistryDeleteRepository {
+            repository_name,
+            force,
+        } => registry::delete_repository(&mut state.registry, repository_name, *force),
+        Command::RegistryLinkBlob {
+            repository_name,
+            digest,
+            size,
+            now_ms,
+        } => registry::link_blob(&mut state.registry, repository_name, digest, *size, *now_ms),
+        Command::RegistryUnlinkBlob {
+            repository_name,
+            digest,
+        } => registry::unlink_blob(&mut state.registry, repository_name, digest),
+        Command::RegistryPutManifest { manifest, tag } => {
+            registry::put_manifest(&mut state.registry, manifest, tag.as_deref())
+        }
+        Command::RegistryDeleteManifest {
+            repository_name,
+            digest,
+        } => registry::delete_manifest(&mut state.registry, repository_name, digest),
+        Command::RegistryDeleteTag {
+            repository_name,
+            tag,
+        } => registry::delete_tag(&mut state.registry, repository_name, tag),
+        Command::RegistrySetSecret { secret } => registry::set_secret(&mut state.registry, secret),
         Command::DeleteCluster { cluster_name } => {
             let name = model::cluster_name_from(cluster_name);
             state.active_cluster(&name)?;

@@ -164,6 +164,20 @@ actions! {
     /// One ECR action (`CreateRepository`, ...), served by orc's built-in
     /// image registry.
     EcrAction, "ecr";
+    /// Creates a repository.
+    CreateRepository,
+    /// Describes repositories.
+    DescribeRepositories,
+    /// Deletes a repository (with its images when forced).
+    DeleteRepository,
+    /// Lists a repository's image ids (digest and tag).
+    ListImages,
+    /// Describes images: digest, tags, size, push time, platforms.
+    DescribeImages,
+    /// Deletes images by digest or tag.
+    BatchDeleteImage,
+    /// A login password for `docker login --username AWS`.
+    GetAuthorizationToken,
 }
 
 /// Any action orc implements, of any service.

@@ -1,0 +1,478 @@
+//! ECR's verbs over the built-in image registry, with ECR's JSON shapes
+//! (`repositoryName`, `imageIds`, `imageDetails`, ...), and the registry's
+//! login tokens: `GetAuthorizationToken` signs a short-lived password with
+//! the cluster's registry secret (replicated state), which `docker login
+//! --username AWS` sends back as HTTP Basic credentials.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use super::ecs::{parse, ActionResult};
+use crate::oci::Digest;
+use crate::raft::node::RaftHandle;
+use crate::store::registry::{ManifestRecord, RegistryState, Repository};
+use crate::store::{Command, Proposal};
+use crate::vocab::action::EcrAction;
+use crate::vocab::time::now_ms;
+use crate::{Error, Result};
+
+/// How long a login password is good for (ECR's is 12 hours).
+pub const TOKEN_LIFETIME_MS: u64 = 12 * 3600 * 1000;
+
+/// The account id ECR shows in ARNs and `registryId`.
+const REGISTRY_ID: &str = "000000000000";
+
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(message);
+    let inner = inner.finalize();
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner);
+    outer.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A login password good until `expires_ms`: `orc1.EXPIRY.SIGNATURE`.
+pub fn sign_token(secret: &str, expires_ms: u64) -> String {
+    let payload = format!("orc1.{expires_ms}");
+    let signature = hmac_sha256(secret.as_bytes(), payload.as_bytes());
+    format!("{payload}.{}", hex(&signature))
+}
+
+/// Whether `token` was signed with `secret` and has not expired at `now_ms`.
+pub fn verify_token(secret: &str, token: &str, now_ms: u64) -> bool {
+    let Some((payload, signature)) = token.rsplit_once('.') else {
+        return false;
+    };
+    let Some(expires_ms) = payload
+        .strip_prefix("orc1.")
+        .and_then(|e| e.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let expected = hex(&hmac_sha256(secret.as_bytes(), payload.as_bytes()));
+    // Compared in constant time.
+    let same = expected.len() == signature.len()
+        && expected
+            .bytes()
+            .zip(signature.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same && now_ms < expires_ms
+}
+
+/// The password of an `Authorization: Basic …` header whose user is `AWS`
+/// (or `Bearer TOKEN`).
+pub fn basic_password(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        return Some(token.trim().to_string());
+    }
+    let encoded = header.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    (user == "AWS").then(|| password.to_string())
+}
+
+/// The registry's token secret, made (once, through Raft) when missing.
+pub async fn secret(raft: &RaftHandle) -> Result<String> {
+    let current = raft.store().read(|s| s.registry.secret.clone());
+    if !current.is_empty() {
+        return Ok(current);
+    }
+    let secret = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    raft.propose(Proposal {
+        request_id: crate::vocab::ids::request_id(),
+        command: Command::RegistrySetSecret { secret },
+    })
+    .await?;
+    Ok(raft.store().read(|s| s.registry.secret.clone()))
+}
+
+/// Dispatches one ECR action: the one `match` over [`EcrAction`].
+pub async fn call(
+    raft: &RaftHandle,
+    action: EcrAction,
+    body: &str,
+    request_id: String,
+) -> Result<ActionResult> {
+    let request_id = if request_id.is_empty() {
+        crate::vocab::ids::request_id()
+    } else {
+        request_id
+    };
+    let name = action.name();
+    match action {
+        EcrAction::CreateRepository => {
+            let request: RepositoryRequest = parse(name, body)?;
+            let repository_name = request.repository_name(name)?;
+            propose(
+                raft,
+                request_id,
+                Command::RegistryCreateRepository {
+                    repository_name: repository_name.clone(),
+                    must_be_new: true,
+                    now_ms: now_ms(),
+                },
+            )
+            .await?;
+            let host = registry_host(raft);
+            raft.store().read(|s| {
+                let repository = s.registry.repository(&repository_name)?;
+                Ok(json!({ "repository": repository_view(repository, &host) }).into())
+            })
+        }
+        EcrAction::DescribeRepositories => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Request {
+                #[serde(default)]
+                repository_names: Vec<String>,
+            }
+            let request: Request = parse(name, body)?;
+            raft.read_barrier().await?;
+            let host = registry_host(raft);
+            raft.store().read(|s| {
+                let repositories = if request.repository_names.is_empty() {
+                    s.registry.repositories.values().collect::<Vec<_>>()
+                } else {
+                    request
+                        .repository_names
+                        .iter()
+                        .map(|n| s.registry.repository(n))
+                        .collect::<Result<Vec<_>>>()?
+                };
+                let views: Vec<Value> = repositories
+                    .into_iter()
+                    .map(|r| repository_view(r, &host))
+                    .collect();
+                Ok(json!({ "repositories": views }).into())
+            })
+        }
+        EcrAction::DeleteRepository => {
+            let request: RepositoryRequest = parse(name, body)?;
+            let repository_name = request.repository_name(name)?;
+            let host = registry_host(raft);
+            let before = raft
+                .store()
+                .read(|s| s.registry.repository(&repository_name).cloned())?;
+            propose(
+                raft,
+                request_id,
+                Command::RegistryDeleteRepository {
+                    repository_name,
+                    force: request.force,
+                },
+            )
+            .await?;
+            Ok(json!({ "repository": repository_view(&before, &host) }).into())
+        }
+        EcrAction::ListImages => {
+            let request: RepositoryRequest = parse(name, body)?;
+            let repository_name = request.repository_name(name)?;
+            raft.read_barrier().await?;
+            raft.store().read(|s| {
+                s.registry.repository(&repository_name)?;
+                let mut ids = Vec::new();
+                for manifest in s.registry.manifests_of(&repository_name) {
+                    let tags = tags_of(&s.registry, manifest);
+                    if tags.is_empty() {
+                        ids.push(json!({ "imageDigest": manifest.digest }));
+                    }
+                    for tag in tags {
+                        ids.push(json!({ "imageDigest": manifest.digest, "imageTag": tag }));
+                    }
+                }
+                Ok(json!({ "imageIds": ids }).into())
+            })
+        }
+        EcrAction::DescribeImages => {
+            let request: RepositoryRequest = parse(name, body)?;
+            let repository_name = request.repository_name(name)?;
+            raft.read_barrier().await?;
+            raft.store().read(|s| {
+                s.registry.repository(&repository_name)?;
+                let manifests: Vec<&ManifestRecord> = if request.image_ids.is_empty() {
+                    s.registry.manifests_of(&repository_name).collect()
+                } else {
+                    request
+                        .image_ids
+                        .iter()
+                        .map(|id| {
+                            find_image(&s.registry, &repository_name, id).map_err(Error::NotFound)
+                        })
+                        .collect::<Result<Vec<_>>>()?
+                };
+                let details: Vec<Value> = manifests
+                    .into_iter()
+                    .map(|m| image_detail(&s.registry, m))
+                    .collect();
+                Ok(json!({ "imageDetails": details }).into())
+            })
+        }
+        EcrAction::BatchDeleteImage => {
+            let request: RepositoryRequest = parse(name, body)?;
+            let repository_name = request.repository_name(name)?;
+            raft.store()
+                .read(|s| s.registry.repository(&repository_name).map(|_| ()))?;
+            let mut deleted = Vec::new();
+            let mut failures = Vec::new();
+            for (i, id) in request.image_ids.iter().enumerate() {
+                let found = raft.store().read(|s| {
+                    find_image(&s.registry, &repository_name, id).map(|m| {
+                        let tags = tags_of(&s.registry, m);
+                        (m.digest.clone(), tags)
+                    })
+                });
+                let outcome = match found {
+                    Err(reason) => Err(("ImageNotFound", reason)),
+                    Ok((digest, tags)) => {
+                        // A tag goes alone unless it is the image's last one (as ECR does).
+                        let command = match &id.image_tag {
+                            Some(tag) if tags.len() > 1 => Command::RegistryDeleteTag {
+                                repository_name: repository_name.clone(),
+                                tag: tag.clone(),
+                            },
+                            _ => Command::RegistryDeleteManifest {
+                                repository_name: repository_name.clone(),
+                                digest: digest.clone(),
+                            },
+                        };
+                        propose(raft, format!("{request_id}/{i}"), command)
+                            .await
+                            .map(|_| digest)
+                            .map_err(|e| ("InvalidImageDigest", e.to_string()))
+                    }
+                };
+                match outcome {
+                    Ok(digest) => {
+                        let mut view = json!({ "imageDigest": digest });
+                        if let Some(tag) = &id.image_tag {
+                            view["imageTag"] = json!(tag);
+                        }
+                        deleted.push(view);
+                    }
+                    Err((code, reason)) => failures.push(json!({
+                        "imageId": id.view(),
+                        "failureCode": code,
+                        "failureReason": reason,
+                    })),
+                }
+            }
+            Ok(json!({ "imageIds": deleted, "failures": failures }).into())
+        }
+        EcrAction::GetAuthorizationToken => {
+            use base64::Engine as _;
+            let secret = secret(raft).await?;
+            let expires_ms = now_ms() + TOKEN_LIFETIME_MS;
+            let password = sign_token(&secret, expires_ms);
+            // ECR's authorizationToken: `AWS:PASSWORD`, base64-encoded.
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+            Ok(json!({
+                "authorizationData": [{
+                    "authorizationToken": token,
+                    "expiresAt": expires_ms as f64 / 1000.0,
+                    "proxyEndpoint": format!("http://{}", registry_host(raft)),
+                }]
+            })
+            .into())
+        }
+    }
+}
+
+async fn propose(raft: &RaftHandle, request_id: String, command: Command) -> Result<Value> {
+    raft.propose(Proposal {
+        request_id,
+        command,
+    })
+    .await
+}
+
+/// An image id as ECR's requests name it.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ImageId {
+    image_digest: Option<String>,
+    image_tag: Option<String>,
+}
+
+impl ImageId {
+    fn view(&self) -> Value {
+        let mut view = json!({});
+        if let Some(d) = &self.image_digest {
+            view["imageDigest"] = json!(d);
+        }
+        if let Some(t) = &self.image_tag {
+            view["imageTag"] = json!(t);
+        }
+        view
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RepositoryRequest {
+    repository_name: Option<String>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    image_ids: Vec<ImageId>,
+}
+
+impl RepositoryRequest {
+    fn repository_name(&self, action: &str) -> Result<String> {
+        let name = self
+            .repository_name
+            .clone()
+            .ok_or_else(|| Error::InvalidInput(format!("{action}: repositoryName is required")))?;
+        crate::oci::validate_repository_name(&name)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok(name)
+    }
+}
+
+fn find_image<'a>(
+    registry: &'a RegistryState,
+    repository: &str,
+    id: &ImageId,
+) -> std::result::Result<&'a ManifestRecord, String> {
+    let digest = match (&id.image_digest, &id.image_tag) {
+        (Some(digest), _) => Digest::parse(digest).map_err(|e| e.to_string())?,
+        (None, Some(tag)) => registry
+            .tag(repository, tag)
+            .cloned()
+            .ok_or_else(|| format!("tag {tag:?} is not in repository {repository:?}"))?,
+        (None, None) => return Err("an image id needs imageDigest or imageTag".into()),
+    };
+    let manifest = registry
+        .manifest(repository, &digest)
+        .ok_or_else(|| format!("image {digest} is not in repository {repository:?}"))?;
+    if let (Some(tag), Some(_)) = (&id.image_tag, &id.image_digest) {
+        if registry.tag(repository, tag) != Some(&digest) {
+            return Err(format!("tag {tag:?} does not name image {digest}"));
+        }
+    }
+    Ok(manifest)
+}
+
+fn tags_of(registry: &RegistryState, manifest: &ManifestRecord) -> Vec<String> {
+    registry
+        .tags_of(&manifest.repository_name)
+        .filter(|(_, d)| **d == manifest.digest)
+        .map(|(t, _)| t.to_string())
+        .collect()
+}
+
+/// Where this server's registry is reached (`host:port`), from its member
+/// address.
+fn registry_host(raft: &RaftHandle) -> String {
+    let id = raft.status().id;
+    let address = raft
+        .store()
+        .read(|s| s.member_address(id).map(str::to_string))
+        .unwrap_or_default();
+    address
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn repository_view(repository: &Repository, host: &str) -> Value {
+    let name = &repository.repository_name;
+    json!({
+        "repositoryArn": format!("arn:aws:ecr:orc:{REGISTRY_ID}:repository/{name}"),
+        "registryId": REGISTRY_ID,
+        "repositoryName": name,
+        "repositoryUri": format!("{host}/{name}"),
+        "createdAt": repository.created_at_ms as f64 / 1000.0,
+        "imageTagMutability": "MUTABLE",
+    })
+}
+
+fn image_detail(registry: &RegistryState, manifest: &ManifestRecord) -> Value {
+    let platforms: Vec<String> = manifest.platforms.iter().map(ToString::to_string).collect();
+    let mut detail = json!({
+        "registryId": REGISTRY_ID,
+        "repositoryName": manifest.repository_name,
+        "imageDigest": manifest.digest,
+        "imageSizeInBytes": image_size(registry, manifest),
+        "imagePushedAt": manifest.pushed_at_ms as f64 / 1000.0,
+        "imageManifestMediaType": manifest.media_type,
+        "platforms": platforms,
+    });
+    let tags = tags_of(registry, manifest);
+    if !tags.is_empty() {
+        detail["imageTags"] = json!(tags);
+    }
+    if let Some(artifact_type) = &manifest.artifact_type {
+        detail["artifactMediaType"] = json!(artifact_type);
+    }
+    detail
+}
+
+/// An image's size: its blobs, or for an index the blobs of its entries.
+fn image_size(registry: &RegistryState, manifest: &ManifestRecord) -> u64 {
+    manifest.image_size()
+        + manifest
+            .children
+            .iter()
+            .filter_map(|d| registry.manifest(&manifest.repository_name, d))
+            .map(ManifestRecord::image_size)
+            .sum::<u64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_until_they_expire_and_only_with_their_secret() {
+        let token = sign_token("s3cret", 1_000);
+        assert!(verify_token("s3cret", &token, 999));
+        assert!(!verify_token("s3cret", &token, 1_000));
+        assert!(!verify_token("other", &token, 999));
+        assert!(!verify_token(
+            "s3cret",
+            &token.replace("orc1.1000", "orc1.9999"),
+            999
+        ));
+        assert!(!verify_token("s3cret", "garbage", 1));
+        use base64::Engine as _;
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("AWS:{token}"))
+        );
+        assert_eq!(basic_password(&header), Some(token));
+        assert_eq!(basic_password("Basic !!"), None);
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2 of RFC 4231.
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,896 @@
+//! The built-in image registry (`/v2/` on the API port) with real clients:
+//! `docker push`/`docker pull` of a locally built image, `skopeo copy --all`
+//! of a two-platform OCI index in and out with the same digests, `skopeo
+//! inspect`, and raw HTTP for the spec's strict points and bad input
+//! (nothing half-stored). Docker treats 127.0.0.0/8 as an insecure
+//! registry, so no TLS is needed here. Each test logs in with its own
+//! `DOCKER_CONFIG` and removes the image tags it made.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use common::cluster::TestServer;
+use common::images;
+
+fn digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// A one-server control plane whose registry the test uses.
+struct Registry {
+    server: TestServer,
+    _root: tempfile::TempDir,
+    /// `docker`'s config dir for this test (its login lives there).
+    docker_config: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Registry {
+        let root = tempfile::tempdir().unwrap();
+        let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+        server.wait_ready().await;
+        Registry {
+            server,
+            _root: root,
+            docker_config: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn host(&self) -> &str {
+        &self.server.address
+    }
+
+    fn orc(&self, args: &[&str]) -> (bool, String, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+            .args(args)
+            .env("ORC_ENDPOINT", &self.server.address)
+            .output()
+            .expect("run orc");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    }
+
+    fn password(&self) -> String {
+        let (ok, out, err) = self.orc(&["ecr", "get-login-password"]);
+        assert!(ok, "get-login-password failed: {err}");
+        out.trim().to_string()
+    }
+
+    fn docker(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        let mut child = Command::new("docker")
+            .args(args)
+            .env("DOCKER_CONFIG", self.docker_config.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run docker");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    /// One raw HTTP/1.1 request; the answer's status, headers (lower-case
+    /// names) and body.
+    fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        self.http_raw(method, path, headers, body, Some(body.len()))
+    }
+
+    /// As `http`, with `content_length` declared (a longer one makes a
+    /// truncated body: the request's write side is closed early).
+    fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        content_length: Option<usize>,
+    ) -> Answer {
+        let mut stream = TcpStream::connect(self.host()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.host()
+        );
+        if let Some(length) = content_length {
+            request.push_str(&format!("Content-Length: {length}\r\n"));
+        }
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        // A server may answer (413) and close before reading a big body.
+        let _ = stream.write_all(body);
+        if content_length.is_some_and(|l| l > body.len()) {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        Answer::parse(&raw)
+    }
+
+    fn authorization(&self) -> String {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("AWS:{}", self.password()))
+        )
+    }
+
+    /// Pushes a blob in one request; returns its digest.
+    fn push_blob(&self, auth: &str, name: &str, bytes: &[u8]) -> String {
+        let d = digest(bytes);
+        let answer = self.http(
+            "POST",
+            &format!("/v2/{name}/blobs/uploads/?digest={d}"),
+            &[("Authorization", auth)],
+            bytes,
+        );
+        assert_eq!(answer.status, 201, "{answer:?}");
+        d
+    }
+
+    fn put_manifest(
+        &self,
+        auth: &str,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Answer {
+        self.http(
+            "PUT",
+            &format!("/v2/{name}/manifests/{reference}"),
+            &[("Authorization", auth), ("Content-Type", media_type)],
+            body,
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn parse(raw: &[u8]) -> Answer {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP answer: {:?}", String::from_utf8_lossy(raw)));
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+        {
+            body = dechunk(&body);
+        }
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The spec's error code of an error answer.
+    fn code(&self) -> String {
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = body.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..end]).unwrap().trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[end + 2..end + 2 + size]);
+        body = &body[end + 2 + size + 2..];
+    }
+}
+
+/// Removes image references from the local Docker when dropped.
+struct DockerTags(Vec<String>);
+
+impl Drop for DockerTags {
+    fn drop(&mut self) {
+        for tag in &self.0 {
+            let _ = Command::new("docker")
+                .args(["rmi", "--force", tag])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pushes_with_credentials_and_pulls_back() {
+    let registry = Registry::start().await;
+    let reference = format!("{}/orc-test/registry-docker:1", registry.host());
+    let _cleanup = DockerTags(vec![reference.clone()]);
+    images::busybox_image(&reference);
+
+    // Without credentials the push is refused.
+    let (ok, text) = registry.docker(&["push", &reference], None);
+    assert!(!ok, "a push without credentials went through: {text}");
+    assert!(
+        text.contains("no basic auth credentials") || text.contains("unauthorized"),
+        "{text}"
+    );
+    let answer = registry.http("POST", "/v2/orc-test/x/blobs/uploads/", &[], b"");
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.code(), "UNAUTHORIZED");
+    assert!(answer
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Basic"));
+
+    let password = registry.password();
+    let (ok, text) = registry.docker(
+        &[
+            "login",
+            "--username",
+            "AWS",
+            "--password-stdin",
+            registry.host(),
+        ],
+        Some(&password),
+    );
+    assert!(ok, "docker login failed: {text}");
+    let (ok, text) = registry.docker(&["push", &reference], None);
+    assert!(ok, "docker push failed: {text}");
+    let pushed = text
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("docker push prints the digest")
+        .to_string();
+
+    let (ok, text) = registry.docker(&["rmi", &reference], None);
+    assert!(ok, "docker rmi failed: {text}");
+    let (ok, text) = registry.docker(&["pull", &reference], None);
+    assert!(ok, "docker pull failed: {text}");
+    assert!(
+        text.contains(&pushed),
+        "the pull got another digest: {text}"
+    );
+
+    let (ok, out, err) = registry.orc(&[
+        "--output",
+        "json",
+        "ecr",
+        "describe-images",
+        "--repository-name",
+        "orc-test/registry-docker",
+    ]);
+    assert!(ok, "{err}");
+    let details: Value = serde_json::from_str(&out).unwrap();
+    let image = &details["imageDetails"][0];
+    assert_eq!(image["imageDigest"], pushed.as_str());
+    assert_eq!(image["imageTags"], json!(["1"]));
+    assert_eq!(image["platforms"], json!(["linux/amd64"]));
+    assert!(image["imageSizeInBytes"].as_u64().unwrap() > 100_000);
+    assert!(image["imagePushedAt"].as_f64().unwrap() > 1.7e9);
+
+    // skopeo inspect reads it anonymously.
+    let output = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let inspected: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(inspected["Digest"], pushed.as_str());
+    assert_eq!(inspected["Architecture"], "amd64");
+
+    // ECR's verbs see it, and delete it.
+    let (ok, out, _) = registry.orc(&[
+        "ecr",
+        "list-images",
+        "--repository-name",
+        "orc-test/registry-docker",
+    ]);
+    assert!(ok && out.contains(&pushed), "{out}");
+    let (ok, _, err) = registry.orc(&[
+        "ecr",
+        "delete-repository",
+        "--repository-name",
+        "orc-test/registry-docker",
+    ]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    let (ok, _, err) = registry.orc(&[
+        "ecr",
+        "batch-delete-image",
+        "--repository-name",
+        "orc-test/registry-docker",
+        "--image-ids",
+        "imageTag=1",
+    ]);
+    assert!(ok, "{err}");
+    let answer = registry.http("GET", "/v2/orc-test/registry-docker/manifests/1", &[], b"");
+    assert_eq!(answer.status, 404);
+    let (ok, _, err) = registry.orc(&[
+        "ecr",
+        "delete-repository",
+        "--repository-name",
+        "orc-test/registry-docker",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = registry.orc(&["ecr", "describe-repositories"]);
+    assert!(ok && !out.contains("registry-docker"), "{out}");
+}
+
+/// Writes an OCI image layout holding a two-platform index (amd64 and
+/// arm64) built from local bytes; returns the index's digest.
+fn write_oci_layout(dir: &Path) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let d = digest(bytes);
+        std::fs::write(blobs.join(&d[7..]), bytes).unwrap();
+        (d, bytes.len())
+    };
+    let mut entries = Vec::new();
+    for (architecture, variant) in [("amd64", None), ("arm64", Some("v8"))] {
+        // A one-file tar layer, different per platform.
+        let mut tar = vec![0u8; 512];
+        let name = format!("hello-{architecture}");
+        tar[..name.len()].copy_from_slice(name.as_bytes());
+        let content = format!("hello from {architecture}\n");
+        tar[100..108].copy_from_slice(b"0000644\0");
+        tar[108..116].copy_from_slice(b"0000000\0");
+        tar[116..124].copy_from_slice(b"0000000\0");
+        tar[124..136].copy_from_slice(format!("{:011o}\0", content.len()).as_bytes());
+        tar[136..148].copy_from_slice(b"00000000000\0");
+        tar[156] = b'0';
+        tar[148..156].copy_from_slice(b"        ");
+        let sum: u32 = tar.iter().map(|b| *b as u32).sum();
+        tar[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut data = content.into_bytes();
+        data.resize(512, 0);
+        tar.extend_from_slice(&data);
+        tar.extend_from_slice(&[0u8; 1024]);
+        let (layer, layer_size) = put(&tar);
+        let mut platform = json!({"architecture": architecture, "os": "linux"});
+        if let Some(variant) = variant {
+            platform["variant"] = json!(variant);
+        }
+        let mut config = platform.clone();
+        config["rootfs"] = json!({"type": "layers", "diff_ids": [layer]});
+        config["config"] = json!({"Cmd": ["/hello"]});
+        let (config, config_size) = put(config.to_string().as_bytes());
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
+        });
+        let (manifest, manifest_size) = put(manifest.to_string().as_bytes());
+        entries.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest,
+            "size": manifest_size,
+            "platform": platform,
+        }));
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let (index, index_size) = put(index.to_string().as_bytes());
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index,
+            "size": index_size,
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
+    index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_copies_a_two_platform_index_in_and_out_unchanged() {
+    let registry = Registry::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("in");
+    let index = write_oci_layout(&source);
+    let creds = format!("AWS:{}", registry.password());
+    let remote = format!("docker://{}/orc-test/multi:1", registry.host());
+
+    let output = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+        ])
+        .arg(format!("oci:{}:multi", source.display()))
+        .arg(&remote)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo copy in: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let output = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &remote])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(digest(&output.stdout), index, "the index came back changed");
+
+    let output = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--override-arch",
+            "arm64",
+            &remote,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let arm: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(arm["Architecture"], "arm64");
+
+    let out_dir = work.path().join("out");
+    let output = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+        ])
+        .arg(&remote)
+        .arg(format!("oci:{}:multi", out_dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo copy out: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let top: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("index.json")).unwrap())
+            .unwrap();
+    assert_eq!(top["manifests"][0]["digest"], index.as_str());
+    for entry in std::fs::read_dir(source.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let copied = std::fs::read(out_dir.join("blobs/sha256").join(entry.file_name()))
+            .expect("every blob came back");
+        assert_eq!(copied, std::fs::read(entry.path()).unwrap());
+    }
+
+    let answer = registry.http("GET", "/v2/orc-test/multi/manifests/1", &[], b"");
+    assert_eq!(answer.header("docker-content-digest"), Some(index.as_str()));
+    let (ok, out, err) = registry.orc(&[
+        "--output",
+        "json",
+        "ecr",
+        "describe-images",
+        "--repository-name",
+        "orc-test/multi",
+        "--image-ids",
+        "imageTag=1",
+    ]);
+    assert!(ok, "{err}");
+    let details: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        details["imageDetails"][0]["platforms"],
+        json!(["linux/amd64", "linux/arm64/v8"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_strict_points_and_bad_input() {
+    let registry = Registry::start().await;
+    let auth = registry.authorization();
+    let auth = auth.as_str();
+
+    let answer = registry.http("GET", "/v2/", &[("Authorization", auth)], b"");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+
+    // A chunked, resumed upload: chunks must come in order, exactly once.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let blob_digest = digest(&blob);
+    let answer = registry.http(
+        "POST",
+        "/v2/spec/a/blobs/uploads/",
+        &[("Authorization", auth)],
+        b"",
+    );
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let location = answer.header("location").unwrap().to_string();
+    let patch = |range: &str, bytes: &[u8]| {
+        registry.http(
+            "PATCH",
+            &location,
+            &[
+                ("Authorization", auth),
+                ("Content-Range", range),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            bytes,
+        )
+    };
+    assert_eq!(patch("0-99999", &blob[..100_000]).status, 202);
+    let repeated = patch("0-99999", &blob[..100_000]);
+    assert_eq!(repeated.status, 416, "{repeated:?}");
+    assert_eq!(repeated.header("range"), Some("0-99999"));
+    assert_eq!(patch("200000-299999", &blob[200_000..]).status, 416);
+    let status = registry.http("GET", &location, &[], b"");
+    assert_eq!(status.status, 204);
+    assert_eq!(status.header("range"), Some("0-99999"));
+    assert_eq!(patch("100000-199999", &blob[100_000..200_000]).status, 202);
+    let done = registry.http(
+        "PUT",
+        &format!("{location}?digest={blob_digest}"),
+        &[("Authorization", auth), ("Content-Range", "200000-299999")],
+        &blob[200_000..],
+    );
+    assert_eq!(done.status, 201, "{done:?}");
+    assert_eq!(
+        done.header("docker-content-digest"),
+        Some(blob_digest.as_str())
+    );
+    let head = registry.http("HEAD", &format!("/v2/spec/a/blobs/{blob_digest}"), &[], b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("300000"));
+    let part = registry.http(
+        "GET",
+        &format!("/v2/spec/a/blobs/{blob_digest}"),
+        &[("Range", "bytes=1000-1999")],
+        b"",
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, &blob[1000..2000]);
+
+    // Cross-repository mount.
+    let mount = registry.http(
+        "POST",
+        &format!("/v2/spec/b/blobs/uploads/?mount={blob_digest}&from=spec/a"),
+        &[("Authorization", auth)],
+        b"",
+    );
+    assert_eq!(mount.status, 201, "{mount:?}");
+    assert_eq!(
+        registry
+            .http("HEAD", &format!("/v2/spec/b/blobs/{blob_digest}"), &[], b"")
+            .status,
+        200
+    );
+
+    // Bytes that do not match their digest are refused and not stored.
+    let claimed = digest(b"something else");
+    let bad = registry.http(
+        "POST",
+        &format!("/v2/spec/a/blobs/uploads/?digest={claimed}"),
+        &[("Authorization", auth)],
+        b"these bytes",
+    );
+    assert_eq!(
+        (bad.status, bad.code().as_str()),
+        (400, "DIGEST_INVALID"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        registry
+            .http("HEAD", &format!("/v2/spec/a/blobs/{claimed}"), &[], b"")
+            .status,
+        404
+    );
+    // A truncated upload stores nothing.
+    let whole = vec![7u8; 10_000];
+    let whole_digest = digest(&whole);
+    let _ = registry.http_raw(
+        "POST",
+        &format!("/v2/spec/a/blobs/uploads/?digest={whole_digest}"),
+        &[("Authorization", auth)],
+        &whole[..5_000],
+        Some(10_000),
+    );
+    assert_eq!(
+        registry
+            .http(
+                "HEAD",
+                &format!("/v2/spec/a/blobs/{whole_digest}"),
+                &[],
+                b""
+            )
+            .status,
+        404
+    );
+
+    // Manifests: a missing blob, an invalid document, an oversized one.
+    let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#;
+    let config = registry.push_blob(auth, "spec/a", config_bytes);
+    let manifest = |layer: &str, size: usize| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_bytes.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": size}],
+        })
+        .to_string()
+    };
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let missing = registry.put_manifest(
+        auth,
+        "spec/a",
+        "v0",
+        OCI_MANIFEST,
+        manifest(&whole_digest, 10_000).as_bytes(),
+    );
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (400, "MANIFEST_BLOB_UNKNOWN"),
+        "{missing:?}"
+    );
+    for invalid in [
+        &b"{not json"[..],
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+        b"[]",
+    ] {
+        let answer = registry.put_manifest(auth, "spec/a", "v0", OCI_MANIFEST, invalid);
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (400, "MANIFEST_INVALID"),
+            "{answer:?}"
+        );
+    }
+    // Refused from its Content-Length, before a byte of it is read.
+    let answer = registry.http_raw(
+        "PUT",
+        "/v2/spec/a/manifests/v0",
+        &[("Authorization", auth), ("Content-Type", OCI_MANIFEST)],
+        b"",
+        Some(5 * 1024 * 1024),
+    );
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (413, "SIZE_INVALID"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        registry
+            .http("GET", "/v2/spec/a/manifests/v0", &[], b"")
+            .status,
+        404
+    );
+
+    // Bad names.
+    for name in ["spec/../a", "Spec/a", "spec//a"] {
+        let answer = registry.http("GET", &format!("/v2/{name}/tags/list"), &[], b"");
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (400, "NAME_INVALID"),
+            "{name}: {answer:?}"
+        );
+    }
+
+    // Tags with n/last pagination and Link headers.
+    let good = manifest(&blob_digest, 300_000);
+    for tag in ["t3", "t1", "t4", "t2", "t0"] {
+        let answer = registry.put_manifest(auth, "spec/a", tag, OCI_MANIFEST, good.as_bytes());
+        assert_eq!(answer.status, 201, "{answer:?}");
+        assert_eq!(
+            answer.header("docker-content-digest"),
+            Some(digest(good.as_bytes()).as_str())
+        );
+    }
+    let page = registry.http("GET", "/v2/spec/a/tags/list?n=2", &[], b"");
+    assert_eq!(page.json()["tags"], json!(["t0", "t1"]));
+    assert_eq!(
+        page.header("link"),
+        Some("</v2/spec/a/tags/list?n=2&last=t1>; rel=\"next\"")
+    );
+    let page = registry.http("GET", "/v2/spec/a/tags/list?n=2&last=t1", &[], b"");
+    assert_eq!(page.json()["tags"], json!(["t2", "t3"]));
+    let page = registry.http("GET", "/v2/spec/a/tags/list?n=2&last=t3", &[], b"");
+    assert_eq!(page.json()["tags"], json!(["t4"]));
+    assert_eq!(page.header("link"), None);
+    let catalog = registry.http("GET", "/v2/_catalog", &[], b"");
+    assert_eq!(catalog.json()["repositories"], json!(["spec/a", "spec/b"]));
+
+    // The referrers API and OCI-Subject.
+    let subject_digest = digest(good.as_bytes());
+    let empty = registry.push_blob(auth, "spec/a", b"{}");
+    let signature = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob_digest, "size": 300_000}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject_digest, "size": good.len()},
+        "annotations": {"org.example": "yes"},
+    })
+    .to_string();
+    let signature_digest = digest(signature.as_bytes());
+    let answer = registry.put_manifest(
+        auth,
+        "spec/a",
+        &signature_digest,
+        OCI_MANIFEST,
+        signature.as_bytes(),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(answer.header("oci-subject"), Some(subject_digest.as_str()));
+    let referrers = registry.http(
+        "GET",
+        &format!("/v2/spec/a/referrers/{subject_digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(referrers.status, 200);
+    assert_eq!(
+        referrers.header("content-type"),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+    let index = referrers.json();
+    assert_eq!(index["manifests"][0]["digest"], signature_digest.as_str());
+    assert_eq!(
+        index["manifests"][0]["artifactType"],
+        "application/vnd.example.signature"
+    );
+    assert_eq!(index["manifests"][0]["annotations"]["org.example"], "yes");
+    let filtered = registry.http(
+        "GET",
+        &format!("/v2/spec/a/referrers/{subject_digest}?artifactType=other"),
+        &[],
+        b"",
+    );
+    assert_eq!(filtered.json()["manifests"], json!([]));
+
+    // Deletion: a tag, then a manifest; an unsupported deletion says so.
+    let still_used = registry.http(
+        "DELETE",
+        &format!("/v2/spec/a/blobs/{blob_digest}"),
+        &[("Authorization", auth)],
+        b"",
+    );
+    assert_eq!(
+        (still_used.status, still_used.code().as_str()),
+        (405, "UNSUPPORTED"),
+        "{still_used:?}"
+    );
+    let answer = registry.http(
+        "DELETE",
+        "/v2/spec/a/manifests/t0",
+        &[("Authorization", auth)],
+        b"",
+    );
+    assert_eq!(answer.status, 202);
+    assert_eq!(
+        registry
+            .http("GET", "/v2/spec/a/manifests/t0", &[], b"")
+            .code(),
+        "MANIFEST_UNKNOWN"
+    );
+    assert_eq!(
+        registry
+            .http("GET", "/v2/spec/a/manifests/t1", &[], b"")
+            .status,
+        200
+    );
+    let answer = registry.http(
+        "DELETE",
+        &format!("/v2/spec/a/manifests/{subject_digest}"),
+        &[("Authorization", auth)],
+        b"",
+    );
+    assert_eq!(answer.status, 202);
+    assert_eq!(
+        registry
+            .http("GET", "/v2/spec/a/manifests/t1", &[], b"")
+            .status,
+        404
+    );
+    let no_auth = registry.http(
+        "DELETE",
+        &format!("/v2/spec/a/manifests/{signature_digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(no_auth.status, 401);
+
+    // Nothing half-written: no upload file is left, and only verified blobs exist.
+    let uploads = registry.server.data_dir.join("registry/uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads).unwrap().collect();
+    assert!(left.is_empty(), "uploads left behind: {left:?}");
+    for name in [&claimed, &whole_digest] {
+        assert!(!registry
+            .server
+            .data_dir
+            .join("registry/blobs/sha256")
+            .join(&name[7..9])
+            .join(&name[7..])
+            .exists());
+    }
+}
