@@ -71,3 +71,35 @@ pub fn cluster_status(status: &NodeStatus, state: &State) -> ControlPlaneStatus 
         snapshot_index: status.snapshot_index,
     }
 }
+
+/// The answer to `orc cluster status` while no leader is elected: how many
+/// voters a quorum needs, and the voters it waits for (those not answering
+/// `answering`, with their addresses), so a cluster coming back after a
+/// power cut says plainly what it is missing.
+pub fn waiting_for_quorum(status: &NodeStatus, state: &State, answering: &[u64]) -> String {
+    let mut voters = status.voters.clone();
+    voters.sort_unstable();
+    let quorum = voters.len() / 2 + 1;
+    let missing: Vec<String> = voters
+        .iter()
+        .filter(|id| **id != status.id && !answering.contains(id))
+        .map(|id| match state.member_address(*id) {
+            Some(address) => format!("server {id} at {address}"),
+            None => format!("server {id} (address not known yet)"),
+        })
+        .collect();
+    let up = voters.len() - missing.len();
+    if missing.is_empty() {
+        format!(
+            "no leader is elected yet: all {} voters answer and an election is under way; retry in a moment",
+            voters.len()
+        )
+    } else {
+        format!(
+            "no leader is elected yet: waiting for a quorum ({quorum} of {} voters, {up} answering); \
+             waiting for {}: start them, or check the network between the servers",
+            voters.len(),
+            missing.join(", ")
+        )
+    }
+}

@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 
 use crate::client::Client;
 use crate::model::{ControlPlaneStatus, Membership};
-use crate::raft::node::{RaftHandle, Role};
+use crate::raft::node::{NodeStatus, RaftHandle, Role};
 use crate::raft::transport::Transport;
 use crate::store::ChangeStream;
 use crate::vocab::action::Action;
@@ -220,6 +220,33 @@ impl ApiContext {
 }
 
 impl ApiContext {
+    /// Asks every other voter for its own view (1 s each, at once) and
+    /// names those that do not answer.
+    async fn waiting_for_quorum(&self, status: &NodeStatus) -> String {
+        let addresses: Vec<(u64, String)> = self.raft.store().read(|state| {
+            status
+                .voters
+                .iter()
+                .filter(|id| **id != status.id)
+                .filter_map(|id| state.member_address(*id).map(|a| (*id, a.to_string())))
+                .collect()
+        });
+        let probes = addresses.into_iter().map(|(id, address)| async move {
+            let mut client = Client::new(&address).ok()?;
+            client.retry_for = Duration::from_millis(0);
+            let answer = tokio::time::timeout(Duration::from_secs(1), client.cluster_status(false));
+            matches!(answer.await, Ok(Ok(_))).then_some(id)
+        });
+        let answering: Vec<u64> = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        self.raft
+            .store()
+            .read(|state| members::waiting_for_quorum(status, state, &answering))
+    }
+
     /// `orc cluster status`: a linearizable status comes from the leader,
     /// which knows every member's progress; a local one is this server's own
     /// view.
@@ -229,6 +256,9 @@ impl ApiContext {
             return Err(Error::Unavailable(format!(
                 "{failure} (`orc cluster status --local` shows this server's view)"
             )));
+        }
+        if linearizable && status.role != Role::Leader && status.leader_id == 0 {
+            return Err(Error::Unavailable(self.waiting_for_quorum(&status).await));
         }
         if linearizable && status.role != Role::Leader {
             let mut leader = self.leader_client()?.ok_or_else(|| {

@@ -476,6 +476,12 @@ pub struct ServerArgs {
     /// 1.3 times this (raise it for slow SD cards).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout_ms: u64,
+    /// Tuning for slow disks (a Pi 3 on a cheap SD card, whose fsyncs can
+    /// stall for a second): heartbeats at least 500 ms apart and an election
+    /// time-out of at least 5 s, so a stalled write does not start an
+    /// election. Failover after a real crash takes about 5 s longer.
+    #[arg(long)]
+    pub slow_disk: bool,
     /// Compact the raft log after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_threshold: u64,

@@ -23,9 +23,16 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
     options.advertise = args.advertise.clone();
     options.bootstrap = args.bootstrap;
     options.join = args.join.clone();
-    options.heartbeat = Duration::from_millis(args.heartbeat_ms.max(1));
-    options.election_timeout =
-        Duration::from_millis(args.election_timeout_ms.max(3 * args.heartbeat_ms.max(1)));
+    let (heartbeat_ms, election_timeout_ms) = if args.slow_disk {
+        (
+            args.heartbeat_ms.max(500),
+            args.election_timeout_ms.max(5000),
+        )
+    } else {
+        (args.heartbeat_ms.max(1), args.election_timeout_ms)
+    };
+    options.heartbeat = Duration::from_millis(heartbeat_ms);
+    options.election_timeout = Duration::from_millis(election_timeout_ms.max(3 * heartbeat_ms));
     options.snapshot_threshold = args.snapshot_threshold.max(2);
     options.cache_mib = args.cache_mib.max(1);
     options.watch_history = args.watch_history.max(1);

@@ -743,6 +743,7 @@ impl SledStorage {
     /// Ready).
     pub fn flush(&self) -> crate::Result<usize> {
         let written = self.db.flush()?;
+        injected_fsync_delay();
         if let Some(disk) = &self.disk {
             disk.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -863,6 +864,29 @@ impl raft::Storage for SledStorage {
         metadata.term = term;
         metadata.set_conf_state(self.bounds().conf_state.clone());
         Ok(snapshot)
+    }
+}
+
+/// A slow disk for tests (`tests/slow_disk.rs`): when the environment names
+/// a file in `ORC_TEST_FSYNC_DELAY_FILE` and that file holds `MS` or
+/// `MS ONE_IN`, a flush first sleeps for MS milliseconds (every flush, or
+/// one in ONE_IN at random), the way a cheap SD card stalls some fsyncs.
+/// Unset in production: one look at the environment, once.
+fn injected_fsync_delay() {
+    static FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(file) = FILE.get_or_init(|| {
+        std::env::var_os("ORC_TEST_FSYNC_DELAY_FILE").map(std::path::PathBuf::from)
+    }) else {
+        return;
+    };
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut numbers = text
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().unwrap_or(0));
+    let delay_ms = numbers.next().unwrap_or(0);
+    let one_in = numbers.next().unwrap_or(1).max(1);
+    if delay_ms > 0 && rand::random::<u64>().is_multiple_of(one_in) {
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
     }
 }
 
