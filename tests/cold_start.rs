@@ -157,6 +157,14 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
     let before = running_containers(&agents);
     assert_eq!(before.len(), DESIRED as usize, "{before:?}");
     let tasks_before = tasks(&control).await;
+    let member_ids: Vec<(u64, String)> = control
+        .cluster_status(true)
+        .await
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| (m.id, m.address.clone()))
+        .collect();
 
     // The power strip goes off: every orc process dies at once, and one
     // container dies with it (its Pi's Docker did not keep it).
@@ -199,8 +207,14 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
                 if servers_up == 1 {
                     // Alone, it cannot elect a leader: it says whom it waits for.
                     servers[i].wait_ready().await;
-                    let others: Vec<&String> =
-                        addresses.iter().filter(|a| **a != addresses[i]).collect();
+                    // Named by id always, and by address once known (a
+                    // server whose checkpoint predates its peers' joins
+                    // learns their addresses when they call it).
+                    let others: Vec<String> = member_ids
+                        .iter()
+                        .filter(|(_, a)| *a != addresses[i])
+                        .map(|(id, _)| format!("server {id}"))
+                        .collect();
                     let message = eventually(
                         Duration::from_secs(20),
                         "cluster status to name the missing members",
@@ -212,7 +226,7 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
                                 .expect("run orc cluster status");
                             let text = String::from_utf8_lossy(&output.stderr).to_string();
                             (!output.status.success()
-                                && others.iter().all(|a| text.contains(a.as_str())))
+                                && others.iter().all(|o| text.contains(o.as_str())))
                             .then_some(text)
                         },
                     )
@@ -228,13 +242,23 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
         }
     }
 
-    eventually(
+    // Settled: the service at its count, as many containers as RUNNING
+    // tasks, each container a RUNNING task's (nothing orphaned).
+    let (after, tasks_after) = eventually(
         Duration::from_secs(120),
-        "the service to be back at its desired count",
+        "the service to be back at its desired count with every container a running task's",
         || async {
-            (running_count(&addresses).await == Some(DESIRED)
-                && running_containers(&agents).len() == DESIRED as usize)
-                .then_some(())
+            if running_count(&addresses).await != Some(DESIRED) {
+                return None;
+            }
+            let after = running_containers(&agents);
+            let tasks_after = tasks(&client(&addresses[0])).await;
+            let running = tasks_after.values().filter(|s| *s == "RUNNING").count();
+            let all_running = after
+                .values()
+                .all(|t| tasks_after.get(t).map(String::as_str) == Some("RUNNING"));
+            (after.len() == DESIRED as usize && running == DESIRED as usize && all_running)
+                .then_some((after, tasks_after))
         },
     )
     .await;
@@ -250,7 +274,6 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
     )
     .await;
 
-    let after = running_containers(&agents);
     // The survivors were adopted, not restarted: same container ids.
     for (container, task) in &before {
         if *container != dead_container {
@@ -262,7 +285,6 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
         }
     }
     // No task runs twice, and every running container is a RUNNING task's.
-    let tasks_after = tasks(&control).await;
     let mut per_task: BTreeMap<&String, usize> = BTreeMap::new();
     for task in after.values() {
         *per_task.entry(task).or_default() += 1;
