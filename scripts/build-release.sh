@@ -33,16 +33,23 @@ for t in "${targets[@]}"; do
   esac
 done
 
-RUSTC_WEB=/usr/lib/rust-web/bin/rustc
+# rustc-web installs /usr/bin/rustc (rustup's ~/.cargo/bin/rustc stays first on PATH).
+RUSTC_WEB=/usr/bin/rustc
 apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 "$@"
 }
-apt_updated=0
+# Adds only the Debian architecture a build needs: apt rejects a whole
+# suite's indexes for a new architecture when one of them fails to download
+# (seen here: a mirror serving a stale bookworm-security armhf index kept the
+# arm64 one out too), so an armv7 problem must not block aarch64.
 apt_update() {
-  [ "$apt_updated" = 0 ] || return 0
-  apt_updated=1
-  dpkg --add-architecture arm64
-  dpkg --add-architecture armhf
+  local debarch="$1"
+  for other in arm64 armhf; do
+    if [ "$other" != "$debarch" ] && ! dpkg -l "*:$other" 2>/dev/null | grep -q '^ii'; then
+      dpkg --remove-architecture "$other" 2>/dev/null || true
+    fi
+  done
+  dpkg --add-architecture "$debarch"
   # A mirror caught mid-sync fails one index; a retry usually gets it. A
   # failure that stays is reported by the install below, which names the
   # package it could not find.
@@ -58,12 +65,12 @@ apt_update() {
 # architecture (arm64 or armhf), its linker and qemu, when missing.
 need_cross() {
   local debarch="$1" triple="$2" gcc="$3" libc="$4" qemu="$5"
-  if [ -x "$RUSTC_WEB" ] && [ -d "/usr/lib/rust-web/lib/rustlib/$triple/lib" ] \
+  if [ -x "$RUSTC_WEB" ] && [ -d "/usr/lib/rustlib/$triple/lib" ] \
      && command -v "$gcc" >/dev/null && command -v "$qemu" >/dev/null; then
     return 0
   fi
   echo "installing Debian's rustc-web $RUST_WEB_VERSION with libstd-rust-web-dev:$debarch, $gcc and qemu-user-static" >&2
-  apt_update
+  apt_update "$debarch"
   if ! apt_install "rustc-web=$RUST_WEB_VERSION" "libstd-rust-web-dev=$RUST_WEB_VERSION" \
       "libstd-rust-web-dev:$debarch=$RUST_WEB_VERSION" "gcc-${gcc%-gcc}" "$libc" qemu-user-static; then
     echo "cannot install libstd-rust-web-dev:$debarch $RUST_WEB_VERSION (see apt's message above): the $triple build needs it" >&2
