@@ -15,7 +15,12 @@
 //!    `cluster status` and `DescribeTaskDefinition` of the newest revision
 //!    answer; then its VmRSS and VmHWM (the restart's peak).
 //!
-//! Knobs: ORC_BENCH_REVISIONS (10000), ORC_BENCH_TASKS (10000).
+//! 3. the size of each table in the newest checkpoint (JSON bytes), read
+//!    from the stopped server's data dir: where the state's bytes go.
+//!
+//! Knobs: ORC_BENCH_REVISIONS (10000), ORC_BENCH_TASKS (10000),
+//! ORC_BENCH_KEEP=DIR (build the state in DIR and keep it, e.g. to start a
+//! server from it under a heap profiler).
 //! This is a benchmark: it asserts nothing about time or memory.
 
 #[path = "../tests/common/state_size.rs"]
@@ -102,12 +107,48 @@ fn dir_bytes(path: &Path) -> u64 {
     total
 }
 
+/// The newest checkpoint's size per table, as a Markdown table.
+fn checkpoint_tables(data_dir: &Path) -> String {
+    let Ok(db) = orc::datadir::open_db(data_dir, 8) else {
+        return "(the data dir could not be opened to read its checkpoint)".into();
+    };
+    let checkpoint = db
+        .open_tree("state")
+        .ok()
+        .and_then(|tree| tree.get(b"checkpoint").ok().flatten());
+    let Some(bytes) = checkpoint else {
+        return "(no checkpoint in the data dir)".into();
+    };
+    let Ok(data) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return "(the checkpoint is not JSON)".into();
+    };
+    let mut out = format!(
+        "checkpoint at raft index {}: {:.1} MiB\n| table | rows | JSON (MiB) |\n|---|--:|--:|\n",
+        data["applied_index"],
+        bytes.len() as f64 / (1024.0 * 1024.0)
+    );
+    if let Some(tables) = data["state"].as_object() {
+        for (name, table) in tables {
+            let rows = table.as_object().map_or(0, |rows| rows.len());
+            let size = serde_json::to_vec(table).map_or(0, |json| json.len());
+            out += &format!(
+                "| {name} | {rows} | {:.2} |\n",
+                size as f64 / (1024.0 * 1024.0)
+            );
+        }
+    }
+    out
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let revisions = knob("ORC_BENCH_REVISIONS", 10_000);
     let tasks = knob("ORC_BENCH_TASKS", 10_000);
     let root = tempfile::tempdir().expect("temporary directory");
-    let data_dir = root.path().join("server");
+    let data_dir = match std::env::var_os("ORC_BENCH_KEEP") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => root.path().join("server"),
+    };
     let log = root.path().join("server.log");
     let address = format!("127.0.0.1:{}", free_port());
 
@@ -128,6 +169,7 @@ async fn main() {
     }
     let _ = server.wait();
     let disk = dir_bytes(&data_dir);
+    let tables = checkpoint_tables(&data_dir);
 
     let spawned = Instant::now();
     let mut server = spawn(&data_dir, &address, false, &log);
@@ -172,6 +214,7 @@ async fn main() {
         mib(restarted.1)
     );
     println!();
+    println!("{tables}");
     println!("targets:");
     let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
     println!(

@@ -143,7 +143,7 @@ fn launch_command(
 ) -> Option<Command> {
     let definition = state.resolve_task_definition(&start.task_definition).ok()?;
     let mut constraints = service.placement_constraints.clone();
-    constraints.extend(scheduler::definition_constraints(definition));
+    constraints.extend(scheduler::definition_constraints(&definition));
     let strategies = if service.placement_strategy.is_empty() {
         placement::default_service_strategies()
     } else {
@@ -153,7 +153,7 @@ fn launch_command(
         Some(id) => views.iter().filter(|v| &v.id == id).cloned().collect(),
         None => views.to_vec(),
     };
-    let task_demand = scheduler::task_demand(definition, &service.group());
+    let task_demand = scheduler::task_demand(&definition, &service.group());
     let outcome = placement::place(
         &task_demand,
         start.count,

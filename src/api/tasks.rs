@@ -191,12 +191,15 @@ pub(super) async fn describe_task_definition(
     let request: Request = parse("DescribeTaskDefinition", body)?;
     read(raft, |state| {
         let reference = TaskDefinitionRef::parse(&request.task_definition).map_err(invalid)?;
-        let definition = match reference.revision {
-            Some(_) => state.resolve_task_definition(&request.task_definition)?,
+        let stored = match reference.revision {
+            Some(_) => state.stored_task_definition(&request.task_definition)?,
             // A bare family describes the latest ACTIVE revision, as ECS does.
-            None => state.resolve_task_definition(&reference.family)?,
+            None => state.stored_task_definition(&reference.family)?,
         };
-        Ok(json!({ "taskDefinition": definition, "tags": definition.tags }).into())
+        let definition: serde_json::Value = serde_json::from_str(stored.json().get())
+            .map_err(|e| crate::Error::Internal(format!("a stored task definition is undecodable: {e}")))?;
+        let tags = definition.get("tags").cloned().unwrap_or_else(|| json!([]));
+        Ok(json!({ "taskDefinition": definition, "tags": tags }).into())
     })
     .await
 }
@@ -224,17 +227,26 @@ pub(super) async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Resu
     };
     read(raft, |state| {
         let prefix = request.family_prefix.clone().unwrap_or_default();
-        let mut arns: Vec<&str> = state
+        let mut arns: Vec<String> = state
             .task_definitions
             .scan_prefix(&prefix)
-            .map(|(_, td)| td)
-            .filter(|td| td.status == Some(status))
-            .filter_map(|td| td.task_definition_arn.as_deref())
+            .filter(|(_, td)| td.status() == status)
+            .filter_map(|(key, _)| {
+                let (family, revision) = key.rsplit_once(':')?;
+                let revision: i64 = revision.parse().ok()?;
+                Some(model::arn("task-definition", &format!("{family}:{revision}")))
+            })
             .collect();
         if request.sort.as_deref() == Some("DESC") {
             arns.reverse();
         }
-        Ok(request.paging.answer("taskDefinitionArns", arns)?.into())
+        Ok(request
+            .paging
+            .answer(
+                "taskDefinitionArns",
+                arns.iter().map(String::as_str).collect(),
+            )?
+            .into())
     })
     .await
 }
@@ -343,10 +355,10 @@ pub(super) async fn run_task(
             Some(overrides) => {
                 let parsed = taskdef::parse_overrides(&overrides.to_string())
                     .map_err(|e| invalid(format!("overrides.{e}")))?;
-                taskdef::apply_overrides(definition, &parsed)
+                taskdef::apply_overrides(&definition, &parsed)
                     .map_err(|e| invalid(format!("overrides.{e}")))?
             }
-            None => definition.clone(),
+            None => definition,
         };
         let group = request
             .group

@@ -63,6 +63,10 @@ impl RaftConfig {
             heartbeat_tick: 1,
             applied,
             max_size_per_msg: 1024 * 1024,
+            // A restart replays the log after the state checkpoint: in
+            // slices, so the entries in memory at once stay small next to
+            // the state (raft-rs's default hands over all of them at once).
+            max_committed_size_per_ready: MAX_COMMITTED_BYTES_PER_READY,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -70,6 +74,12 @@ impl RaftConfig {
         }
     }
 }
+
+/// At most about this many bytes of committed entries are applied per Ready.
+const MAX_COMMITTED_BYTES_PER_READY: u64 = 1024 * 1024;
+
+/// At most this many decoded proposals are held before they are applied.
+const APPLY_BATCH: usize = 256;
 
 /// What the node reports about itself; updated after every loop turn.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -478,6 +488,14 @@ impl RaftNode {
                 drained += 1;
             }
             self.on_ready().await?;
+            // Committed entries come in slices of about
+            // MAX_COMMITTED_BYTES_PER_READY (a restart replaying its log):
+            // take the next slices now, not at the next tick.
+            let mut slices = 0;
+            while slices < 64 && self.raw.has_ready() {
+                self.on_ready().await?;
+                slices += 1;
+            }
             self.after_turn();
             self.publish_status();
         }
@@ -840,6 +858,9 @@ impl RaftNode {
                                 }
                             }
                             batch.push((entry.index, Some(proposal)));
+                            if batch.len() >= APPLY_BATCH {
+                                self.flush_batch(&mut batch, &mut contexts)?;
+                            }
                         }
                         Err(error) => {
                             // Every server skips it the same way, so state stays identical.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use super::command::Outcome;
+use super::rows::StoredTaskDefinition;
 use super::state::State;
 use crate::model::{
     self, stop_code, Container, ContainerInstance, InstanceRegistration, Task, TaskStateChange,
@@ -77,17 +78,17 @@ pub fn demand_of(definition: &TaskDefinition) -> Demand {
 }
 
 impl State {
-    /// The latest revision of a family, any status.
-    pub fn latest_revision(&self, family: &str) -> Option<&TaskDefinition> {
+    /// The number of the latest revision of a family, any status.
+    pub fn latest_revision(&self, family: &str) -> Option<i64> {
         self.task_definitions
             .scan_prefix(&format!("{family}:"))
             .last()
-            .map(|(_, td)| td)
+            .and_then(|(key, _)| key.rsplit(':').next()?.parse().ok())
     }
 
     /// Resolves `family`, `family:revision` or an ARN to a stored revision;
     /// a bare family means its latest ACTIVE revision.
-    pub fn resolve_task_definition(&self, reference: &str) -> Result<&TaskDefinition, Error> {
+    pub fn stored_task_definition(&self, reference: &str) -> Result<&StoredTaskDefinition, Error> {
         let parsed = taskdef::TaskDefinitionRef::parse(reference)
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         let found = match parsed.revision {
@@ -98,7 +99,7 @@ impl State {
                 .task_definitions
                 .scan_prefix(&format!("{}:", parsed.family))
                 .map(|(_, td)| td)
-                .filter(|td| td.status == Some(TaskDefinitionStatus::Active))
+                .filter(|td| td.status() == TaskDefinitionStatus::Active)
                 .last(),
         };
         found.ok_or_else(|| {
@@ -106,6 +107,11 @@ impl State {
                 "task definition {reference:?} not found: register it with `orc register-task-definition`"
             ))
         })
+    }
+
+    /// Like `stored_task_definition`, parsed.
+    pub fn resolve_task_definition(&self, reference: &str) -> Result<TaskDefinition, Error> {
+        self.stored_task_definition(reference)?.definition()
     }
 
     /// The task definition a task runs (its revision with its overrides applied).
@@ -117,10 +123,10 @@ impl State {
                     serde_json::from_value(overrides.clone()).map_err(|e| {
                         Error::Internal(format!("stored overrides are undecodable: {e}"))
                     })?;
-                taskdef::apply_overrides(definition, &overrides)
+                taskdef::apply_overrides(&definition, &overrides)
                     .map_err(|e| Error::InvalidInput(e.to_string()))
             }
-            None => Ok(definition.clone()),
+            None => Ok(definition),
         }
     }
 
@@ -271,11 +277,7 @@ pub fn register_task_definition(
     now_ms: u64,
 ) -> Outcome {
     taskdef::validate(definition).map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let revision = state
-        .latest_revision(&definition.family)
-        .and_then(|td| td.revision)
-        .unwrap_or(0)
-        + 1;
+    let revision = state.latest_revision(&definition.family).unwrap_or(0) + 1;
     let mut stored = definition.clone();
     stored.revision = Some(revision);
     stored.task_definition_arn = Some(model::arn(
@@ -285,11 +287,12 @@ pub fn register_task_definition(
     stored.status = Some(TaskDefinitionStatus::Active);
     stored.registered_at = Some(seconds(now_ms));
     stored.compatibilities = vec!["EC2".to_string()];
-    state.task_definitions.insert(
-        task_definition_key(&definition.family, revision),
-        stored.clone(),
-    );
-    Ok(json!({ "taskDefinition": stored }))
+    let row = StoredTaskDefinition::of(&stored)?;
+    let answer = json!({ "taskDefinition": row.json() });
+    state
+        .task_definitions
+        .insert(task_definition_key(&definition.family, revision), row);
+    Ok(answer)
 }
 
 /// ECS DeregisterTaskDefinition: the revision turns INACTIVE.
@@ -300,15 +303,17 @@ pub fn deregister_task_definition(
     now_ms: u64,
 ) -> Outcome {
     let key = task_definition_key(family, revision);
-    let definition = state
+    let row = state
         .task_definitions
         .get_mut(&key)
         .ok_or_else(|| Error::NotFound(format!("task definition {family}:{revision} not found")))?;
+    let mut definition = row.definition()?;
     if definition.status == Some(TaskDefinitionStatus::Active) {
         definition.status = Some(TaskDefinitionStatus::Inactive);
         definition.deregistered_at = Some(seconds(now_ms));
+        *row = StoredTaskDefinition::of(&definition)?;
     }
-    Ok(json!({ "taskDefinition": definition.clone() }))
+    Ok(json!({ "taskDefinition": row.json() }))
 }
 
 /// ECS DeleteTaskDefinitions: INACTIVE revisions turn DELETE_IN_PROGRESS
@@ -320,13 +325,15 @@ pub fn delete_task_definitions(state: &mut State, revisions: &[(String, i64)]) -
         let arn = model::arn("task-definition", &format!("{family}:{revision}"));
         match state.task_definitions.get_mut(&task_definition_key(family, *revision)) {
             None => failures.push(json!({"arn": arn, "reason": "TASK_DEFINITION_NOT_FOUND"})),
-            Some(definition) if definition.status == Some(TaskDefinitionStatus::Active) => failures.push(json!({
+            Some(row) if row.status() == TaskDefinitionStatus::Active => failures.push(json!({
                 "arn": arn,
                 "reason": "The specified task definition is still in ACTIVE status. Please deregister the target and try again.",
             })),
-            Some(definition) => {
+            Some(row) => {
+                let mut definition = row.definition()?;
                 definition.status = Some(TaskDefinitionStatus::DeleteInProgress);
-                deleted.push(definition.clone());
+                *row = StoredTaskDefinition::of(&definition)?;
+                deleted.push(definition);
             }
         }
     }
@@ -701,7 +708,8 @@ pub fn stop_task(
 }
 
 /// An agent's report. States only move forward: a report that would move a
-/// task back is ignored (the current task is returned unchanged).
+/// task back is ignored (the task is left unchanged). The answer is ECS's
+/// acknowledgment with the task's status and version, not the task.
 pub fn submit_task_state_change(
     state: &mut State,
     cluster: &str,
@@ -723,7 +731,12 @@ pub fn submit_task_state_change(
         )));
     }
     if change.status < task.last_status {
-        return Ok(json!({ "task": task.clone(), "ignored": "states only move forward" }));
+        return Ok(json!({
+            "acknowledgment": "IGNORED",
+            "ignored": "states only move forward",
+            "lastStatus": task.last_status,
+            "version": task.version,
+        }));
     }
     let stopped_now =
         change.status == TaskStatus::Stopped && task.last_status != TaskStatus::Stopped;
@@ -770,7 +783,13 @@ pub fn submit_task_state_change(
         task.stopped_at = Some(seconds(change.at_ms));
     }
     task.version += 1;
-    let answer = json!({ "task": task.clone() });
+    // ECS answers an acknowledgment; the task itself is not repeated, as
+    // this answer is remembered for retries like every request's.
+    let answer = json!({
+        "acknowledgment": "ACCEPT",
+        "lastStatus": task.last_status,
+        "version": task.version,
+    });
     if failed_on_its_own {
         super::services::record_failed_launch(state, &key, change.at_ms);
     }

@@ -22,6 +22,7 @@ pub mod ecs;
 pub mod elbv2;
 pub mod history;
 pub mod registry;
+pub mod rows;
 pub mod services;
 pub mod state;
 pub mod table;

@@ -17,7 +17,6 @@ use crate::error::Refusal;
 use crate::model::{
     self, Cluster, ClusterCounts, ContainerInstance, Service, Task, TaskStatus, DEFAULT_CLUSTER,
 };
-use crate::taskdef::TaskDefinition;
 use crate::Error;
 
 /// How many request ids are remembered for de-duplicating retried writes.
@@ -106,8 +105,8 @@ pub struct State {
     pub clusters: Table<Cluster>,
     /// Recently applied request ids, for retry de-duplication.
     pub requests: Table<RequestRecord>,
-    /// Task definition revisions by `family:0000000001`.
-    pub task_definitions: Table<TaskDefinition>,
+    /// Task definition revisions by `family:0000000001`, as compact JSON.
+    pub task_definitions: Table<super::rows::StoredTaskDefinition>,
     /// Container instances by `cluster/id`.
     pub container_instances: Table<ContainerInstance>,
     /// Tasks by `cluster/id`.
