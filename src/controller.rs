@@ -1126,4 +1126,136 @@ mod tests {
         .expect_err("the command is refused")
         .to_string()
     }
+
+    /// A retry under one request id answers what the first attempt did,
+    /// byte for byte, although only a receipt of it was kept and the rows
+    /// it created changed since; once the rows are gone it says so.
+    #[test]
+    fn retried_registrations_and_run_tasks_answer_as_first_given_from_their_receipts() {
+        let mut state = cluster_with(&[("i-a", "a", 512)]);
+        let with_id = |state: &mut State, id: &str, command: Command| {
+            apply(
+                state,
+                &Proposal {
+                    request_id: id.into(),
+                    command,
+                },
+            )
+        };
+        let (definition, _) = crate::taskdef::parse_register_input(
+            r#"{"family": "web", "containerDefinitions": [{"name": "c", "image": "x", "memory": 400,
+                "environment": [{"name": "A", "value": "1"}], "portMappings": [{"containerPort": 80}]}]}"#,
+        )
+        .unwrap();
+        let register = Command::RegisterTaskDefinition {
+            task_definition: definition,
+            now_ms: 5,
+        };
+        let registered = with_id(&mut state, "register", register.clone()).unwrap();
+        assert!(state.requests.get("register").unwrap().receipt.is_some());
+        propose(
+            &mut state,
+            Command::DeregisterTaskDefinition {
+                family: "web".into(),
+                revision: 1,
+                now_ms: 6,
+            },
+        );
+        let again = with_id(&mut state, "register", register).unwrap();
+        assert_eq!(again, registered);
+        assert_eq!(again["taskDefinition"]["status"], "ACTIVE");
+
+        let run = Command::RunTask {
+            launch: TaskLaunch {
+                cluster: "default".into(),
+                task_definition_arn: "big:1".into(),
+                overrides: None,
+                started_by: Some("me".into()),
+                group: "family:big".into(),
+                placement_strategy: vec![],
+                placement_constraints: vec![],
+            },
+            planned: vec![PlannedTask {
+                task_id: "t1".into(),
+                instance_id: "i-a".into(),
+            }],
+            unplaced: vec![UnplacedTask {
+                task_id: "t0".into(),
+                reason: "RESOURCE:MEMORY".into(),
+            }],
+            now_ms: 7,
+        };
+        let ran = with_id(&mut state, "run", run.clone()).unwrap();
+        assert!(state.requests.get("run").unwrap().receipt.is_some());
+        assert_eq!(ran["tasks"].as_array().unwrap().len(), 2, "{ran}");
+        // t1 runs (with a runtime id, a binding, health) and stops; t0 is
+        // placed once there is room, then stopped by a user.
+        let report = |status, exit_code| TaskStateChange {
+            task_arn: state.task("default", "t1").unwrap().task_arn.clone(),
+            status,
+            reason: Some("done".into()),
+            stop_code: None,
+            containers: vec![crate::model::ContainerStateChange {
+                container_name: "c".into(),
+                runtime_id: Some("abc".into()),
+                status: "RUNNING".into(),
+                exit_code,
+                reason: None,
+                network_bindings: vec![crate::model::NetworkBinding {
+                    bind_ip: "0.0.0.0".into(),
+                    container_port: 80,
+                    host_port: 32768,
+                    protocol: "tcp".into(),
+                }],
+                health_status: "HEALTHY".into(),
+            }],
+            health_status: "HEALTHY".into(),
+            at_ms: 8,
+        };
+        for change in [
+            report(TaskStatus::Running, None),
+            report(TaskStatus::Stopped, Some(0)),
+        ] {
+            propose(
+                &mut state,
+                Command::SubmitTaskStateChange {
+                    cluster: "default".into(),
+                    instance_id: "i-a".into(),
+                    change,
+                },
+            );
+        }
+        for command in provisioning_commands(&state, 1) {
+            propose(&mut state, command);
+        }
+        assert_eq!(
+            state.task("default", "t0").unwrap().last_status,
+            TaskStatus::Pending
+        );
+        propose(
+            &mut state,
+            Command::StopTask {
+                cluster: "default".into(),
+                task_id: "t0".into(),
+                reason: "user".into(),
+                stop_code: "UserInitiated".into(),
+                now_ms: 9,
+            },
+        );
+        let again = with_id(&mut state, "run", run.clone()).unwrap();
+        assert_eq!(again, ran);
+        assert_eq!(again["tasks"][0]["lastStatus"], "PENDING", "{again}");
+
+        // Pruned: the request is still not applied twice, and says why.
+        stop(&mut state, "t0", "i-a");
+        propose(
+            &mut state,
+            Command::PruneStoppedTasks {
+                stopped_before_ms: u64::MAX,
+            },
+        );
+        let error = with_id(&mut state, "run", run).unwrap_err().to_string();
+        assert!(error.contains("can no longer be given"), "{error}");
+        assert!(state.task("default", "t1").is_err());
+    }
 }

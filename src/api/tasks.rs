@@ -196,8 +196,10 @@ pub(super) async fn describe_task_definition(
             // A bare family describes the latest ACTIVE revision, as ECS does.
             None => state.stored_task_definition(&reference.family)?,
         };
-        let definition: serde_json::Value = serde_json::from_str(stored.json().get())
-            .map_err(|e| crate::Error::Internal(format!("a stored task definition is undecodable: {e}")))?;
+        let definition: serde_json::Value =
+            serde_json::from_str(stored.json().get()).map_err(|e| {
+                crate::Error::Internal(format!("a stored task definition is undecodable: {e}"))
+            })?;
         let tags = definition.get("tags").cloned().unwrap_or_else(|| json!([]));
         Ok(json!({ "taskDefinition": definition, "tags": tags }).into())
     })
@@ -234,7 +236,10 @@ pub(super) async fn list_task_definitions(raft: &RaftHandle, body: &str) -> Resu
             .filter_map(|(key, _)| {
                 let (family, revision) = key.rsplit_once(':')?;
                 let revision: i64 = revision.parse().ok()?;
-                Some(model::arn("task-definition", &format!("{family}:{revision}")))
+                Some(model::arn(
+                    "task-definition",
+                    &format!("{family}:{revision}"),
+                ))
             })
             .collect();
         if request.sort.as_deref() == Some("DESC") {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{Command, Outcome, Proposal};
 use super::ecs;
 use super::registry;
+use super::rows::Receipt;
 use super::services;
 use super::table::Table;
 use crate::error::Refusal;
@@ -36,13 +37,21 @@ pub struct MemberRecord {
 pub struct RequestRecord {
     /// The revision the request was applied at (orders eviction).
     pub revision: u64,
-    /// What the request returned, its answer kept as JSON text.
+    /// What the request returned, its answer kept as JSON text (`null`
+    /// when `receipt` renders it).
     pub outcome: Result<CompactJson, Error>,
+    /// For an answer made of rows the request created: what renders it
+    /// again (`rows::Receipt`), instead of a copy of their JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
 }
 
 impl RequestRecord {
     /// The outcome as the request first returned it.
-    pub fn outcome(&self) -> Outcome {
+    pub fn outcome(&self, state: &State) -> Outcome {
+        if let Some(receipt) = &self.receipt {
+            return receipt.render(state);
+        }
         match &self.outcome {
             Ok(answer) => answer.to_value(),
             Err(error) => Err(error.clone()),
@@ -198,7 +207,7 @@ impl State {
 /// outcome without applying again.
 pub fn apply(state: &mut State, proposal: &Proposal) -> Outcome {
     if let Some(previous) = state.requests.get(&proposal.request_id) {
-        return previous.outcome();
+        return previous.outcome(state);
     }
     state.meta.revision += 1;
     let outcome = apply_command(state, &proposal.command);
@@ -224,16 +233,28 @@ pub fn apply_membership(state: &mut State, id: u64, address: Option<String>) {
 
 fn remember_request(state: &mut State, request_id: &str, outcome: &Outcome) {
     let revision = state.meta.revision;
-    state.requests.insert(
-        request_id,
-        RequestRecord {
+    let receipt = outcome
+        .as_ref()
+        .ok()
+        .and_then(|answer| Receipt::of(state, answer));
+    let record = match (outcome, receipt) {
+        (_, Some(receipt)) => RequestRecord {
             revision,
-            outcome: match outcome {
-                Ok(answer) => CompactJson::of(answer),
-                Err(error) => Err(error.clone()),
-            },
+            outcome: CompactJson::of(&serde_json::Value::Null),
+            receipt: Some(receipt),
         },
-    );
+        (Ok(answer), None) => RequestRecord {
+            revision,
+            outcome: CompactJson::of(answer),
+            receipt: None,
+        },
+        (Err(error), None) => RequestRecord {
+            revision,
+            outcome: Err(error.clone()),
+            receipt: None,
+        },
+    };
+    state.requests.insert(request_id, record);
     state
         .request_order
         .insert((revision, request_id.to_string()));
