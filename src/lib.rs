@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod balancer;
 pub mod blobstore;
 pub mod cli;
 pub mod client;

@@ -256,6 +256,12 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         liveness,
         options.controller.clone(),
     ));
+    // Every server serves the load balancers' listeners (`balancer`).
+    tokio::spawn(crate::balancer::run(
+        vec![advertise.clone()],
+        crate::proxy::ProxyOptions::default(),
+        shutdown.subscribe(),
+    ));
     tracing::info!(node = marker.node_id, control_plane = %marker.control_plane_id, address = %advertise, data_dir = %data_dir.path().display(), "server started");
     Ok(Server {
         raft,

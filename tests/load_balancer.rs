@@ -6,7 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::cluster::{free_port, TestServer};
+use std::time::Duration;
+
+use common::cluster::{eventually, free_port, TestServer};
 use serde_json::Value;
 
 /// Runs `orc --output json elbv2 ARGS` against `address`.
@@ -22,6 +24,46 @@ fn elbv2(address: &str, args: &[&str]) -> Result<Value, String> {
     } else {
         Err(String::from_utf8_lossy(&output.stderr).to_string())
     }
+}
+
+/// A one-page HTTP server on a free port, answering `body` to every
+/// request, until the process ends.
+fn page_server(body: &'static str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// GET / on 127.0.0.1:`port`: the body, or `None` when nothing answers.
+fn get(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 fn ok(address: &str, args: &[&str]) -> Value {
@@ -113,6 +155,26 @@ async fn elbv2_shapes_defaults_and_bad_input() {
         .as_str()
         .unwrap()
         .to_string();
+    // The server's proxy serves the listener as soon as it exists, and a
+    // registered target answers through it.
+    let page = page_server("hello through orc").to_string();
+    ok(
+        at,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            &tg_arn,
+            "--targets",
+            &format!("Id=127.0.0.1,Port={page}"),
+        ],
+    );
+    let listener_port: u16 = port.parse().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the listener to serve the target",
+        || async { (get(listener_port).as_deref() == Some("hello through orc")).then_some(()) },
+    )
+    .await;
     let listeners = |at: &str| {
         ok(at, &["describe-listeners", "--load-balancer-arn", &lb_arn])["Listeners"]
             .as_array()
@@ -259,9 +321,14 @@ async fn elbv2_shapes_defaults_and_bad_input() {
         at,
         &["describe-target-health", "--target-group-arn", &tg_arn],
     );
-    let description = &health["TargetHealthDescriptions"][0];
-    assert_eq!(description["Target"]["Id"], "127.0.0.1");
-    assert_eq!(description["Target"]["Port"], 9);
+    let descriptions = health["TargetHealthDescriptions"].as_array().unwrap();
+    assert_eq!(descriptions.len(), 2, "{health}");
+    assert!(
+        descriptions
+            .iter()
+            .all(|d| d["Target"]["Id"] == "127.0.0.1"),
+        "{health}"
+    );
     let error = refused(
         at,
         &[
@@ -299,7 +366,7 @@ async fn elbv2_shapes_defaults_and_bad_input() {
             "--target-group-arn",
             &tg_arn,
             "--targets",
-            "Id=127.0.0.1,Port=9",
+            &format!("Id=127.0.0.1,Port=9 Id=127.0.0.1,Port={page}"),
         ],
     );
     let health = ok(

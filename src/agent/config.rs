@@ -46,6 +46,10 @@ pub struct AgentArgs {
     /// Milliseconds between heartbeats.
     #[arg(long, default_value_t = 2000)]
     pub heartbeat_interval_ms: u64,
+    /// Also serve the load balancers' listeners on this machine, like
+    /// Swarm's routing mesh (every server serves them already).
+    #[arg(long)]
+    pub proxy: bool,
     /// IPv4 range cut into /28 subnets for multi-container task networks.
     #[arg(long, default_value = crate::agent::network::DEFAULT_POOL)]
     pub subnet_pool: SubnetPool,

@@ -96,6 +96,25 @@ fn save_instance(data_dir: &Path, saved: &SavedInstance) -> Result<()> {
     std::fs::rename(&tmp, data_dir.join(STATE_FILE)).map_err(fail)
 }
 
+/// The address this machine reaches its servers from: where the load
+/// balancer's proxies (on the servers and other agents) reach the host
+/// ports of its tasks. Found by connecting a UDP socket (no packet is
+/// sent); `--attribute orc.host-address=IP` overrides it.
+pub fn host_address(servers: &[String]) -> Option<String> {
+    use std::net::ToSocketAddrs as _;
+    servers.iter().find_map(|server| {
+        let target = server.to_socket_addrs().ok()?.next()?;
+        let local = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = std::net::UdpSocket::bind(local).ok()?;
+        socket.connect(target).ok()?;
+        Some(socket.local_addr().ok()?.ip().to_string())
+    })
+}
+
 /// What the agent registers: resources from the engine, ECS's built-in
 /// attributes, then the custom ones (which win on equal names).
 pub fn registration(config: &AgentConfig, node: &NodeResources) -> InstanceRegistration {
@@ -119,6 +138,12 @@ pub fn registration(config: &AgentConfig, node: &NodeResources) -> InstanceRegis
         ("ecs.instance-type".to_string(), "pi".to_string()),
         ("orc.hostname".to_string(), hostname.clone()),
     ]);
+    if let Some(address) = host_address(&config.servers) {
+        attrs.insert(
+            crate::model::elbv2::HOST_ADDRESS_ATTRIBUTE.to_string(),
+            address,
+        );
+    }
     for (k, v) in &config.attributes {
         attrs.insert(k.clone(), v.clone());
     }

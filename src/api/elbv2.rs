@@ -21,9 +21,7 @@ use crate::vocab::action::Elbv2Action;
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
-/// The container instance attribute an agent registers its host address
-/// under: where the proxies reach the host ports of its tasks.
-pub const HOST_ADDRESS_ATTRIBUTE: &str = "orc.host-address";
+use crate::model::elbv2::HOST_ADDRESS_ATTRIBUTE;
 
 /// Dispatches one elbv2 action: the one `match` over [`Elbv2Action`].
 pub async fn call(

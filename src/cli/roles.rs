@@ -154,6 +154,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// its Docker Engine until a shutdown signal.
 pub(super) async fn agent(args: crate::agent::config::AgentArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
+    let proxy = args.proxy;
     let config = crate::agent::config::AgentConfig::try_from(args)?;
     let runtime = crate::agent::docker::DockerRuntime::connect()
         .await
@@ -163,7 +164,21 @@ pub(super) async fn agent(args: crate::agent::config::AgentArgs) -> anyhow::Resu
         config.servers.join(","),
         config.cluster
     );
-    crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown).await?;
+    let (stop_proxy, proxy_stopped) = tokio::sync::watch::channel(false);
+    let proxy = proxy.then(|| {
+        eprintln!("orc agent: serving the load balancers' listeners on this machine (--proxy)");
+        tokio::spawn(crate::balancer::run(
+            config.servers.clone(),
+            crate::proxy::ProxyOptions::default(),
+            proxy_stopped,
+        ))
+    });
+    let ended = crate::agent::worker::run(config, std::sync::Arc::new(runtime), shutdown).await;
+    let _ = stop_proxy.send(true);
+    if let Some(proxy) = proxy {
+        let _ = tokio::time::timeout(Duration::from_secs(5), proxy).await;
+    }
+    ended?;
     Ok(())
 }
 

@@ -32,6 +32,10 @@ pub const MAX_RULES_PER_LISTENER: usize = 100;
 /// The most targets one target group may hold (ALB's quota is 1,000).
 pub const MAX_TARGETS_PER_GROUP: usize = 1000;
 
+/// The container instance attribute an agent registers its host address
+/// under: where the proxies reach the host ports of its tasks.
+pub const HOST_ADDRESS_ATTRIBUTE: &str = "orc.host-address";
+
 /// A random 16-hex-digit id, as the last part of elbv2 ARNs. Chosen by the
 /// proposer and carried in the command.
 pub fn new_id() -> String {
