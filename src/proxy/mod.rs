@@ -54,9 +54,10 @@ pub struct ProxyOptions {
     /// A target must answer with a response head within this long (504
     /// otherwise); a TCP target must accept within it.
     pub request_timeout: Duration,
-    /// A client connection waiting for request headers this long (idle
-    /// between requests, or a slow client that never finishes its headers)
-    /// is closed.
+    /// An HTTP/1.1 client connection waiting for request headers this long
+    /// (idle between requests, or a slow client that never finishes its
+    /// headers) is closed. An h2c connection is pinged at this interval and
+    /// closed when a ping goes unanswered for as long.
     pub idle_timeout: Duration,
     /// The largest request head (request line and headers) accepted; a
     /// bigger one is answered 431. At least 8 KiB.
