@@ -72,30 +72,7 @@ impl Registry {
     }
 
     fn docker(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let mut child = Command::new("docker")
-            .args(args)
-            .env("DOCKER_CONFIG", self.docker_config.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run docker");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        let output = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
+        docker_in(self.docker_config.path(), args, stdin)
     }
 
     /// One raw HTTP/1.1 request; the answer's status, headers (lower-case
@@ -176,6 +153,34 @@ impl Registry {
             body,
         )
     }
+}
+
+/// Runs `docker` with its config (and logins) in `config`; (success, output).
+fn docker_in(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("docker")
+        .args(args)
+        .env("DOCKER_CONFIG", config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run docker");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
 
 #[derive(Debug)]
@@ -290,7 +295,40 @@ async fn docker_pushes_with_credentials_and_pulls_back() {
     assert!(answer
         .header("www-authenticate")
         .unwrap()
-        .starts_with("Basic"));
+        .starts_with("Bearer realm="));
+    // An anonymous token pulls only.
+    let token = registry.http(
+        "GET",
+        "/v2/token?service=orc&scope=repository:orc-test/x:pull,push",
+        &[],
+        b"",
+    );
+    assert_eq!(token.status, 200);
+    let bearer = format!("Bearer {}", token.json()["token"].as_str().unwrap());
+    assert_eq!(
+        registry
+            .http("GET", "/v2/", &[("Authorization", &bearer)], b"")
+            .status,
+        200
+    );
+    let answer = registry.http(
+        "POST",
+        "/v2/orc-test/x/blobs/uploads/",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(answer.status, 401);
+    // A wrong password gets no token.
+    let wrong = registry.http(
+        "GET",
+        "/v2/token",
+        &[(
+            "Authorization",
+            "Basic QVdTOm9yYzEuOTk5OTk5OTk5OTk5OTkuYWJj",
+        )],
+        b"",
+    );
+    assert_eq!(wrong.status, 401);
 
     let password = registry.password();
     let (ok, text) = registry.docker(
@@ -893,4 +931,47 @@ async fn the_spec_strict_points_and_bad_input() {
             .join(&name[7..])
             .exists());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_a_task_whose_image_lives_only_in_the_registry() {
+    let orc = common::orc::TestOrc::start().await;
+    let pushed = format!("{}/orc-test/only-here:1", orc.server.address);
+    let _cleanup = DockerTags(vec![pushed.clone()]);
+    images::busybox_image(&pushed);
+    let config = tempfile::tempdir().unwrap();
+    let (ok, password, err) = orc.cli(&["ecr", "get-login-password"]);
+    assert!(ok, "{err}");
+    let (ok, text) = docker_in(
+        config.path(),
+        &[
+            "login",
+            "--username",
+            "AWS",
+            "--password-stdin",
+            &orc.server.address,
+        ],
+        Some(password.trim()),
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = docker_in(config.path(), &["push", &pushed], None);
+    assert!(ok, "{text}");
+    // Gone from the local Docker: only orc's registry has it now.
+    let (ok, text) = docker_in(config.path(), &["rmi", &pushed], None);
+    assert!(ok, "{text}");
+
+    let definition = orc
+        .register(json!({"family": "only-here", "containerDefinitions": [{
+            "name": "app", "image": "orc.local/orc-test/only-here:1", "memory": 16,
+            "command": ["sh", "-c", "echo pulled from orc; sleep 600"]
+        }]}))
+        .await;
+    let id = orc.run_task(&definition).await;
+    let task = orc.wait_task(&id, "RUNNING").await;
+    assert_eq!(
+        task["containers"][0]["image"],
+        "orc.local/orc-test/only-here:1"
+    );
+    orc.call("StopTask", json!({"task": id})).await;
+    orc.wait_task(&id, "STOPPED").await;
 }

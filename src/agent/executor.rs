@@ -67,9 +67,15 @@ impl Lanes {
     }
 }
 
+/// The short registry name every agent resolves to the cluster's registry.
+pub const ORC_LOCAL: &str = "orc.local/";
+
 /// Runs batches against a runtime.
 #[derive(Clone)]
 pub struct Executor {
+    /// The cluster registry's `host:port` now (the server the agent uses),
+    /// which `orc.local/` image names resolve to.
+    registry: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     runtime: Arc<dyn Runtime>,
     pull_behavior: PullBehavior,
     images: ImageSlots,
@@ -88,10 +94,26 @@ impl Executor {
         lanes: Lanes,
     ) -> Self {
         Executor {
+            registry: None,
             runtime,
             pull_behavior,
             images: Arc::default(),
             lanes,
+        }
+    }
+
+    /// Resolves `orc.local/REPO:TAG` to the registry `registry()` names.
+    pub fn with_registry(mut self, registry: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// An image name with the short form `orc.local/` replaced by the
+    /// cluster registry's address.
+    fn resolve(&self, image: &str) -> String {
+        match (image.strip_prefix(ORC_LOCAL), &self.registry) {
+            (Some(rest), Some(registry)) => format!("{}/{rest}", registry()),
+            _ => image.to_string(),
         }
     }
 
@@ -200,7 +222,7 @@ impl Executor {
                     image,
                 } => {
                     tracing::info!(task = task_arn, container = %container_name, image = %image, "making the image available");
-                    self.ensure_image(image)
+                    self.ensure_image(&self.resolve(image))
                         .await
                         .map_err(|e| (Some(container_name.clone()), e))
                 }
@@ -230,7 +252,9 @@ impl Executor {
                 } => {
                     tracing::info!(task = task_arn, container = %container_name, name = %spec.name, ports = ?spec.port_bindings, "creating the container");
                     let _permit = self.start_permit().await;
-                    rt.create_container(spec)
+                    let mut spec = spec.clone();
+                    spec.image = self.resolve(&spec.image);
+                    rt.create_container(&spec)
                         .await
                         .map(|_| ())
                         .map_err(|e| (Some(container_name.clone()), e))

@@ -890,7 +890,11 @@ async fn reconcile_loop(
         shared.runtime.clone(),
         config.image_pull_behavior,
         Lanes::new(config.parallel_tasks, config.parallel_stops),
-    );
+    )
+    .with_registry({
+        let conn = shared.conn.clone();
+        Arc::new(move || conn.server())
+    });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut memory = Memory::default();
     let mut busy = Busy::default();

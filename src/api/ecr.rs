@@ -45,23 +45,35 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A login password good until `expires_ms`: `orc1.EXPIRY.SIGNATURE`.
+/// A login password good until `expires_ms`: `orc1.EXPIRY.SIGNATURE`. It
+/// allows pushes.
 pub fn sign_token(secret: &str, expires_ms: u64) -> String {
-    let payload = format!("orc1.{expires_ms}");
+    sign(secret, format!("orc1.{expires_ms}"))
+}
+
+/// An anonymous Bearer token for pulls only: `orc1.EXPIRY.pull.SIGNATURE`.
+pub fn sign_pull_token(secret: &str, expires_ms: u64) -> String {
+    sign(secret, format!("orc1.{expires_ms}.pull"))
+}
+
+fn sign(secret: &str, payload: String) -> String {
     let signature = hmac_sha256(secret.as_bytes(), payload.as_bytes());
     format!("{payload}.{}", hex(&signature))
 }
 
-/// Whether `token` was signed with `secret` and has not expired at `now_ms`.
-pub fn verify_token(secret: &str, token: &str, now_ms: u64) -> bool {
-    let Some((payload, signature)) = token.rsplit_once('.') else {
-        return false;
-    };
-    let Some(expires_ms) = payload
-        .strip_prefix("orc1.")
-        .and_then(|e| e.parse::<u64>().ok())
-    else {
-        return false;
+/// What a token signed with `secret` allows at `now_ms`: `Some(true)` pushes
+/// (and pulls), `Some(false)` pulls only, `None` nothing (forged, expired).
+pub fn token_access(secret: &str, token: &str, now_ms: u64) -> Option<bool> {
+    let (payload, signature) = token.rsplit_once('.')?;
+    let mut fields = payload.split('.');
+    if fields.next() != Some("orc1") {
+        return None;
+    }
+    let expires_ms = fields.next()?.parse::<u64>().ok()?;
+    let push = match fields.next() {
+        None => true,
+        Some("pull") => false,
+        Some(_) => return None,
     };
     let expected = hex(&hmac_sha256(secret.as_bytes(), payload.as_bytes()));
     // Compared in constant time.
@@ -71,7 +83,13 @@ pub fn verify_token(secret: &str, token: &str, now_ms: u64) -> bool {
             .zip(signature.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
-    same && now_ms < expires_ms
+    (same && now_ms < expires_ms).then_some(push)
+}
+
+/// Whether `token` was signed with `secret`, allows pushes, and has not
+/// expired at `now_ms`.
+pub fn verify_token(secret: &str, token: &str, now_ms: u64) -> bool {
+    token_access(secret, token, now_ms) == Some(true)
 }
 
 /// The password of an `Authorization: Basic …` header whose user is `AWS`
@@ -458,6 +476,13 @@ mod tests {
             999
         ));
         assert!(!verify_token("s3cret", "garbage", 1));
+        let pull = sign_pull_token("s3cret", 1_000);
+        assert_eq!(token_access("s3cret", &pull, 999), Some(false));
+        assert!(!verify_token("s3cret", &pull, 999));
+        assert_eq!(
+            token_access("s3cret", &pull.replace(".pull.", ".push."), 999),
+            None
+        );
         use base64::Engine as _;
         let header = format!(
             "Basic {}",

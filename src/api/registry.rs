@@ -29,6 +29,9 @@ use crate::store::{Command, Proposal};
 use crate::vocab::time::now_ms;
 use crate::Error;
 
+/// How long an anonymous pull token lasts.
+const TOKEN_SECONDS: u64 = 3600;
+
 /// Upload bodies are written in pieces of this size (bounded memory).
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Blob answers are read from disk in pieces of this size.
@@ -148,6 +151,7 @@ type Answer = Result<Response, RegistryError>;
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Base,
+    Token,
     Catalog,
     Tags(String),
     Manifest(String, String),
@@ -165,6 +169,9 @@ fn route(path: &str) -> Option<Route> {
     }
     if rest == "_catalog" {
         return Some(Route::Catalog);
+    }
+    if rest == "token" {
+        return Some(Route::Token);
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Some(Route::Tags(name.into()));
@@ -292,12 +299,16 @@ impl Registry {
         };
         let method = request.method().clone();
         let writes = !matches!(method, Method::GET | Method::HEAD);
+        if route == Route::Token {
+            return self.token(request.headers()).await;
+        }
         if writes || route == Route::Base {
-            self.authorize(request.headers(), route == Route::Base)
+            let realm = realm(&request);
+            self.authorize(request.headers(), route == Route::Base, &realm)
                 .await?;
         }
         match route {
-            Route::Base => Ok(json_response(StatusCode::OK, json!({}))),
+            Route::Base | Route::Token => Ok(json_response(StatusCode::OK, json!({}))),
             Route::Catalog => self.catalog(query(&request)).await,
             Route::Tags(name) => {
                 name_checked(&name)?;
@@ -375,26 +386,67 @@ impl Registry {
 
     // --- credentials -------------------------------------------------
 
-    async fn authorize(&self, headers: &HeaderMap, ping: bool) -> Result<(), RegistryError> {
+    /// Checks a request's credentials: a write needs a push token (the
+    /// login password as Basic `AWS:PASSWORD`, or a Bearer token from
+    /// `/v2/token` given for it); the `/v2/` ping needs any valid token, so
+    /// that clients learn the Bearer challenge and fetch one (anonymous
+    /// ones pull only).
+    async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        ping: bool,
+        realm: &str,
+    ) -> Result<(), RegistryError> {
         let refuse = |why: &str| {
-            fail(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why.to_string())
-                .with(header::WWW_AUTHENTICATE, "Basic realm=\"orc\"")
+            fail(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why.to_string()).with(
+                header::WWW_AUTHENTICATE,
+                format!("Bearer realm=\"{realm}\",service=\"orc\""),
+            )
         };
-        let Some(value) = header_str(headers, header::AUTHORIZATION) else {
+        let Some(token) =
+            header_str(headers, header::AUTHORIZATION).and_then(super::ecr::basic_password)
+        else {
             return Err(refuse(if ping {
-                "authentication required: log in with `orc ecr get-login-password | docker login --username AWS --password-stdin HOST:PORT`"
+                "authentication required: get a token from /v2/token, or log in with `orc ecr get-login-password | docker login --username AWS --password-stdin HOST:PORT`"
             } else {
                 "pushing needs credentials: log in with `orc ecr get-login-password | docker login --username AWS --password-stdin HOST:PORT`"
             }));
         };
-        let password = super::ecr::basic_password(value);
         let secret = self.read(|s| s.secret.clone());
-        match password {
-            Some(password) if !secret.is_empty() && super::ecr::verify_token(&secret, &password, now_ms()) => Ok(()),
-            _ => Err(refuse(
+        match super::ecr::token_access(&secret, &token, now_ms()) {
+            Some(push) if push || ping => Ok(()),
+            Some(_) => Err(refuse(
+                "pushing needs credentials: log in with `orc ecr get-login-password | docker login --username AWS --password-stdin HOST:PORT`",
+            )),
+            None => Err(refuse(
                 "the credentials are wrong or expired: log in again with `orc ecr get-login-password | docker login --username AWS --password-stdin HOST:PORT`",
             )),
         }
+    }
+
+    /// `GET /v2/token` (Docker's token flow): the login password, checked,
+    /// comes back as a push token; without credentials the answer is an
+    /// anonymous token that pulls only; wrong credentials get 401.
+    async fn token(&self, headers: &HeaderMap) -> Answer {
+        let secret = super::ecr::secret(&self.raft).await?;
+        let now = now_ms();
+        let token = match header_str(headers, header::AUTHORIZATION) {
+            None => super::ecr::sign_pull_token(&secret, now + TOKEN_SECONDS * 1000),
+            Some(value) => match super::ecr::basic_password(value) {
+                Some(password) if super::ecr::verify_token(&secret, &password, now) => password,
+                _ => {
+                    return Err(fail(
+                        StatusCode::UNAUTHORIZED,
+                        "UNAUTHORIZED",
+                        "the credentials are wrong or expired: use the user AWS and the password `orc ecr get-login-password` prints",
+                    ))
+                }
+            },
+        };
+        Ok(json_response(
+            StatusCode::OK,
+            json!({ "token": token, "access_token": token, "expires_in": TOKEN_SECONDS }),
+        ))
     }
 
     // --- listings ----------------------------------------------------
@@ -1049,6 +1101,17 @@ impl Registry {
         .await
         .map(|_| ())
     }
+}
+
+/// The token endpoint's URL as the client reached this server.
+fn realm(request: &Request<Body>) -> String {
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| header_str(request.headers(), header::HOST).map(str::to_string))
+        .unwrap_or_default();
+    format!("http://{host}/v2/token")
 }
 
 fn insert(headers: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
