@@ -51,6 +51,24 @@ pub enum Refusal {
     ClusterContainsTasks,
     /// A cluster to delete still has registered container instances.
     ClusterContainsContainerInstances,
+    /// The named load balancer does not exist.
+    LoadBalancerNotFound,
+    /// The named target group does not exist.
+    TargetGroupNotFound,
+    /// The named listener does not exist.
+    ListenerNotFound,
+    /// The named listener rule does not exist.
+    RuleNotFound,
+    /// A load balancer with that name exists with other settings.
+    DuplicateLoadBalancerName,
+    /// A target group with that name exists with other settings.
+    DuplicateTargetGroupName,
+    /// A listener already holds that port.
+    DuplicateListener,
+    /// A rule of the listener already has that priority.
+    PriorityInUse,
+    /// The resource is used by another (a target group by a listener or a service).
+    ResourceInUse,
 }
 
 /// The broad kinds of [`Error`], for a [`Refusal`] to behave as one.
@@ -68,11 +86,21 @@ impl Refusal {
     /// The broad kind this refusal is.
     pub fn kind(self) -> Kind {
         match self {
-            Refusal::ClusterNotFound | Refusal::ServiceNotFound => Kind::NotFound,
+            Refusal::ClusterNotFound
+            | Refusal::ServiceNotFound
+            | Refusal::LoadBalancerNotFound
+            | Refusal::TargetGroupNotFound
+            | Refusal::ListenerNotFound
+            | Refusal::RuleNotFound => Kind::NotFound,
             Refusal::ServiceNotActive
             | Refusal::ClusterContainsServices
             | Refusal::ClusterContainsTasks
-            | Refusal::ClusterContainsContainerInstances => Kind::Conflict,
+            | Refusal::ClusterContainsContainerInstances
+            | Refusal::DuplicateLoadBalancerName
+            | Refusal::DuplicateTargetGroupName
+            | Refusal::DuplicateListener
+            | Refusal::PriorityInUse
+            | Refusal::ResourceInUse => Kind::Conflict,
         }
     }
 }

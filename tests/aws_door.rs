@@ -182,6 +182,63 @@ async fn errors_reach_aws_and_boto3_with_ecs_exception_names() {
 }
 
 #[tokio::test]
+async fn elbv2_over_the_query_protocol_with_aws_and_boto3() {
+    let (server, root) = server().await;
+    let address = server.address.as_str();
+    let dir = root.path();
+    let seen = script("python3", "elbv2.py", address, dir);
+    assert!(seen.ends_with("ok\n"), "{seen}");
+
+    let created = aws(
+        address,
+        dir,
+        &["elbv2", "create-load-balancer", "--name", "cli"],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let answer: Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(
+        answer["LoadBalancers"][0]["LoadBalancerName"], "cli",
+        "{answer}"
+    );
+    for (args, code) in [
+        (
+            vec![
+                "elbv2",
+                "create-load-balancer",
+                "--name",
+                "cli",
+                "--type",
+                "network",
+            ],
+            "DuplicateLoadBalancerName",
+        ),
+        (
+            vec!["elbv2", "describe-load-balancers", "--names", "ghost"],
+            "LoadBalancerNotFound",
+        ),
+    ] {
+        let output = aws(address, dir, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(&format!("An error occurred ({code})")),
+            "{args:?} should fail with {code}: {}",
+            text(&output)
+        );
+    }
+    // The door went through the same dispatch as Orc.Call.
+    let (described, _) = server
+        .client()
+        .call("elbv2:DescribeLoadBalancers", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        described["LoadBalancers"].as_array().unwrap().len(),
+        1,
+        "{described}"
+    );
+}
+
+#[tokio::test]
 async fn the_cli_paginates_list_tasks_over_250_tasks() {
     let (server, root) = server().await;
     let address = server.address.as_str();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ecs::{parse, propose, read_linearizable, ActionResult};
+use crate::error::Refusal;
 use crate::model::elbv2::{
     self as m, arn_key, HealthCheckSettings, Listener, LoadBalancer, LoadBalancerState,
     RegisteredTarget, Rule, RuleAction, RuleCondition, TargetDescription, TargetGroup,
@@ -360,7 +361,7 @@ async fn describe_load_balancers(raft: &RaftHandle, body: &str) -> Result<Value>
                 .values()
                 .find(|lb| lb.load_balancer_name == *name)
                 .ok_or_else(|| {
-                    Error::NotFound(format!(
+                    Error::Refused(Refusal::LoadBalancerNotFound, format!(
                         "Names: load balancer {name:?} not found (LoadBalancerNotFound); see `orc elbv2 describe-load-balancers`"
                     ))
                 })?;
@@ -477,7 +478,7 @@ async fn describe_target_groups(raft: &RaftHandle, body: &str) -> Result<Value> 
                 .values()
                 .find(|tg| tg.group.target_group_name == *name)
                 .ok_or_else(|| {
-                    Error::NotFound(format!(
+                    Error::Refused(Refusal::TargetGroupNotFound, format!(
                         "Names: target group {name:?} not found (TargetGroupNotFound); see `orc elbv2 describe-target-groups`"
                     ))
                 })?;

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::command::Outcome;
 use super::state::State;
 use super::table::Table;
+use crate::error::Refusal;
 use crate::model::elbv2::{
     self as m, arn_key, HealthCheckSettings, Listener, LoadBalancer, RegisteredTarget, Rule,
     RuleAction, RuleCondition, TargetGroup, TargetGroupRecord, TargetHealth,
@@ -247,8 +248,8 @@ pub const SUBJECT_KINDS: &[&str] = &[
     "listener-rule/",
 ];
 
-fn not_found(what: &str, code: &str, arn: &str, hint: &str) -> Error {
-    Error::NotFound(format!("{what} {arn:?} not found ({code}): {hint}"))
+fn not_found(what: &str, code: Refusal, arn: &str, hint: &str) -> Error {
+    Error::Refused(code, format!("{what} {arn:?} not found ({code:?}): {hint}"))
 }
 
 /// The key of a target in `Elbv2State::targets`.
@@ -266,7 +267,7 @@ impl Elbv2State {
             .ok_or_else(|| {
                 not_found(
                     "load balancer",
-                    "LoadBalancerNotFound",
+                    Refusal::LoadBalancerNotFound,
                     arn,
                     "see `orc elbv2 describe-load-balancers`",
                 )
@@ -282,7 +283,7 @@ impl Elbv2State {
             .ok_or_else(|| {
                 not_found(
                     "target group",
-                    "TargetGroupNotFound",
+                    Refusal::TargetGroupNotFound,
                     arn,
                     "see `orc elbv2 describe-target-groups`",
                 )
@@ -298,7 +299,7 @@ impl Elbv2State {
             .ok_or_else(|| {
                 not_found(
                     "listener",
-                    "ListenerNotFound",
+                    Refusal::ListenerNotFound,
                     arn,
                     "see `orc elbv2 describe-listeners --load-balancer-arn …`",
                 )
@@ -314,7 +315,7 @@ impl Elbv2State {
             .ok_or_else(|| {
                 not_found(
                     "rule",
-                    "RuleNotFound",
+                    Refusal::RuleNotFound,
                     arn,
                     "see `orc elbv2 describe-rules --listener-arn …`",
                 )
@@ -386,7 +387,7 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
                 if existing.kind == load_balancer.kind && existing.scheme == load_balancer.scheme {
                     return Ok(json!({ "LoadBalancers": [existing] }));
                 }
-                return Err(Error::Conflict(format!(
+                return Err(Error::Refused(Refusal::DuplicateLoadBalancerName, format!(
                     "Name: a load balancer named {:?} already exists with other settings (DuplicateLoadBalancerName); pick another name or delete it first",
                     load_balancer.load_balancer_name
                 )));
@@ -425,7 +426,7 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
                 if same == checked {
                     return Ok(json!({ "TargetGroups": [existing.group] }));
                 }
-                return Err(Error::Conflict(format!(
+                return Err(Error::Refused(Refusal::DuplicateTargetGroupName, format!(
                     "Name: a target group named {:?} already exists with other settings (DuplicateTargetGroupName); pick another name or delete it first",
                     target_group.target_group_name
                 )));
@@ -464,7 +465,7 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
             };
             let key = key.to_string();
             if let Some(user) = elb.load_balancers_using(target_group_arn).first() {
-                return Err(Error::Conflict(format!(
+                return Err(Error::Refused(Refusal::ResourceInUse, format!(
                     "TargetGroupArn: target group {target_group_arn:?} is currently in use by a listener or a rule of {user} (ResourceInUse); delete the listener or rule first"
                 )));
             }
@@ -474,7 +475,7 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
                         .iter()
                         .any(|l| l.target_group_arn == *target_group_arn)
             }) {
-                return Err(Error::Conflict(format!(
+                return Err(Error::Refused(Refusal::ResourceInUse, format!(
                     "TargetGroupArn: target group {target_group_arn:?} is currently in use by service {} (ResourceInUse); delete the service first",
                     service.service_name
                 )));
@@ -563,7 +564,7 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
                 .rules_of(&listener_key)
                 .find(|(_, r)| r.priority == priority.to_string())
             {
-                return Err(Error::Conflict(format!(
+                return Err(Error::Refused(Refusal::PriorityInUse, format!(
                     "Priority: {priority} is currently in use by rule {} of this listener (PriorityInUse); pick another priority",
                     clash.rule_arn
                 )));
@@ -617,7 +618,7 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
             for (key, priority) in &after {
                 let listener = key.rsplit_once('/').map_or("", |(l, _)| l);
                 if !seen.insert((listener.to_string(), priority.clone())) {
-                    return Err(Error::Conflict(format!(
+                    return Err(Error::Refused(Refusal::PriorityInUse, format!(
                         "RulePriorities: priority {priority} would be used twice on one listener (PriorityInUse)"
                     )));
                 }
@@ -827,7 +828,7 @@ fn check_listener(
             arn_key("ListenerArn", "listener", &taken.listener_arn).ok() == Some(key)
         });
         if !own {
-            return Err(Error::Conflict(format!(
+            return Err(Error::Refused(Refusal::DuplicateListener, format!(
                 "Port: {} is already taken by listener {} (DuplicateListener); every proxy serves every listener, so pick another --port",
                 listener.port, taken.listener_arn
             )));

@@ -175,6 +175,17 @@ pub fn ecs_exception(error: &Error) -> &'static str {
             Refusal::ClusterContainsContainerInstances => {
                 "ClusterContainsContainerInstancesException"
             }
+            // A load balancer refusal met by an ECS action (a service's
+            // target group): ECS calls it an invalid parameter.
+            Refusal::LoadBalancerNotFound
+            | Refusal::TargetGroupNotFound
+            | Refusal::ListenerNotFound
+            | Refusal::RuleNotFound
+            | Refusal::DuplicateLoadBalancerName
+            | Refusal::DuplicateTargetGroupName
+            | Refusal::DuplicateListener
+            | Refusal::PriorityInUse
+            | Refusal::ResourceInUse => "InvalidParameterException",
         },
     }
 }

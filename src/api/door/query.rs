@@ -16,7 +16,7 @@ use axum::response::{IntoResponse as _, Response};
 use serde_json::{Map, Value};
 
 use crate::api::ApiContext;
-use crate::error::Kind;
+use crate::error::{Kind, Refusal};
 use crate::vocab::action::{Action, Elbv2Action};
 use crate::Error;
 
@@ -146,6 +146,28 @@ pub(super) async fn serve(context: &ApiContext, body: &Bytes) -> Response {
 
 /// The status and ELB's error code for `error`.
 fn elbv2_error(error: &Error) -> (StatusCode, &'static str) {
+    if let Error::Refused(refusal, _) = error {
+        let code = match refusal {
+            Refusal::LoadBalancerNotFound => Some("LoadBalancerNotFound"),
+            Refusal::TargetGroupNotFound => Some("TargetGroupNotFound"),
+            Refusal::ListenerNotFound => Some("ListenerNotFound"),
+            Refusal::RuleNotFound => Some("RuleNotFound"),
+            Refusal::DuplicateLoadBalancerName => Some("DuplicateLoadBalancerName"),
+            Refusal::DuplicateTargetGroupName => Some("DuplicateTargetGroupName"),
+            Refusal::DuplicateListener => Some("DuplicateListener"),
+            Refusal::PriorityInUse => Some("PriorityInUse"),
+            Refusal::ResourceInUse => Some("ResourceInUse"),
+            Refusal::ClusterNotFound
+            | Refusal::ServiceNotFound
+            | Refusal::ServiceNotActive
+            | Refusal::ClusterContainsServices
+            | Refusal::ClusterContainsTasks
+            | Refusal::ClusterContainsContainerInstances => None,
+        };
+        if let Some(code) = code {
+            return (StatusCode::BAD_REQUEST, code);
+        }
+    }
     match error.kind() {
         None => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure"),
         Some(Kind::InvalidInput) => (StatusCode::BAD_REQUEST, VALIDATION_ERROR),
