@@ -239,6 +239,14 @@ async fn elbv2_over_the_query_protocol_with_aws_and_boto3() {
 }
 
 #[tokio::test]
+async fn the_other_ecs_verbs_through_boto3() {
+    let (server, root) = server().await;
+    let _agent = FakeAgent::register(&server.address, 4096, 4096).await;
+    let seen = script("python3", "ecs_verbs.py", &server.address, root.path());
+    assert!(seen.ends_with("ok\n"), "{seen}");
+}
+
+#[tokio::test]
 async fn the_cli_paginates_list_tasks_over_250_tasks() {
     let (server, root) = server().await;
     let address = server.address.as_str();
@@ -562,4 +570,59 @@ fn raw_http_json(address: &str, head: &str, body: &[u8]) -> (u16, String, Value)
     let (status, headers, body) = raw_http(address, head, body);
     let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     (status, headers, body)
+}
+
+/// The README's table of the actions served through the door: each one
+/// listed is called by a test here, through `aws` (kebab-case) or boto3
+/// (snake_case), in `tests/aws/` or this file.
+#[test]
+fn every_action_in_the_readme_table_is_called_through_the_door() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("## Using the AWS CLI and SDKs")
+        .nth(1)
+        .expect("README has the section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut sources = std::fs::read_to_string(root.join("tests/aws_door.rs")).unwrap();
+    for entry in std::fs::read_dir(scripts()).unwrap() {
+        sources.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    let words = |action: &str, sep: char| {
+        let mut out = String::new();
+        for (i, c) in action.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push(sep);
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    };
+    let mut checked = 0;
+    for row in section.lines().filter(|l| {
+        l.starts_with("| ecs |") || l.starts_with("| elbv2 |") || l.starts_with("| ecr |")
+    }) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let service = cells[1];
+        for action in cells[2].split(',').map(str::trim) {
+            let parsed: orc::vocab::action::Action =
+                format!("{service}:{action}").parse().unwrap_or_else(|e| {
+                    panic!("the README lists {service} {action}, which orc does not serve: {e}")
+                });
+            let cli = format!("\"{service}\", \"{}\"", words(action, '-'));
+            let cli_script = format!("aws {service} {}", words(action, '-'));
+            let sdk = format!(".{}(", words(action, '_'));
+            assert!(
+                sources.contains(&cli) || sources.contains(&cli_script) || sources.contains(&sdk),
+                "{parsed}: listed in the README but no test calls it through the door"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 27,
+        "only {checked} actions found in the README's table"
+    );
 }
