@@ -15,7 +15,8 @@
 //! signature (orc has no access keys yet): [`verify_signature`] is where
 //! the security issue checks them.
 //!
-//! Any other HTTP request that is neither gRPC nor for `/metrics` gets
+//! Any other HTTP request that is neither gRPC nor for the registry
+//! (`/v2/`) nor `/metrics` gets
 //! [`not_served`]: an HTTP error whose body says what the port serves.
 
 pub mod json;
@@ -32,7 +33,7 @@ use crate::vocab::limits::{human_bytes, MAX_REQUEST_BYTES};
 /// What the API port serves, for answers to requests it does not.
 pub const SERVED: &str = "this is orc's API port: it serves gRPC (the `orc` CLI, agents and other servers), \
 the AWS door at POST / (AWS_ENDPOINT_URL=http://HOST:PORT for the aws CLI and SDKs: ECS and ECR over awsJson1_1, \
-ELBv2 over the query protocol) and GET /metrics (Prometheus)";
+ELBv2 over the query protocol), the image registry under /v2/ (docker, skopeo) and GET /metrics (Prometheus)";
 
 /// The routes of the door, to merge into the API port's router.
 pub fn routes(context: ApiContext) -> axum::Router {
