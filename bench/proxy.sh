@@ -86,7 +86,7 @@ CONF
 cat > "$work/haproxy.cfg" <<CONF
 global
     nbthread $THREADS
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
