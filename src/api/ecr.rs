@@ -134,11 +134,6 @@ pub async fn call(
     body: &str,
     request_id: String,
 ) -> Result<ActionResult> {
-    let request_id = if request_id.is_empty() {
-        crate::vocab::ids::request_id()
-    } else {
-        request_id
-    };
     let name = action.name();
     match action {
         EcrAction::CreateRepository => {

@@ -38,7 +38,7 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> R
 }
 
 /// Dispatches one ECS action: the one `match` over [`EcsAction`]. The
-/// action was parsed at the edge; an empty request id gets a fresh one.
+/// action was parsed at the edge, and the request id is never empty.
 pub async fn call(
     raft: &RaftHandle,
     limits: services::ServiceLimits,
@@ -46,11 +46,6 @@ pub async fn call(
     body: &str,
     request_id: String,
 ) -> Result<ActionResult> {
-    let request_id = if request_id.is_empty() {
-        crate::vocab::ids::request_id()
-    } else {
-        request_id
-    };
     match action {
         EcsAction::CreateCluster => create_cluster(raft, body, request_id).await,
         EcsAction::DeleteCluster => delete_cluster(raft, body, request_id).await,

@@ -31,11 +31,6 @@ pub async fn call(
     body: &str,
     request_id: String,
 ) -> Result<ActionResult> {
-    let request_id = if request_id.is_empty() {
-        crate::vocab::ids::request_id()
-    } else {
-        request_id
-    };
     let name = action.name();
     let answer = match action {
         Elbv2Action::CreateLoadBalancer => create_load_balancer(raft, body, request_id).await?,

@@ -75,6 +75,11 @@ impl ApiContext {
         body: &str,
         request_id: String,
     ) -> Result<ecs::ActionResult> {
+        let request_id = if request_id.is_empty() {
+            crate::vocab::ids::request_id()
+        } else {
+            request_id
+        };
         match action {
             Action::Ecs(action) => {
                 ecs::call(&self.raft, self.service_limits, action, body, request_id).await
