@@ -252,6 +252,23 @@ fn not_found(what: &str, code: Refusal, arn: &str, hint: &str) -> Error {
     Error::Refused(code, format!("{what} {arn:?} not found ({code:?}): {hint}"))
 }
 
+/// A row of `table` by its ARN: `names` are the request field, the ARN's
+/// resource kind and the noun an error uses; a missing row is refused with
+/// `code` and `hint`.
+fn find<'a, V>(
+    table: &'a Table<V>,
+    (field, kind, noun): (&str, &str, &str),
+    code: Refusal,
+    arn: &str,
+    hint: &str,
+) -> Result<(String, &'a V), Error> {
+    let key = arn_key(field, kind, arn)?;
+    table
+        .get(key)
+        .map(|row| (key.to_string(), row))
+        .ok_or_else(|| not_found(noun, code, arn, hint))
+}
+
 /// The key of a target in `Elbv2State::targets`.
 pub fn target_key(group_key: &str, id: &str, port: u16) -> String {
     format!("{group_key}/{id}/{port:05}")
@@ -260,66 +277,46 @@ pub fn target_key(group_key: &str, id: &str, port: u16) -> String {
 impl Elbv2State {
     /// A load balancer by ARN.
     pub fn load_balancer(&self, arn: &str) -> Result<(String, &LoadBalancer), Error> {
-        let key = arn_key("LoadBalancerArn", "loadbalancer", arn)?;
-        self.load_balancers
-            .get(key)
-            .map(|lb| (key.to_string(), lb))
-            .ok_or_else(|| {
-                not_found(
-                    "load balancer",
-                    Refusal::LoadBalancerNotFound,
-                    arn,
-                    "see `orc elbv2 describe-load-balancers`",
-                )
-            })
+        find(
+            &self.load_balancers,
+            ("LoadBalancerArn", "loadbalancer", "load balancer"),
+            Refusal::LoadBalancerNotFound,
+            arn,
+            "see `orc elbv2 describe-load-balancers`",
+        )
     }
 
     /// A target group by ARN.
     pub fn target_group(&self, arn: &str) -> Result<(String, &TargetGroupRecord), Error> {
-        let key = arn_key("TargetGroupArn", "targetgroup", arn)?;
-        self.target_groups
-            .get(key)
-            .map(|tg| (key.to_string(), tg))
-            .ok_or_else(|| {
-                not_found(
-                    "target group",
-                    Refusal::TargetGroupNotFound,
-                    arn,
-                    "see `orc elbv2 describe-target-groups`",
-                )
-            })
+        find(
+            &self.target_groups,
+            ("TargetGroupArn", "targetgroup", "target group"),
+            Refusal::TargetGroupNotFound,
+            arn,
+            "see `orc elbv2 describe-target-groups`",
+        )
     }
 
     /// A listener by ARN.
     pub fn listener(&self, arn: &str) -> Result<(String, &Listener), Error> {
-        let key = arn_key("ListenerArn", "listener", arn)?;
-        self.listeners
-            .get(key)
-            .map(|l| (key.to_string(), l))
-            .ok_or_else(|| {
-                not_found(
-                    "listener",
-                    Refusal::ListenerNotFound,
-                    arn,
-                    "see `orc elbv2 describe-listeners --load-balancer-arn …`",
-                )
-            })
+        find(
+            &self.listeners,
+            ("ListenerArn", "listener", "listener"),
+            Refusal::ListenerNotFound,
+            arn,
+            "see `orc elbv2 describe-listeners --load-balancer-arn …`",
+        )
     }
 
     /// A rule by ARN.
     pub fn rule(&self, arn: &str) -> Result<(String, &Rule), Error> {
-        let key = arn_key("RuleArn", "listener-rule", arn)?;
-        self.rules
-            .get(key)
-            .map(|r| (key.to_string(), r))
-            .ok_or_else(|| {
-                not_found(
-                    "rule",
-                    Refusal::RuleNotFound,
-                    arn,
-                    "see `orc elbv2 describe-rules --listener-arn …`",
-                )
-            })
+        find(
+            &self.rules,
+            ("RuleArn", "listener-rule", "rule"),
+            Refusal::RuleNotFound,
+            arn,
+            "see `orc elbv2 describe-rules --listener-arn …`",
+        )
     }
 
     /// A load balancer's listeners, in key order.
