@@ -69,6 +69,12 @@ pub enum Refusal {
     PriorityInUse,
     /// The resource is used by another (a target group by a listener or a service).
     ResourceInUse,
+    /// The caller is known but its role may not do this (ECS's
+    /// `AccessDeniedException`).
+    AccessDenied,
+    /// The caller brought no credential, or one the cluster does not
+    /// recognise (unknown, expired, revoked, or from another cluster).
+    Unauthenticated,
 }
 
 /// The broad kinds of [`Error`], for a [`Refusal`] to behave as one.
@@ -80,6 +86,11 @@ pub enum Kind {
     NotFound,
     /// As [`Error::Conflict`].
     Conflict,
+    /// The caller's role may not do this (gRPC `PERMISSION_DENIED`).
+    AccessDenied,
+    /// The caller's credential is missing or not recognised (gRPC
+    /// `UNAUTHENTICATED`).
+    Unauthenticated,
 }
 
 impl Refusal {
@@ -101,6 +112,8 @@ impl Refusal {
             | Refusal::DuplicateListener
             | Refusal::PriorityInUse
             | Refusal::ResourceInUse => Kind::Conflict,
+            Refusal::AccessDenied => Kind::AccessDenied,
+            Refusal::Unauthenticated => Kind::Unauthenticated,
         }
     }
 }

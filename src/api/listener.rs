@@ -30,6 +30,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use crate::vocab::principal::Principal;
+
 /// How the listener treats its connections.
 #[derive(Clone, Copy, Debug)]
 pub struct ListenerOptions {
@@ -178,6 +180,8 @@ impl http_body::Body for TrackedBody {
 struct TrackedService {
     router: axum::Router,
     activity: Arc<Activity>,
+    /// Who is at the other end of the connection, put on every request.
+    principal: Principal,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for TrackedService {
@@ -185,7 +189,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for TrackedService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.principal.clone());
         let in_flight = InFlight::start(&self.activity);
         let mut router = self.router.clone();
         Box::pin(async move {
@@ -344,6 +349,10 @@ async fn serve_connection(
     let service = TrackedService {
         router,
         activity: activity.clone(),
+        // No connection is authenticated yet: the security issue's TLS
+        // handshake will say who is calling; until then every caller is
+        // unidentified (the API binds loopback by default).
+        principal: Principal::Insecure,
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder

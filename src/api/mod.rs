@@ -32,11 +32,13 @@ use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
 use crate::client::Client;
+use crate::error::Refusal;
 use crate::model::{ControlPlaneStatus, Membership};
 use crate::raft::node::{NodeStatus, RaftHandle, Role};
 use crate::raft::transport::Transport;
 use crate::store::ChangeStream;
 use crate::vocab::action::Action;
+use crate::vocab::principal::Principal;
 use crate::wire::convert;
 use crate::wire::proto::orc_server::{Orc, OrcServer};
 use crate::wire::proto::peer_server::{Peer, PeerServer};
@@ -47,6 +49,18 @@ use crate::wire::proto::{
 };
 use crate::wire::status::{respond, to_status};
 use crate::{Error, Result};
+
+/// Who sent `request`, as the listener authenticated its connection (an
+/// extension it puts on every request); a request without one is refused,
+/// never served as anybody.
+pub fn principal<T>(request: &Request<T>) -> Result<Principal> {
+    request.extensions().get::<Principal>().cloned().ok_or_else(|| {
+        Error::Refused(
+            Refusal::Unauthenticated,
+            "the request reached the server without a checked credential: connect with your orc credential (orc config)".into(),
+        )
+    })
+}
 
 /// Shared by every handler of one server.
 #[derive(Clone)]
@@ -67,14 +81,16 @@ pub struct ApiContext {
 
 impl ApiContext {
     /// Runs one action of any service: the one `match` over [`Action`]
-    /// that `Orc.Call` and the AWS door both go through. An empty request id
-    /// gets a fresh one.
+    /// that `Orc.Call` and the AWS door both go through, after checking that
+    /// `principal` may run it. An empty request id gets a fresh one.
     pub async fn dispatch(
         &self,
+        principal: &Principal,
         action: Action,
         body: &str,
         request_id: String,
     ) -> Result<ecs::ActionResult> {
+        principal.may_call(action)?;
         let request_id = if request_id.is_empty() {
             crate::vocab::ids::request_id()
         } else {
@@ -323,10 +339,12 @@ impl Orc for ApiContext {
         &self,
         request: Request<ActionRequest>,
     ) -> Result<Response<ActionResponse>, Status> {
+        let principal = principal(&request);
         let request = request.into_inner();
         let result = async {
+            let principal = principal?;
             let action: Action = request.action.parse()?;
-            self.dispatch(action, &request.body_json, request.request_id)
+            self.dispatch(&principal, action, &request.body_json, request.request_id)
                 .await
         }
         .await

@@ -16,6 +16,7 @@ pub mod action;
 pub mod ids;
 pub mod limits;
 pub mod placement;
+pub mod principal;
 pub mod query;
 pub mod time;
 

@@ -27,6 +27,8 @@ pub fn to_status(error: Error) -> Status {
             crate::error::Kind::InvalidInput => Status::invalid_argument(message),
             crate::error::Kind::NotFound => Status::not_found(message),
             crate::error::Kind::Conflict => Status::failed_precondition(message),
+            crate::error::Kind::AccessDenied => Status::permission_denied(message),
+            crate::error::Kind::Unauthenticated => Status::unauthenticated(message),
         },
     }
 }
@@ -53,6 +55,12 @@ pub fn from_status(status: Status) -> Error {
         Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(message),
         Code::NotFound => Error::NotFound(message),
         Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => Error::Conflict(message),
+        Code::PermissionDenied => {
+            Error::Refused(crate::error::Refusal::AccessDenied, message)
+        }
+        Code::Unauthenticated => {
+            Error::Refused(crate::error::Refusal::Unauthenticated, message)
+        }
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             match status
                 .metadata()

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::api::ApiContext;
 use crate::error::Refusal;
 use crate::vocab::action::{Action, EcrAction, EcsAction};
+use crate::vocab::principal::Principal;
 use crate::Error;
 
 /// ECS's target prefix.
@@ -33,6 +34,7 @@ const SERIALIZATION: &str = "SerializationException";
 /// Serves one awsJson1_1 request.
 pub(super) async fn serve(
     context: &ApiContext,
+    principal: &Principal,
     target: Option<&str>,
     headers: &HeaderMap,
     body: &Bytes,
@@ -79,7 +81,10 @@ pub(super) async fn serve(
         }
     };
     tracing::debug!(%action, %request_id, "aws door: awsJson1_1 request");
-    match context.dispatch(action, body, request_id.clone()).await {
+    match context
+        .dispatch(principal, action, body, request_id.clone())
+        .await
+    {
         Ok(result) => {
             for warning in &result.warnings {
                 tracing::debug!(%action, %request_id, %warning, "aws door: warning not shown to the AWS client");
@@ -186,6 +191,8 @@ pub fn ecs_exception(error: &Error) -> &'static str {
             | Refusal::DuplicateListener
             | Refusal::PriorityInUse
             | Refusal::ResourceInUse => "InvalidParameterException",
+            Refusal::AccessDenied => "AccessDeniedException",
+            Refusal::Unauthenticated => "UnrecognizedClientException",
         },
     }
 }

@@ -23,12 +23,13 @@ pub mod json;
 pub mod query;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 
 use super::ApiContext;
 use crate::vocab::limits::{human_bytes, MAX_REQUEST_BYTES};
+use crate::vocab::principal::Principal;
 
 /// What the API port serves, for answers to requests it does not.
 pub const SERVED: &str = "this is orc's API port: it serves gRPC (the `orc` CLI, agents and other servers), \
@@ -77,15 +78,28 @@ impl Protocol {
 /// Checks the request's AWS Signature Version 4 (the `Authorization`
 /// header, or the `X-Amz-*` query parameters) against the body.
 ///
-/// orc has no access keys until the security issue lands, so today every
-/// signature is accepted, and so is an unsigned request (the README says
-/// so). This is the one place that check goes.
-pub fn verify_signature(_headers: &HeaderMap, _body: &[u8]) -> Result<(), String> {
-    Ok(())
+/// Returns who the request is authorized as. orc has no access keys until
+/// the security issue lands, so today every signature is accepted, and so is
+/// an unsigned request (the README says so): the request is the connection's
+/// principal (the listener's, `Principal::Insecure` today). This is the one
+/// place that check goes.
+pub fn verify_signature(
+    connection: Option<Principal>,
+    _headers: &HeaderMap,
+    _body: &[u8],
+) -> Result<Principal, String> {
+    connection.ok_or_else(|| {
+        "the request carries no credential: sign it with an orc access key (aws configure)".into()
+    })
 }
 
 /// `POST /`: the AWS door.
-async fn door(State(context): State<ApiContext>, headers: HeaderMap, body: Body) -> Response {
+async fn door(
+    State(context): State<ApiContext>,
+    connection: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let protocol = Protocol::of(&headers);
     let body = match read_body(&headers, body).await {
         Ok(body) => body,
@@ -94,13 +108,18 @@ async fn door(State(context): State<ApiContext>, headers: HeaderMap, body: Body)
             return protocol.refuse(StatusCode::PAYLOAD_TOO_LARGE, &message);
         }
     };
-    if let Err(message) = verify_signature(&headers, &body) {
-        crate::metrics::record_aws_request(false);
-        return protocol.refuse(StatusCode::FORBIDDEN, &message);
-    }
+    let principal = match verify_signature(connection.map(|e| e.0), &headers, &body) {
+        Ok(principal) => principal,
+        Err(message) => {
+            crate::metrics::record_aws_request(false);
+            return protocol.refuse(StatusCode::FORBIDDEN, &message);
+        }
+    };
     let response = match protocol {
-        Protocol::Json(target) => json::serve(&context, target.as_deref(), &headers, &body).await,
-        Protocol::Query => query::serve(&context, &body).await,
+        Protocol::Json(target) => {
+            json::serve(&context, &principal, target.as_deref(), &headers, &body).await
+        }
+        Protocol::Query => query::serve(&context, &principal, &body).await,
     };
     crate::metrics::record_aws_request(response.status().is_success());
     response

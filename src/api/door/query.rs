@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use crate::api::ApiContext;
 use crate::error::{Kind, Refusal};
 use crate::vocab::action::{Action, Elbv2Action};
+use crate::vocab::principal::Principal;
 use crate::Error;
 
 /// The API version ELBv2 requests carry.
@@ -71,7 +72,7 @@ const BOOLEAN_MEMBERS: &[&str] = &[
 const TIMESTAMP_MEMBERS: &[&str] = &["CreatedTime", "LastModifiedTime"];
 
 /// Serves one query-protocol request.
-pub(super) async fn serve(context: &ApiContext, body: &Bytes) -> Response {
+pub(super) async fn serve(context: &ApiContext, principal: &Principal, body: &Bytes) -> Response {
     let request_id = crate::vocab::ids::request_id();
     let refuse =
         |code: &str, message: &str| error(StatusCode::BAD_REQUEST, code, message, &request_id);
@@ -119,6 +120,7 @@ pub(super) async fn serve(context: &ApiContext, body: &Bytes) -> Response {
     tracing::debug!(%action, %request_id, "aws door: query request");
     match context
         .dispatch(
+            principal,
             Action::Elbv2(action),
             &request.to_string(),
             request_id.clone(),
@@ -157,6 +159,8 @@ fn elbv2_error(error: &Error) -> (StatusCode, &'static str) {
             Refusal::DuplicateListener => Some("DuplicateListener"),
             Refusal::PriorityInUse => Some("PriorityInUse"),
             Refusal::ResourceInUse => Some("ResourceInUse"),
+            Refusal::AccessDenied => Some("AccessDenied"),
+            Refusal::Unauthenticated => Some("InvalidClientTokenId"),
             Refusal::ClusterNotFound
             | Refusal::ServiceNotFound
             | Refusal::ServiceNotActive
@@ -173,6 +177,8 @@ fn elbv2_error(error: &Error) -> (StatusCode, &'static str) {
         Some(Kind::InvalidInput) => (StatusCode::BAD_REQUEST, VALIDATION_ERROR),
         Some(Kind::NotFound) => (StatusCode::BAD_REQUEST, VALIDATION_ERROR),
         Some(Kind::Conflict) => (StatusCode::BAD_REQUEST, "ResourceInUse"),
+        Some(Kind::AccessDenied) => (StatusCode::FORBIDDEN, "AccessDenied"),
+        Some(Kind::Unauthenticated) => (StatusCode::FORBIDDEN, "InvalidClientTokenId"),
     }
 }
 
