@@ -17,6 +17,7 @@ pub mod oci;
 pub mod proxy;
 pub mod raft;
 pub mod scheduler;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod taskdef;

@@ -223,6 +223,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         request_timeout: options.request_timeout,
         data_dir: data_dir.path().to_path_buf(),
     };
+    // The seal key: created with a new data dir (bootstrap, or a join that
+    // did not bring the cluster's key), loaded on every restart.
+    let seal = crate::seal::SealKey::load_or_create(data_dir.path())?;
     let raft = node::start(config, storage, store, transport.clone())?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let listener_options = options.listener;
@@ -234,6 +237,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         service_limits: options.service_limits,
         logs: Default::default(),
         blobs: std::sync::Arc::new(crate::blobstore::BlobStore::open(data_dir.path())?),
+        seal,
     };
     tokio::spawn(async move {
         let stop = async move {

@@ -77,6 +77,9 @@ pub struct ApiContext {
     pub logs: logs::LogSessions,
     /// The image registry's blob files on this server.
     pub blobs: Arc<crate::blobstore::BlobStore>,
+    /// The cluster's seal key: secrets are sealed with it before they are
+    /// proposed, and opened with it where a server must read them.
+    pub seal: crate::seal::SealKey,
 }
 
 impl ApiContext {
