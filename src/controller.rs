@@ -153,7 +153,7 @@ fn launch_command(
         Some(id) => views.iter().filter(|v| &v.id == id).cloned().collect(),
         None => views.to_vec(),
     };
-    let task_demand = scheduler::task_demand(&definition, &service.group());
+    let task_demand = scheduler::task_demand(state, &definition, &service.group());
     let outcome = placement::place(
         &task_demand,
         start.count,

@@ -975,3 +975,151 @@ async fn an_agent_runs_a_task_whose_image_lives_only_in_the_registry() {
     orc.call("StopTask", json!({"task": id})).await;
     orc.wait_task(&id, "STOPPED").await;
 }
+
+/// Pushes a one-layer image for `architecture` (with `variant`) as an OCI
+/// manifest under `name:tag`; returns the manifest's bytes.
+fn push_image_for(
+    registry: &Registry,
+    auth: &str,
+    name: &str,
+    tag: &str,
+    architecture: &str,
+    variant: &str,
+) -> Vec<u8> {
+    let config = json!({
+        "architecture": architecture, "variant": variant, "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []}
+    })
+    .to_string();
+    let config_digest = registry.push_blob(auth, name, config.as_bytes());
+    let layer = format!("a layer for {architecture}").into_bytes();
+    let layer_digest = registry.push_blob(auth, name, &layer);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}]
+    })
+    .to_string()
+    .into_bytes();
+    let answer = registry.put_manifest(
+        auth,
+        name,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    manifest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_with_no_variant_for_the_cluster_is_refused_before_placement() {
+    let registry = Registry::start().await;
+    let auth = registry.authorization();
+    let host = registry.host().to_string();
+    let _pi = common::state_size::FakeAgent::register_as(&host, 4096, 4096, "arm64").await;
+
+    // An amd64-only image, named by the server's address.
+    push_image_for(&registry, &auth, "orc-test/amd-only", "1", "amd64", "");
+    let image = format!("{host}/orc-test/amd-only:1");
+    let definition = json!({"family": "amd-only", "containerDefinitions": [
+        {"name": "web", "image": image, "memory": 16}
+    ]})
+    .to_string();
+    let (ok, _, err) = registry.orc(&["register-task-definition", "--cli-input-json", &definition]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = registry.orc(&["run-task", "--task-definition", "amd-only"]);
+    assert!(!ok, "an amd64-only image ran on an arm64 cluster: {out}");
+    assert!(
+        err.contains("linux/amd64"),
+        "the refusal names the image's platform: {err}"
+    );
+    assert!(
+        err.contains("arm64"),
+        "the refusal names the instances' architecture: {err}"
+    );
+    assert!(err.contains(&image), "the refusal names the image: {err}");
+    let (ok, _, err) = registry.orc(&[
+        "create-service",
+        "--service-name",
+        "amd",
+        "--task-definition",
+        "amd-only",
+        "--desired-count",
+        "1",
+    ]);
+    assert!(!ok, "create-service accepted an image no instance can run");
+    assert!(
+        err.contains("linux/amd64") && err.contains("arm64"),
+        "{err}"
+    );
+    let (ok, out, _) = registry.orc(&["--output", "json", "list-tasks"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed["taskArns"],
+        json!([]),
+        "nothing was placed or left PROVISIONING"
+    );
+
+    // A two-platform index (amd64, arm/v7) under the short name: placed only
+    // on the arm/v7 instance, and explain-task says why the arm64 one is not.
+    let armv7 = common::state_size::FakeAgent::register_as(&host, 4096, 4096, "arm/v7").await;
+    let amd = push_image_for(&registry, &auth, "orc-test/multi-arch", "amd", "amd64", "");
+    let arm = push_image_for(&registry, &auth, "orc-test/multi-arch", "arm", "arm", "v7");
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&amd), "size": amd.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&arm), "size": arm.len(),
+             "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}
+        ]
+    })
+    .to_string();
+    let answer = registry.put_manifest(
+        &auth,
+        "orc-test/multi-arch",
+        "1",
+        "application/vnd.oci.image.index.v1+json",
+        index.as_bytes(),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let definition = json!({"family": "multi", "containerDefinitions": [
+        {"name": "web", "image": "orc.local/orc-test/multi-arch:1", "memory": 16}
+    ]})
+    .to_string();
+    let (ok, _, err) = registry.orc(&["register-task-definition", "--cli-input-json", &definition]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = registry.orc(&[
+        "--output",
+        "json",
+        "run-task",
+        "--task-definition",
+        "multi",
+        "--count",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let ran: Value = serde_json::from_str(&out).unwrap();
+    let tasks = ran["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "{ran}");
+    for task in tasks {
+        assert!(
+            task["containerInstanceArn"]
+                .as_str()
+                .unwrap()
+                .ends_with(&armv7.instance_id),
+            "a task was placed on an instance the image cannot run on: {task}"
+        );
+    }
+    let task = tasks[0]["taskArn"].as_str().unwrap();
+    let (ok, out, err) = registry.orc(&["--output", "json", "explain-task", task]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("architecture arm64 is not among the image's platforms"),
+        "explain-task shows the platform mismatch: {out}"
+    );
+}

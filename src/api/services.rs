@@ -60,6 +60,19 @@ fn check_deployment_configuration(config: &DeploymentConfiguration) -> Result<()
     Ok(())
 }
 
+/// Refuses a task definition whose images run on none of the cluster's
+/// instances (`scheduler::platforms`), before the service changes. A
+/// definition or cluster that does not resolve is left to the command,
+/// which refuses it in ECS's words.
+fn check_platforms(raft: &RaftHandle, cluster: &str, task_definition: &str) -> Result<()> {
+    raft.store().read(
+        |state| match state.resolve_task_definition(task_definition) {
+            Ok(definition) => crate::scheduler::platforms::check(state, cluster, &definition),
+            Err(_) => Ok(()),
+        },
+    )
+}
+
 pub(super) async fn create_service(
     raft: &RaftHandle,
     limits: ServiceLimits,
@@ -111,6 +124,7 @@ pub(super) async fn create_service(
     placement::validate_constraints(&request.placement_constraints)
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let cluster = cluster_of(&request.cluster);
+    check_platforms(raft, &cluster, &request.task_definition)?;
     let service = Service {
         service_arn: model::arn("service", &format!("{cluster}/{}", request.service_name)),
         service_name: request.service_name,
@@ -179,6 +193,9 @@ pub(super) async fn update_service(
         .next()
         .unwrap_or(&request.service)
         .to_string();
+    if let Some(task_definition) = &request.task_definition {
+        check_platforms(raft, &cluster, task_definition)?;
+    }
     let update = ServiceUpdate {
         desired_count: request.desired_count,
         task_definition: request.task_definition,

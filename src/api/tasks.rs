@@ -383,8 +383,9 @@ pub(super) async fn run_task(
             request.placement_strategy.clone()
         };
         check_fits_some_instance(state, &cluster, &resolved)?;
+        scheduler::platforms::check(state, &cluster, &resolved)?;
         let views = scheduler::cluster_views(state, &cluster);
-        let task_demand = scheduler::task_demand(&resolved, &group);
+        let task_demand = scheduler::task_demand(state, &resolved, &group);
         let outcome = placement::place(
             &task_demand,
             count as usize,
@@ -482,7 +483,7 @@ pub(super) async fn explain_task(raft: &RaftHandle, body: &str) -> Result<Action
     read(raft, |state| {
         let task = state.task(&cluster, &request.task)?;
         let definition = state.task_definition_of(task)?;
-        let demand = scheduler::task_demand(&definition, &task.group);
+        let demand = scheduler::task_demand(state, &definition, &task.group);
         let how = provisioning::task_placement(state, task, &definition);
         let waiting = provisioning::decide(state, &cluster, 0)
             .into_iter()

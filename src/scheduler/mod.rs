@@ -1,9 +1,11 @@
 //! Deciding where tasks run: the cluster query language (`query`), the
-//! pure placement function (`placement`), the placement of tasks waiting in
+//! pure placement function (`placement`), the architectures an image runs
+//! on and the refusal of one that fits no instance (`platforms`), the placement of tasks waiting in
 //! PROVISIONING (`provisioning`) and the service reconciler (`service`).
 //! No I/O here.
 
 pub mod placement;
+pub mod platforms;
 pub mod provisioning;
 pub mod query;
 pub mod service;
@@ -62,8 +64,11 @@ pub fn cluster_views(state: &State, cluster: &str) -> Vec<InstanceView> {
         .collect()
 }
 
-/// What one task of `definition` needs from an instance, for the placer.
+/// What one task of `definition` needs from an instance, for the placer:
+/// its resources, its static host ports, and the architectures its images
+/// run on when the cluster registry knows them (`platforms`).
 pub fn task_demand(
+    state: &State,
     definition: &crate::taskdef::TaskDefinition,
     group: &str,
 ) -> placement::TaskDemand {
@@ -73,7 +78,7 @@ pub fn task_demand(
         cpu: demand.cpu,
         memory_mib: demand.memory_mib,
         static_ports: demand.ports,
-        architectures: None,
+        architectures: platforms::definition_architectures(state, definition),
     }
 }
 

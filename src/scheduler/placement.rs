@@ -242,7 +242,7 @@ impl Slot<'_> {
 
 /// Canonical spelling of a CPU architecture / image platform, so
 /// `aarch64`, `arm64` and `linux/arm64/v8` compare equal.
-fn canonical_arch(s: &str) -> String {
+pub fn canonical_arch(s: &str) -> String {
     let lower = s.trim().to_ascii_lowercase();
     let s = lower.strip_prefix("linux/").unwrap_or(&lower);
     match s {

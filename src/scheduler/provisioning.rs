@@ -105,7 +105,7 @@ pub fn decide(state: &State, cluster: &str, seed: u64) -> Vec<Decision> {
         let Ok(definition) = state.task_definition_of(task) else {
             continue;
         };
-        let demand = super::task_demand(&definition, &task.group);
+        let demand = super::task_demand(state, &definition, &task.group);
         let how = task_placement(state, task, &definition);
         let outcome = placement::place(
             &demand,

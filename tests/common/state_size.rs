@@ -80,10 +80,21 @@ impl FakeAgent {
     /// Registers an instance with `cpu` units and `memory_mib` in `default`
     /// and keeps it connected with heartbeats.
     pub async fn register(address: &str, cpu: i64, memory_mib: i64) -> FakeAgent {
+        FakeAgent::register_as(address, cpu, memory_mib, "arm64").await
+    }
+
+    /// As [`FakeAgent::register`], for a machine of `architecture`
+    /// (`ecs.cpu-architecture`: `arm64`, `arm/v7`, `amd64`).
+    pub async fn register_as(
+        address: &str,
+        cpu: i64,
+        memory_mib: i64,
+        architecture: &str,
+    ) -> FakeAgent {
         let mut api = AgentApiClient::new(orc::wire::channel(address).expect("channel"));
         let registration = json!({
             "hostname": "fake-pi", "cpu": cpu, "memoryMib": memory_mib,
-            "attributes": [{"name": "ecs.cpu-architecture", "value": "arm64"}],
+            "attributes": [{"name": "ecs.cpu-architecture", "value": architecture}],
             "agentVersion": "fake", "dockerVersion": "fake",
         });
         // The first leader creates the default cluster just after it is elected.
