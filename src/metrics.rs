@@ -87,6 +87,8 @@ static CONNECTIONS_CLOSED_IDLE: AtomicU64 = AtomicU64::new(0);
 static ACCEPTS_REFUSED: AtomicU64 = AtomicU64::new(0);
 static AWS_REQUESTS: AtomicU64 = AtomicU64::new(0);
 static AWS_REQUESTS_FAILED: AtomicU64 = AtomicU64::new(0);
+static BLOBS_COPIED: AtomicU64 = AtomicU64::new(0);
+static BLOB_BYTES_COPIED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one open API connection for as long as it lives.
 pub struct OpenConnection(());
@@ -119,6 +121,12 @@ pub fn record_aws_request(ok: bool) {
     if !ok {
         AWS_REQUESTS_FAILED.fetch_add(1, Relaxed);
     }
+}
+
+/// Records one registry blob copied from another server, of `size` bytes.
+pub fn record_blob_copied(size: u64) {
+    BLOBS_COPIED.fetch_add(1, Relaxed);
+    BLOB_BYTES_COPIED.fetch_add(size, Relaxed);
 }
 
 /// Counts one open `Orc.Watch` stream for as long as it lives.
@@ -334,6 +342,20 @@ pub fn render() -> String {
         "Requests to the AWS door answered with an error.",
         "counter",
         AWS_REQUESTS_FAILED.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_registry_blobs_copied_total",
+        "Registry blobs this server copied from another server.",
+        "counter",
+        BLOBS_COPIED.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "orc_registry_blob_bytes_copied_total",
+        "Bytes of registry blobs this server copied from another server.",
+        "counter",
+        BLOB_BYTES_COPIED.load(Relaxed),
     );
     out
 }

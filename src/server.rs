@@ -230,15 +230,19 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let listener_options = options.listener;
     let liveness = crate::controller::Liveness::default();
+    let blobs = std::sync::Arc::new(crate::blobstore::BlobStore::open(data_dir.path())?);
+    let blob_sync = std::sync::Arc::new(api::blobsync::BlobSync::new(raft.clone(), blobs.clone()));
     let context = ApiContext {
         raft: raft.clone(),
         transport,
         liveness: liveness.clone(),
         service_limits: options.service_limits,
         logs: Default::default(),
-        blobs: std::sync::Arc::new(crate::blobstore::BlobStore::open(data_dir.path())?),
+        blobs: blobs.clone(),
+        blob_sync: blob_sync.clone(),
         seal,
     };
+    tokio::spawn(api::blobsync::run(blob_sync, shutdown_rx.clone()));
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;

@@ -1123,3 +1123,165 @@ async fn an_image_with_no_variant_for_the_cluster_is_refused_before_placement() 
         "explain-task shows the platform mismatch: {out}"
     );
 }
+
+/// `orc` against the server at `address`.
+fn orc_at(address: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+        .args(args)
+        .env("ORC_ENDPOINT", address)
+        .output()
+        .expect("run orc");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// The files under a server's blob store.
+fn blob_files(data_dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let root = data_dir.join("registry/blobs/sha256");
+    for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for blob in std::fs::read_dir(prefix.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            files.push(blob.file_name().to_string_lossy().to_string());
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pushed_to_one_server_is_pulled_from_another_after_it_stops() {
+    let root = tempfile::tempdir().unwrap();
+    let [mut first, second, third] = common::cluster::three_servers(root.path(), &[]).await;
+    let config = tempfile::tempdir().unwrap();
+    let pushed = format!("{}/orc-test/replicated:1", first.address);
+    let from_second = format!("{}/orc-test/replicated:1", second.address);
+    let from_third = format!("{}/orc-test/replicated:1", third.address);
+    let _cleanup = DockerTags(vec![
+        pushed.clone(),
+        from_second.clone(),
+        from_third.clone(),
+    ]);
+    images::busybox_image(&pushed);
+
+    let (ok, password, err) = orc_at(&first.address, &["ecr", "get-login-password"]);
+    assert!(ok, "{err}");
+    let (ok, text) = docker_in(
+        config.path(),
+        &[
+            "login",
+            "--username",
+            "AWS",
+            "--password-stdin",
+            &first.address,
+        ],
+        Some(password.trim()),
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = docker_in(config.path(), &["push", &pushed], None);
+    assert!(ok, "{text}");
+
+    // Acknowledged only once a majority holds every blob; the third server
+    // copies them in the background.
+    let on_first = blob_files(&first.data_dir);
+    assert!(!on_first.is_empty());
+    let held = [&second, &third]
+        .iter()
+        .filter(|s| blob_files(&s.data_dir) == on_first)
+        .count();
+    assert!(
+        held >= 1,
+        "the push was acknowledged before another server held its blobs"
+    );
+    common::cluster::eventually(
+        Duration::from_secs(60),
+        "every server holds the blobs",
+        || async {
+            (blob_files(&second.data_dir) == on_first && blob_files(&third.data_dir) == on_first)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The server that took the push is gone; the others serve the image.
+    first.kill();
+    let (ok, text) = docker_in(config.path(), &["rmi", &pushed], None);
+    assert!(ok, "{text}");
+    let (ok, text) = docker_in(config.path(), &["pull", &from_second], None);
+    assert!(ok, "pull from the second server: {text}");
+    let (ok, text) = docker_in(config.path(), &["pull", &from_third], None);
+    assert!(ok, "pull from the third server: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_push_shows_no_partial_blob_and_takes_the_push_again() {
+    let mut registry = Registry::start().await;
+    let auth = registry.authorization();
+    let blob = vec![7u8; 300 * 1024];
+    let blob_digest = digest(&blob);
+    let started = registry.http(
+        "POST",
+        "/v2/orc-test/crash/blobs/uploads/",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(started.status, 202, "{started:?}");
+    let location = started.header("location").unwrap().to_string();
+    let half = &blob[..blob.len() / 2];
+    let range = format!("0-{}", half.len() - 1);
+    let patched = registry.http(
+        "PATCH",
+        &location,
+        &[
+            ("Authorization", &auth),
+            ("Content-Range", &range),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        half,
+    );
+    assert_eq!(patched.status, 202, "{patched:?}");
+
+    registry.server.kill();
+    registry.server.restart();
+    registry.server.wait_ready().await;
+    let auth = registry.authorization();
+
+    let status = registry.http("GET", &location, &[("Authorization", &auth)], b"");
+    assert_eq!(
+        status.status, 404,
+        "the upload outlived the crash: {status:?}"
+    );
+    assert_eq!(status.code(), "BLOB_UPLOAD_UNKNOWN");
+    let head = registry.http(
+        "HEAD",
+        &format!("/v2/orc-test/crash/blobs/{blob_digest}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(head.status, 404, "a partial blob is visible: {head:?}");
+    let uploads = std::fs::read_dir(registry.server.data_dir.join("registry/uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(uploads, 0, "the half-written upload file is still on disk");
+    assert!(blob_files(&registry.server.data_dir).is_empty());
+
+    // The push, retried, goes through whole.
+    assert_eq!(
+        registry.push_blob(&auth, "orc-test/crash", &blob),
+        blob_digest
+    );
+    let got = registry.http(
+        "GET",
+        &format!("/v2/orc-test/crash/blobs/{blob_digest}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(got.status, 200);
+    assert_eq!(digest(&got.body), blob_digest);
+}

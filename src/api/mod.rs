@@ -10,6 +10,7 @@
 //! domain-typed methods.
 
 pub mod agent;
+pub mod blobsync;
 pub mod door;
 pub mod ecr;
 pub mod ecs;
@@ -43,9 +44,10 @@ use crate::wire::convert;
 use crate::wire::proto::orc_server::{Orc, OrcServer};
 use crate::wire::proto::peer_server::{Peer, PeerServer};
 use crate::wire::proto::{
-    ActionRequest, ActionResponse, AddServerRequest, ClusterStatusRequest, ClusterStatusResponse,
-    LogChunk, MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, TaskLogsRequest,
-    WatchEvent, WatchRequest,
+    ActionRequest, ActionResponse, AddServerRequest, BlobChunk, ClusterStatusRequest,
+    ClusterStatusResponse, FetchBlobRequest, HoldBlobRequest, HoldBlobResponse, LogChunk,
+    MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, TaskLogsRequest, WatchEvent,
+    WatchRequest,
 };
 use crate::wire::status::{respond, to_status};
 use crate::{Error, Result};
@@ -77,6 +79,8 @@ pub struct ApiContext {
     pub logs: logs::LogSessions,
     /// The image registry's blob files on this server.
     pub blobs: Arc<crate::blobstore::BlobStore>,
+    /// Copies blob files between this server and the others.
+    pub blob_sync: Arc<blobsync::BlobSync>,
     /// The cluster's seal key: secrets are sealed with it before they are
     /// proposed, and opened with it where a server must read them.
     pub seal: crate::seal::SealKey,
@@ -420,6 +424,39 @@ impl Peer for ApiContext {
         }
         Ok(Response::new(RaftAck {}))
     }
+
+    type FetchBlobStream = ResponseStream<BlobChunk>;
+
+    #[tracing::instrument(level = "debug", skip_all, fields(digest = %request.get_ref().digest))]
+    async fn fetch_blob(
+        &self,
+        request: Request<FetchBlobRequest>,
+    ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        let digest = crate::oci::Digest::parse(&request.get_ref().digest)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let file = tokio::fs::File::open(self.blobs.blob_path(&digest))
+            .await
+            .map_err(|_| Status::not_found(format!("blob {digest} is not on this server")))?;
+        let pieces = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map(|piece| {
+            piece
+                .map(|data| BlobChunk {
+                    data: data.to_vec(),
+                })
+                .map_err(|e| Status::unavailable(format!("cannot read the blob: {e}")))
+        });
+        Ok(Response::new(Box::pin(pieces)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(digest = %request.get_ref().digest))]
+    async fn hold_blob(
+        &self,
+        request: Request<HoldBlobRequest>,
+    ) -> Result<Response<HoldBlobResponse>, Status> {
+        let digest = crate::oci::Digest::parse(&request.get_ref().digest)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.blob_sync.ensure(&digest).await.map_err(to_status)?;
+        Ok(Response::new(HoldBlobResponse {}))
+    }
 }
 
 impl ApiContext {
@@ -527,6 +564,7 @@ pub async fn serve(
         .merge(registry::router(Arc::new(registry::Registry {
             raft: context.raft.clone(),
             blobs: context.blobs.clone(),
+            sync: context.blob_sync.clone(),
         })))
         .merge(door::routes(context))
         .fallback(door::not_served)

@@ -43,6 +43,8 @@ pub struct Registry {
     pub raft: RaftHandle,
     /// This server's blob files.
     pub blobs: Arc<BlobStore>,
+    /// Copies blobs from and to the other servers.
+    pub sync: Arc<super::blobsync::BlobSync>,
 }
 
 /// The `/v2/` routes, to merge into the API port's router.
@@ -707,6 +709,12 @@ impl Registry {
                 }
             }
         }
+        // Every blob is on this server and on a majority of the servers
+        // before a manifest names it: the image survives losing one.
+        for (digest, _) in &blobs {
+            self.sync.ensure(digest).await?;
+        }
+        self.sync.hold_on_majority(blobs.clone()).await?;
         if parsed.is_index() {
             platforms.extend(parsed.index_platforms());
         } else if let Some(config) = &parsed.config {
@@ -807,9 +815,14 @@ impl Registry {
         range: Option<String>,
     ) -> Answer {
         let linked = self.read(|s| s.blob(name, digest));
-        let size = match (linked, self.blobs.size(digest)) {
-            (Some(_), Some(size)) => size,
-            _ => {
+        let local = match linked {
+            // Linked in the state but pushed to another server: copied here first.
+            Some(_) => Some(self.sync.ensure(digest).await?),
+            None => None,
+        };
+        let size = match local {
+            Some(size) => size,
+            None => {
                 return Err(fail(
                     StatusCode::NOT_FOUND,
                     "BLOB_UNKNOWN",
