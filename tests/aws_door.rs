@@ -181,6 +181,158 @@ async fn errors_reach_aws_and_boto3_with_ecs_exception_names() {
     );
 }
 
+/// Runs the orc CLI against `address`; panics with its output unless it succeeds.
+fn orc_cli(address: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+        .arg("--endpoint")
+        .arg(address)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "orc {args:?}:\n{}", text(&output));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// Creates a user with `orc iam create-user` and a key for it with
+/// `orc iam create-access-key`; returns the key id and its secret.
+fn user_with_key(address: &str, name: &str, role: &str, positional: bool) -> (String, String) {
+    if positional {
+        orc_cli(address, &["iam", "create-user", name, "--role", role]);
+    } else {
+        orc_cli(
+            address,
+            &["iam", "create-user", "--user-name", name, "--role", role],
+        );
+    }
+    let created: Value = serde_json::from_str(&orc_cli(
+        address,
+        &["iam", "create-access-key", "--user-name", name],
+    ))
+    .unwrap();
+    let key = &created["AccessKey"];
+    assert_eq!(key["UserName"], name, "{created}");
+    (
+        key["AccessKeyId"].as_str().unwrap().to_string(),
+        key["SecretAccessKey"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn sigv4_with_orc_access_keys_refuses_what_aws_refuses() {
+    let (server, root) = server().await;
+    let address = server.address.as_str();
+    let dir = root.path();
+    let (admin_key, admin_secret) = user_with_key(address, "ada", "admin", true);
+    let (operator_key, operator_secret) = user_with_key(address, "olga", "operator", false);
+    let (readonly_key, readonly_secret) = user_with_key(address, "rita", "readonly", false);
+    assert!(admin_key.starts_with("AKIA") && admin_key.len() == 20);
+
+    // The CLI lists users and keys, never a secret.
+    let users = orc_cli(address, &["iam", "list-users"]);
+    assert!(
+        users.contains("\"orc:role\"") && users.contains("rita"),
+        "{users}"
+    );
+    let keys = orc_cli(address, &["iam", "list-access-keys"]);
+    assert!(keys.contains(&operator_key), "{keys}");
+    for secret in [&admin_secret, &operator_secret, &readonly_secret] {
+        assert!(!keys.contains(secret.as_str()) && !users.contains(secret.as_str()));
+    }
+
+    let output = aws_command("python3", address, dir)
+        .arg(scripts().join("sigv4.py"))
+        .env("ADMIN_KEY", &admin_key)
+        .env("ADMIN_SECRET", &admin_secret)
+        .env("OPERATOR_KEY", &operator_key)
+        .env("OPERATOR_SECRET", &operator_secret)
+        .env("READONLY_KEY", &readonly_key)
+        .env("READONLY_SECRET", &readonly_secret)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "sigv4.py failed:\n{}",
+        text(&output)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    for code in [
+        "InvalidSignatureException: The request signature",
+        "SignatureDoesNotMatch",
+        "Signature expired",
+        "altered body: InvalidSignatureException",
+        "AccessDeniedException",
+        "AccessDenied: ",
+    ] {
+        assert!(printed.contains(code), "{code} missing from:\n{printed}");
+    }
+    assert!(printed.ends_with("ok\n"), "{printed}");
+
+    // The aws CLI with the readonly key: reads pass, writes are refused
+    // with ECS's code; with the admin key, `aws iam` works.
+    let as_user = |key: &str, secret: &str, args: &[&str]| {
+        aws_command("aws", address, dir)
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = as_user(&readonly_key, &readonly_secret, &["ecs", "list-clusters"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let refused = as_user(
+        &readonly_key,
+        &readonly_secret,
+        &["ecs", "create-cluster", "--cluster-name", "nope"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("AccessDeniedException"),
+        "{}",
+        text(&refused)
+    );
+    let wrong = as_user(&admin_key, "wrong-secret", &["iam", "list-users"]);
+    assert!(
+        text(&wrong).contains("SignatureDoesNotMatch"),
+        "{}",
+        text(&wrong)
+    );
+    let users = as_user(&admin_key, &admin_secret, &["iam", "list-users"]);
+    assert!(users.status.success(), "{}", text(&users));
+    assert!(String::from_utf8_lossy(&users.stdout).contains("olga"));
+
+    // The secrets are sealed in the data dir and absent from the log.
+    let log = server.log_text();
+    for secret in [&admin_secret, &operator_secret, &readonly_secret] {
+        assert!(!log.contains(secret.as_str()), "a secret is in the log");
+        assert!(
+            grep_dir(&dir.join("server"), secret.as_bytes()).is_empty(),
+            "a secret access key is in the data dir"
+        );
+    }
+}
+
+/// The files under `dir` whose bytes contain `needle`.
+fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn elbv2_over_the_query_protocol_with_aws_and_boto3() {
     let (server, root) = server().await;
@@ -607,7 +759,10 @@ fn every_action_in_the_readme_table_is_called_through_the_door() {
     };
     let mut checked = 0;
     for row in section.lines().filter(|l| {
-        l.starts_with("| ecs |") || l.starts_with("| elbv2 |") || l.starts_with("| ecr |")
+        l.starts_with("| ecs |")
+            || l.starts_with("| elbv2 |")
+            || l.starts_with("| ecr |")
+            || l.starts_with("| iam |")
     }) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let service = cells[1];

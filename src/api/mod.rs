@@ -15,6 +15,7 @@ pub mod door;
 pub mod ecr;
 pub mod ecs;
 pub mod elbv2;
+pub mod iam;
 pub mod listener;
 pub mod logs;
 pub mod members;
@@ -109,6 +110,9 @@ impl ApiContext {
             }
             Action::Elbv2(action) => elbv2::call(&self.raft, action, body, request_id).await,
             Action::Ecr(action) => ecr::call(&self.raft, action, body, request_id).await,
+            Action::Iam(action) => {
+                iam::call(&self.raft, &self.seal, action, body, request_id).await
+            }
         }
     }
 

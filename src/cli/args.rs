@@ -75,6 +75,9 @@ pub enum Command {
     /// The built-in image registry, with ECR's verbs.
     #[command(subcommand)]
     Ecr(EcrCommand),
+    /// The cluster's users and access keys, with IAM's verbs (admins only).
+    #[command(subcommand)]
+    Iam(IamCommand),
     /// Print each change of the control plane's state as it is applied, one
     /// line each, until ctrl-c; resumes where it was after a lost connection.
     Watch {
@@ -564,6 +567,54 @@ pub enum EcrCommand {
     /// Print a password for `docker login --username AWS --password-stdin HOST:PORT`
     /// (good for 12 hours).
     GetLoginPassword,
+}
+
+/// `orc iam ...`: users and access keys, as `aws iam` names its verbs.
+#[derive(Subcommand, Debug)]
+pub enum IamCommand {
+    /// Create a user with a role: admin (everything), operator (every ECS,
+    /// ELB and ECR action) or readonly (describe, list, get).
+    #[command(group(clap::ArgGroup::new("user").required(true).args(["name", "user_name"])))]
+    CreateUser {
+        /// The user's name (or --user-name).
+        name: Option<String>,
+        /// The user's name.
+        #[arg(long, conflicts_with = "name")]
+        user_name: Option<String>,
+        /// admin, operator or readonly.
+        #[arg(long)]
+        role: String,
+    },
+    /// List the users with their roles.
+    ListUsers,
+    /// Delete a user (delete its access keys first).
+    DeleteUser {
+        /// The user's name.
+        #[arg(long)]
+        user_name: String,
+    },
+    /// Issue an access key for a user: prints its AccessKeyId and its
+    /// SecretAccessKey, which is shown this once only.
+    CreateAccessKey {
+        /// The user's name.
+        #[arg(long)]
+        user_name: String,
+    },
+    /// List access key ids (default: every user's); never their secrets.
+    ListAccessKeys {
+        /// Only this user's keys.
+        #[arg(long)]
+        user_name: Option<String>,
+    },
+    /// Delete an access key.
+    DeleteAccessKey {
+        /// The key's id.
+        #[arg(long)]
+        access_key_id: String,
+        /// Its user (checked when given).
+        #[arg(long)]
+        user_name: Option<String>,
+    },
 }
 
 /// `imageTag=v1` or `imageDigest=sha256:...`.

@@ -88,6 +88,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ecs(&cli.endpoint, &output, &format!("elbv2:{action}"), body).await
         }
         Command::Ecr(command) => ecr(&cli.endpoint, &output, command).await,
+        Command::Iam(command) => {
+            let (action, body) = iam_request(command);
+            let (answer, _) = client(&cli.endpoint)?
+                .call(&format!("iam:{action}"), body)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
         Command::Watch { after_revision } => {
             watch::run(&cli.endpoint, &output, after_revision).await
         }
@@ -401,6 +409,35 @@ async fn ecs(
     }
     output.action(action, &answer);
     Ok(())
+}
+
+/// `orc iam ...`: the IAM action and its request (IAM's PascalCase members).
+fn iam_request(command: IamCommand) -> (&'static str, serde_json::Value) {
+    match command {
+        IamCommand::CreateUser {
+            name,
+            user_name,
+            role,
+        } => (
+            "CreateUser",
+            json!({"UserName": user_name.or(name), "Role": role}),
+        ),
+        IamCommand::ListUsers => ("ListUsers", json!({})),
+        IamCommand::DeleteUser { user_name } => ("DeleteUser", json!({"UserName": user_name})),
+        IamCommand::CreateAccessKey { user_name } => {
+            ("CreateAccessKey", json!({"UserName": user_name}))
+        }
+        IamCommand::ListAccessKeys { user_name } => {
+            ("ListAccessKeys", json!({"UserName": user_name}))
+        }
+        IamCommand::DeleteAccessKey {
+            access_key_id,
+            user_name,
+        } => (
+            "DeleteAccessKey",
+            json!({"AccessKeyId": access_key_id, "UserName": user_name}),
+        ),
+    }
 }
 
 /// `orc ecr ...`: one `ecr:` action each.

@@ -210,6 +210,8 @@ pub enum Command {
     },
     /// A load balancer change (elbv2's verbs, the health checks, draining).
     Elbv2(super::elbv2::Elbv2Command),
+    /// A user or access key change (IAM's verbs); secrets arrive sealed.
+    Iam(super::iam::IamCommand),
     /// ECR CreateRepository (`must_be_new`), or a push creating its repository.
     RegistryCreateRepository {
         /// The repository.
@@ -297,6 +299,7 @@ impl Command {
             Command::ServiceLaunch { .. } => "ServiceLaunch",
             Command::ServicePlan { .. } => "ServicePlan",
             Command::Elbv2(command) => command.action(),
+            Command::Iam(command) => command.action(),
             Command::RegistryCreateRepository { .. } => "CreateRepository",
             Command::RegistryDeleteRepository { .. } => "DeleteRepository",
             Command::RegistryLinkBlob { .. } => "RegistryLinkBlob",
@@ -392,6 +395,7 @@ impl Command {
             }
             Command::PruneStoppedTasks { .. } => {}
             Command::Elbv2(command) => return command.subjects(),
+            Command::Iam(command) => return command.subjects(),
             Command::CreateService { service, .. } => {
                 subjects.cluster(&service.cluster_arn);
                 subjects.push("service", &service.service_name);

@@ -21,6 +21,7 @@ pub mod command;
 pub mod ecs;
 pub mod elbv2;
 pub mod history;
+pub mod iam;
 pub mod registry;
 pub mod rows;
 pub mod services;

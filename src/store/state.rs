@@ -128,6 +128,9 @@ pub struct State {
     /// The image registry's repositories, manifests, tags and blob links.
     #[serde(default)]
     pub registry: super::registry::RegistryState,
+    /// Users and their access keys (secrets sealed).
+    #[serde(default)]
+    pub iam: super::iam::IamState,
     /// Resource usage and assignments per instance; rebuilt after loading.
     #[serde(skip)]
     pub(crate) indexes: super::ecs::Indexes,
@@ -383,6 +386,7 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             now_ms,
         } => services::apply_plan(state, cluster, service_name, plan, *now_ms),
         Command::Elbv2(command) => super::elbv2::apply(state, command),
+        Command::Iam(command) => super::iam::apply(&mut state.iam, command),
         Command::RegistryCreateRepository {
             repository_name,
             must_be_new,

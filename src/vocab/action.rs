@@ -180,6 +180,24 @@ actions! {
     GetAuthorizationToken,
 }
 
+actions! {
+    /// One IAM action: the cluster's users and their access keys. All of
+    /// them, reads included, need an admin ([`crate::vocab::principal::Access::Admin`]).
+    IamAction, "iam";
+    /// Creates a user with an orc role.
+    CreateUser,
+    /// Lists the users.
+    ListUsers,
+    /// Deletes a user without access keys.
+    DeleteUser,
+    /// Issues an access key id and its secret (shown once).
+    CreateAccessKey,
+    /// Lists access keys' ids (never their secrets).
+    ListAccessKeys,
+    /// Deletes an access key.
+    DeleteAccessKey,
+}
+
 /// Any action orc implements, of any service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
@@ -189,6 +207,8 @@ pub enum Action {
     Elbv2(Elbv2Action),
     /// An ECR action.
     Ecr(EcrAction),
+    /// An IAM action.
+    Iam(IamAction),
 }
 
 impl Action {
@@ -198,6 +218,7 @@ impl Action {
             Action::Ecs(_) => EcsAction::SERVICE,
             Action::Elbv2(_) => Elbv2Action::SERVICE,
             Action::Ecr(_) => EcrAction::SERVICE,
+            Action::Iam(_) => IamAction::SERVICE,
         }
     }
 
@@ -207,6 +228,7 @@ impl Action {
             Action::Ecs(a) => a.name(),
             Action::Elbv2(a) => a.name(),
             Action::Ecr(a) => a.name(),
+            Action::Iam(a) => a.name(),
         }
     }
 }
@@ -231,8 +253,9 @@ impl FromStr for Action {
             Some((EcsAction::SERVICE, name)) => name.parse().map(Action::Ecs),
             Some((Elbv2Action::SERVICE, name)) => name.parse().map(Action::Elbv2),
             Some((EcrAction::SERVICE, name)) => name.parse().map(Action::Ecr),
+            Some((IamAction::SERVICE, name)) => name.parse().map(Action::Iam),
             Some((service, _)) => Err(Error::InvalidInput(format!(
-                "unknown service {service:?} in action {s:?}: orc serves ecs, elbv2 and ecr"
+                "unknown service {service:?} in action {s:?}: orc serves ecs, elbv2, ecr and iam"
             ))),
         }
     }

@@ -82,8 +82,9 @@ pub enum Access {
 impl Access {
     /// The access an action needs, from AWS's naming: `Describe…`, `List…`,
     /// `Get…`, `BatchGet…`, `BatchCheck…` and `Explain…` read; the rest write.
-    /// Actions on the cluster's credentials are classed by their caller with
-    /// [`Access::Admin`] (they are not in [`Action`]'s ECS, ELB or ECR lists).
+    /// Every IAM action (users, access keys) needs [`Access::Admin`], listing
+    /// included; other actions on the cluster's credentials (join tokens,
+    /// the CA) are classed by their caller the same way.
     pub fn of(action: Action) -> Access {
         const READS: [&str; 6] = [
             "Describe",
@@ -93,6 +94,10 @@ impl Access {
             "BatchCheck",
             "Explain",
         ];
+        if let Action::Iam(_) = action {
+            // Who may do what is an admin's business, reading it included.
+            return Access::Admin;
+        }
         let name = action.name();
         if READS.iter().any(|prefix| name.starts_with(prefix)) {
             Access::Read
@@ -218,6 +223,10 @@ mod tests {
         assert_eq!(
             Access::of(Action::Ecs(EcsAction::DeleteTaskDefinitions)),
             Access::Write
+        );
+        assert_eq!(
+            Access::of(Action::Iam(crate::vocab::action::IamAction::ListUsers)),
+            Access::Admin
         );
     }
 

@@ -150,7 +150,7 @@ fn exception(action: Action, error: &Error) -> (StatusCode, &'static str) {
     let code = match action {
         Action::Ecs(_) => ecs_exception(error),
         // ECR models the same generic names for what orc's registry reports.
-        Action::Ecr(_) | Action::Elbv2(_) => match error {
+        Action::Ecr(_) | Action::Elbv2(_) | Action::Iam(_) => match error {
             Error::InvalidInput(_) => "InvalidParameterException",
             _ => ecs_exception(error),
         },

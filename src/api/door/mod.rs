@@ -11,9 +11,10 @@
 //! `match` that `Orc.Call` also goes through: the door only parses and
 //! shapes, and never implements a verb of its own.
 //!
-//! Requests signed with AWS Signature Version 4 are accepted whatever their
-//! signature (orc has no access keys yet): [`verify_signature`] is where
-//! the security issue checks them.
+//! Requests signed with AWS Signature Version 4 with one of the cluster's
+//! access keys (`orc iam create-access-key`) are served as that key's user
+//! ([`verify_signature`], [`sigv4`]); what an unsigned request or an unknown
+//! key gets depends on the connection (see [`verify_signature`]).
 //!
 //! Any other HTTP request that is neither gRPC nor for the registry
 //! (`/v2/`) nor `/metrics` gets
@@ -21,6 +22,7 @@
 
 pub mod json;
 pub mod query;
+pub mod sigv4;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
@@ -66,6 +68,42 @@ impl Protocol {
         }
     }
 
+    /// A refused signature, with the protocol's code for it (awsJson1_1:
+    /// `MissingAuthenticationTokenException`, `IncompleteSignatureException`,
+    /// `UnrecognizedClientException`, `InvalidSignatureException`; query:
+    /// `MissingAuthenticationToken`, `IncompleteSignature`,
+    /// `InvalidClientTokenId`, `SignatureDoesNotMatch`).
+    fn refuse_signature(&self, failure: &sigv4::Failure) -> Response {
+        use sigv4::Failure;
+        let (status, json_code, query_code) = match failure {
+            Failure::Missing(_) => (
+                StatusCode::FORBIDDEN,
+                "MissingAuthenticationTokenException",
+                "MissingAuthenticationToken",
+            ),
+            Failure::Malformed(_) => (
+                StatusCode::BAD_REQUEST,
+                "IncompleteSignatureException",
+                "IncompleteSignature",
+            ),
+            Failure::UnknownKey(_) => (
+                StatusCode::FORBIDDEN,
+                "UnrecognizedClientException",
+                "InvalidClientTokenId",
+            ),
+            Failure::Mismatch(_) | Failure::Expired(_) => (
+                StatusCode::FORBIDDEN,
+                "InvalidSignatureException",
+                "SignatureDoesNotMatch",
+            ),
+        };
+        let request_id = crate::vocab::ids::request_id();
+        match self {
+            Protocol::Json(_) => json::error(status, json_code, failure.message(), &request_id),
+            Protocol::Query => query::error(status, query_code, failure.message(), &request_id),
+        }
+    }
+
     /// A refusal before the request reached its protocol's handler.
     fn refuse(&self, status: StatusCode, message: &str) -> Response {
         match self {
@@ -76,27 +114,66 @@ impl Protocol {
 }
 
 /// Checks the request's AWS Signature Version 4 (the `Authorization`
-/// header, or the `X-Amz-*` query parameters) against the body.
+/// header) against the body, and returns who the request is authorized as.
 ///
-/// Returns who the request is authorized as. orc has no access keys until
-/// the security issue lands, so today every signature is accepted, and so is
-/// an unsigned request (the README says so): the request is the connection's
-/// principal (the listener's, `Principal::Insecure` today). This is the one
-/// place that check goes.
+/// * A request signed with one of the cluster's access keys is that key's
+///   user, once the signature, the body's hash and the date check out
+///   ([`sigv4::verify`]); any failure is refused, whatever the connection.
+/// * An unsigned request is the connection's principal (a client
+///   certificate's, or `Principal::Insecure` on a server started insecure);
+///   with no connection principal it is refused as unauthenticated.
+/// * On a server started insecure, a request signed with a key the cluster
+///   does not know (the `aws` CLI needs some key to sign with) is served as
+///   `Principal::Insecure`, as before orc had access keys; anywhere else it
+///   is refused.
 pub fn verify_signature(
+    context: &ApiContext,
     connection: Option<Principal>,
-    _headers: &HeaderMap,
-    _body: &[u8],
-) -> Result<Principal, String> {
-    connection.ok_or_else(|| {
-        "the request carries no credential: sign it with an orc access key (aws configure)".into()
-    })
+    request: &sigv4::Request<'_>,
+) -> Result<Principal, sigv4::Failure> {
+    let insecure = connection == Some(Principal::Insecure);
+    let header = request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.as_str());
+    let Some(header) = header else {
+        return connection.ok_or_else(|| {
+            sigv4::Failure::Missing(
+                "the request carries no credential: sign it with an orc access key (aws configure; `orc iam create-access-key` issues one)".into(),
+            )
+        });
+    };
+    let authorization = match sigv4::parse_authorization(header) {
+        Ok(authorization) => authorization,
+        Err(_) if insecure => return Ok(Principal::Insecure),
+        Err(failure) => return Err(failure),
+    };
+    let found = super::iam::secret_of(&context.raft, &context.seal, &authorization.access_key_id)
+        .map_err(|error| {
+        tracing::error!(%error, "cannot read an access key's secret");
+        sigv4::Failure::Mismatch(format!("this server cannot check the signature: {error}"))
+    })?;
+    let Some((secret, principal)) = found else {
+        if insecure {
+            return Ok(Principal::Insecure);
+        }
+        return Err(sigv4::Failure::UnknownKey(format!(
+            "The security token included in the request is invalid: access key {} is not one of this cluster's (`orc iam list-access-keys` lists them)",
+            authorization.access_key_id
+        )));
+    };
+    let now = (crate::vocab::time::now_ms() / 1000) as i64;
+    sigv4::verify(request, &authorization, &secret, now)?;
+    Ok(principal)
 }
 
 /// `POST /`: the AWS door.
 async fn door(
     State(context): State<ApiContext>,
     connection: Option<Extension<Principal>>,
+    method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -108,11 +185,34 @@ async fn door(
             return protocol.refuse(StatusCode::PAYLOAD_TOO_LARGE, &message);
         }
     };
-    let principal = match verify_signature(connection.map(|e| e.0), &headers, &body) {
+    let mut signed_headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if !headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host as :authority.
+        if let Some(authority) = uri.authority() {
+            signed_headers.push(("host".into(), authority.to_string()));
+        }
+    }
+    let request = sigv4::Request {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: signed_headers,
+        body: &body,
+    };
+    let principal = match verify_signature(&context, connection.map(|e| e.0), &request) {
         Ok(principal) => principal,
-        Err(message) => {
+        Err(failure) => {
             crate::metrics::record_aws_request(false);
-            return protocol.refuse(StatusCode::FORBIDDEN, &message);
+            tracing::info!(reason = failure.message(), "aws door: signature refused");
+            return protocol.refuse_signature(&failure);
         }
     };
     let response = match protocol {

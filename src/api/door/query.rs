@@ -1,4 +1,5 @@
-//! AWS's `query` protocol, for ELBv2 (`Version=2015-12-01`): a
+//! AWS's `query` protocol, for ELBv2 (`Version=2015-12-01`) and IAM
+//! (`Version=2010-05-08`): a
 //! form-encoded `POST /` with `Action=…`, members as `Name=value`, nested
 //! members as `Outer.Inner`, lists as `Name.member.N` (from 1) and maps as
 //! `Name.entry.N.key`/`.value`, as botocore's query serializer writes them.
@@ -17,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::api::ApiContext;
 use crate::error::{Kind, Refusal};
-use crate::vocab::action::{Action, Elbv2Action};
+use crate::vocab::action::{Action, Elbv2Action, IamAction};
 use crate::vocab::principal::Principal;
 use crate::Error;
 
@@ -25,6 +26,10 @@ use crate::Error;
 pub const ELBV2_VERSION: &str = "2015-12-01";
 /// ELBv2's XML namespace.
 const ELBV2_NAMESPACE: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
+/// The API version IAM requests carry.
+pub const IAM_VERSION: &str = "2010-05-08";
+/// IAM's XML namespace.
+const IAM_NAMESPACE: &str = "https://iam.amazonaws.com/doc/2010-05-08/";
 
 /// The code of a request the protocol cannot take (bad encoding, no action).
 pub const INVALID_REQUEST: &str = "MalformedQueryString";
@@ -69,7 +74,7 @@ const BOOLEAN_MEMBERS: &[&str] = &[
 
 /// Members ELBv2's model types as timestamps: epoch seconds in orc's JSON,
 /// ISO 8601 in the protocol's XML.
-const TIMESTAMP_MEMBERS: &[&str] = &["CreatedTime", "LastModifiedTime"];
+const TIMESTAMP_MEMBERS: &[&str] = &["CreateDate", "CreatedTime", "LastModifiedTime"];
 
 /// Serves one query-protocol request.
 pub(super) async fn serve(context: &ApiContext, principal: &Principal, body: &Bytes) -> Response {
@@ -93,19 +98,24 @@ pub(super) async fn serve(context: &ApiContext, principal: &Principal, body: &By
         );
     };
     let name = name.to_string();
-    match field("Version") {
-        Some(ELBV2_VERSION) => {}
-        version => {
+    let version = field("Version").unwrap_or("");
+    let parsed = match version {
+        ELBV2_VERSION => name
+            .parse::<Elbv2Action>()
+            .map(|a| (Action::Elbv2(a), ELBV2_NAMESPACE)),
+        IAM_VERSION => name
+            .parse::<IamAction>()
+            .map(|a| (Action::Iam(a), IAM_NAMESPACE)),
+        _ => {
             let message = format!(
-                "version {:?} of action {name:?} is not served here: orc serves ELBv2's query API, Version={ELBV2_VERSION}",
-                version.unwrap_or("")
+                "version {version:?} of action {name:?} is not served here: orc serves ELBv2's query API (Version={ELBV2_VERSION}) and IAM's (Version={IAM_VERSION})"
             );
             return refuse(INVALID_ACTION, &message);
         }
-    }
-    let Ok(action) = name.parse::<Elbv2Action>() else {
+    };
+    let Ok((action, namespace)) = parsed else {
         let message = format!(
-            "unknown operation {name:?}: orc's ELBv2 does not implement it (the README lists the supported actions)"
+            "unknown operation {name:?}: orc does not implement it (the README lists the supported actions)"
         );
         return refuse(INVALID_ACTION, &message);
     };
@@ -119,18 +129,13 @@ pub(super) async fn serve(context: &ApiContext, principal: &Principal, body: &By
     };
     tracing::debug!(%action, %request_id, "aws door: query request");
     match context
-        .dispatch(
-            principal,
-            Action::Elbv2(action),
-            &request.to_string(),
-            request_id.clone(),
-        )
+        .dispatch(principal, action, &request.to_string(), request_id.clone())
         .await
     {
         Ok(result) => {
             let mut xml = String::with_capacity(512);
             xml.push_str(&format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{name}Response xmlns=\"{ELBV2_NAMESPACE}\"><{name}Result>"
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{name}Response xmlns=\"{namespace}\"><{name}Result>"
             ));
             write_xml(&result.body, &mut xml);
             xml.push_str(&format!(
@@ -140,10 +145,37 @@ pub(super) async fn serve(context: &ApiContext, principal: &Principal, body: &By
         }
         Err(failure) => {
             tracing::debug!(%action, %request_id, error = %failure, "aws door: action failed");
-            let (status, code) = elbv2_error(&failure);
+            let (status, code) = query_error(action, &failure);
             error(status, code, &failure.to_string(), &request_id)
         }
     }
+}
+
+/// The status and the service's error code for `error`.
+fn query_error(action: Action, error: &Error) -> (StatusCode, &'static str) {
+    if let Action::Iam(_) = action {
+        return iam_error(error);
+    }
+    elbv2_error(error)
+}
+
+/// IAM's error codes (its messages carry the name too).
+fn iam_error(error: &Error) -> (StatusCode, &'static str) {
+    let text = error.to_string();
+    let code = match error {
+        Error::Conflict(_) if text.contains("EntityAlreadyExists") => "EntityAlreadyExists",
+        Error::Conflict(_) if text.contains("LimitExceeded") => "LimitExceeded",
+        Error::Conflict(_) => "DeleteConflict",
+        Error::NotFound(_) => "NoSuchEntity",
+        Error::InvalidInput(_) => VALIDATION_ERROR,
+        _ => return elbv2_error(error),
+    };
+    let status = match code {
+        "NoSuchEntity" => StatusCode::NOT_FOUND,
+        VALIDATION_ERROR => StatusCode::BAD_REQUEST,
+        _ => StatusCode::CONFLICT,
+    };
+    (status, code)
 }
 
 /// The status and ELB's error code for `error`.
