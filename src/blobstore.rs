@@ -83,6 +83,29 @@ impl BlobStore {
             .join(hex)
     }
 
+    /// Every blob stored here, with how long ago its file was last written.
+    pub fn stored(&self) -> Vec<(Digest, std::time::Duration)> {
+        let mut stored = Vec::new();
+        let root = self.root.join("blobs").join("sha256");
+        for prefix in fs::read_dir(&root).into_iter().flatten().flatten() {
+            for file in fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+                let name = file.file_name();
+                let Ok(digest) = Digest::parse(&format!("sha256:{}", name.to_string_lossy()))
+                else {
+                    continue;
+                };
+                let age = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .unwrap_or_default();
+                stored.push((digest, age));
+            }
+        }
+        stored
+    }
+
     /// The size of a stored blob, or `None` when it is not stored here.
     pub fn size(&self, digest: &Digest) -> Option<u64> {
         fs::metadata(self.blob_path(digest)).ok().map(|m| m.len())

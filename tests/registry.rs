@@ -1285,3 +1285,82 @@ async fn a_server_killed_mid_push_shows_no_partial_blob_and_takes_the_push_again
     assert_eq!(got.status, 200);
     assert_eq!(digest(&got.body), blob_digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_only_what_no_image_references_and_spares_pushes_in_progress() {
+    let registry = Registry::start().await;
+    let auth = registry.authorization();
+    push_image_for(&registry, &auth, "orc-test/gc", "1", "amd64", "");
+    let orphan = registry.push_blob(&auth, "orc-test/gc", b"a layer whose manifest never came");
+    assert_eq!(blob_files(&registry.server.data_dir).len(), 3);
+    let gc = |args: &[&str]| -> Value {
+        let mut full = vec!["--output", "json", "ecr", "gc"];
+        full.extend_from_slice(args);
+        let (ok, out, err) = registry.orc(&full);
+        assert!(ok, "orc ecr gc {args:?}: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+
+    // The orphan is as young as a push in progress: the default grace keeps it.
+    let spared = gc(&[]);
+    assert_eq!(spared["collectable"], json!([]), "{spared}");
+    let chosen = gc(&["--grace-seconds", "0", "--dry-run"]);
+    assert_eq!(
+        chosen["collectable"],
+        json!([{"repositoryName": "orc-test/gc", "digest": orphan}]),
+        "only the unreferenced blob is chosen: {chosen}"
+    );
+    assert_eq!(
+        blob_files(&registry.server.data_dir).len(),
+        3,
+        "a dry run removed something"
+    );
+
+    // Once the image is deleted its blobs go too; files after a minute's age.
+    let (ok, _, err) = registry.orc(&[
+        "ecr",
+        "batch-delete-image",
+        "--repository-name",
+        "orc-test/gc",
+        "--image-ids",
+        "imageTag=1",
+    ]);
+    assert!(ok, "{err}");
+    for file in blob_files(&registry.server.data_dir) {
+        let path = registry
+            .server
+            .data_dir
+            .join("registry/blobs/sha256")
+            .join(&file[..2])
+            .join(&file);
+        let aged = Command::new("touch")
+            .arg("-d")
+            .arg("2 minutes ago")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(aged.success());
+    }
+    let collected = gc(&["--grace-seconds", "0"]);
+    assert_eq!(collected["unlinkedBlobs"], 3, "{collected}");
+    common::cluster::eventually(
+        Duration::from_secs(60),
+        "the unlinked files are deleted",
+        || async {
+            blob_files(&registry.server.data_dir)
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let head = registry.http(
+        "HEAD",
+        &format!("/v2/orc-test/gc/blobs/{orphan}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(head.status, 404);
+    // The repository takes the same image again.
+    push_image_for(&registry, &auth, "orc-test/gc", "1", "amd64", "");
+    assert_eq!(blob_files(&registry.server.data_dir).len(), 2);
+}

@@ -15,6 +15,9 @@
 //! * **On a pull.** A blob linked in the state but not on this server's disk
 //!   is copied before it is served (`ensure`).
 //!
+//! The background pass also deletes the files no repository links any more
+//! (after `orc ecr gc` removed their links), once they are a minute old.
+//!
 //! A copy is verified against its digest before it becomes visible, like an
 //! upload. Only servers call `Peer`.
 
@@ -38,6 +41,9 @@ pub const PUSH_PATIENCE: Duration = Duration::from_secs(120);
 /// How often the background copy looks again when nothing changed (a peer
 /// that was unreachable may be back).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// A blob file no link names is deleted once it is this old: a finished
+/// upload's file exists a moment before its link commits.
+pub const UNLINKED_FILE_AGE: Duration = Duration::from_secs(60);
 
 /// The blob copier of one server.
 pub struct BlobSync {
@@ -228,6 +234,23 @@ async fn hold_all(address: &str, digests: &[(Digest, u64)]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the blob files of this server that no link names, once they
+/// are older than [`UNLINKED_FILE_AGE`].
+fn remove_unlinked(sync: &BlobSync, linked: &[Digest]) {
+    let linked: std::collections::HashSet<&Digest> = linked.iter().collect();
+    for (digest, age) in sync.blobs.stored() {
+        if linked.contains(&digest) || age < UNLINKED_FILE_AGE {
+            continue;
+        }
+        match sync.blobs.remove(&digest) {
+            Ok(()) => tracing::info!(%digest, "removed a registry blob no repository links"),
+            Err(error) => {
+                tracing::warn!(%digest, %error, "cannot remove an unlinked registry blob")
+            }
+        }
+    }
+}
+
 /// The background copy: after every change of the registry's tables, and
 /// every 30 s, copies the linked blobs this server lacks.
 pub async fn run(sync: Arc<BlobSync>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -250,7 +273,7 @@ pub async fn run(sync: Arc<BlobSync>, mut stop: tokio::sync::watch::Receiver<boo
         let (shape, linked) = sync.raft.store().read(|state| {
             let registry = &state.registry;
             let shape = (registry.blobs.len(), registry.manifests.len());
-            let linked: Vec<Digest> = if swept || shape != seen {
+            let linked: Option<Vec<Digest>> = (swept || shape != seen).then(|| {
                 registry
                     .blobs
                     .iter()
@@ -259,12 +282,18 @@ pub async fn run(sync: Arc<BlobSync>, mut stop: tokio::sync::watch::Receiver<boo
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect()
-            } else {
-                Vec::new()
-            };
+            });
             (shape, linked)
         });
         seen = shape;
+        let Some(linked) = linked else {
+            continue;
+        };
+        // Only a server that follows a leader trusts its state to say what
+        // is unlinked (a server cut off may not have applied recent links).
+        if sync.raft.status().leader_id != 0 {
+            remove_unlinked(&sync, &linked);
+        }
         for digest in linked {
             if sync.blobs.size(&digest).is_some() {
                 continue;

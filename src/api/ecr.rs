@@ -294,6 +294,44 @@ pub async fn call(
             }
             Ok(json!({ "imageIds": deleted, "failures": failures }).into())
         }
+        EcrAction::GarbageCollect => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase", deny_unknown_fields)]
+            struct Request {
+                grace_seconds: Option<u64>,
+                #[serde(default)]
+                dry_run: bool,
+            }
+            let request: Request = parse(name, body)?;
+            let grace_seconds = request.grace_seconds.unwrap_or(GC_GRACE_SECONDS);
+            raft.read_barrier().await?;
+            let links = raft.store().read(|s| {
+                crate::store::registry::collectable(&s.registry, now_ms(), grace_seconds * 1000)
+            });
+            let chosen: Vec<Value> = links
+                .iter()
+                .map(|(repository, digest)| json!({"repositoryName": repository, "digest": digest}))
+                .collect();
+            if request.dry_run || links.is_empty() {
+                let bytes: u64 = raft.store().read(|s| {
+                    links
+                        .iter()
+                        .filter_map(|(r, d)| s.registry.blob(r, d))
+                        .sum()
+                });
+                return Ok(json!({
+                    "dryRun": request.dry_run, "graceSeconds": grace_seconds,
+                    "unlinkedBlobs": 0, "unlinkedBytes": 0,
+                    "collectable": chosen, "collectableBytes": bytes,
+                })
+                .into());
+            }
+            let mut answer =
+                propose(raft, request_id, Command::RegistryCollectGarbage { links }).await?;
+            answer["graceSeconds"] = json!(grace_seconds);
+            answer["collectable"] = json!(chosen);
+            Ok(answer.into())
+        }
         EcrAction::GetAuthorizationToken => {
             use base64::Engine as _;
             let secret = secret(raft).await?;
@@ -312,6 +350,11 @@ pub async fn call(
         }
     }
 }
+
+/// How old a blob link must be before `orc ecr gc` may remove it: a push
+/// links its layers before its manifest names them, so a younger link may
+/// belong to a push still in progress.
+pub const GC_GRACE_SECONDS: u64 = 3600;
 
 async fn propose(raft: &RaftHandle, request_id: String, command: Command) -> Result<Value> {
     raft.propose(Proposal {

@@ -567,6 +567,17 @@ pub enum EcrCommand {
     /// Print a password for `docker login --username AWS --password-stdin HOST:PORT`
     /// (good for 12 hours).
     GetLoginPassword,
+    /// Remove blobs no image references (orc's own verb): their links now,
+    /// their files on every server within a minute. Safe while pushes run:
+    /// links younger than the grace period are kept.
+    Gc {
+        /// Keep links made less than this long ago (default: an hour).
+        #[arg(long, value_name = "SECONDS")]
+        grace_seconds: Option<u64>,
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `orc iam ...`: users and access keys, as `aws iam` names its verbs.

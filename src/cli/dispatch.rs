@@ -480,6 +480,13 @@ async fn ecr(endpoint: &str, output: &Output, command: EcrCommand) -> anyhow::Re
             "BatchDeleteImage",
             json!({"repositoryName": repository_name, "imageIds": ids(image_ids)}),
         ),
+        EcrCommand::Gc {
+            grace_seconds,
+            dry_run,
+        } => (
+            "GarbageCollect",
+            json!({"graceSeconds": grace_seconds, "dryRun": dry_run}),
+        ),
         EcrCommand::GetLoginPassword => {
             use base64::Engine as _;
             let (answer, _) = client(endpoint)?

@@ -118,6 +118,25 @@ impl Output {
                     .collect();
                 println!("{}", table(&["DIGEST", "TAGS", "SIZE", "PLATFORMS"], &rows));
             }
+            "GarbageCollect" => {
+                let rows: Vec<Vec<String>> = list("collectable")
+                    .iter()
+                    .map(|i| vec![text(i, "repositoryName"), text(i, "digest")])
+                    .collect();
+                println!("{}", table(&["REPOSITORY", "BLOB"], &rows));
+                if answer["dryRun"].as_bool() == Some(true) {
+                    println!(
+                        "dry run: {} blob link(s), {} bytes would go",
+                        rows.len(),
+                        answer["collectableBytes"]
+                    );
+                } else {
+                    println!(
+                        "removed {} blob link(s), {} bytes; every server deletes the files within a minute",
+                        answer["unlinkedBlobs"], answer["unlinkedBytes"]
+                    );
+                }
+            }
             _ => self.json(answer),
         }
     }

@@ -246,6 +246,12 @@ pub enum Command {
         /// The blob's digest.
         digest: crate::oci::Digest,
     },
+    /// Garbage collection: blob links no manifest references, chosen by the
+    /// proposer with `registry::collectable`.
+    RegistryCollectGarbage {
+        /// `(repository, digest)` of each link to remove.
+        links: Vec<(String, crate::oci::Digest)>,
+    },
     /// A manifest pushed, with the tag it was pushed under.
     RegistryPutManifest {
         /// The manifest, what it references and the platforms it covers.
@@ -304,6 +310,7 @@ impl Command {
             Command::RegistryDeleteRepository { .. } => "DeleteRepository",
             Command::RegistryLinkBlob { .. } => "RegistryLinkBlob",
             Command::RegistryUnlinkBlob { .. } => "RegistryUnlinkBlob",
+            Command::RegistryCollectGarbage { .. } => "GarbageCollect",
             Command::RegistryPutManifest { .. } => "PutImage",
             Command::RegistryDeleteManifest { .. } => "BatchDeleteImage",
             Command::RegistryDeleteTag { .. } => "RegistryDeleteTag",
@@ -455,6 +462,11 @@ impl Command {
             } => subjects.push("repository", repository_name),
             Command::RegistryPutManifest { manifest, .. } => {
                 subjects.push("repository", &manifest.repository_name)
+            }
+            Command::RegistryCollectGarbage { links } => {
+                for (repository, _) in links {
+                    subjects.push("repository", repository);
+                }
             }
             Command::RegistrySetSecret { .. } => {}
         }

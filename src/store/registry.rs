@@ -66,6 +66,11 @@ pub struct RegistryState {
     pub manifests: Table<ManifestRecord>,
     /// Tags by `repo:tag`, naming a manifest digest.
     pub tags: Table<Digest>,
+    /// When each blob link (by `repo@digest`) was last made, in ms: garbage
+    /// collection spares links younger than its grace period (a push in
+    /// progress links its blobs before its manifest names them).
+    #[serde(default)]
+    pub linked_at: Table<u64>,
     /// Signs registry tokens; set once, by the first proposal that needs it.
     pub secret: String,
 }
@@ -201,6 +206,7 @@ pub fn delete_repository(
         for key in keys {
             state.manifests.remove(&key);
             state.blobs.remove(&key);
+            state.linked_at.remove(&key);
             state.tags.remove(&key);
         }
     }
@@ -223,6 +229,9 @@ pub fn link_blob(
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     ensure_repository(state, repository, now_ms);
     state.blobs.insert(content_key(repository, digest), size);
+    state
+        .linked_at
+        .insert(content_key(repository, digest), now_ms);
     Ok(json!({ "digest": digest, "size": size }))
 }
 
@@ -248,7 +257,49 @@ pub fn unlink_blob(
         )));
     }
     state.blobs.remove(&content_key(repository, digest));
+    state.linked_at.remove(&content_key(repository, digest));
     Ok(json!({ "digest": digest }))
+}
+
+/// The blob links garbage collection would remove at `now_ms`: links no
+/// manifest of their repository references, made at least `grace_ms` ago.
+/// Pure, so the proposer and the tests read the same answer.
+pub fn collectable(state: &RegistryState, now_ms: u64, grace_ms: u64) -> Vec<(String, Digest)> {
+    let mut referenced = std::collections::BTreeSet::new();
+    for (_, manifest) in state.manifests.iter() {
+        for (digest, _) in &manifest.blobs {
+            referenced.insert(content_key(&manifest.repository_name, digest));
+        }
+    }
+    state
+        .blobs
+        .iter()
+        .filter(|(key, _)| !referenced.contains(*key))
+        .filter(|(key, _)| {
+            let linked = state.linked_at.get(key).copied().unwrap_or(0);
+            linked.saturating_add(grace_ms) <= now_ms
+        })
+        .filter_map(|(key, _)| {
+            let (repository, digest) = key.rsplit_once('@')?;
+            Some((repository.to_string(), Digest::parse(digest).ok()?))
+        })
+        .collect()
+}
+
+/// Removes the blob links garbage collection chose; a link that a manifest
+/// references by now, or that is gone, is skipped. Answers how many links
+/// and bytes were let go.
+pub fn collect_garbage(state: &mut RegistryState, links: &[(String, Digest)]) -> Value {
+    let mut removed = 0u64;
+    let mut bytes = 0u64;
+    for (repository, digest) in links {
+        let size = state.blob(repository, digest);
+        if let (Some(size), Ok(_)) = (size, unlink_blob(state, repository, digest)) {
+            removed += 1;
+            bytes += size;
+        }
+    }
+    json!({ "unlinkedBlobs": removed, "unlinkedBytes": bytes })
 }
 
 /// Stores a manifest (checked again here: the blobs and child manifests

@@ -408,6 +408,9 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             repository_name,
             digest,
         } => registry::unlink_blob(&mut state.registry, repository_name, digest),
+        Command::RegistryCollectGarbage { links } => {
+            Ok(registry::collect_garbage(&mut state.registry, links))
+        }
         Command::RegistryPutManifest { manifest, tag } => {
             registry::put_manifest(&mut state.registry, manifest, tag.as_deref())
         }

@@ -178,6 +178,9 @@ actions! {
     BatchDeleteImage,
     /// A login password for `docker login --username AWS`.
     GetAuthorizationToken,
+    /// orc's own (ECR has none): removes blob links no image references and,
+    /// on every server, the files no link names (`orc ecr gc`).
+    GarbageCollect,
 }
 
 actions! {
