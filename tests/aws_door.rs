@@ -786,3 +786,78 @@ fn every_action_in_the_readme_table_is_called_through_the_door() {
         "only {checked} actions found in the README's table"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_ecr_get_login_password_logs_docker_in_and_the_push_goes_through() {
+    let (server, _root) = server().await;
+    let work = tempfile::tempdir().unwrap();
+    let reference = format!("{}/orc-test/door-push:1", server.address);
+    busybox_image(&reference);
+    struct Untag(String);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            let _ = Command::new("docker")
+                .args(["rmi", "--force", &self.0])
+                .output();
+        }
+    }
+    let _untag = Untag(reference.clone());
+
+    let output = aws(&server.address, work.path(), &["ecr", "get-login-password"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let password = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(!password.is_empty());
+    let docker = |args: &[&str], stdin: Option<&str>| -> Output {
+        let mut child = Command::new("docker")
+            .env("DOCKER_CONFIG", work.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run docker");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let login = docker(
+        &[
+            "login",
+            "--username",
+            "AWS",
+            "--password-stdin",
+            &server.address,
+        ],
+        Some(&password),
+    );
+    assert!(login.status.success(), "docker login: {}", text(&login));
+    let push = docker(&["push", &reference], None);
+    assert!(push.status.success(), "docker push: {}", text(&push));
+
+    let output = aws(
+        &server.address,
+        work.path(),
+        &[
+            "ecr",
+            "describe-images",
+            "--repository-name",
+            "orc-test/door-push",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let images: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        images["imageDetails"][0]["imageTags"],
+        json!(["1"]),
+        "{images}"
+    );
+}
