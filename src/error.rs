@@ -69,6 +69,13 @@ pub enum Refusal {
     PriorityInUse,
     /// The resource is used by another (a target group by a listener or a service).
     ResourceInUse,
+    /// The named image repository does not exist (ECR's
+    /// `RepositoryNotFoundException`).
+    RepositoryNotFound,
+    /// An image repository of that name exists already.
+    RepositoryAlreadyExists,
+    /// An image repository to delete still holds images.
+    RepositoryNotEmpty,
     /// The caller is known but its role may not do this (ECS's
     /// `AccessDeniedException`).
     AccessDenied,
@@ -102,7 +109,8 @@ impl Refusal {
             | Refusal::LoadBalancerNotFound
             | Refusal::TargetGroupNotFound
             | Refusal::ListenerNotFound
-            | Refusal::RuleNotFound => Kind::NotFound,
+            | Refusal::RuleNotFound
+            | Refusal::RepositoryNotFound => Kind::NotFound,
             Refusal::ServiceNotActive
             | Refusal::ClusterContainsServices
             | Refusal::ClusterContainsTasks
@@ -111,7 +119,9 @@ impl Refusal {
             | Refusal::DuplicateTargetGroupName
             | Refusal::DuplicateListener
             | Refusal::PriorityInUse
-            | Refusal::ResourceInUse => Kind::Conflict,
+            | Refusal::ResourceInUse
+            | Refusal::RepositoryAlreadyExists
+            | Refusal::RepositoryNotEmpty => Kind::Conflict,
             Refusal::AccessDenied => Kind::AccessDenied,
             Refusal::Unauthenticated => Kind::Unauthenticated,
         }

@@ -860,4 +860,53 @@ async fn aws_ecr_get_login_password_logs_docker_in_and_the_push_goes_through() {
         json!(["1"]),
         "{images}"
     );
+
+    // ECR's exception names reach the client.
+    let refused = |args: &[&str], exception: &str| {
+        let output = aws(&server.address, work.path(), args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(exception),
+            "{args:?}: expected {exception}: {stderr}"
+        );
+    };
+    refused(
+        &[
+            "ecr",
+            "describe-repositories",
+            "--repository-names",
+            "orc-test/nope",
+        ],
+        "RepositoryNotFoundException",
+    );
+    refused(
+        &[
+            "ecr",
+            "create-repository",
+            "--repository-name",
+            "orc-test/door-push",
+        ],
+        "RepositoryAlreadyExistsException",
+    );
+    refused(
+        &[
+            "ecr",
+            "delete-repository",
+            "--repository-name",
+            "orc-test/door-push",
+        ],
+        "RepositoryNotEmptyException",
+    );
+    refused(
+        &[
+            "ecr",
+            "describe-images",
+            "--repository-name",
+            "orc-test/door-push",
+            "--image-ids",
+            "imageTag=nope",
+        ],
+        "ImageNotFoundException",
+    );
 }

@@ -116,11 +116,20 @@ impl From<OciError> for RegistryError {
 
 impl From<Error> for RegistryError {
     fn from(error: Error) -> Self {
-        match error {
-            Error::InvalidInput(m) => fail(StatusCode::BAD_REQUEST, "BAD_REQUEST", m),
-            Error::NotFound(m) => fail(StatusCode::NOT_FOUND, "NAME_UNKNOWN", m),
-            Error::Conflict(m) => fail(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", m),
-            other => fail(
+        use crate::error::Kind;
+        match (error.kind(), error) {
+            (Some(Kind::InvalidInput), e) => {
+                fail(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string())
+            }
+            (Some(Kind::NotFound), e) => fail(StatusCode::NOT_FOUND, "NAME_UNKNOWN", e.to_string()),
+            (Some(Kind::Conflict), e) => {
+                fail(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", e.to_string())
+            }
+            (Some(Kind::AccessDenied), e) => fail(StatusCode::FORBIDDEN, "DENIED", e.to_string()),
+            (Some(Kind::Unauthenticated), e) => {
+                fail(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string())
+            }
+            (None, other) => fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
                 other.to_string(),

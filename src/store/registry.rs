@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::table::Table;
+use crate::error::Refusal;
 use crate::oci::{Digest, Platform};
 use crate::Error;
 
@@ -89,7 +90,7 @@ impl RegistryState {
     /// A repository by name, or ECR's not-found sentence.
     pub fn repository(&self, name: &str) -> Result<&Repository, Error> {
         self.repositories.get(name).ok_or_else(|| {
-            Error::NotFound(format!(
+            Error::Refused(Refusal::RepositoryNotFound, format!(
                 "repository not found: {name:?} (create it with `orc ecr create-repository --repository-name {name}`, or push to it)"
             ))
         })
@@ -174,7 +175,7 @@ pub fn create_repository(
 ) -> Result<Value, Error> {
     crate::oci::validate_repository_name(name).map_err(|e| Error::InvalidInput(e.to_string()))?;
     if must_be_new && state.repositories.contains(name) {
-        return Err(Error::Conflict(format!(
+        return Err(Error::Refused(Refusal::RepositoryAlreadyExists, format!(
             "repository {name:?} already exists: push to it, or delete it first with `orc ecr delete-repository --repository-name {name}`"
         )));
     }
@@ -191,9 +192,12 @@ pub fn delete_repository(
     let repository = state.repository(name)?.clone();
     let images = state.manifests_of(name).count();
     if images > 0 && !force {
-        return Err(Error::Conflict(format!(
+        return Err(Error::Refused(
+            Refusal::RepositoryNotEmpty,
+            format!(
             "repository {name:?} still holds {images} image(s): delete them first, or pass --force"
-        )));
+        ),
+        ));
     }
     for table in [format!("{name}@"), format!("{name}:")] {
         let keys: Vec<String> = state
@@ -437,7 +441,7 @@ mod tests {
         unlink_blob(&mut state, "lab/web", &layer).unwrap();
         assert!(matches!(
             create_repository(&mut state, "lab/web", true, 2),
-            Err(Error::Conflict(_))
+            Err(Error::Refused(Refusal::RepositoryAlreadyExists, _))
         ));
         delete_repository(&mut state, "lab/web", false).unwrap();
         assert!(state.repositories.is_empty());

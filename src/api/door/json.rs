@@ -150,6 +150,9 @@ fn exception(action: Action, error: &Error) -> (StatusCode, &'static str) {
     let code = match action {
         Action::Ecs(_) => ecs_exception(error),
         // ECR models the same generic names for what orc's registry reports.
+        // ECR's own name for a missing image or tag (repository refusals
+        // have theirs below).
+        Action::Ecr(_) if matches!(error, Error::NotFound(_)) => "ImageNotFoundException",
         Action::Ecr(_) | Action::Elbv2(_) | Action::Iam(_) => match error {
             Error::InvalidInput(_) => "InvalidParameterException",
             _ => ecs_exception(error),
@@ -193,6 +196,9 @@ pub fn ecs_exception(error: &Error) -> &'static str {
             | Refusal::ResourceInUse => "InvalidParameterException",
             Refusal::AccessDenied => "AccessDeniedException",
             Refusal::Unauthenticated => "UnrecognizedClientException",
+            Refusal::RepositoryNotFound => "RepositoryNotFoundException",
+            Refusal::RepositoryAlreadyExists => "RepositoryAlreadyExistsException",
+            Refusal::RepositoryNotEmpty => "RepositoryNotEmptyException",
         },
     }
 }

@@ -198,7 +198,10 @@ fn elbv2_error(error: &Error) -> (StatusCode, &'static str) {
             | Refusal::ServiceNotActive
             | Refusal::ClusterContainsServices
             | Refusal::ClusterContainsTasks
-            | Refusal::ClusterContainsContainerInstances => None,
+            | Refusal::ClusterContainsContainerInstances
+            | Refusal::RepositoryNotFound
+            | Refusal::RepositoryAlreadyExists
+            | Refusal::RepositoryNotEmpty => None,
         };
         if let Some(code) = code {
             return (StatusCode::BAD_REQUEST, code);
