@@ -5,15 +5,20 @@
 //! is repaired by the next one).
 //!
 //! It owns liveness ([`Liveness`]): the agent API records heartbeats in it
-//! and the liveness loop reads them.
+//! and the liveness loop reads them, and the target health checks
+//! ([`health`]), which probe load balancer targets and propose only their
+//! transitions.
+
+pub mod health;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::raft::node::{RaftHandle, Role};
-use crate::scheduler::{self, placement, provisioning, service};
+use crate::scheduler::{self, placement, provisioning, service, targets};
 use crate::store::ecs::{PlannedTask, TaskLaunch};
+use crate::store::elbv2::Elbv2Command;
 use crate::store::services::PlanResult;
 use crate::store::{Command, Proposal, State};
 use crate::vocab::time::now_ms;
@@ -81,7 +86,8 @@ pub fn service_commands(state: &State, now_ms: u64, seed: u64) -> Vec<Command> {
         let cluster = crate::model::cluster_name_from(&service.cluster_arn);
         let tasks = state.service_tasks(&cluster, &service.service_name);
         let views = scheduler::cluster_views(state, &cluster);
-        let plan = service::reconcile(service, &tasks, &views, now_ms);
+        let targets = targets::task_target_health(state, service);
+        let plan = service::reconcile(service, &tasks, &views, &targets, now_ms);
         if plan.is_empty() {
             continue;
         }
@@ -102,6 +108,7 @@ pub fn service_commands(state: &State, now_ms: u64, seed: u64) -> Vec<Command> {
             rollback_to: plan.rollback_to.clone(),
             events: plan.events.clone(),
             inactive: plan.inactive,
+            drained: vec![],
         };
         if result != PlanResult::default() {
             commands.push(Command::ServicePlan {
@@ -208,6 +215,55 @@ fn launch_command(
     })
 }
 
+/// The commands that keep services' targets in step with their tasks
+/// (`scheduler::targets::decide`, pure): registrations of RUNNING tasks,
+/// deregistrations of targets whose task stopped running, the removal of
+/// drained targets and the stop of DEACTIVATING tasks whose targets are
+/// gone. Empty on an idle cluster.
+pub fn target_commands(state: &State, now_ms: u64) -> Vec<Command> {
+    let plan = targets::decide(state, now_ms);
+    let mut commands = Vec::new();
+    for (target_group_arn, targets) in plan.deregistrations {
+        commands.push(Command::Elbv2(Elbv2Command::DeregisterTargets {
+            target_group_arn,
+            targets,
+            now_ms,
+        }));
+    }
+    for (target_group_arn, targets) in plan.registrations {
+        commands.push(Command::Elbv2(Elbv2Command::RegisterTargets {
+            target_group_arn,
+            targets,
+            now_ms,
+        }));
+    }
+    if plan.remove_drained {
+        commands.push(Command::Elbv2(Elbv2Command::RemoveDrainedTargets {
+            now_ms,
+        }));
+    }
+    let mut drained: std::collections::BTreeMap<(String, String), Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (cluster, service_name, task_arn) in plan.drained_tasks {
+        drained
+            .entry((cluster, service_name))
+            .or_default()
+            .push(task_arn);
+    }
+    for ((cluster, service_name), tasks) in drained {
+        commands.push(Command::ServicePlan {
+            cluster: cluster.into(),
+            service_name: service_name.into(),
+            plan: PlanResult {
+                drained: tasks,
+                ..PlanResult::default()
+            },
+            now_ms,
+        });
+    }
+    commands
+}
+
 /// A cheap deterministic mix of a seed and an index (task ids must differ).
 fn rand_like(seed: u64, index: usize) -> u64 {
     let mut x = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -276,6 +332,8 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
         let mut revisions = raft.store().subscribe();
         let mut last_prune = Instant::now();
         let mut refused_placement: Option<(Command, Instant)> = None;
+        // The target health checks run beside these loops while leading.
+        let health_checks = AbortOnDrop(tokio::spawn(health::run(raft.clone())));
         while raft.status().role == Role::Leader {
             // Level-triggered: any change wakes the loop, the ticker repairs anything missed.
             tokio::select! {
@@ -317,6 +375,7 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
                 raft.store()
                     .read(|state| service_commands(state, now_ms(), seed)),
             );
+            commands.extend(raft.store().read(|state| target_commands(state, now_ms())));
             if now.duration_since(last_prune) > Duration::from_secs(60) {
                 last_prune = now;
                 commands.extend(
@@ -355,10 +414,21 @@ pub async fn run(raft: RaftHandle, liveness: Liveness, options: ControllerOption
                 }
             }
         }
+        drop(health_checks);
         tracing::info!(
             node = raft.status().id,
             "no longer leading: control loops stopped"
         );
+    }
+}
+
+/// Aborts a spawned loop when dropped (a leader-only loop ends with the
+/// leadership, however the controller's loop ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1257,5 +1327,441 @@ mod tests {
         let error = with_id(&mut state, "run", run).unwrap_err().to_string();
         assert!(error.contains("can no longer be given"), "{error}");
         assert!(state.task("default", "t1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+    use crate::model::elbv2::{TargetHealth, HOST_ADDRESS_ATTRIBUTE};
+    use crate::model::{
+        ContainerStateChange, InstanceRegistration, NetworkBinding, TaskStateChange, TaskStatus,
+    };
+    use crate::store::elbv2::tests::{lb, listener, tg};
+    use crate::store::elbv2::TargetHealthChange;
+    use crate::store::services::ServiceUpdate;
+    use crate::store::state::apply;
+
+    fn propose(state: &mut State, command: Command) -> serde_json::Value {
+        let proposal = Proposal {
+            request_id: crate::vocab::ids::request_id(),
+            command,
+        };
+        apply(state, &proposal).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn propose_all(state: &mut State, commands: Vec<Command>) {
+        for command in commands {
+            propose(state, command);
+        }
+    }
+
+    fn step(state: &mut State, decide: impl Fn(&State) -> Vec<Command>) {
+        let commands = decide(state);
+        propose_all(state, commands);
+    }
+
+    fn elbv2(state: &mut State, command: Elbv2Command) {
+        propose(state, Command::Elbv2(command));
+    }
+
+    /// One instance with a host address, task definition `web:1` (port 80,
+    /// dynamic host port), target group `web` (type instance) behind a
+    /// listener, and service `web` of `desired` tasks behind it.
+    fn lab(desired: u32) -> (State, String) {
+        let mut state = State::default();
+        propose(
+            &mut state,
+            Command::InitControlPlane {
+                control_plane_id: "cp".into(),
+                first_member_id: 1,
+                first_member_address: "a".into(),
+                now_ms: 1,
+            },
+        );
+        let registration = InstanceRegistration {
+            hostname: "pi".into(),
+            cpu: 4096,
+            memory_mib: 4096,
+            reserved_ports: vec![],
+            attributes: vec![crate::model::Attribute {
+                name: HOST_ADDRESS_ATTRIBUTE.into(),
+                value: Some("10.0.0.7".into()),
+            }],
+            agent_version: "t".into(),
+            docker_version: "t".into(),
+        };
+        propose(
+            &mut state,
+            Command::RegisterContainerInstance {
+                cluster: "default".into(),
+                instance_id: "i-a".into(),
+                registration,
+                now_ms: 1,
+                agent_session: String::new(),
+            },
+        );
+        let (definition, _) = crate::taskdef::parse_register_input(
+            r#"{"family": "web", "containerDefinitions": [{"name": "web", "image": "x", "memory": 64,
+                "portMappings": [{"containerPort": 80, "hostPort": 0}]}]}"#,
+        )
+        .unwrap();
+        propose(
+            &mut state,
+            Command::RegisterTaskDefinition {
+                task_definition: definition,
+                now_ms: 1,
+            },
+        );
+        let mut group = tg("web", "00000000000000aa");
+        group.target_type = "instance".into();
+        let group_arn = group.target_group_arn.clone();
+        elbv2(
+            &mut state,
+            Elbv2Command::CreateTargetGroup {
+                target_group: Box::new(group),
+            },
+        );
+        let balancer = lb("web", "00000000000000bb");
+        let lb_arn = balancer.load_balancer_arn.clone();
+        elbv2(
+            &mut state,
+            Elbv2Command::CreateLoadBalancer {
+                load_balancer: balancer,
+            },
+        );
+        elbv2(
+            &mut state,
+            Elbv2Command::CreateListener {
+                listener: listener(&lb_arn, "00000000000000cc", 8080, &group_arn),
+            },
+        );
+        let service = crate::model::Service {
+            service_arn: crate::model::arn("service", "default/web"),
+            service_name: "web".into(),
+            cluster_arn: crate::model::arn("cluster", "default"),
+            status: "ACTIVE".into(),
+            desired_count: desired,
+            task_definition: "web:1".into(),
+            deployment_configuration: Default::default(),
+            placement_strategy: vec![],
+            placement_constraints: vec![],
+            load_balancers: vec![crate::model::LoadBalancer {
+                target_group_arn: group_arn.clone(),
+                container_name: "web".into(),
+                container_port: 80,
+            }],
+            health_check_grace_period_seconds: 0,
+            scheduling_strategy: "REPLICA".into(),
+            deployments: vec![],
+            events: vec![],
+            created_at: 0.0,
+            next_deployment: 0,
+            last_completed_task_definition: None,
+        };
+        propose(
+            &mut state,
+            Command::CreateService {
+                service: Box::new(service),
+                now_ms: 1,
+            },
+        );
+        (state, group_arn)
+    }
+
+    /// The agent reports every PENDING task of the service RUNNING, each on
+    /// its own host port from 32768.
+    fn run_pending(state: &mut State, now_ms: u64) {
+        let pending: Vec<String> = state
+            .service_tasks("default", "web")
+            .iter()
+            .filter(|t| t.last_status == TaskStatus::Pending)
+            .map(|t| t.task_arn.clone())
+            .collect();
+        let used = state.elbv2.targets.len() as u16 + 10 * state.tasks.len() as u16;
+        for (i, task_arn) in pending.into_iter().enumerate() {
+            let change = TaskStateChange {
+                task_arn,
+                status: TaskStatus::Running,
+                reason: None,
+                stop_code: None,
+                containers: vec![ContainerStateChange {
+                    container_name: "web".into(),
+                    runtime_id: Some("c".into()),
+                    status: "RUNNING".into(),
+                    exit_code: None,
+                    reason: None,
+                    network_bindings: vec![NetworkBinding {
+                        bind_ip: "0.0.0.0".into(),
+                        container_port: 80,
+                        host_port: 32768 + used + i as u16,
+                        protocol: "tcp".into(),
+                    }],
+                    health_status: "UNKNOWN".into(),
+                }],
+                health_status: "UNKNOWN".into(),
+                at_ms: now_ms,
+            };
+            propose(
+                state,
+                Command::SubmitTaskStateChange {
+                    cluster: "default".into(),
+                    instance_id: "i-a".into(),
+                    change,
+                },
+            );
+        }
+    }
+
+    fn statuses(state: &State) -> Vec<(TaskStatus, TaskStatus)> {
+        let mut all: Vec<_> = state
+            .service_tasks("default", "web")
+            .iter()
+            .map(|t| (t.last_status, t.desired_status))
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn set_all(state: &mut State, group_arn: &str, health: TargetHealth) {
+        let changes = state
+            .elbv2
+            .targets
+            .values()
+            .filter(|t| t.draining_since_ms.is_none())
+            .map(|t| TargetHealthChange {
+                id: t.id.clone(),
+                port: t.port,
+                health: health.clone(),
+            })
+            .collect();
+        elbv2(
+            state,
+            Elbv2Command::SetTargetHealth {
+                target_group_arn: group_arn.into(),
+                changes,
+            },
+        );
+    }
+
+    #[test]
+    fn running_tasks_become_targets_and_a_deployment_waits_for_their_health() {
+        let (mut state, group_arn) = lab(2);
+        step(&mut state, |s| service_commands(s, 1_000, 7));
+        assert!(
+            target_commands(&state, 1_000).is_empty(),
+            "nothing runs yet"
+        );
+        run_pending(&mut state, 2_000);
+        let register = target_commands(&state, 2_000);
+        assert_eq!(register.len(), 1, "{register:?}");
+        propose_all(&mut state, register);
+        let targets: Vec<_> = state.elbv2.targets.values().cloned().collect();
+        assert_eq!(targets.len(), 2);
+        for target in &targets {
+            assert_eq!(target.id, "i-a");
+            assert!(target.address.starts_with("10.0.0.7:"), "{target:?}");
+            assert!(target.task_arn.is_some());
+            assert_eq!(target.health.state, "initial");
+        }
+        assert!(
+            target_commands(&state, 2_500).is_empty(),
+            "registered targets are not proposed again"
+        );
+        // Long past MIN_RUNNING_MS, the deployment still waits for healthy targets.
+        let waiting = service_commands(&state, 60_000, 7);
+        assert!(waiting.is_empty(), "{waiting:?}");
+        set_all(&mut state, &group_arn, TargetHealth::healthy());
+        step(&mut state, |s| service_commands(s, 60_000, 7));
+        let service = state.service("default", "web").unwrap();
+        assert_eq!(service.deployments[0].rollout_state, "COMPLETED");
+        assert!(service_commands(&state, 61_000, 7).is_empty());
+        assert!(
+            target_commands(&state, 61_000).is_empty(),
+            "an idle service writes nothing"
+        );
+    }
+
+    #[test]
+    fn a_scaled_in_task_drains_as_deactivating_then_stops() {
+        let (mut state, group_arn) = lab(2);
+        step(&mut state, |s| service_commands(s, 1_000, 7));
+        run_pending(&mut state, 2_000);
+        step(&mut state, |s| target_commands(s, 2_000));
+        set_all(&mut state, &group_arn, TargetHealth::healthy());
+        step(&mut state, |s| service_commands(s, 3_000, 7));
+
+        propose(
+            &mut state,
+            Command::UpdateService {
+                cluster: "default".into(),
+                service_name: "web".into(),
+                update: ServiceUpdate {
+                    desired_count: Some(1),
+                    ..Default::default()
+                },
+                now_ms: 10_000,
+            },
+        );
+        step(&mut state, |s| service_commands(s, 10_000, 7));
+        assert_eq!(
+            statuses(&state),
+            [
+                (TaskStatus::Running, TaskStatus::Running),
+                (TaskStatus::Deactivating, TaskStatus::Running)
+            ],
+            "the task keeps running while its target drains"
+        );
+        assert!(
+            service_commands(&state, 10_100, 7).is_empty(),
+            "no replacement"
+        );
+        let deregister = target_commands(&state, 10_100);
+        assert!(
+            matches!(
+                deregister.as_slice(),
+                [Command::Elbv2(Elbv2Command::DeregisterTargets { targets, .. })] if targets.len() == 1
+            ),
+            "{deregister:?}"
+        );
+        propose_all(&mut state, deregister);
+        let draining = state
+            .elbv2
+            .targets
+            .values()
+            .filter(|t| t.health.state == "draining")
+            .count();
+        assert_eq!(draining, 1);
+        for now_ms in [10_200, 15_000, 20_099] {
+            assert!(
+                target_commands(&state, now_ms).is_empty(),
+                "nothing to write while it drains ({now_ms} ms)"
+            );
+        }
+        // The group's deregistration delay (10 s) has passed.
+        let remove = target_commands(&state, 20_100);
+        assert_eq!(remove.len(), 1, "{remove:?}");
+        propose_all(&mut state, remove);
+        assert_eq!(state.elbv2.targets.len(), 1);
+        let stop = target_commands(&state, 20_200);
+        assert_eq!(stop.len(), 1, "{stop:?}");
+        propose_all(&mut state, stop);
+        assert_eq!(
+            statuses(&state),
+            [
+                (TaskStatus::Running, TaskStatus::Running),
+                (TaskStatus::Deactivating, TaskStatus::Stopped)
+            ]
+        );
+        let stopped = state
+            .service_tasks("default", "web")
+            .into_iter()
+            .find(|t| t.desired_status == TaskStatus::Stopped)
+            .unwrap();
+        assert_eq!(
+            stopped.stop_code.as_deref(),
+            Some(crate::model::stop_code::SERVICE_SCHEDULER_INITIATED)
+        );
+        assert!(target_commands(&state, 20_300).is_empty());
+        let events: Vec<&str> = state
+            .service("default", "web")
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains("has begun draining connections on 1 tasks")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_task_whose_target_fails_its_checks_is_replaced_after_the_grace_period() {
+        let (mut state, group_arn) = lab(1);
+        step(&mut state, |s| service_commands(s, 1_000, 7));
+        run_pending(&mut state, 2_000);
+        step(&mut state, |s| target_commands(s, 2_000));
+        set_all(
+            &mut state,
+            &group_arn,
+            TargetHealth::unhealthy(
+                "Target.ResponseCodeMismatch",
+                "Health checks failed with these codes: [500]",
+            ),
+        );
+        propose(
+            &mut state,
+            Command::UpdateService {
+                cluster: "default".into(),
+                service_name: "web".into(),
+                update: ServiceUpdate {
+                    health_check_grace_period_seconds: Some(30),
+                    ..Default::default()
+                },
+                now_ms: 3_000,
+            },
+        );
+        assert!(
+            service_commands(&state, 31_000, 7).is_empty(),
+            "within the grace period an unhealthy target is tolerated"
+        );
+        let replace = service_commands(&state, 32_500, 7);
+        propose_all(&mut state, replace);
+        let statuses = statuses(&state);
+        assert!(
+            statuses.contains(&(TaskStatus::Deactivating, TaskStatus::Running))
+                && statuses.contains(&(TaskStatus::Pending, TaskStatus::Running)),
+            "the failing task drains and a replacement starts: {statuses:?}"
+        );
+        let newest = &state.service("default", "web").unwrap().events;
+        assert!(
+            newest
+                .iter()
+                .any(|e| e.message.contains("failed ELB health checks")),
+            "{newest:?}"
+        );
+    }
+
+    #[test]
+    fn a_stopped_task_leaves_its_target_group() {
+        let (mut state, _) = lab(1);
+        step(&mut state, |s| service_commands(s, 1_000, 7));
+        run_pending(&mut state, 2_000);
+        step(&mut state, |s| target_commands(s, 2_000));
+        let task_arn = state.service_tasks("default", "web")[0].task_arn.clone();
+        // Its container exited (the agent stops the task on its own).
+        let change = TaskStateChange {
+            task_arn,
+            status: TaskStatus::Stopped,
+            reason: Some("Essential container in task exited".into()),
+            stop_code: None,
+            containers: vec![],
+            health_status: "UNKNOWN".into(),
+            at_ms: 3_000,
+        };
+        propose(
+            &mut state,
+            Command::SubmitTaskStateChange {
+                cluster: "default".into(),
+                instance_id: "i-a".into(),
+                change,
+            },
+        );
+        let leave = target_commands(&state, 3_100);
+        assert!(
+            matches!(
+                leave.as_slice(),
+                [Command::Elbv2(Elbv2Command::DeregisterTargets { .. })]
+            ),
+            "{leave:?}"
+        );
+        propose_all(&mut state, leave);
+        assert_eq!(
+            state.elbv2.targets.values().next().unwrap().health.state,
+            "draining"
+        );
     }
 }

@@ -16,13 +16,13 @@ use crate::model::elbv2::{
     TargetHealth,
 };
 use crate::raft::node::RaftHandle;
-use crate::store::elbv2::{attributes_view, parse_priority, target_key, Elbv2Command, Elbv2State};
+use crate::store::elbv2::{
+    attributes_view, parse_priority, target_address, target_key, Elbv2Command, Elbv2State,
+};
 use crate::store::{Command, State};
 use crate::vocab::action::Elbv2Action;
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
-
-use crate::model::elbv2::HOST_ADDRESS_ATTRIBUTE;
 
 /// Dispatches one elbv2 action: the one `match` over [`Elbv2Action`].
 pub async fn call(
@@ -715,41 +715,6 @@ async fn describe_rules(raft: &RaftHandle, body: &str) -> Result<Value> {
     .await
 }
 
-/// Where the proxies reach a target: `Id:Port` for an `ip` target, the
-/// container instance's host address for an `instance` target.
-pub fn target_address(state: &State, target_type: &str, id: &str, port: u16) -> Result<String> {
-    if target_type == "ip" {
-        let ip: std::net::Ipv4Addr = id.parse().map_err(|_| {
-            Error::InvalidInput(format!(
-                "Targets.Id: {id:?} is not an IPv4 address, which a target group of type ip needs"
-            ))
-        })?;
-        return Ok(format!("{ip}:{port}"));
-    }
-    let instance_id = id.rsplit('/').next().unwrap_or(id);
-    let instance = state
-        .container_instances
-        .values()
-        .find(|i| i.container_instance_arn.ends_with(&format!("/{instance_id}")) && i.status != "INACTIVE")
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "Targets.Id: {id:?} is not a registered container instance (see `orc list-container-instances`); a target group of type instance takes container instance ids"
-            ))
-        })?;
-    let host = instance
-        .registration
-        .attributes
-        .iter()
-        .find(|a| a.name == HOST_ADDRESS_ATTRIBUTE)
-        .and_then(|a| a.value.clone())
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "Targets.Id: container instance {instance_id} registered no {HOST_ADDRESS_ATTRIBUTE} attribute, so orc does not know where to reach it; restart its agent with this version of orc"
-            ))
-        })?;
-    Ok(format!("{host}:{port}"))
-}
-
 async fn register_targets(raft: &RaftHandle, body: &str, request_id: String) -> Result<Value> {
     let request: TargetsRequest = parse("RegisterTargets", body)?;
     if request.targets.is_empty() {
@@ -776,6 +741,7 @@ async fn register_targets(raft: &RaftHandle, body: &str, request_id: String) -> 
                     health: TargetHealth::initial(),
                     registered_ms: 0,
                     draining_since_ms: None,
+                    task_arn: None,
                 })
             })
             .collect::<Result<Vec<_>>>()

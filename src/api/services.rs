@@ -73,6 +73,59 @@ fn check_platforms(raft: &RaftHandle, cluster: &str, task_definition: &str) -> R
     )
 }
 
+/// Checks a service's `loadBalancers` as ECS does: each names a target
+/// group that exists and a container of the task definition with a port
+/// mapping for `containerPort`.
+fn check_load_balancers(
+    state: &State,
+    load_balancers: &[LoadBalancer],
+    task_definition: &str,
+) -> Result<()> {
+    if load_balancers.is_empty() {
+        return Ok(());
+    }
+    if load_balancers.len() > 5 {
+        return Err(Error::InvalidInput(format!(
+            "loadBalancers: a service takes at most 5 target groups, got {}",
+            load_balancers.len()
+        )));
+    }
+    let definition = state.resolve_task_definition(task_definition)?;
+    for (i, lb) in load_balancers.iter().enumerate() {
+        let field = format!("loadBalancers[{i}]");
+        state
+            .elbv2
+            .target_group(&lb.target_group_arn)
+            .map_err(|e| match e {
+                Error::InvalidInput(text) | Error::Refused(_, text) => {
+                    Error::InvalidInput(format!("{field}.targetGroupArn: {text}"))
+                }
+                other => other,
+            })?;
+        let Some(container) = definition
+            .container_definitions
+            .iter()
+            .find(|c| c.name == lb.container_name)
+        else {
+            return Err(Error::InvalidInput(format!(
+                "{field}.containerName: the task definition has no container named {:?}; name one of its containers",
+                lb.container_name
+            )));
+        };
+        let mapped = container
+            .port_mappings
+            .iter()
+            .any(|pm| pm.container_port == Some(i64::from(lb.container_port)));
+        if !mapped {
+            return Err(Error::InvalidInput(format!(
+                "{field}.containerPort: container {:?} has no port mapping for port {}; add one to its portMappings (hostPort 0 for a dynamic port)",
+                lb.container_name, lb.container_port
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn create_service(
     raft: &RaftHandle,
     limits: ServiceLimits,
@@ -125,6 +178,9 @@ pub(super) async fn create_service(
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let cluster = cluster_of(&request.cluster);
     check_platforms(raft, &cluster, &request.task_definition)?;
+    raft.store().read(|state| {
+        check_load_balancers(state, &request.load_balancers, &request.task_definition)
+    })?;
     let service = Service {
         service_arn: model::arn("service", &format!("{cluster}/{}", request.service_name)),
         service_name: request.service_name,

@@ -529,8 +529,28 @@ impl TargetHealth {
     pub fn initial() -> TargetHealth {
         TargetHealth {
             state: "initial".into(),
-            reason: Some("Elb.InitialHealthChecking".into()),
-            description: Some("Initial health checks in progress".into()),
+            reason: Some("Elb.RegistrationInProgress".into()),
+            description: Some("Target registration is in progress".into()),
+        }
+    }
+
+    /// A target that passed its health checks.
+    pub fn healthy() -> TargetHealth {
+        TargetHealth {
+            state: "healthy".into(),
+            reason: None,
+            description: None,
+        }
+    }
+
+    /// A target that failed its health checks, with ELB's reason code
+    /// (`Target.FailedHealthChecks`, `Target.ResponseCodeMismatch`,
+    /// `Target.Timeout`) and a sentence.
+    pub fn unhealthy(reason: &str, description: &str) -> TargetHealth {
+        TargetHealth {
+            state: "unhealthy".into(),
+            reason: Some(reason.into()),
+            description: Some(description.into()),
         }
     }
 }
@@ -552,6 +572,10 @@ pub struct RegisteredTarget {
     /// When it was deregistered: it drains until the delay passes.
     #[serde(default)]
     pub draining_since_ms: Option<u64>,
+    /// The service's task this target is, when the control plane registered
+    /// it (it is deregistered when that task stops running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_arn: Option<String>,
 }
 
 /// The stored form of a target group: what is shown plus its attributes.

@@ -4,11 +4,13 @@
 //! PROVISIONING (`provisioning`) and the service reconciler (`service`).
 //! No I/O here.
 
+pub mod health;
 pub mod placement;
 pub mod platforms;
 pub mod provisioning;
 pub mod query;
 pub mod service;
+pub mod targets;
 
 use std::collections::BTreeMap;
 

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::model::{Service, Task, TaskStatus};
 use crate::scheduler::placement::{InstanceStatus, InstanceView, PlacementConstraint};
 use crate::scheduler::query::QuerySubject;
+use crate::scheduler::targets::TargetStatus;
 
 pub use crate::model::{backoff_ms, restart_delay_ms, BACKOFF_BASE_MS, BACKOFF_CAP_MS};
 
@@ -74,9 +75,15 @@ pub fn failure_threshold(desired: u32) -> u32 {
     desired.div_ceil(2).clamp(10, 200)
 }
 
+/// A task the service counts: wanted RUNNING and not yet stopping (a
+/// DEACTIVATING task is draining from its load balancer and is replaced).
 fn is_live(task: &Task) -> bool {
-    task.desired_status == TaskStatus::Running && task.last_status != TaskStatus::Stopped
+    task.desired_status == TaskStatus::Running && task.last_status < TaskStatus::Deactivating
 }
+
+/// The health of each task's load balancer targets, by task ARN
+/// (`scheduler::targets::task_target_health`).
+pub type TargetHealthByTask = BTreeMap<String, TargetStatus>;
 
 /// How long a task without a health check must have been RUNNING before a
 /// deployment counts it as healthy. ECS counts it at once; orc waits a
@@ -84,21 +91,43 @@ fn is_live(task: &Task) -> bool {
 /// never replaces a good task. A passing health check counts at once.
 pub const MIN_RUNNING_MS: u64 = 3_000;
 
-/// Whether a task counts toward the healthy minimum.
-pub fn is_healthy(service: &Service, task: &Task, now_ms: u64) -> bool {
+/// Whether a task counts toward the healthy minimum. Behind a load
+/// balancer, as ECS does: once its target is healthy in every target group
+/// of the service (and its container health check, if any, is not failing).
+pub fn is_healthy(
+    service: &Service,
+    task: &Task,
+    targets: &TargetHealthByTask,
+    now_ms: u64,
+) -> bool {
     if task.last_status != TaskStatus::Running || task.health_status == "UNHEALTHY" {
         return false;
+    }
+    if !service.load_balancers.is_empty() {
+        return targets.get(&task.task_arn) == Some(&TargetStatus::Healthy);
     }
     if task.health_status == "HEALTHY" {
         return true;
     }
-    let grace_ms = if service.load_balancers.is_empty() {
-        MIN_RUNNING_MS
-    } else {
-        (u64::from(service.health_check_grace_period_seconds) * 1000).max(MIN_RUNNING_MS)
-    };
     task.started_at
-        .is_some_and(|started| (started * 1000.0) as u64 + grace_ms <= now_ms)
+        .is_some_and(|started| (started * 1000.0) as u64 + MIN_RUNNING_MS <= now_ms)
+}
+
+/// Whether a task failed its load balancer health checks after its
+/// service's `healthCheckGracePeriodSeconds` (counted from its start): the
+/// service replaces it, as ECS does.
+pub fn failed_target_health(
+    service: &Service,
+    task: &Task,
+    targets: &TargetHealthByTask,
+    now_ms: u64,
+) -> bool {
+    let grace_ms = u64::from(service.health_check_grace_period_seconds) * 1000;
+    task.last_status == TaskStatus::Running
+        && targets.get(&task.task_arn) == Some(&TargetStatus::Unhealthy)
+        && task
+            .started_at
+            .is_some_and(|started| (started * 1000.0) as u64 + grace_ms <= now_ms)
 }
 
 /// Stop order: tasks that are not running first, then the newest.
@@ -121,10 +150,39 @@ pub fn reconcile(
     service: &Service,
     tasks: &[&Task],
     instances: &[InstanceView],
+    targets: &TargetHealthByTask,
     now_ms: u64,
 ) -> Plan {
     let mut plan = Plan::default();
-    let live: Vec<&Task> = tasks.iter().copied().filter(|t| is_live(t)).collect();
+    let mut live: Vec<&Task> = tasks.iter().copied().filter(|t| is_live(t)).collect();
+    if service.status == "ACTIVE" {
+        // Tasks whose targets failed their health checks past the grace
+        // period are replaced.
+        let (failed, kept): (Vec<&Task>, Vec<&Task>) = live
+            .into_iter()
+            .partition(|t| failed_target_health(service, t, targets, now_ms));
+        live = kept;
+        for task in failed {
+            let groups: Vec<&str> = service
+                .load_balancers
+                .iter()
+                .map(|lb| lb.target_group_arn.as_str())
+                .collect();
+            let reason = format!(
+                "Task failed ELB health checks in (target-group {})",
+                groups.join(", ")
+            );
+            plan.events.push(message(
+                service,
+                &format!(
+                    "(task {}) failed ELB health checks in (target-group {}).",
+                    task.id(),
+                    groups.join(", ")
+                ),
+            ));
+            plan.stops.push((task.task_arn.clone(), reason));
+        }
+    }
     if service.status != "ACTIVE" {
         for task in &live {
             plan.stops
@@ -156,6 +214,7 @@ pub fn reconcile(
             primary,
             &live,
             &on_leaving_instance,
+            targets,
             now_ms,
             &mut plan,
         );
@@ -179,6 +238,7 @@ fn reconcile_replica(
     primary: &crate::model::Deployment,
     live: &[&Task],
     on_leaving_instance: &dyn Fn(&Task) -> bool,
+    targets: &TargetHealthByTask,
     now_ms: u64,
     plan: &mut Plan,
 ) {
@@ -242,7 +302,7 @@ fn reconcile_replica(
         |task: &Task| task.last_status == TaskStatus::Running && task.health_status != "UNHEALTHY";
     let healthy_total = primary_tasks
         .iter()
-        .filter(|t| is_healthy(service, t, now_ms))
+        .filter(|t| is_healthy(service, t, targets, now_ms))
         .count()
         + others.iter().filter(|t| serving(t)).count();
     let mut may_stop_healthy = healthy_total.saturating_sub(min_healthy);
@@ -265,7 +325,7 @@ fn reconcile_replica(
     // Rollout progress.
     let primary_healthy = primary_tasks
         .iter()
-        .filter(|t| is_healthy(service, t, now_ms))
+        .filter(|t| is_healthy(service, t, targets, now_ms))
         .count();
     let old_left = others.len()
         > plan
@@ -433,7 +493,13 @@ mod tests {
 
     /// The plan for `service` and `tasks` on one ACTIVE instance "a" at 10 s.
     fn reconcile_on_one_active_instance(service: &Service, tasks: &[&Task]) -> Plan {
-        reconcile(service, tasks, &[view("a", InstanceStatus::Active)], 10_000)
+        reconcile(
+            service,
+            tasks,
+            &[view("a", InstanceStatus::Active)],
+            &TargetHealthByTask::new(),
+            10_000,
+        )
     }
 
     fn deployment(id: &str, status: &str, definition: &str) -> Deployment {
@@ -509,7 +575,13 @@ mod tests {
     #[test]
     fn a_new_service_starts_its_desired_count() {
         let service = service(3, 100, 200, vec![deployment("d2", "PRIMARY", "web:1")]);
-        let plan = reconcile(&service, &[], &[view("a", InstanceStatus::Active)], 0);
+        let plan = reconcile(
+            &service,
+            &[],
+            &[view("a", InstanceStatus::Active)],
+            &TargetHealthByTask::new(),
+            0,
+        );
         assert_eq!(plan.starts.len(), 1);
         assert_eq!(plan.starts[0].count, 3);
         assert!(plan.stops.is_empty());
@@ -667,6 +739,7 @@ mod tests {
             &service,
             &[],
             &[view("a", InstanceStatus::Active)],
+            &TargetHealthByTask::new(),
             10_000 + backoff_ms(4) - 1,
         );
         assert!(waiting.starts.is_empty());
@@ -674,6 +747,7 @@ mod tests {
             &service,
             &[],
             &[view("a", InstanceStatus::Active)],
+            &TargetHealthByTask::new(),
             10_000 + backoff_ms(4),
         );
         assert_eq!(ready.starts[0].count, 1);
@@ -700,7 +774,13 @@ mod tests {
             view("a", InstanceStatus::Draining),
             view("b", InstanceStatus::Active),
         ];
-        let plan = reconcile(&service, &refs, &instances, 10_000);
+        let plan = reconcile(
+            &service,
+            &refs,
+            &instances,
+            &TargetHealthByTask::new(),
+            10_000,
+        );
         assert_eq!(plan.starts[0].count, 2, "replacements start elsewhere");
         assert_eq!(
             plan.stops.len(),
@@ -723,7 +803,7 @@ mod tests {
             view("b", InstanceStatus::Active),
             view("c", InstanceStatus::Draining),
         ];
-        let plan = reconcile(&service, &refs, &instances, 0);
+        let plan = reconcile(&service, &refs, &instances, &TargetHealthByTask::new(), 0);
         assert_eq!(plan.starts.len(), 1);
         assert_eq!(plan.starts[0].instance_id.as_deref(), Some("b"));
         assert_eq!(plan.stops.len(), 1, "the task on an unknown instance stops");

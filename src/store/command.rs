@@ -441,6 +441,9 @@ impl Command {
                 for (task, _) in &plan.stops {
                     subjects.push("task", last_segment(task));
                 }
+                for task in &plan.drained {
+                    subjects.push("task", last_segment(task));
+                }
             }
             Command::RegistryCreateRepository {
                 repository_name, ..

@@ -744,6 +744,9 @@ pub fn submit_task_state_change(
         state.release(&key);
     }
     let task = state.tasks.get_mut(&key).expect("checked above");
+    // A task the service scheduler is draining (DEACTIVATING) that stops
+    // before its drain ends stopped as asked, not of its own failure.
+    let was_deactivating = task.last_status == TaskStatus::Deactivating;
     if change.status == TaskStatus::Running && task.started_at.is_none() {
         task.started_at = Some(seconds(change.at_ms));
     }
@@ -765,8 +768,12 @@ pub fn submit_task_state_change(
             container.health_status = report.health_status.clone();
         }
     }
-    let failed_on_its_own =
-        change.status >= TaskStatus::Deactivating && task.desired_status != TaskStatus::Stopped;
+    let failed_on_its_own = change.status >= TaskStatus::Deactivating
+        && task.desired_status != TaskStatus::Stopped
+        && !was_deactivating;
+    if was_deactivating && change.status > TaskStatus::Deactivating {
+        task.desired_status = TaskStatus::Stopped;
+    }
     if failed_on_its_own {
         // The agent stopped it on its own (essential container exited, failed to start).
         task.desired_status = TaskStatus::Stopped;

@@ -14,6 +14,7 @@ use crate::error::Refusal;
 use crate::model::elbv2::{
     self as m, arn_key, HealthCheckSettings, Listener, LoadBalancer, RegisteredTarget, Rule,
     RuleAction, RuleCondition, TargetGroup, TargetGroupRecord, TargetHealth,
+    HOST_ADDRESS_ATTRIBUTE,
 };
 use crate::Error;
 
@@ -658,8 +659,14 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
                         existing.health = TargetHealth::initial();
                         existing.address.clone_from(&target.address);
                         existing.registered_ms = *now_ms;
+                        existing.task_arn.clone_from(&target.task_arn);
                     }
-                    Some(_) => {}
+                    // Registered again by a new task on the same host port.
+                    Some(existing) => {
+                        if target.task_arn.is_some() {
+                            existing.task_arn.clone_from(&target.task_arn);
+                        }
+                    }
                     None => {
                         let mut target = target.clone();
                         target.registered_ms = *now_ms;
@@ -744,6 +751,46 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
             Ok(json!({ "removed": drained.len() }))
         }
     }
+}
+
+/// Where the proxies reach a target: `Id:Port` for an `ip` target, the
+/// container instance's host address for an `instance` target.
+pub fn target_address(
+    state: &State,
+    target_type: &str,
+    id: &str,
+    port: u16,
+) -> Result<String, Error> {
+    if target_type == "ip" {
+        let ip: std::net::Ipv4Addr = id.parse().map_err(|_| {
+            Error::InvalidInput(format!(
+                "Targets.Id: {id:?} is not an IPv4 address, which a target group of type ip needs"
+            ))
+        })?;
+        return Ok(format!("{ip}:{port}"));
+    }
+    let instance_id = id.rsplit('/').next().unwrap_or(id);
+    let instance = state
+        .container_instances
+        .values()
+        .find(|i| i.container_instance_arn.ends_with(&format!("/{instance_id}")) && i.status != "INACTIVE")
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "Targets.Id: {id:?} is not a registered container instance (see `orc list-container-instances`); a target group of type instance takes container instance ids"
+            ))
+        })?;
+    let host = instance
+        .registration
+        .attributes
+        .iter()
+        .find(|a| a.name == HOST_ADDRESS_ATTRIBUTE)
+        .and_then(|a| a.value.clone())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "Targets.Id: container instance {instance_id} registered no {HOST_ADDRESS_ATTRIBUTE} attribute, so orc does not know where to reach it; restart its agent with this version of orc"
+            ))
+        })?;
+    Ok(format!("{host}:{port}"))
 }
 
 /// The attributes as elbv2 shows them: `[{Key, Value}]`.
@@ -835,7 +882,7 @@ fn check_listener(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::command::{Command, Proposal};
     use crate::store::state::apply as apply_proposal;
@@ -920,6 +967,7 @@ mod tests {
 
     fn target(id: &str, port: u16) -> RegisteredTarget {
         RegisteredTarget {
+            task_arn: None,
             id: id.into(),
             port,
             address: format!("{id}:{port}"),

@@ -32,6 +32,10 @@ pub struct PlanResult {
     pub events: Vec<String>,
     /// The deleted service has no tasks left.
     pub inactive: bool,
+    /// DEACTIVATING tasks whose load balancer targets finished draining:
+    /// they stop now (desired STOPPED).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<String>,
 }
 
 impl State {
@@ -292,13 +296,29 @@ pub fn apply_plan(
     let cluster = model::cluster_name_from(cluster);
     let key = scoped_key(&cluster, service_name);
     state.service(&cluster, service_name)?;
+    let behind_load_balancer = !state
+        .service(&cluster, service_name)?
+        .load_balancers
+        .is_empty();
     let mut stopped = Vec::new();
+    let mut deactivated = Vec::new();
     for (task_arn, reason) in &plan.stops {
-        let live = state
+        let (live, running) = state
             .task(&cluster, task_arn)
-            .map(|t| t.desired_status == TaskStatus::Running)
-            .unwrap_or(false);
-        if live {
+            .map(|t| {
+                (
+                    t.desired_status == TaskStatus::Running
+                        && t.last_status < TaskStatus::Deactivating,
+                    t.last_status == TaskStatus::Running,
+                )
+            })
+            .unwrap_or((false, false));
+        if live && running && behind_load_balancer {
+            // ECS's order behind a load balancer: DEACTIVATING while the
+            // targets drain (the controller deregisters them), then STOPPING.
+            deactivate(state, &cluster, task_arn, reason, now_ms);
+            deactivated.push(task_arn.rsplit('/').next().unwrap_or(task_arn).to_string());
+        } else if live {
             ecs::stop_task(
                 state,
                 &cluster,
@@ -310,7 +330,35 @@ pub fn apply_plan(
             stopped.push(task_arn.rsplit('/').next().unwrap_or(task_arn).to_string());
         }
     }
+    for task_arn in &plan.drained {
+        let deactivating = state.task(&cluster, task_arn).is_ok_and(|t| {
+            t.last_status == TaskStatus::Deactivating && t.desired_status == TaskStatus::Running
+        });
+        if deactivating {
+            let reason = state
+                .task(&cluster, task_arn)
+                .ok()
+                .and_then(|t| t.stopped_reason.clone())
+                .unwrap_or_default();
+            ecs::stop_task(
+                state,
+                &cluster,
+                task_arn,
+                &reason,
+                stop_code::SERVICE_SCHEDULER_INITIATED,
+                now_ms,
+            )?;
+        }
+    }
     let service = state.services.get_mut(&key).expect("checked above");
+    if !deactivated.is_empty() {
+        let text = format!(
+            "(service {service_name}) has begun draining connections on {} tasks: {}.",
+            deactivated.len(),
+            listed_tasks(&deactivated)
+        );
+        push_event(service, text, now_ms);
+    }
     if !stopped.is_empty() {
         let text = format!(
             "(service {service_name}) has stopped {} running tasks: {}.",
@@ -353,6 +401,21 @@ pub fn apply_plan(
         service.status = "INACTIVE".into();
     }
     Ok(json!({ "service": service.clone() }))
+}
+
+/// Moves a RUNNING task of a service behind a load balancer to
+/// DEACTIVATING: it keeps running (desired RUNNING) while the controller
+/// deregisters its targets and they drain; the stop reason and code are
+/// recorded now, as ECS shows them during the drain.
+fn deactivate(state: &mut State, cluster: &str, task_arn: &str, reason: &str, now_ms: u64) {
+    let key = scoped_key(cluster, task_arn.rsplit('/').next().unwrap_or(task_arn));
+    if let Some(task) = state.tasks.get_mut(&key) {
+        task.last_status = TaskStatus::Deactivating;
+        task.stop_code = Some(stop_code::SERVICE_SCHEDULER_INITIATED.to_string());
+        task.stopped_reason = Some(reason.to_string());
+        task.stopping_at = Some(seconds(now_ms));
+        task.version += 1;
+    }
 }
 
 /// Called when a service's task reached STOPPED on its own (its essential
