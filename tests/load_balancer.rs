@@ -1,6 +1,9 @@
 //! The built-in load balancer's control plane end to end, through the real
-//! `orc elbv2` command line: elbv2's JSON shapes and defaults, and bad input
-//! refused with a sentence naming the field, nothing half-created.
+//! `orc elbv2` command line: elbv2's JSON shapes and defaults, bad input
+//! refused with a sentence naming the field, nothing half-created; the
+//! leader's health checks steering traffic; and a service behind a target
+//! group on the real Docker Engine (round-robin over its tasks, a killed
+//! container replaced, a rolling deployment) under a steady request loop.
 
 mod common;
 
@@ -9,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{eventually, free_port, TestServer};
-use serde_json::Value;
+use common::images::busybox_image;
+use common::orc::TestOrc;
+use serde_json::{json, Value};
 
 /// Runs `orc --output json elbv2 ARGS` against `address`.
 fn elbv2(address: &str, args: &[&str]) -> Result<Value, String> {
@@ -396,4 +401,539 @@ async fn elbv2_shapes_defaults_and_bad_input() {
         serde_json::json!([])
     );
     drop(held);
+}
+
+/// An HTTP server on a free port answering every request with the status
+/// in `status` (changeable while it runs) and `body`.
+fn status_server(status: std::sync::Arc<std::sync::atomic::AtomicU16>, body: &'static str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// GET / on 127.0.0.1:`port`: (status, body), or `None` when nothing answers.
+fn get_status(port: u16) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let code = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.trim().to_string();
+    Some((code, body))
+}
+
+/// `describe-target-health` as (id:port, state, reason, description).
+fn target_health(at: &str, tg_arn: &str) -> Vec<(String, String, String, String)> {
+    let health = ok(
+        at,
+        &["describe-target-health", "--target-group-arn", tg_arn],
+    );
+    health["TargetHealthDescriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                format!("{}:{}", text(&d["Target"]["Id"]), d["Target"]["Port"]),
+                text(&d["TargetHealth"]["State"]),
+                text(&d["TargetHealth"]["Reason"]),
+                text(&d["TargetHealth"]["Description"]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_mark_failing_targets_unhealthy_and_keep_traffic_off_them() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let at = server.address.as_str();
+
+    let lb = ok(at, &["create-load-balancer", "--name", "checked"]);
+    let lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tg = ok(
+        at,
+        &[
+            "create-target-group",
+            "--name",
+            "checked-tg",
+            "--protocol",
+            "HTTP",
+            "--port",
+            "80",
+            "--target-type",
+            "ip",
+            "--health-check-path",
+            "/health",
+            "--health-check-interval-seconds",
+            "2",
+            "--health-check-timeout-seconds",
+            "1",
+            "--matcher",
+            "HttpCode=200",
+        ],
+    );
+    let tg_arn = tg["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_port();
+    ok(
+        at,
+        &[
+            "create-listener",
+            "--load-balancer-arn",
+            &lb_arn,
+            "--protocol",
+            "HTTP",
+            "--port",
+            &port.to_string(),
+            "--default-actions",
+            &format!("Type=forward,TargetGroupArn={tg_arn}"),
+        ],
+    );
+    let good_status = Arc::new(AtomicU16::new(200));
+    let bad_status = Arc::new(AtomicU16::new(500));
+    let good = status_server(good_status.clone(), "good");
+    let bad = status_server(bad_status.clone(), "bad");
+    ok(
+        at,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            &tg_arn,
+            "--targets",
+            &format!("Id=127.0.0.1,Port={good} Id=127.0.0.1,Port={bad}"),
+        ],
+    );
+    let good_key = format!("127.0.0.1:{good}");
+    let bad_key = format!("127.0.0.1:{bad}");
+    let described = eventually(
+        Duration::from_secs(40),
+        "the good target healthy and the bad one unhealthy",
+        || async {
+            let health = target_health(at, &tg_arn);
+            let state = |key: &str| health.iter().find(|h| h.0 == key).cloned();
+            let (good, bad) = (state(&good_key)?, state(&bad_key)?);
+            (good.1 == "healthy" && bad.1 == "unhealthy").then_some(bad)
+        },
+    )
+    .await;
+    assert_eq!(described.2, "Target.ResponseCodeMismatch", "{described:?}");
+    assert!(described.3.contains("[500]"), "{described:?}");
+
+    // Only the healthy target gets traffic (once the proxy has the change).
+    eventually(
+        Duration::from_secs(20),
+        "the proxy to route to the healthy target only",
+        || async {
+            let bodies: Vec<String> = (0..6)
+                .filter_map(|_| get_status(port).map(|(_, b)| b))
+                .collect();
+            bodies.iter().all(|b| b == "good").then_some(())
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            get_status(port),
+            Some((200, "good".to_string())),
+            "an unhealthy target got a request"
+        );
+    }
+
+    // Steady states write nothing: checks keep running (every 2 s), the
+    // applied index stays where it is.
+    let applied = |_: ()| async {
+        server
+            .client()
+            .cluster_status(false)
+            .await
+            .expect("cluster status")
+            .applied_index
+    };
+    let before = applied(()).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        applied(()).await,
+        before,
+        "steady health checks wrote to the log"
+    );
+
+    // The failing target recovers and joins the rotation.
+    bad_status.store(200, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "both targets healthy and serving",
+        || async {
+            let health = target_health(at, &tg_arn);
+            if !health.iter().all(|h| h.1 == "healthy") {
+                return None;
+            }
+            let bodies: Vec<String> = (0..6)
+                .filter_map(|_| get_status(port).map(|(_, b)| b))
+                .collect();
+            (bodies.iter().any(|b| b == "bad") && bodies.iter().any(|b| b == "good")).then_some(())
+        },
+    )
+    .await;
+    // A healthy target that starts failing leaves the rotation.
+    good_status.store(503, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "the good target to turn unhealthy",
+        || async {
+            target_health(at, &tg_arn)
+                .iter()
+                .any(|h| h.0 == good_key && h.1 == "unhealthy")
+                .then_some(())
+        },
+    )
+    .await;
+    ok(
+        at,
+        &["delete-load-balancer", "--load-balancer-arn", &lb_arn],
+    );
+}
+
+const IMAGE: &str = "orc-test/busybox:1";
+
+/// A steady loop of GETs through a listener, counting answers by body and
+/// every failure (no answer, or a status other than 200).
+struct RequestLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl RequestLoop {
+    fn start(port: u16) -> RequestLoop {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut served, mut failures) = (0u64, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match get_status(port) {
+                    Some((200, _)) => served += 1,
+                    other => failures.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (served, failures)
+        });
+        RequestLoop {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop: (requests answered 200, the failures).
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// `count` GETs through the listener: how often each body answered.
+fn tally(port: u16, count: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let body = match get_status(port) {
+            Some((200, body)) => body,
+            other => format!("failed: {other:?}"),
+        };
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_docker() {
+    let image = busybox_image(IMAGE);
+    let orc = TestOrc::start().await;
+    let at = orc.server.address.clone();
+    let at = at.as_str();
+    let web = |version: &str| {
+        json!({"family": "lbweb", "containerDefinitions": [{
+            "name": "web", "image": image, "memory": 16, "stopTimeout": 2,
+            "portMappings": [{"containerPort": 80}],
+            "command": ["sh", "-c", format!("echo \"{version} $(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www")],
+        }]})
+    };
+    assert_eq!(orc.register(web("v1")).await, "lbweb:1");
+
+    let lb = ok(at, &["create-load-balancer", "--name", "lab"]);
+    let lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tg = ok(
+        at,
+        &[
+            "create-target-group",
+            "--name",
+            "lab-tg",
+            "--protocol",
+            "HTTP",
+            "--port",
+            "80",
+            "--target-type",
+            "instance",
+            "--health-check-interval-seconds",
+            "2",
+            "--health-check-timeout-seconds",
+            "1",
+        ],
+    );
+    let tg_arn = tg["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        at,
+        &[
+            "modify-target-group-attributes",
+            "--target-group-arn",
+            &tg_arn,
+            "--attributes",
+            "Key=deregistration_delay.timeout_seconds,Value=3",
+        ],
+    );
+    let port = free_port();
+    let listener = ok(
+        at,
+        &[
+            "create-listener",
+            "--load-balancer-arn",
+            &lb_arn,
+            "--protocol",
+            "HTTP",
+            "--port",
+            &port.to_string(),
+            "--default-actions",
+            &format!("Type=forward,TargetGroupArn={tg_arn}"),
+        ],
+    );
+    let listener_arn = listener["Listeners"][0]["ListenerArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A bad container name is refused, naming the field.
+    let (accepted, _, stderr) = orc.cli(&[
+        "create-service",
+        "--service-name",
+        "lab",
+        "--task-definition",
+        "lbweb:1",
+        "--load-balancers",
+        &format!("targetGroupArn={tg_arn},containerName=nope,containerPort=80"),
+    ]);
+    assert!(!accepted, "a service naming no container was created");
+    assert!(
+        stderr.contains("loadBalancers[0].containerName"),
+        "{stderr}"
+    );
+
+    let (created, _, stderr) = orc.cli(&[
+        "create-service",
+        "--service-name",
+        "lab",
+        "--task-definition",
+        "lbweb:1",
+        "--desired-count",
+        "3",
+        "--load-balancers",
+        &format!("targetGroupArn={tg_arn},containerName=web,containerPort=80"),
+    ]);
+    assert!(created, "{stderr}");
+    let service = || async {
+        orc.call("DescribeServices", json!({"services": ["lab"]}))
+            .await["services"][0]
+            .clone()
+    };
+    let healthy_targets = |count: usize| {
+        let tg_arn = tg_arn.clone();
+        move || {
+            let health = target_health(at, &tg_arn);
+            let healthy = health.iter().filter(|h| h.1 == "healthy").count();
+            (healthy == count && health.len() == count).then_some(health)
+        }
+    };
+    let check = healthy_targets(3);
+    eventually(Duration::from_secs(90), "three healthy targets", || async {
+        check()
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the deployment to complete",
+        || async {
+            let service = service().await;
+            (service["deployments"][0]["rolloutState"] == "COMPLETED"
+                && service["runningCount"] == 3)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Round-robin: 30 requests, each of the 3 tasks answers 10.
+    let seen = eventually(
+        Duration::from_secs(20),
+        "30 requests spread 10/10/10",
+        || async {
+            let seen = tally(port, 30);
+            (seen.len() == 3
+                && seen.values().all(|n| *n == 10)
+                && seen.keys().all(|b| b.starts_with("v1 ")))
+            .then_some(seen)
+        },
+    )
+    .await;
+    eprintln!("round-robin over the service: {seen:?}");
+
+    // Kill one container under a steady request loop: its target leaves,
+    // a replacement joins once healthy.
+    let requests = RequestLoop::start(port);
+    let victim = orc.running_containers()[0].clone();
+    let victim_name = format!("v1 {}", &victim[..12]);
+    assert!(
+        seen.contains_key(&victim_name),
+        "{victim_name} not in {seen:?}"
+    );
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    let check = healthy_targets(3);
+    eventually(
+        Duration::from_secs(90),
+        "the replacement's target to be healthy and the killed one gone",
+        || async {
+            let health = check()?;
+            let seen = tally(port, 9);
+            (seen.len() == 3
+                && !seen.contains_key(&victim_name)
+                && seen.keys().all(|b| b.starts_with("v1 ")))
+            .then_some(health)
+        },
+    )
+    .await;
+    let (served, failures) = requests.finish();
+    eprintln!(
+        "killed container: {served} requests answered, {} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(served > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed while a killed task was replaced: {failures:?}",
+        failures.len(),
+        served + failures.len() as u64
+    );
+
+    // A rolling deployment under the request loop: traffic moves to v2.
+    assert_eq!(orc.register(web("v2")).await, "lbweb:2");
+    let requests = RequestLoop::start(port);
+    orc.call(
+        "UpdateService",
+        json!({"service": "lab", "taskDefinition": "lbweb:2"}),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(120),
+        "the v2 deployment to complete and serve alone",
+        || async {
+            let service = service().await;
+            let deployments = service["deployments"].as_array()?;
+            let done = deployments.len() == 1
+                && deployments[0]["taskDefinition"]
+                    .as_str()?
+                    .ends_with("lbweb:2")
+                && deployments[0]["rolloutState"] == "COMPLETED";
+            if !done {
+                return None;
+            }
+            let seen = tally(port, 9);
+            (seen.len() == 3 && seen.keys().all(|b| b.starts_with("v2 "))).then_some(())
+        },
+    )
+    .await;
+    let (served, failures) = requests.finish();
+    eprintln!(
+        "rolling deployment: {served} requests answered, {} failed: {failures:?}",
+        failures.len()
+    );
+    let events: String = service().await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        events.contains("has begun draining connections"),
+        "old tasks were not drained: {events}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rolling deployment: {failures:?}",
+        failures.len(),
+        served + failures.len() as u64
+    );
+
+    // Clean-up: the service (its tasks drain and stop), then the rest.
+    orc.call(
+        "UpdateService",
+        json!({"service": "lab", "desiredCount": 0}),
+    )
+    .await;
+    orc.call("DeleteService", json!({"service": "lab"})).await;
+    eventually(
+        Duration::from_secs(60),
+        "every container to stop",
+        || async { orc.running_containers().is_empty().then_some(()) },
+    )
+    .await;
+    ok(at, &["delete-listener", "--listener-arn", &listener_arn]);
+    ok(
+        at,
+        &["delete-load-balancer", "--load-balancer-arn", &lb_arn],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the targets to drain away",
+        || async { target_health(at, &tg_arn).is_empty().then_some(()) },
+    )
+    .await;
+    ok(at, &["delete-target-group", "--target-group-arn", &tg_arn]);
 }
