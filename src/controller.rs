@@ -1726,6 +1726,38 @@ mod target_tests {
     }
 
     #[test]
+    fn stop_task_on_a_service_task_behind_a_target_group_drains_it_first() {
+        let (mut state, _) = lab(1);
+        step(&mut state, |s| service_commands(s, 1_000, 7));
+        run_pending(&mut state, 2_000);
+        step(&mut state, |s| target_commands(s, 2_000));
+        let task_arn = state.service_tasks("default", "web")[0].task_arn.clone();
+        let answer = propose(
+            &mut state,
+            Command::StopTask {
+                cluster: "default".into(),
+                task_id: task_arn.clone().into(),
+                reason: "by hand".into(),
+                stop_code: crate::model::stop_code::USER_INITIATED.into(),
+                now_ms: 3_000,
+            },
+        );
+        assert_eq!(answer["task"]["lastStatus"], "DEACTIVATING", "{answer}");
+        assert_eq!(answer["task"]["desiredStatus"], "RUNNING", "{answer}");
+        step(&mut state, |s| target_commands(s, 3_100));
+        step(&mut state, |s| target_commands(s, 13_100));
+        assert!(state.elbv2.targets.is_empty());
+        step(&mut state, |s| target_commands(s, 13_200));
+        let task = state.task("default", &task_arn).unwrap();
+        assert_eq!(task.desired_status, TaskStatus::Stopped);
+        assert_eq!(
+            task.stop_code.as_deref(),
+            Some(crate::model::stop_code::USER_INITIATED)
+        );
+        assert_eq!(task.stopped_reason.as_deref(), Some("by hand"));
+    }
+
+    #[test]
     fn a_stopped_task_leaves_its_target_group() {
         let (mut state, _) = lab(1);
         step(&mut state, |s| service_commands(s, 1_000, 7));

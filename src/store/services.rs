@@ -296,27 +296,30 @@ pub fn apply_plan(
     let cluster = model::cluster_name_from(cluster);
     let key = scoped_key(&cluster, service_name);
     state.service(&cluster, service_name)?;
-    let behind_load_balancer = !state
-        .service(&cluster, service_name)?
-        .load_balancers
-        .is_empty();
     let mut stopped = Vec::new();
     let mut deactivated = Vec::new();
     for (task_arn, reason) in &plan.stops {
-        let (live, running) = state
+        let (live, drains) = state
             .task(&cluster, task_arn)
             .map(|t| {
                 (
                     t.desired_status == TaskStatus::Running
                         && t.last_status < TaskStatus::Deactivating,
-                    t.last_status == TaskStatus::Running,
+                    drains_first(state, &cluster, t),
                 )
             })
             .unwrap_or((false, false));
-        if live && running && behind_load_balancer {
+        if drains {
             // ECS's order behind a load balancer: DEACTIVATING while the
             // targets drain (the controller deregisters them), then STOPPING.
-            deactivate(state, &cluster, task_arn, reason, now_ms);
+            deactivate(
+                state,
+                &cluster,
+                task_arn,
+                reason,
+                stop_code::SERVICE_SCHEDULER_INITIATED,
+                now_ms,
+            );
             deactivated.push(task_arn.rsplit('/').next().unwrap_or(task_arn).to_string());
         } else if live {
             ecs::stop_task(
@@ -335,19 +338,19 @@ pub fn apply_plan(
             t.last_status == TaskStatus::Deactivating && t.desired_status == TaskStatus::Running
         });
         if deactivating {
-            let reason = state
+            // The reason and code given when the drain began.
+            let (reason, code) = state
                 .task(&cluster, task_arn)
-                .ok()
-                .and_then(|t| t.stopped_reason.clone())
+                .map(|t| {
+                    (
+                        t.stopped_reason.clone().unwrap_or_default(),
+                        t.stop_code
+                            .clone()
+                            .unwrap_or_else(|| stop_code::SERVICE_SCHEDULER_INITIATED.into()),
+                    )
+                })
                 .unwrap_or_default();
-            ecs::stop_task(
-                state,
-                &cluster,
-                task_arn,
-                &reason,
-                stop_code::SERVICE_SCHEDULER_INITIATED,
-                now_ms,
-            )?;
+            ecs::stop_task(state, &cluster, task_arn, &reason, &code, now_ms)?;
         }
     }
     let service = state.services.get_mut(&key).expect("checked above");
@@ -403,15 +406,56 @@ pub fn apply_plan(
     Ok(json!({ "service": service.clone() }))
 }
 
+/// Whether stopping `task` goes through DEACTIVATING first, as ECS's does
+/// behind a load balancer: a RUNNING task its service still wants, of a
+/// service with target groups.
+pub fn drains_first(state: &State, cluster: &str, task: &Task) -> bool {
+    task.last_status == TaskStatus::Running
+        && task.desired_status == TaskStatus::Running
+        && task
+            .group
+            .strip_prefix("service:")
+            .and_then(|name| state.service(cluster, name).ok())
+            .is_some_and(|service| !service.load_balancers.is_empty())
+}
+
+/// ECS StopTask: a RUNNING task of a service behind a load balancer is
+/// deregistered first (DEACTIVATING while its targets drain, then
+/// STOPPING), as ECS does; any other task is stopped at once.
+pub fn stop_task(
+    state: &mut State,
+    cluster: &str,
+    task_id: &str,
+    reason: &str,
+    code: &str,
+    now_ms: u64,
+) -> Outcome {
+    let cluster = model::cluster_name_from(cluster);
+    let task = state.task(&cluster, task_id)?;
+    if !drains_first(state, &cluster, task) {
+        return ecs::stop_task(state, &cluster, task_id, reason, code, now_ms);
+    }
+    let task_arn = task.task_arn.clone();
+    deactivate(state, &cluster, &task_arn, reason, code, now_ms);
+    Ok(json!({ "task": state.task(&cluster, task_id).ok().cloned() }))
+}
+
 /// Moves a RUNNING task of a service behind a load balancer to
 /// DEACTIVATING: it keeps running (desired RUNNING) while the controller
 /// deregisters its targets and they drain; the stop reason and code are
 /// recorded now, as ECS shows them during the drain.
-fn deactivate(state: &mut State, cluster: &str, task_arn: &str, reason: &str, now_ms: u64) {
+fn deactivate(
+    state: &mut State,
+    cluster: &str,
+    task_arn: &str,
+    reason: &str,
+    code: &str,
+    now_ms: u64,
+) {
     let key = scoped_key(cluster, task_arn.rsplit('/').next().unwrap_or(task_arn));
     if let Some(task) = state.tasks.get_mut(&key) {
         task.last_status = TaskStatus::Deactivating;
-        task.stop_code = Some(stop_code::SERVICE_SCHEDULER_INITIATED.to_string());
+        task.stop_code = Some(code.to_string());
         task.stopped_reason = Some(reason.to_string());
         task.stopping_at = Some(seconds(now_ms));
         task.version += 1;

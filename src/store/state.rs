@@ -349,7 +349,7 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             reason,
             stop_code,
             now_ms,
-        } => ecs::stop_task(state, cluster, task_id, reason, stop_code, *now_ms),
+        } => services::stop_task(state, cluster, task_id, reason, stop_code, *now_ms),
         Command::SubmitTaskStateChange {
             cluster,
             instance_id,
