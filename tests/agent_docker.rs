@@ -210,6 +210,14 @@ impl AgentApi for Plane {
         Err(Status::unimplemented("the test double serves no logs"))
     }
 
+    async fn get_task_secrets(
+        &self,
+        _: Request<orc::wire::proto::TaskSecretsRequest>,
+    ) -> Result<Response<orc::wire::proto::TaskSecrets>, Status> {
+        // The fake plane's tasks reference no secrets.
+        Ok(Response::new(orc::wire::proto::TaskSecrets::default()))
+    }
+
     async fn report_task_state(
         &self,
         request: Request<TaskStateReport>,

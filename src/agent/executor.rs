@@ -70,12 +70,27 @@ impl Lanes {
 /// The short registry name every agent resolves to the cluster's registry.
 pub const ORC_LOCAL: &str = "orc.local/";
 
+/// Where the executor gets a task's secrets: the task's ARN in, each
+/// secret as (container, variable, value) out. The agent asks the control
+/// plane (`AgentApi.GetTaskSecrets`); values are never logged.
+pub type SecretSource = Arc<
+    dyn Fn(
+            String,
+        ) -> futures::future::BoxFuture<
+            'static,
+            Result<Vec<(String, String, String)>, RuntimeError>,
+        > + Send
+        + Sync,
+>;
+
 /// Runs batches against a runtime.
 #[derive(Clone)]
 pub struct Executor {
     /// The cluster registry's `host:port` now (the server the agent uses),
     /// which `orc.local/` image names resolve to.
     registry: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Where secrets come from (None: a container that needs one fails).
+    secrets: Option<SecretSource>,
     runtime: Arc<dyn Runtime>,
     pull_behavior: PullBehavior,
     images: ImageSlots,
@@ -95,6 +110,7 @@ impl Executor {
     ) -> Self {
         Executor {
             registry: None,
+            secrets: None,
             runtime,
             pull_behavior,
             images: Arc::default(),
@@ -103,6 +119,48 @@ impl Executor {
     }
 
     /// Resolves `orc.local/REPO:TAG` to the registry `registry()` names.
+    /// Sets where the task secrets come from.
+    pub fn with_secrets(mut self, secrets: SecretSource) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// Adds the task's secrets named in `spec.secret_variables` to its
+    /// environment.
+    async fn add_secrets(
+        &self,
+        task_arn: &str,
+        spec: &mut super::runtime::ContainerSpec,
+    ) -> Result<(), RuntimeError> {
+        if spec.secret_variables.is_empty() {
+            return Ok(());
+        }
+        let source = self.secrets.as_ref().ok_or_else(|| {
+            RuntimeError::CreateContainer(
+                "the task references secrets but this agent has no way to receive them".into(),
+            )
+        })?;
+        let container = spec
+            .labels
+            .get(super::reconcile::labels::CONTAINER_NAME)
+            .cloned()
+            .unwrap_or_default();
+        let secrets = source(task_arn.to_string()).await?;
+        for variable in spec.secret_variables.clone() {
+            let value = secrets
+                .iter()
+                .find(|(c, name, _)| *c == container && *name == variable)
+                .map(|(_, _, value)| value.clone())
+                .ok_or_else(|| {
+                    RuntimeError::CreateContainer(format!(
+                        "the control plane sent no secret for {container}'s variable {variable}"
+                    ))
+                })?;
+            spec.environment.push((variable, value));
+        }
+        Ok(())
+    }
+
     pub fn with_registry(mut self, registry: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
         self.registry = Some(registry);
         self
@@ -254,10 +312,14 @@ impl Executor {
                     let _permit = self.start_permit().await;
                     let mut spec = spec.clone();
                     spec.image = self.resolve(&spec.image);
-                    rt.create_container(&spec)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| (Some(container_name.clone()), e))
+                    match self.add_secrets(task_arn, &mut spec).await {
+                        Ok(()) => rt
+                            .create_container(&spec)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| (Some(container_name.clone()), e)),
+                        Err(e) => Err((Some(container_name.clone()), e)),
+                    }
                 }
                 Action::StartContainer { container_name, id } => {
                     tracing::info!(task = task_arn, container = %container_name, "starting the container");

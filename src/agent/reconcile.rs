@@ -918,6 +918,7 @@ pub fn container_spec(
         .iter()
         .map(|kv| (kv.name.clone(), kv.value.clone()))
         .collect();
+    spec.secret_variables = def.secrets.iter().map(|s| s.name.clone()).collect();
     spec.command = (!def.command.is_empty()).then(|| def.command.clone());
     spec.entry_point = (!def.entry_point.is_empty()).then(|| def.entry_point.clone());
     spec.working_directory = def.working_directory.clone();

@@ -181,6 +181,11 @@ pub struct ContainerSpec {
     pub readonly_root_filesystem: bool,
     /// "host:ip" entries for /etc/hosts.
     pub extra_hosts: Vec<String>,
+    /// Variables the executor adds to `environment` from the task's
+    /// secrets just before creating the container (asked of the control
+    /// plane then, never stored in the assignment or the spec before).
+    #[serde(default)]
+    pub secret_variables: Vec<String>,
 }
 
 impl ContainerSpec {

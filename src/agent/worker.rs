@@ -707,6 +707,41 @@ async fn events_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Asks the control plane for a task's secrets (`AgentApi.GetTaskSecrets`)
+/// when one of its containers is created. A control plane that cannot
+/// answer now makes the start retry; a refusal fails the task's start.
+fn task_secrets(shared: Arc<Shared>) -> super::executor::SecretSource {
+    Arc::new(move |task_arn: String| {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let request = crate::wire::proto::TaskSecretsRequest {
+                cluster: shared.config.cluster.clone(),
+                container_instance_id: shared.instance_id.clone(),
+                task_arn,
+            };
+            let answer = shared
+                .conn
+                .call(PROPOSAL_TIMEOUT, |mut client| async move {
+                    client.get_task_secrets(request).await
+                })
+                .await;
+            match answer {
+                Ok(answer) => Ok(answer
+                    .secrets
+                    .into_iter()
+                    .map(|s| (s.container, s.name, s.value))
+                    .collect()),
+                Err(e) if e.is_retryable() => Err(super::runtime::RuntimeError::Unavailable(
+                    format!("cannot receive the task's secrets from the control plane: {e}"),
+                )),
+                Err(e) => Err(super::runtime::RuntimeError::CreateContainer(format!(
+                    "the control plane refused the task's secrets: {e}"
+                ))),
+            }
+        })
+    })
+}
+
 async fn report_loop(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(shared.config.max_backoff);
     loop {
@@ -894,7 +929,8 @@ async fn reconcile_loop(
     .with_registry({
         let conn = shared.conn.clone();
         Arc::new(move || conn.server())
-    });
+    })
+    .with_secrets(task_secrets(shared.clone()));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut memory = Memory::default();
     let mut busy = Busy::default();

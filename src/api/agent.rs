@@ -20,8 +20,8 @@ use crate::wire::proto::agent_api_client::AgentApiClient;
 use crate::wire::proto::agent_api_server::AgentApi;
 use crate::wire::proto::{
     Assignments, HeartbeatRequest, HeartbeatResponse, LogChunk, LogRequest,
-    RegisterInstanceRequest, RegisterInstanceResponse, ReportAck, TaskStateReport,
-    WatchAssignmentsRequest,
+    RegisterInstanceRequest, RegisterInstanceResponse, ReportAck, TaskSecret, TaskSecrets,
+    TaskSecretsRequest, TaskStateReport, WatchAssignmentsRequest,
 };
 use crate::wire::status::to_status;
 use crate::wire::{AGENT_SESSION_LEASE, LIVE_AGENT_REFUSAL};
@@ -313,6 +313,42 @@ impl AgentApi for ApiContext {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id, task = tracing::field::Empty))]
+    async fn get_task_secrets(
+        &self,
+        request: Request<TaskSecretsRequest>,
+    ) -> Result<Response<TaskSecrets>, Status> {
+        let principal = super::principal(&request).map_err(to_status)?;
+        let request = request.into_inner();
+        let cluster = cluster_or_default(&request.cluster);
+        super::secrets::may_receive(&principal, &request.container_instance_id)
+            .map_err(to_status)?;
+        self.raft.read_barrier().await.map_err(to_status)?;
+        let secrets = self
+            .raft
+            .store()
+            .read(|state| {
+                super::secrets::for_task(
+                    state,
+                    &self.seal,
+                    &cluster,
+                    &request.container_instance_id,
+                    &request.task_arn,
+                )
+            })
+            .map_err(to_status)?;
+        tracing::info!(task = %request.task_arn, instance = %request.container_instance_id, count = secrets.len(), "task secrets delivered to its agent");
+        Ok(Response::new(TaskSecrets {
+            secrets: secrets
+                .into_iter()
+                .map(|s| TaskSecret {
+                    container: s.container,
+                    name: s.name,
+                    value: s.value,
+                })
+                .collect(),
+        }))
+    }
+
     async fn report_task_state(
         &self,
         request: Request<TaskStateReport>,

@@ -20,6 +20,7 @@ pub mod listener;
 pub mod logs;
 pub mod members;
 pub mod registry;
+pub mod secrets;
 pub mod services;
 pub mod tasks;
 pub mod watch;
@@ -112,6 +113,9 @@ impl ApiContext {
             Action::Ecr(action) => ecr::call(&self.raft, action, body, request_id).await,
             Action::Iam(action) => {
                 iam::call(&self.raft, &self.seal, action, body, request_id).await
+            }
+            Action::SecretsManager(action) => {
+                secrets::call(&self.raft, &self.seal, action, body, request_id).await
             }
         }
     }

@@ -42,6 +42,8 @@ pub(super) async fn register_task_definition(
         }
         Error::InvalidInput(message)
     })?;
+    raft.store()
+        .read(|state| super::secrets::check_references(state, &definition))?;
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     warnings.extend(
         raft.store()

@@ -78,6 +78,9 @@ pub enum Command {
     /// The cluster's users and access keys, with IAM's verbs (admins only).
     #[command(subcommand)]
     Iam(IamCommand),
+    /// Secrets for tasks, with Secrets Manager's verbs (values are never shown).
+    #[command(subcommand)]
+    Secretsmanager(SecretsCommand),
     /// Print each change of the control plane's state as it is applied, one
     /// line each, until ctrl-c; resumes where it was after a lost connection.
     Watch {
@@ -625,6 +628,51 @@ pub enum IamCommand {
         /// Its user (checked when given).
         #[arg(long)]
         user_name: Option<String>,
+    },
+}
+
+/// `orc secretsmanager ...`: secrets for tasks, as `aws secretsmanager`
+/// names its verbs. No verb prints a value.
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Create a secret; a task definition references it in
+    /// `containerDefinitions[].secrets: [{name, valueFrom}]`.
+    CreateSecret {
+        /// The secret's name.
+        #[arg(long)]
+        name: String,
+        /// The value (or file://PATH).
+        #[arg(long)]
+        secret_string: String,
+        /// A description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Replace a secret's value (tasks started afterwards receive it).
+    PutSecretValue {
+        /// The secret's name or ARN.
+        #[arg(long)]
+        secret_id: String,
+        /// The new value (or file://PATH).
+        #[arg(long)]
+        secret_string: String,
+    },
+    /// Describe a secret (never its value).
+    DescribeSecret {
+        /// The secret's name or ARN.
+        #[arg(long)]
+        secret_id: String,
+    },
+    /// List the secrets (never their values).
+    ListSecrets,
+    /// Delete a secret at once.
+    DeleteSecret {
+        /// The secret's name or ARN.
+        #[arg(long)]
+        secret_id: String,
+        /// Accepted for aws compatibility: orc always deletes at once.
+        #[arg(long)]
+        force_delete_without_recovery: bool,
     },
 }
 

@@ -88,6 +88,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ecs(&cli.endpoint, &output, &format!("elbv2:{action}"), body).await
         }
         Command::Ecr(command) => ecr(&cli.endpoint, &output, command).await,
+        Command::Secretsmanager(command) => {
+            let (action, body) = secrets_request(command)?;
+            let (answer, _) = client(&cli.endpoint)?
+                .call(&format!("secretsmanager:{action}"), body)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
         Command::Iam(command) => {
             let (action, body) = iam_request(command);
             let (answer, _) = client(&cli.endpoint)?
@@ -409,6 +417,42 @@ async fn ecs(
     }
     output.action(action, &answer);
     Ok(())
+}
+
+/// `orc secretsmanager ...`: the action and its request (Secrets Manager's
+/// PascalCase members); a `file://PATH` value is read from the file.
+fn secrets_request(command: SecretsCommand) -> anyhow::Result<(&'static str, serde_json::Value)> {
+    let value = |text: String| -> anyhow::Result<String> {
+        match text.strip_prefix("file://") {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the secret from {path}: {e}")),
+            None => Ok(text),
+        }
+    };
+    Ok(match command {
+        SecretsCommand::CreateSecret {
+            name,
+            secret_string,
+            description,
+        } => (
+            "CreateSecret",
+            json!({"Name": name, "SecretString": value(secret_string)?, "Description": description}),
+        ),
+        SecretsCommand::PutSecretValue {
+            secret_id,
+            secret_string,
+        } => (
+            "PutSecretValue",
+            json!({"SecretId": secret_id, "SecretString": value(secret_string)?}),
+        ),
+        SecretsCommand::DescribeSecret { secret_id } => {
+            ("DescribeSecret", json!({"SecretId": secret_id}))
+        }
+        SecretsCommand::ListSecrets => ("ListSecrets", json!({})),
+        SecretsCommand::DeleteSecret { secret_id, .. } => {
+            ("DeleteSecret", json!({"SecretId": secret_id}))
+        }
+    })
 }
 
 /// `orc iam ...`: the IAM action and its request (IAM's PascalCase members).

@@ -212,6 +212,8 @@ pub enum Command {
     Elbv2(super::elbv2::Elbv2Command),
     /// A user or access key change (IAM's verbs); secrets arrive sealed.
     Iam(super::iam::IamCommand),
+    /// A secret change (Secrets Manager's verbs); values arrive sealed.
+    Secrets(super::secrets::SecretsCommand),
     /// ECR CreateRepository (`must_be_new`), or a push creating its repository.
     RegistryCreateRepository {
         /// The repository.
@@ -306,6 +308,7 @@ impl Command {
             Command::ServicePlan { .. } => "ServicePlan",
             Command::Elbv2(command) => command.action(),
             Command::Iam(command) => command.action(),
+            Command::Secrets(command) => command.action(),
             Command::RegistryCreateRepository { .. } => "CreateRepository",
             Command::RegistryDeleteRepository { .. } => "DeleteRepository",
             Command::RegistryLinkBlob { .. } => "RegistryLinkBlob",
@@ -403,6 +406,7 @@ impl Command {
             Command::PruneStoppedTasks { .. } => {}
             Command::Elbv2(command) => return command.subjects(),
             Command::Iam(command) => return command.subjects(),
+            Command::Secrets(command) => return command.subjects(),
             Command::CreateService { service, .. } => {
                 subjects.cluster(&service.cluster_arn);
                 subjects.push("service", &service.service_name);

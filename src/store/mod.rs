@@ -24,6 +24,7 @@ pub mod history;
 pub mod iam;
 pub mod registry;
 pub mod rows;
+pub mod secrets;
 pub mod services;
 pub mod state;
 pub mod table;

@@ -131,6 +131,9 @@ pub struct State {
     /// Users and their access keys (secrets sealed).
     #[serde(default)]
     pub iam: super::iam::IamState,
+    /// Secrets for tasks (values sealed).
+    #[serde(default)]
+    pub secrets: super::secrets::SecretsState,
     /// Resource usage and assignments per instance; rebuilt after loading.
     #[serde(skip)]
     pub(crate) indexes: super::ecs::Indexes,
@@ -387,6 +390,7 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
         } => services::apply_plan(state, cluster, service_name, plan, *now_ms),
         Command::Elbv2(command) => super::elbv2::apply(state, command),
         Command::Iam(command) => super::iam::apply(&mut state.iam, command),
+        Command::Secrets(command) => super::secrets::apply(&mut state.secrets, command),
         Command::RegistryCreateRepository {
             repository_name,
             must_be_new,

@@ -115,6 +115,8 @@ const LOG_CONFIGURATION: &[Field] = &[
     unsup("secretOptions"),
 ];
 
+const SECRET: &[Field] = &[req("name", Kind::Str), req("valueFrom", Kind::Str)];
+
 const HOST_ENTRY: &[Field] = &[req("hostname", Kind::Str), req("ipAddress", Kind::Str)];
 
 const ULIMIT: &[Field] = &[
@@ -156,7 +158,7 @@ const CONTAINER: &[Field] = &[
     f("mountPoints", Kind::RawList),
     f("volumesFrom", Kind::RawList),
     unsup("repositoryCredentials"),
-    unsup("secrets"),
+    f("secrets", Kind::ObjList(SECRET)),
     unsup("linuxParameters"),
     unsup("firelensConfiguration"),
     unsup("systemControls"),

@@ -223,7 +223,7 @@ fn unsupported_and_unknown_fields_warn() {
         "volumes": [{"name": "v", "host": {"sourcePath": "/data"}}],
         "containerDefinitions": [{
             "name": "a", "image": "busybox", "memory": 64,
-            "secrets": [{"name": "X", "valueFrom": "arn:..."}],
+            "environmentFiles": [{"value": "arn:...", "type": "s3"}],
             "interactive": false, "pseudoTerminal": null,
             "repositoryCredentials": {"credentialsParameter": "arn:..."},
             "linuxParameters": {"initProcessEnabled": true},
@@ -244,7 +244,7 @@ fn unsupported_and_unknown_fields_warn() {
     find("runtimePlatform");
     find("volumes");
     assert!(find("networkMode").message.contains("awsvpc"));
-    assert!(find("containerDefinitions[0].secrets")
+    assert!(find("containerDefinitions[0].environmentFiles")
         .message
         .contains("not supported"));
     find("containerDefinitions[0].repositoryCredentials");
@@ -492,14 +492,15 @@ fn validation_structural_errors() {
 
 #[test]
 fn container_definitions_form() {
-    let json = r#"[{"name": "a", "image": "busybox", "memory": 32, "secrets": [{"name":"x","valueFrom":"y"}]},
+    let json = r#"[{"name": "a", "image": "busybox", "memory": 32, "environmentFiles": []},
                    {"name": "b", "image": "busybox", "memory": "32"}]"#;
     let e = parse_container_definitions("fam", json).unwrap_err();
     assert_eq!(e.path(), "containerDefinitions[1].memory");
-    let json = r#"[{"name": "a", "image": "busybox", "memory": 32, "secrets": [{"name":"x","valueFrom":"y"}]}]"#;
+    let json =
+        r#"[{"name": "a", "image": "busybox", "memory": 32, "environmentFiles": [{"value":"y"}]}]"#;
     let (td, warnings) = parse_container_definitions("fam", json).unwrap();
     assert_eq!(td.family, "fam");
-    assert_eq!(warnings[0].path, "containerDefinitions[0].secrets");
+    assert_eq!(warnings[0].path, "containerDefinitions[0].environmentFiles");
     validate(&td).unwrap();
     let e = parse_container_definitions("fam", r#"{"name": "a"}"#).unwrap_err();
     assert_eq!(e.path(), "containerDefinitions");
@@ -807,5 +808,59 @@ fn image_repositories_with_upper_case_are_refused_at_registration() {
     assert!(
         error.message().contains("upper case") && error.message().contains("\"busybox:1\""),
         "{error}"
+    );
+}
+
+#[test]
+fn secrets_are_references_checked_by_path() {
+    let json = r#"{"family": "f", "containerDefinitions": [{
+        "name": "a", "image": "busybox", "memory": 32,
+        "environment": [{"name": "MODE", "value": "prod"}],
+        "secrets": [{"name": "DB_PASSWORD", "valueFrom": "db-password"},
+                    {"name": "API_KEY", "valueFrom": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:lab/api"}]
+    }]}"#;
+    let (td, warnings) = parse_register_input(json).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    validate(&td).unwrap();
+    let secrets = &td.container_definitions[0].secrets;
+    assert_eq!(secret_name_from(&secrets[1].value_from).unwrap(), "lab/api");
+    for (secret, path, words) in [
+        (
+            r#"{"name": "X", "valueFrom": "arn:aws:ssm:r:1:parameter/x"}"#,
+            "containerDefinitions[0].secrets[0].valueFrom",
+            "not a Secrets Manager ARN",
+        ),
+        (
+            r#"{"name": "X", "valueFrom": "has space"}"#,
+            "containerDefinitions[0].secrets[0].valueFrom",
+            "not a secret name",
+        ),
+        (
+            r#"{"name": "", "valueFrom": "x"}"#,
+            "containerDefinitions[0].secrets[0].name",
+            "must not be empty",
+        ),
+        (
+            r#"{"name": "MODE", "valueFrom": "x"}"#,
+            "containerDefinitions[0].secrets[0].name",
+            "also set in environment",
+        ),
+    ] {
+        let json = format!(
+            r#"{{"family": "f", "containerDefinitions": [{{"name": "a", "image": "busybox", "memory": 32,
+                "environment": [{{"name": "MODE", "value": "prod"}}], "secrets": [{secret}]}}]}}"#
+        );
+        let (td, _) = parse_register_input(&json).unwrap();
+        let error = validate(&td).unwrap_err();
+        assert_eq!(error.path(), path, "{secret}");
+        assert!(error.to_string().contains(words), "{error}");
+    }
+    let missing = parse_register_input(
+        r#"{"family": "f", "containerDefinitions": [{"name": "a", "image": "busybox", "memory": 32, "secrets": [{"name": "X"}]}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        missing.path(),
+        "containerDefinitions[0].secrets[0].valueFrom"
     );
 }

@@ -246,6 +246,10 @@ pub struct ContainerDefinition {
     /// Environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub environment: Vec<KeyValuePair>,
+    /// Environment variables whose values come from orc's secret store,
+    /// delivered only to the agent that runs the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretReference>,
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<String>,
@@ -321,6 +325,54 @@ impl PortMapping {
             .filter(|p| *p > 0)
             .and_then(|p| u16::try_from(p).ok())
     }
+}
+
+/// A `{name, valueFrom}` pair: an environment variable set from a secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// The variable's name in the container.
+    #[serde(default)]
+    pub name: String,
+    /// The secret: its name, or its ARN
+    /// (`arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME`).
+    #[serde(default)]
+    pub value_from: String,
+}
+
+/// Checks a Secrets Manager secret name: 1 to 512 of letters, digits and
+/// `/_+=.@-`.
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c);
+    if name.is_empty() || name.len() > 512 || !name.chars().all(allowed) {
+        return Err(format!(
+            "{name:?} is not a secret name: use 1 to 512 letters, digits and /_+=.@-"
+        ));
+    }
+    Ok(())
+}
+
+/// The secret a `valueFrom` (or a `SecretId`) names: a plain name, or a
+/// Secrets Manager ARN `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME`.
+pub fn secret_name_from(value_from: &str) -> Result<String, String> {
+    let name = match value_from.strip_prefix("arn:") {
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            match parts[..] {
+                [_, "secretsmanager", _, _, resource] if resource.starts_with("secret:") => {
+                    &resource["secret:".len()..]
+                }
+                _ => {
+                    return Err(format!(
+                        "{value_from:?} is not a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME): give the secret's name or its ARN"
+                    ))
+                }
+            }
+        }
+        None => value_from,
+    };
+    check_secret_name(name)?;
+    Ok(name.to_string())
 }
 
 /// A `{name, value}` pair (environment variables).

@@ -287,6 +287,27 @@ fn validate_container(
         }
     }
 
+    for (j, secret) in c.secrets.iter().enumerate() {
+        if secret.name.is_empty() {
+            return Err(TaskDefinitionError::invalid(
+                format!("{base}.secrets[{j}].name"),
+                "a secret's environment variable name must not be empty",
+            ));
+        }
+        if c.environment.iter().any(|kv| kv.name == secret.name) {
+            return Err(TaskDefinitionError::invalid(
+                format!("{base}.secrets[{j}].name"),
+                format!(
+                    "{:?} is also set in environment: a variable comes from one place",
+                    secret.name
+                ),
+            ));
+        }
+        secret_name_from(&secret.value_from).map_err(|message| {
+            TaskDefinitionError::invalid(format!("{base}.secrets[{j}].valueFrom"), message)
+        })?;
+    }
+
     for (j, link) in c.links.iter().enumerate() {
         let target = link.split(':').next().unwrap_or("");
         let path = format!("{base}.links[{j}]");

@@ -201,6 +201,23 @@ actions! {
     DeleteAccessKey,
 }
 
+actions! {
+    /// One Secrets Manager action: secrets for tasks. No action returns a
+    /// secret's value: only the agent running a task that references it
+    /// receives it (`AgentApi.GetTaskSecrets`).
+    SecretsManagerAction, "secretsmanager";
+    /// Creates a secret with its value.
+    CreateSecret,
+    /// Replaces a secret's value (a new version).
+    PutSecretValue,
+    /// Describes a secret (never its value).
+    DescribeSecret,
+    /// Lists the secrets (never their values).
+    ListSecrets,
+    /// Deletes a secret at once.
+    DeleteSecret,
+}
+
 /// Any action orc implements, of any service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
@@ -212,6 +229,8 @@ pub enum Action {
     Ecr(EcrAction),
     /// An IAM action.
     Iam(IamAction),
+    /// A Secrets Manager action.
+    SecretsManager(SecretsManagerAction),
 }
 
 impl Action {
@@ -222,6 +241,7 @@ impl Action {
             Action::Elbv2(_) => Elbv2Action::SERVICE,
             Action::Ecr(_) => EcrAction::SERVICE,
             Action::Iam(_) => IamAction::SERVICE,
+            Action::SecretsManager(_) => SecretsManagerAction::SERVICE,
         }
     }
 
@@ -232,6 +252,7 @@ impl Action {
             Action::Elbv2(a) => a.name(),
             Action::Ecr(a) => a.name(),
             Action::Iam(a) => a.name(),
+            Action::SecretsManager(a) => a.name(),
         }
     }
 }
@@ -257,8 +278,11 @@ impl FromStr for Action {
             Some((Elbv2Action::SERVICE, name)) => name.parse().map(Action::Elbv2),
             Some((EcrAction::SERVICE, name)) => name.parse().map(Action::Ecr),
             Some((IamAction::SERVICE, name)) => name.parse().map(Action::Iam),
+            Some((SecretsManagerAction::SERVICE, name)) => {
+                name.parse().map(Action::SecretsManager)
+            }
             Some((service, _)) => Err(Error::InvalidInput(format!(
-                "unknown service {service:?} in action {s:?}: orc serves ecs, elbv2, ecr and iam"
+                "unknown service {service:?} in action {s:?}: orc serves ecs, elbv2, ecr, iam and secretsmanager"
             ))),
         }
     }

@@ -178,4 +178,23 @@ expect(
     "iam:CreateUser",
 )
 expect("AccessDenied", lambda: operator_iam.list_users())
+
+# Secrets Manager over awsJson1_1: values go in, never come out.
+secrets = client("secretsmanager", *keys("OPERATOR"))
+made = secrets.create_secret(Name="lab/boto", SecretString="boto-value-123")
+assert made["Name"] == "lab/boto" and "secret:lab/boto" in made["ARN"], made
+put = secrets.put_secret_value(SecretId=made["ARN"], SecretString="boto-value-456")
+assert put["VersionId"] != made["VersionId"], put
+described = client("secretsmanager", *keys("READONLY")).describe_secret(SecretId="lab/boto")
+listed = secrets.list_secrets()["SecretList"]
+assert "boto-value" not in json.dumps([described, listed], default=str)
+expect(
+    "AccessDeniedException",
+    lambda: client("secretsmanager", *keys("READONLY")).put_secret_value(
+        SecretId="lab/boto", SecretString="x"
+    ),
+)
+expect("ResourceExistsException", lambda: secrets.create_secret(Name="lab/boto", SecretString="x"))
+secrets.delete_secret(SecretId="lab/boto", ForceDeleteWithoutRecovery=True)
+expect("ResourceNotFoundException", lambda: secrets.describe_secret(SecretId="lab/boto"))
 print("ok")

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::api::ApiContext;
 use crate::error::Refusal;
-use crate::vocab::action::{Action, EcrAction, EcsAction};
+use crate::vocab::action::{Action, EcrAction, EcsAction, SecretsManagerAction};
 use crate::vocab::principal::Principal;
 use crate::Error;
 
@@ -21,6 +21,8 @@ use crate::Error;
 pub const ECS_TARGET: &str = "AmazonEC2ContainerServiceV20141113";
 /// ECR's target prefix.
 pub const ECR_TARGET: &str = "AmazonEC2ContainerRegistry_V20150921";
+/// Secrets Manager's target prefix.
+pub const SECRETS_MANAGER_TARGET: &str = "secretsmanager";
 /// The protocol's content type.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
@@ -117,14 +119,22 @@ fn parse_target(target: Option<&str>) -> Result<Action, String> {
     let parsed = match prefix {
         ECS_TARGET => name.parse::<EcsAction>().map(Action::Ecs).ok(),
         ECR_TARGET => name.parse::<EcrAction>().map(Action::Ecr).ok(),
+        SECRETS_MANAGER_TARGET => name
+            .parse::<SecretsManagerAction>()
+            .map(Action::SecretsManager)
+            .ok(),
         _ => {
             return Err(format!(
-                "unknown operation {target:?}: orc serves ECS ({ECS_TARGET}.*) and ECR ({ECR_TARGET}.*) over awsJson1_1"
+                "unknown operation {target:?}: orc serves ECS ({ECS_TARGET}.*), ECR ({ECR_TARGET}.*) and Secrets Manager ({SECRETS_MANAGER_TARGET}.*) over awsJson1_1"
             ))
         }
     };
     parsed.ok_or_else(|| {
-        let service = if prefix == ECS_TARGET { "ECS" } else { "ECR" };
+        let service = match prefix {
+            ECS_TARGET => "ECS",
+            ECR_TARGET => "ECR",
+            _ => "Secrets Manager",
+        };
         format!("unknown operation {name:?}: orc's {service} does not implement it (the README lists the supported actions)")
     })
 }
@@ -155,6 +165,12 @@ fn exception(action: Action, error: &Error) -> (StatusCode, &'static str) {
         Action::Ecr(_) if matches!(error, Error::NotFound(_)) => "ImageNotFoundException",
         Action::Ecr(_) | Action::Elbv2(_) | Action::Iam(_) => match error {
             Error::InvalidInput(_) => "InvalidParameterException",
+            _ => ecs_exception(error),
+        },
+        Action::SecretsManager(_) => match error {
+            Error::InvalidInput(_) => "InvalidParameterException",
+            Error::NotFound(_) => "ResourceNotFoundException",
+            Error::Conflict(_) => "ResourceExistsException",
             _ => ecs_exception(error),
         },
     };

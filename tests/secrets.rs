@@ -1,0 +1,226 @@
+//! Secrets for tasks on the real Docker Engine: a secret made with
+//! `orc secretsmanager create-secret` reaches its container's environment
+//! (read back with `docker exec`) and appears nowhere else: not in the
+//! server's or the agent's log, not in describe-tasks,
+//! describe-task-definition, describe-secret or list-secrets, not in the
+//! watch stream, and not in any file of the server's or the agent's data
+//! dir (the store keeps it sealed). A task definition naming a missing
+//! secret is refused with the field's path, and an agent asking for the
+//! secrets of a task placed elsewhere is refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster::eventually;
+use common::images::busybox_image;
+use common::orc::TestOrc;
+use futures::StreamExt as _;
+use serde_json::{json, Value};
+
+const IMAGE: &str = "orc-test/busybox:1";
+
+/// The files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_its_container_and_nothing_else() {
+    let image = busybox_image(IMAGE);
+    let orc = TestOrc::start().await;
+    let client = orc.client();
+    let value = format!("s3cr3t-{:016x}", rand::random::<u64>());
+    let second_value = format!("s3cr3t-{:016x}", rand::random::<u64>());
+
+    // Everything the watch stream says from now on.
+    let mut changes = client.watch(0).await.unwrap();
+    let watched = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let watcher = tokio::spawn({
+        let watched = watched.clone();
+        async move {
+            while let Some(Ok(change)) = changes.next().await {
+                let line = serde_json::to_string(&change).unwrap();
+                watched.lock().unwrap().push_str(&(line + "\n"));
+            }
+        }
+    });
+
+    let (ok, created, stderr) = orc.cli(&[
+        "secretsmanager",
+        "create-secret",
+        "--name",
+        "lab/db",
+        "--secret-string",
+        &value,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(created.contains("secret:lab/db") && !created.contains(&value));
+
+    // A definition naming a secret that does not exist is refused by path.
+    let missing = client
+        .call(
+            "RegisterTaskDefinition",
+            json!({"family": "app", "containerDefinitions": [{
+                "name": "app", "image": image, "memory": 32,
+                "secrets": [{"name": "DB_PASSWORD", "valueFrom": "lab/nope"}]
+            }]}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("containerDefinitions[0].secrets[0].valueFrom")
+            && missing.contains("lab/nope"),
+        "{missing}"
+    );
+
+    let definition = orc
+        .register(json!({"family": "app", "containerDefinitions": [{
+            "name": "app", "image": image, "memory": 32,
+            "command": ["sh", "-c", "echo started; sleep 600"],
+            "environment": [{"name": "MODE", "value": "lab"}],
+            "secrets": [{"name": "DB_PASSWORD",
+                         "valueFrom": "arn:aws:secretsmanager:orc:000000000000:secret:lab/db"}]
+        }]}))
+        .await;
+    let id = orc.run_task(&definition).await;
+    orc.wait_task(&id, "RUNNING").await;
+    let container = docker(&["ps", "-q", "--filter", &format!("label=orc.task-id={id}")]);
+    let container = container.trim();
+    assert!(!container.is_empty(), "no container for task {id}");
+    let seen = docker(&["exec", container, "sh", "-c", "echo \"$MODE:$DB_PASSWORD\""]);
+    assert_eq!(seen.trim(), format!("lab:{value}"));
+
+    // A new value reaches tasks started afterwards.
+    let (ok, _, stderr) = orc.cli(&[
+        "secretsmanager",
+        "put-secret-value",
+        "--secret-id",
+        "lab/db",
+        "--secret-string",
+        &second_value,
+    ]);
+    assert!(ok, "{stderr}");
+    let second = orc.run_task(&definition).await;
+    orc.wait_task(&second, "RUNNING").await;
+    let container = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=orc.task-id={second}"),
+    ]);
+    let seen = docker(&[
+        "exec",
+        container.trim(),
+        "sh",
+        "-c",
+        "echo \"$DB_PASSWORD\"",
+    ]);
+    assert_eq!(seen.trim(), second_value);
+
+    // An agent asking for a task placed on another instance is refused.
+    let mut agent_api = orc::wire::proto::agent_api_client::AgentApiClient::connect(format!(
+        "http://{}",
+        orc.server.address
+    ))
+    .await
+    .unwrap();
+    let refused = agent_api
+        .get_task_secrets(orc::wire::proto::TaskSecretsRequest {
+            cluster: "default".into(),
+            container_instance_id: "another-instance".into(),
+            task_arn: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Nowhere else: describe output, the watch stream, the logs, the files.
+    let mut shown = String::new();
+    for (action, body) in [
+        ("DescribeTasks", json!({"tasks": [id, second]})),
+        (
+            "DescribeTaskDefinition",
+            json!({"taskDefinition": definition}),
+        ),
+        (
+            "secretsmanager:DescribeSecret",
+            json!({"SecretId": "lab/db"}),
+        ),
+        ("secretsmanager:ListSecrets", json!({})),
+        ("ListTasks", json!({})),
+    ] {
+        let answer: Value = orc.call(action, body).await;
+        shown.push_str(&answer.to_string());
+    }
+    assert!(shown.contains("DB_PASSWORD") && shown.contains("lab/db"));
+    let (ok, cli_shown, _) = orc.cli(&["--output", "json", "describe-tasks", "--tasks", &id]);
+    assert!(ok);
+    shown.push_str(&cli_shown);
+    orc.call("StopTask", json!({"task": id})).await;
+    orc.call("StopTask", json!({"task": second})).await;
+    orc.wait_task(&id, "STOPPED").await;
+    eventually(
+        Duration::from_secs(60),
+        "the watch to see the stops",
+        || {
+            let watched = watched.clone();
+            async move {
+                let text = watched.lock().unwrap().clone();
+                (text.contains("CreateSecret")
+                    && text.contains("PutSecretValue")
+                    && text.contains("StopTask"))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    watcher.abort();
+    shown.push_str(&watched.lock().unwrap());
+    let logs = format!("{}\n{}", orc.server.log_text(), orc.agent_log());
+    assert!(
+        logs.contains("task secrets delivered"),
+        "the agent never asked"
+    );
+    for secret in [&value, &second_value] {
+        assert!(
+            !shown.contains(secret.as_str()),
+            "a secret is in describe output or the watch stream"
+        );
+        assert!(!logs.contains(secret.as_str()), "a secret is in a log");
+        for dir in [&orc.server.data_dir, &orc.agent_dir] {
+            let found = files_containing(dir, secret.as_bytes());
+            assert!(found.is_empty(), "a secret is in {found:?}");
+        }
+    }
+}
