@@ -1364,3 +1364,131 @@ async fn gc_removes_only_what_no_image_references_and_spares_pushes_in_progress(
     push_image_for(&registry, &auth, "orc-test/gc", "1", "amd64", "");
     assert_eq!(blob_files(&registry.server.data_dir).len(), 2);
 }
+
+/// Debian's docker-registry (CNCF distribution) on a free loopback port,
+/// stopped when dropped.
+struct Upstream {
+    child: std::process::Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("127.0.0.1:{}", common::cluster::free_port());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run docker-registry: install it with `apt-get install docker-registry` (.ci/run does)");
+        let upstream = Upstream {
+            child,
+            address,
+            _dir: dir,
+        };
+        common::cluster::eventually(
+            Duration::from_secs(30),
+            "docker-registry answers",
+            || async { TcpStream::connect(&upstream.address).ok().map(|_| ()) },
+        )
+        .await;
+        upstream
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_through_cache_rule_fetches_from_the_upstream_once() {
+    let mut upstream = Upstream::start().await;
+    let registry = Registry::start().await;
+    let at_upstream = format!("{}/orc-test/upstream:1", upstream.address);
+    let through_orc = format!("{}/mirror/orc-test/upstream:1", registry.host());
+    let _cleanup = DockerTags(vec![at_upstream.clone(), through_orc.clone()]);
+    images::busybox_image(&at_upstream);
+    let (ok, text) = registry.docker(&["push", &at_upstream], None);
+    assert!(ok, "push to the upstream: {text}");
+    let (ok, text) = registry.docker(&["rmi", &at_upstream], None);
+    assert!(ok, "{text}");
+
+    let (ok, _, err) = registry.orc(&[
+        "ecr",
+        "create-pull-through-cache-rule",
+        "--ecr-repository-prefix",
+        "mirror",
+        "--upstream-registry-url",
+        "ftp://elsewhere",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("upstreamRegistryUrl"), "{err}");
+    let url = format!("http://{}", upstream.address);
+    let (ok, _, err) = registry.orc(&[
+        "ecr",
+        "create-pull-through-cache-rule",
+        "--ecr-repository-prefix",
+        "mirror",
+        "--upstream-registry-url",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = registry.orc(&[
+        "--output",
+        "json",
+        "ecr",
+        "describe-pull-through-cache-rules",
+    ]);
+    assert!(ok, "{err}");
+    let rules: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        rules["pullThroughCacheRules"][0]["upstreamRegistryUrl"],
+        url.as_str()
+    );
+
+    // The first pull fetches from the upstream; then the upstream is gone,
+    // and the cluster still serves the image.
+    let (ok, text) = registry.docker(&["pull", &through_orc], None);
+    assert!(ok, "pull through the cache: {text}");
+    upstream.child.kill().unwrap();
+    upstream.child.wait().unwrap();
+    let (ok, text) = registry.docker(&["rmi", &through_orc], None);
+    assert!(ok, "{text}");
+    let (ok, text) = registry.docker(&["pull", &through_orc], None);
+    assert!(ok, "pull from the cache with the upstream gone: {text}");
+    let (ok, out, err) = registry.orc(&[
+        "--output",
+        "json",
+        "ecr",
+        "describe-images",
+        "--repository-name",
+        "mirror/orc-test/upstream",
+    ]);
+    assert!(ok, "{err}");
+    let images: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        images["imageDetails"][0]["imageTags"],
+        json!(["1"]),
+        "{images}"
+    );
+    // A tag not cached while the upstream is down: the answer says why.
+    let missing = registry.http("GET", "/v2/mirror/orc-test/upstream/manifests/2", &[], b"");
+    assert_eq!(missing.status, 503, "{missing:?}");
+    let body = String::from_utf8_lossy(&missing.body).to_string();
+    assert!(body.contains("pull-through cache could not fetch"), "{body}");
+}

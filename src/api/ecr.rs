@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 use super::ecs::{parse, ActionResult};
 use crate::oci::Digest;
 use crate::raft::node::RaftHandle;
+use crate::store::registry::CacheRule;
 use crate::store::registry::{ManifestRecord, RegistryState, Repository};
 use crate::store::{Command, Proposal};
 use crate::vocab::action::EcrAction;
@@ -294,6 +295,78 @@ pub async fn call(
             }
             Ok(json!({ "imageIds": deleted, "failures": failures }).into())
         }
+        EcrAction::CreatePullThroughCacheRule => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Request {
+                ecr_repository_prefix: String,
+                upstream_registry_url: String,
+            }
+            let request: Request = parse(name, body)?;
+            let rule = CacheRule {
+                ecr_repository_prefix: request.ecr_repository_prefix,
+                upstream_registry_url: request
+                    .upstream_registry_url
+                    .trim_end_matches('/')
+                    .to_string(),
+                created_at_ms: now_ms(),
+            };
+            propose(
+                raft,
+                request_id,
+                Command::RegistryPutCacheRule { rule: rule.clone() },
+            )
+            .await?;
+            Ok(cache_rule_view(&rule).into())
+        }
+        EcrAction::DescribePullThroughCacheRules => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Request {
+                #[serde(default)]
+                ecr_repository_prefixes: Vec<String>,
+            }
+            let request: Request = parse(name, body)?;
+            raft.store().read(|s| {
+                for prefix in &request.ecr_repository_prefixes {
+                    if !s.registry.cache_rules.contains(prefix) {
+                        return Err(Error::NotFound(format!(
+                            "no pull-through cache rule has prefix {prefix:?}"
+                        )));
+                    }
+                }
+                let rules: Vec<Value> = s
+                    .registry
+                    .cache_rules
+                    .iter()
+                    .filter(|(prefix, _)| {
+                        request.ecr_repository_prefixes.is_empty()
+                            || request.ecr_repository_prefixes.contains(prefix)
+                    })
+                    .map(|(_, rule)| cache_rule_view(rule))
+                    .collect();
+                Ok(json!({ "pullThroughCacheRules": rules }).into())
+            })
+        }
+        EcrAction::DeletePullThroughCacheRule => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Request {
+                ecr_repository_prefix: String,
+            }
+            let request: Request = parse(name, body)?;
+            let deleted = propose(
+                raft,
+                request_id,
+                Command::RegistryDeleteCacheRule {
+                    prefix: request.ecr_repository_prefix,
+                },
+            )
+            .await?;
+            let rule: CacheRule = serde_json::from_value(deleted)
+                .map_err(|e| Error::Internal(format!("a deleted cache rule: {e}")))?;
+            Ok(cache_rule_view(&rule).into())
+        }
         EcrAction::GarbageCollect => {
             #[derive(Deserialize)]
             #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -349,6 +422,16 @@ pub async fn call(
             .into())
         }
     }
+}
+
+/// A pull-through cache rule as ECR shows one.
+fn cache_rule_view(rule: &CacheRule) -> Value {
+    json!({
+        "ecrRepositoryPrefix": rule.ecr_repository_prefix,
+        "upstreamRegistryUrl": rule.upstream_registry_url,
+        "createdAt": rule.created_at_ms as f64 / 1000.0,
+        "registryId": REGISTRY_ID,
+    })
 }
 
 /// How old a blob link must be before `orc ecr gc` may remove it: a push

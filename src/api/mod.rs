@@ -19,6 +19,7 @@ pub mod iam;
 pub mod listener;
 pub mod logs;
 pub mod members;
+pub mod pullthrough;
 pub mod registry;
 pub mod secrets;
 pub mod services;
@@ -573,6 +574,7 @@ pub async fn serve(
             raft: context.raft.clone(),
             blobs: context.blobs.clone(),
             sync: context.blob_sync.clone(),
+            fetches: Default::default(),
         })))
         .merge(door::routes(context))
         .fallback(door::not_served)

@@ -45,6 +45,8 @@ pub struct Registry {
     pub blobs: Arc<BlobStore>,
     /// Copies blobs from and to the other servers.
     pub sync: Arc<super::blobsync::BlobSync>,
+    /// Pull-through cache fetches in progress.
+    pub fetches: super::pullthrough::Fetches,
 }
 
 /// The `/v2/` routes, to merge into the API port's router.
@@ -82,7 +84,7 @@ pub fn router(registry: Arc<Registry>) -> axum::Router {
 pub struct RegistryError {
     status: StatusCode,
     code: &'static str,
-    message: String,
+    pub(super) message: String,
     headers: Vec<(header::HeaderName, String)>,
 }
 
@@ -592,7 +594,23 @@ impl Registry {
     }
 
     async fn get_manifest(&self, name: &str, reference: &str, head: bool) -> Answer {
-        let manifest = self.find_manifest(name, reference).await?;
+        let manifest = match self.find_manifest(name, reference).await {
+            Ok(manifest) => manifest,
+            Err(missing) if missing.status == StatusCode::NOT_FOUND => {
+                // A repository under a pull-through cache rule is fetched
+                // from its upstream on the first pull.
+                let rule = self.read(|s| {
+                    super::pullthrough::rule_for(s.cache_rules.iter().map(|(_, r)| r), name)
+                });
+                let Some((rule, upstream_repository)) = rule else {
+                    return Err(missing);
+                };
+                super::pullthrough::fetch(self, &rule, name, &upstream_repository, reference)
+                    .await?;
+                self.find_manifest(name, reference).await?
+            }
+            Err(other) => return Err(other),
+        };
         let length = manifest.body.len();
         let mut response = if head {
             Response::new(Body::empty())
@@ -639,7 +657,20 @@ impl Registry {
             }
             bytes.extend_from_slice(&piece);
         }
-        let bytes = bytes.freeze();
+        self.store_manifest(name, reference, bytes.freeze(), content_type.as_deref())
+            .await
+    }
+
+    /// Stores a manifest's bytes under `reference` (a tag or its digest),
+    /// as a push does: parsed, checked against what the repository holds,
+    /// its blobs held by a majority of servers, then proposed.
+    pub(super) async fn store_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        bytes: bytes::Bytes,
+        content_type: Option<&str>,
+    ) -> Answer {
         let digest = Digest::of(&bytes);
         let tag = if reference.contains(':') {
             let wanted = digest_checked(reference)?;
@@ -655,7 +686,7 @@ impl Registry {
             oci::validate_tag(reference)?;
             Some(reference.to_string())
         };
-        let parsed = oci::parse_manifest(&bytes, content_type.as_deref())?;
+        let parsed = oci::parse_manifest(&bytes, content_type)?;
         let body = String::from_utf8(bytes.to_vec()).map_err(|_| {
             fail(
                 StatusCode::BAD_REQUEST,
@@ -1111,6 +1142,24 @@ impl Registry {
                 Ok(blob_created(name, digest))
             }
         }
+    }
+
+    /// Whether the repository holds `reference` (a tag or a digest).
+    pub(super) fn holds(&self, name: &str, reference: &str) -> bool {
+        self.read(|s| match Digest::parse(reference) {
+            Ok(digest) => s.manifest(name, &digest).is_some(),
+            Err(_) => s.tag(name, reference).is_some(),
+        })
+    }
+
+    /// Links a stored blob into a repository (the pull-through cache).
+    pub(super) async fn link_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        self.link(name, digest, size).await
     }
 
     async fn link(&self, name: &str, digest: &Digest, size: u64) -> Result<(), RegistryError> {

@@ -570,6 +570,28 @@ pub enum EcrCommand {
     /// Print a password for `docker login --username AWS --password-stdin HOST:PORT`
     /// (good for 12 hours).
     GetLoginPassword,
+    /// Fetch repositories named PREFIX/... from an upstream registry on their
+    /// first pull, then serve them from the cluster.
+    CreatePullThroughCacheRule {
+        /// The first segment of the cached repositories' names, e.g. hub.
+        #[arg(long)]
+        ecr_repository_prefix: String,
+        /// The upstream, e.g. http://192.168.1.5:5000.
+        #[arg(long)]
+        upstream_registry_url: String,
+    },
+    /// List the pull-through cache rules.
+    DescribePullThroughCacheRules {
+        /// Only these prefixes.
+        #[arg(long, num_args = 1..)]
+        ecr_repository_prefixes: Vec<String>,
+    },
+    /// Delete a pull-through cache rule (what was cached stays).
+    DeletePullThroughCacheRule {
+        /// The rule's prefix.
+        #[arg(long)]
+        ecr_repository_prefix: String,
+    },
     /// Remove blobs no image references (orc's own verb): their links now,
     /// their files on every server within a minute. Safe while pushes run:
     /// links younger than the grace period are kept.

@@ -524,6 +524,25 @@ async fn ecr(endpoint: &str, output: &Output, command: EcrCommand) -> anyhow::Re
             "BatchDeleteImage",
             json!({"repositoryName": repository_name, "imageIds": ids(image_ids)}),
         ),
+        EcrCommand::CreatePullThroughCacheRule {
+            ecr_repository_prefix,
+            upstream_registry_url,
+        } => (
+            "CreatePullThroughCacheRule",
+            json!({"ecrRepositoryPrefix": ecr_repository_prefix, "upstreamRegistryUrl": upstream_registry_url}),
+        ),
+        EcrCommand::DescribePullThroughCacheRules {
+            ecr_repository_prefixes,
+        } => (
+            "DescribePullThroughCacheRules",
+            json!({"ecrRepositoryPrefixes": ecr_repository_prefixes}),
+        ),
+        EcrCommand::DeletePullThroughCacheRule {
+            ecr_repository_prefix,
+        } => (
+            "DeletePullThroughCacheRule",
+            json!({"ecrRepositoryPrefix": ecr_repository_prefix}),
+        ),
         EcrCommand::Gc {
             grace_seconds,
             dry_run,

@@ -118,6 +118,24 @@ impl Output {
                     .collect();
                 println!("{}", table(&["DIGEST", "TAGS", "SIZE", "PLATFORMS"], &rows));
             }
+            "CreatePullThroughCacheRule"
+            | "DeletePullThroughCacheRule"
+            | "DescribePullThroughCacheRules" => {
+                let rules = match answer.get("pullThroughCacheRules") {
+                    Some(_) => list("pullThroughCacheRules"),
+                    None => vec![answer.clone()],
+                };
+                let rows: Vec<Vec<String>> = rules
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            text(r, "ecrRepositoryPrefix"),
+                            text(r, "upstreamRegistryUrl"),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["PREFIX", "UPSTREAM"], &rows));
+            }
             "GarbageCollect" => {
                 let rows: Vec<Vec<String>> = list("collectable")
                     .iter()

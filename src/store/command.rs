@@ -254,6 +254,16 @@ pub enum Command {
         /// `(repository, digest)` of each link to remove.
         links: Vec<(String, crate::oci::Digest)>,
     },
+    /// A pull-through cache rule created.
+    RegistryPutCacheRule {
+        /// The rule.
+        rule: super::registry::CacheRule,
+    },
+    /// A pull-through cache rule deleted.
+    RegistryDeleteCacheRule {
+        /// Its prefix.
+        prefix: String,
+    },
     /// A manifest pushed, with the tag it was pushed under.
     RegistryPutManifest {
         /// The manifest, what it references and the platforms it covers.
@@ -314,6 +324,8 @@ impl Command {
             Command::RegistryLinkBlob { .. } => "RegistryLinkBlob",
             Command::RegistryUnlinkBlob { .. } => "RegistryUnlinkBlob",
             Command::RegistryCollectGarbage { .. } => "GarbageCollect",
+            Command::RegistryPutCacheRule { .. } => "CreatePullThroughCacheRule",
+            Command::RegistryDeleteCacheRule { .. } => "DeletePullThroughCacheRule",
             Command::RegistryPutManifest { .. } => "PutImage",
             Command::RegistryDeleteManifest { .. } => "BatchDeleteImage",
             Command::RegistryDeleteTag { .. } => "RegistryDeleteTag",
@@ -475,7 +487,9 @@ impl Command {
                     subjects.push("repository", repository);
                 }
             }
-            Command::RegistrySetSecret { .. } => {}
+            Command::RegistrySetSecret { .. }
+            | Command::RegistryPutCacheRule { .. }
+            | Command::RegistryDeleteCacheRule { .. } => {}
         }
         subjects.0
     }

@@ -56,6 +56,19 @@ impl ManifestRecord {
     }
 }
 
+/// A pull-through cache rule (ECR's `PullThroughCacheRule`): repositories
+/// named `PREFIX/…` are fetched from the upstream on their first pull.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheRule {
+    /// The first segment of the repositories it covers, e.g. `hub`.
+    pub ecr_repository_prefix: String,
+    /// Where images come from, e.g. `http://192.168.1.5:5000`.
+    pub upstream_registry_url: String,
+    /// When it was created.
+    pub created_at_ms: u64,
+}
+
 /// Everything the registry replicates.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegistryState {
@@ -72,6 +85,9 @@ pub struct RegistryState {
     /// progress links its blobs before its manifest names them).
     #[serde(default)]
     pub linked_at: Table<u64>,
+    /// Pull-through cache rules by prefix.
+    #[serde(default)]
+    pub cache_rules: Table<CacheRule>,
     /// Signs registry tokens; set once, by the first proposal that needs it.
     pub secret: String,
 }
@@ -263,6 +279,49 @@ pub fn unlink_blob(
     state.blobs.remove(&content_key(repository, digest));
     state.linked_at.remove(&content_key(repository, digest));
     Ok(json!({ "digest": digest }))
+}
+
+/// ECR CreatePullThroughCacheRule: the prefix is one lowercase repository
+/// name segment, unused by another rule; the upstream an `http://` URL.
+pub fn put_cache_rule(state: &mut RegistryState, rule: &CacheRule) -> Result<Value, Error> {
+    let prefix = &rule.ecr_repository_prefix;
+    let prefix_ok = (2..=30).contains(&prefix.len())
+        && prefix.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !prefix_ok {
+        return Err(Error::InvalidInput(format!(
+            "ecrRepositoryPrefix {prefix:?}: must be 2 to 30 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )));
+    }
+    let url = &rule.upstream_registry_url;
+    let host = url
+        .strip_prefix("http://")
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(Error::InvalidInput(format!(
+            "upstreamRegistryUrl {url:?}: give the upstream as http://HOST[:PORT] (orc's cache fetches over plain HTTP: a mirror on the lab's network)"
+        )));
+    }
+    if state.cache_rules.contains(prefix) {
+        return Err(Error::Conflict(format!(
+            "a pull-through cache rule for prefix {prefix:?} exists already: delete it first"
+        )));
+    }
+    state.cache_rules.insert(prefix.clone(), rule.clone());
+    Ok(json!({}))
+}
+
+/// ECR DeletePullThroughCacheRule (the cached repositories stay).
+pub fn delete_cache_rule(state: &mut RegistryState, prefix: &str) -> Result<Value, Error> {
+    match state.cache_rules.remove(prefix) {
+        Some(rule) => Ok(serde_json::to_value(rule).unwrap_or_default()),
+        None => Err(Error::NotFound(format!(
+            "no pull-through cache rule has prefix {prefix:?}: see `orc ecr describe-pull-through-cache-rules`"
+        ))),
+    }
 }
 
 /// The blob links garbage collection would remove at `now_ms`: links no

@@ -412,6 +412,12 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
             repository_name,
             digest,
         } => registry::unlink_blob(&mut state.registry, repository_name, digest),
+        Command::RegistryPutCacheRule { rule } => {
+            registry::put_cache_rule(&mut state.registry, rule)
+        }
+        Command::RegistryDeleteCacheRule { prefix } => {
+            registry::delete_cache_rule(&mut state.registry, prefix)
+        }
         Command::RegistryCollectGarbage { links } => {
             Ok(registry::collect_garbage(&mut state.registry, links))
         }

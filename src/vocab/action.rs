@@ -178,6 +178,12 @@ actions! {
     BatchDeleteImage,
     /// A login password for `docker login --username AWS`.
     GetAuthorizationToken,
+    /// Creates a pull-through cache rule (prefix → upstream registry).
+    CreatePullThroughCacheRule,
+    /// Lists the pull-through cache rules.
+    DescribePullThroughCacheRules,
+    /// Deletes a pull-through cache rule.
+    DeletePullThroughCacheRule,
     /// orc's own (ECR has none): removes blob links no image references and,
     /// on every server, the files no link names (`orc ecr gc`).
     GarbageCollect,
