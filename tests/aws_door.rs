@@ -67,7 +67,19 @@ fn aws(address: &str, workdir: &Path, args: &[&str]) -> Output {
 /// Runs one of `tests/aws/`'s scripts with `interpreter`; panics with its
 /// output unless it succeeds.
 fn script(interpreter: &str, name: &str, address: &str, workdir: &Path) -> String {
+    script_with(interpreter, name, address, workdir, &[])
+}
+
+/// [`script`] with more environment variables.
+fn script_with(
+    interpreter: &str,
+    name: &str,
+    address: &str,
+    workdir: &Path,
+    environment: &[(&str, &str)],
+) -> String {
     let output = aws_command(interpreter, address, workdir)
+        .envs(environment.iter().copied())
         .arg(scripts().join(name))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {interpreter} ({e})"));
@@ -489,8 +501,22 @@ async fn seed_002_walk_through_with_boto3() {
 async fn seed_004_lab_as_a_student_types_it_with_aws() {
     busybox_image(IMAGE);
     let orc = TestOrc::start().await;
-    let out = script("bash", "seed004.sh", &orc.server.address, orc.root.path());
+    let port = common::cluster::free_port().to_string();
+    let out = script_with(
+        "bash",
+        "seed004.sh",
+        &orc.server.address,
+        orc.root.path(),
+        &[("LB_PORT", &port)],
+    );
+    assert!(out.contains("balanced over 3"), "{out}");
     assert!(out.contains("scaled to 4"), "{out}");
+    assert!(out.ends_with("ok\n"), "{out}");
+    assert!(
+        orc.running_containers().is_empty(),
+        "containers left: {:?}",
+        orc.running_containers()
+    );
     let (services, _) = orc
         .client()
         .call("DescribeServices", json!({"services": ["lab"]}))
