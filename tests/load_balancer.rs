@@ -380,6 +380,62 @@ async fn elbv2_shapes_defaults_and_bad_input() {
     );
     assert_eq!(health["TargetHealthDescriptions"], serde_json::json!([]));
 
+    // Load balancer attributes: ALB's defaults; deletion protection refuses
+    // a deletion until it is turned off; unknown keys are refused.
+    let attributes = ok(
+        at,
+        &[
+            "describe-load-balancer-attributes",
+            "--load-balancer-arn",
+            &lb_arn,
+        ],
+    );
+    let attributes = attributes["Attributes"].to_string();
+    assert!(
+        attributes.contains(r#"{"Key":"deletion_protection.enabled","Value":"false"}"#)
+            && attributes.contains(r#"{"Key":"idle_timeout.timeout_seconds","Value":"60"}"#),
+        "{attributes}"
+    );
+    let protect = |value: &str| {
+        ok(
+            at,
+            &[
+                "modify-load-balancer-attributes",
+                "--load-balancer-arn",
+                &lb_arn,
+                "--attributes",
+                &format!("Key=deletion_protection.enabled,Value={value}"),
+            ],
+        )
+    };
+    let changed = protect("true");
+    assert!(
+        changed["Attributes"]
+            .to_string()
+            .contains(r#"{"Key":"deletion_protection.enabled","Value":"true"}"#),
+        "{changed}"
+    );
+    let error = refused(
+        at,
+        &["delete-load-balancer", "--load-balancer-arn", &lb_arn],
+    );
+    assert!(error.contains("OperationNotPermitted"), "{error}");
+    let error = refused(
+        at,
+        &[
+            "modify-load-balancer-attributes",
+            "--load-balancer-arn",
+            &lb_arn,
+            "--attributes",
+            "Key=waf.fail_open.enabled,Value=true",
+        ],
+    );
+    assert!(
+        error.contains("\"waf.fail_open.enabled\" is not a load balancer attribute"),
+        "{error}"
+    );
+    protect("false");
+
     // Clean-up: the load balancer takes its listener and rules along; then
     // the target group can go.
     ok(

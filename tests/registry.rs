@@ -1490,5 +1490,8 @@ async fn a_pull_through_cache_rule_fetches_from_the_upstream_once() {
     let missing = registry.http("GET", "/v2/mirror/orc-test/upstream/manifests/2", &[], b"");
     assert_eq!(missing.status, 503, "{missing:?}");
     let body = String::from_utf8_lossy(&missing.body).to_string();
-    assert!(body.contains("pull-through cache could not fetch"), "{body}");
+    assert!(
+        body.contains("pull-through cache could not fetch"),
+        "{body}"
+    );
 }

@@ -17,7 +17,8 @@ use crate::model::elbv2::{
 };
 use crate::raft::node::RaftHandle;
 use crate::store::elbv2::{
-    attributes_view, parse_priority, target_address, target_key, Elbv2Command, Elbv2State,
+    attributes_view, load_balancer_attributes_view, parse_priority, target_address, target_key,
+    Elbv2Command, Elbv2State,
 };
 use crate::store::{Command, State};
 use crate::vocab::action::Elbv2Action;
@@ -25,6 +26,21 @@ use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
 /// Dispatches one elbv2 action: the one `match` over [`Elbv2Action`].
+/// A request naming one load balancer.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LoadBalancerRequest {
+    load_balancer_arn: String,
+}
+
+/// One `{Key, Value}` of an attributes change.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AttributeRequest {
+    key: String,
+    value: String,
+}
+
 pub async fn call(
     raft: &RaftHandle,
     action: Elbv2Action,
@@ -36,14 +52,39 @@ pub async fn call(
         Elbv2Action::CreateLoadBalancer => create_load_balancer(raft, body, request_id).await?,
         Elbv2Action::DescribeLoadBalancers => describe_load_balancers(raft, body).await?,
         Elbv2Action::DeleteLoadBalancer => {
+            let request: LoadBalancerRequest = parse(name, body)?;
+            let command = Elbv2Command::DeleteLoadBalancer {
+                load_balancer_arn: request.load_balancer_arn,
+            };
+            write(raft, request_id, command).await?
+        }
+        Elbv2Action::DescribeLoadBalancerAttributes => {
+            let request: LoadBalancerRequest = parse(name, body)?;
+            read_linearizable(raft, |state| {
+                let (key, _) = state.elbv2.load_balancer(&request.load_balancer_arn)?;
+                Ok(json!({ "Attributes": load_balancer_attributes_view(&state.elbv2, &key) }))
+            })
+            .await?
+        }
+        Elbv2Action::ModifyLoadBalancerAttributes => {
             #[derive(Deserialize)]
             #[serde(rename_all = "PascalCase")]
             struct Request {
                 load_balancer_arn: String,
+                attributes: Vec<AttributeRequest>,
             }
             let request: Request = parse(name, body)?;
-            let command = Elbv2Command::DeleteLoadBalancer {
+            let attributes: Vec<(String, String)> = request
+                .attributes
+                .into_iter()
+                .map(|a| (a.key, a.value))
+                .collect();
+            for (key, value) in &attributes {
+                m::validate_load_balancer_attribute(key, value)?;
+            }
+            let command = Elbv2Command::ModifyLoadBalancerAttributes {
                 load_balancer_arn: request.load_balancer_arn,
+                attributes,
             };
             write(raft, request_id, command).await?
         }
@@ -84,15 +125,9 @@ pub async fn call(
         Elbv2Action::ModifyTargetGroupAttributes => {
             #[derive(Deserialize)]
             #[serde(rename_all = "PascalCase")]
-            struct Attribute {
-                key: String,
-                value: String,
-            }
-            #[derive(Deserialize)]
-            #[serde(rename_all = "PascalCase")]
             struct Request {
                 target_group_arn: String,
-                attributes: Vec<Attribute>,
+                attributes: Vec<AttributeRequest>,
             }
             let request: Request = parse(name, body)?;
             let attributes: Vec<(String, String)> = request

@@ -48,6 +48,21 @@ pub enum Elbv2Command {
         #[arg(long)]
         load_balancer_arn: String,
     },
+    /// Describe a load balancer's attributes.
+    DescribeLoadBalancerAttributes {
+        /// The load balancer.
+        #[arg(long)]
+        load_balancer_arn: String,
+    },
+    /// Change a load balancer's attributes, e.g. Key=deletion_protection.enabled,Value=true.
+    ModifyLoadBalancerAttributes {
+        /// The load balancer.
+        #[arg(long)]
+        load_balancer_arn: String,
+        /// Key=…,Value=… (space-separated for several) or JSON.
+        #[arg(long, num_args = 1..)]
+        attributes: Vec<String>,
+    },
     /// Create a target group (health checks every 5 s, 2 to turn healthy or unhealthy).
     CreateTargetGroup {
         /// Its name.
@@ -402,6 +417,17 @@ impl Elbv2Command {
                 "DeleteLoadBalancer",
                 json!({"LoadBalancerArn": load_balancer_arn}),
             ),
+            Elbv2Command::DescribeLoadBalancerAttributes { load_balancer_arn } => (
+                "DescribeLoadBalancerAttributes",
+                json!({"LoadBalancerArn": load_balancer_arn}),
+            ),
+            Elbv2Command::ModifyLoadBalancerAttributes {
+                load_balancer_arn,
+                attributes,
+            } => (
+                "ModifyLoadBalancerAttributes",
+                json!({"LoadBalancerArn": load_balancer_arn, "Attributes": string_values(list("--attributes", attributes)?)}),
+            ),
             Elbv2Command::CreateTargetGroup {
                 name,
                 protocol,
@@ -449,18 +475,10 @@ impl Elbv2Command {
             Elbv2Command::ModifyTargetGroupAttributes {
                 target_group_arn,
                 attributes,
-            } => {
-                let mut attributes = list("--attributes", attributes)?;
-                for attribute in attributes.as_array_mut().into_iter().flatten() {
-                    if let Some(value) = attribute.get("Value").filter(|v| !v.is_string()) {
-                        attribute["Value"] = Value::String(value.to_string());
-                    }
-                }
-                (
-                    "ModifyTargetGroupAttributes",
-                    json!({"TargetGroupArn": target_group_arn, "Attributes": attributes}),
-                )
-            }
+            } => (
+                "ModifyTargetGroupAttributes",
+                json!({"TargetGroupArn": target_group_arn, "Attributes": string_values(list("--attributes", attributes)?)}),
+            ),
             Elbv2Command::CreateListener {
                 load_balancer_arn,
                 protocol,
@@ -556,6 +574,17 @@ impl Elbv2Command {
             ),
         })
     }
+}
+
+/// Attributes parsed from shorthand with every `Value` as text
+/// (`Value=10` parses as a number, `Value=true` as a boolean).
+fn string_values(mut attributes: Value) -> Value {
+    for attribute in attributes.as_array_mut().into_iter().flatten() {
+        if let Some(value) = attribute.get("Value").filter(|v| !v.is_string()) {
+            attribute["Value"] = Value::String(value.to_string());
+        }
+    }
+    attributes
 }
 
 #[cfg(test)]

@@ -637,6 +637,64 @@ pub fn validate_attribute(key: &str, value: &str) -> Result<()> {
     }
 }
 
+/// The attribute that, set to `true`, refuses a load balancer's deletion.
+pub const DELETION_PROTECTION: &str = "deletion_protection.enabled";
+
+/// The attributes a load balancer starts with (ALB's names and defaults).
+pub fn default_load_balancer_attributes() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (DELETION_PROTECTION.to_string(), "false".to_string()),
+        ("idle_timeout.timeout_seconds".to_string(), "60".to_string()),
+        ("routing.http2.enabled".to_string(), "true".to_string()),
+        ("access_logs.s3.enabled".to_string(), "false".to_string()),
+        (
+            "routing.http.drop_invalid_header_fields.enabled".to_string(),
+            "false".to_string(),
+        ),
+    ])
+}
+
+/// Checks one load balancer attribute change: only keys orc knows, values
+/// ALB accepts (and, for what orc does not do, only the default).
+pub fn validate_load_balancer_attribute(key: &str, value: &str) -> Result<()> {
+    let boolean = || {
+        if value == "true" || value == "false" {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "Attributes: {key} is true or false, got {value:?}"
+            )))
+        }
+    };
+    match key {
+        DELETION_PROTECTION | "routing.http2.enabled" => boolean(),
+        "idle_timeout.timeout_seconds" => match value.parse::<u32>() {
+            Ok(seconds) if (1..=4000).contains(&seconds) => Ok(()),
+            _ => Err(Error::InvalidInput(format!(
+                "Attributes: idle_timeout.timeout_seconds must be 1 to 4000 seconds, got {value:?}"
+            ))),
+        },
+        "access_logs.s3.enabled" | "routing.http.drop_invalid_header_fields.enabled" => {
+            boolean()?;
+            if value == "false" {
+                Ok(())
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "Attributes: orc serves {key} only as false (it has no S3 and keeps every header field)"
+                )))
+            }
+        }
+        other => Err(Error::InvalidInput(format!(
+            "Attributes: {other:?} is not a load balancer attribute orc knows; it knows {}",
+            default_load_balancer_attributes()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// The health-check settings a create or modify request may change.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

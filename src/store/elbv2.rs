@@ -33,6 +33,10 @@ pub struct Elbv2State {
     pub rules: Table<Rule>,
     /// Registered targets.
     pub targets: Table<RegisteredTarget>,
+    /// Load balancer attributes that differ from ALB's defaults, by load
+    /// balancer key.
+    #[serde(default)]
+    pub load_balancer_attributes: Table<std::collections::BTreeMap<String, String>>,
 }
 
 /// One target's new health, decided by the leader's health checks.
@@ -59,6 +63,13 @@ pub enum Elbv2Command {
     DeleteLoadBalancer {
         /// The load balancer.
         load_balancer_arn: String,
+    },
+    /// elbv2 ModifyLoadBalancerAttributes.
+    ModifyLoadBalancerAttributes {
+        /// The load balancer.
+        load_balancer_arn: String,
+        /// (key, value) pairs.
+        attributes: Vec<(String, String)>,
     },
     /// elbv2 CreateTargetGroup.
     CreateTargetGroup {
@@ -170,6 +181,7 @@ impl Elbv2Command {
         match self {
             Elbv2Command::CreateLoadBalancer { .. } => "CreateLoadBalancer",
             Elbv2Command::DeleteLoadBalancer { .. } => "DeleteLoadBalancer",
+            Elbv2Command::ModifyLoadBalancerAttributes { .. } => "ModifyLoadBalancerAttributes",
             Elbv2Command::CreateTargetGroup { .. } => "CreateTargetGroup",
             Elbv2Command::ModifyTargetGroup { .. } => "ModifyTargetGroup",
             Elbv2Command::DeleteTargetGroup { .. } => "DeleteTargetGroup",
@@ -198,7 +210,10 @@ impl Elbv2Command {
             Elbv2Command::CreateLoadBalancer { load_balancer } => {
                 vec![resource(&load_balancer.load_balancer_arn)]
             }
-            Elbv2Command::DeleteLoadBalancer { load_balancer_arn } => {
+            Elbv2Command::DeleteLoadBalancer { load_balancer_arn }
+            | Elbv2Command::ModifyLoadBalancerAttributes {
+                load_balancer_arn, ..
+            } => {
                 vec![resource(load_balancer_arn)]
             }
             Elbv2Command::CreateTargetGroup { target_group } => {
@@ -400,6 +415,18 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
         }
         Elbv2Command::DeleteLoadBalancer { load_balancer_arn } => {
             let key = arn_key("LoadBalancerArn", "loadbalancer", load_balancer_arn)?.to_string();
+            let protected = elb
+                .load_balancer_attributes
+                .get(&key)
+                .and_then(|a| a.get(m::DELETION_PROTECTION))
+                .is_some_and(|v| v == "true");
+            if protected && elb.load_balancers.get(&key).is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "LoadBalancerArn: load balancer {load_balancer_arn:?} has deletion protection (OperationNotPermitted); turn it off with modify-load-balancer-attributes --attributes Key={},Value=false first",
+                    m::DELETION_PROTECTION
+                )));
+            }
+            elb.load_balancer_attributes.remove(&key);
             // Deleting one that is gone succeeds, as in elbv2.
             if elb.load_balancers.remove(&key).is_some() {
                 let listeners: Vec<String> =
@@ -485,6 +512,34 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
                 elb.targets.remove(&target);
             }
             Ok(json!({}))
+        }
+        Elbv2Command::ModifyLoadBalancerAttributes {
+            load_balancer_arn,
+            attributes,
+        } => {
+            let (key, _) = elb.load_balancer(load_balancer_arn)?;
+            for (attribute, value) in attributes {
+                m::validate_load_balancer_attribute(attribute, value)?;
+            }
+            let mut stored = elb
+                .load_balancer_attributes
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            let defaults = m::default_load_balancer_attributes();
+            for (attribute, value) in attributes {
+                if defaults.get(attribute) == Some(value) {
+                    stored.remove(attribute);
+                } else {
+                    stored.insert(attribute.clone(), value.clone());
+                }
+            }
+            if stored.is_empty() {
+                elb.load_balancer_attributes.remove(&key);
+            } else {
+                elb.load_balancer_attributes.insert(key.clone(), stored);
+            }
+            Ok(json!({ "Attributes": load_balancer_attributes_view(elb, &key) }))
         }
         Elbv2Command::ModifyTargetGroupAttributes {
             target_group_arn,
@@ -791,6 +846,18 @@ pub fn target_address(
             ))
         })?;
     Ok(format!("{host}:{port}"))
+}
+
+/// A load balancer's attributes as elbv2 shows them: ALB's defaults with
+/// the ones changed, as `[{Key, Value}]`.
+pub fn load_balancer_attributes_view(elb: &Elbv2State, key: &str) -> serde_json::Value {
+    let mut all = m::default_load_balancer_attributes();
+    if let Some(changed) = elb.load_balancer_attributes.get(key) {
+        all.extend(changed.clone());
+    }
+    all.iter()
+        .map(|(key, value)| json!({"Key": key, "Value": value}))
+        .collect()
 }
 
 /// The attributes as elbv2 shows them: `[{Key, Value}]`.

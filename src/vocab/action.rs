@@ -122,6 +122,10 @@ actions! {
     DescribeLoadBalancers,
     /// Deletes a load balancer and its listeners.
     DeleteLoadBalancer,
+    /// Describes a load balancer's attributes.
+    DescribeLoadBalancerAttributes,
+    /// Changes a load balancer's attributes (`deletion_protection.enabled`, ...).
+    ModifyLoadBalancerAttributes,
     /// Creates a target group with its health-check settings.
     CreateTargetGroup,
     /// Describes target groups.

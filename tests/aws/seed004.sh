@@ -31,6 +31,11 @@ TG_ARN=$(aws elbv2 create-target-group --name lab-tg --protocol HTTP --port 80 \
     --query 'TargetGroups[0].TargetGroupArn' --output text)
 aws elbv2 modify-target-group-attributes --target-group-arn "$TG_ARN" \
     --attributes Key=deregistration_delay.timeout_seconds,Value=2
+aws elbv2 modify-load-balancer-attributes --load-balancer-arn "$LB_ARN" \
+    --attributes Key=idle_timeout.timeout_seconds,Value=120
+IDLE=$(aws elbv2 describe-load-balancer-attributes --load-balancer-arn "$LB_ARN" \
+    --query "Attributes[?Key=='idle_timeout.timeout_seconds'].Value" --output text)
+[[ "$IDLE" == 120 ]] || { echo "expected idle_timeout.timeout_seconds 120, got $IDLE" >&2; exit 1; }
 LISTENER_ARN=$(aws elbv2 create-listener --load-balancer-arn "$LB_ARN" \
     --protocol HTTP --port "$LB_PORT" \
     --default-actions Type=forward,TargetGroupArn="$TG_ARN" \
