@@ -237,6 +237,25 @@ async fn sigv4_with_orc_access_keys_refuses_what_aws_refuses() {
     let (admin_key, admin_secret) = user_with_key(address, "ada", "admin", true);
     let (operator_key, operator_secret) = user_with_key(address, "olga", "operator", false);
     let (readonly_key, readonly_secret) = user_with_key(address, "rita", "readonly", false);
+    orc_cli(
+        address,
+        &[
+            "iam",
+            "create-user",
+            "stu",
+            "--role",
+            "operator",
+            "--clusters",
+            "lab1",
+        ],
+    );
+    let student: Value = serde_json::from_str(&orc_cli(
+        address,
+        &["iam", "create-access-key", "--user-name", "stu"],
+    ))
+    .unwrap();
+    let student_key = student["AccessKey"]["AccessKeyId"].as_str().unwrap();
+    let student_secret = student["AccessKey"]["SecretAccessKey"].as_str().unwrap();
     assert!(admin_key.starts_with("AKIA") && admin_key.len() == 20);
 
     // The CLI lists users and keys, never a secret.
@@ -259,6 +278,8 @@ async fn sigv4_with_orc_access_keys_refuses_what_aws_refuses() {
         .env("OPERATOR_SECRET", &operator_secret)
         .env("READONLY_KEY", &readonly_key)
         .env("READONLY_SECRET", &readonly_secret)
+        .env("STUDENT_KEY", student_key)
+        .env("STUDENT_SECRET", student_secret)
         .output()
         .unwrap();
     assert!(

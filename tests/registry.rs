@@ -1495,3 +1495,131 @@ async fn a_pull_through_cache_rule_fetches_from_the_upstream_once() {
         "{body}"
     );
 }
+
+/// Creates a user with `role` and an access key; returns (id, secret).
+fn access_key(registry: &Registry, name: &str, role: &str) -> (String, String) {
+    let (ok, _, err) = registry.orc(&["iam", "create-user", name, "--role", role]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = registry.orc(&["iam", "create-access-key", "--user-name", name]);
+    assert!(ok, "{err}");
+    let key: Value = serde_json::from_str(&out).unwrap();
+    (
+        key["AccessKey"]["AccessKeyId"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        key["AccessKey"]["SecretAccessKey"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_logs_in_with_an_access_key_and_the_role_decides_pushes() {
+    let registry = Registry::start().await;
+    let (operator, operator_secret) = access_key(&registry, "olga", "operator");
+    let (readonly, readonly_secret) = access_key(&registry, "rita", "readonly");
+
+    // The token endpoint takes an access key as Basic credentials: an
+    // operator's token pushes, a readonly user's only pulls, a wrong
+    // secret gets none.
+    let upload = |authorization: &str| {
+        registry
+            .http(
+                "POST",
+                "/v2/orc-test/keyed/blobs/uploads/",
+                &[("Authorization", authorization)],
+                b"",
+            )
+            .status
+    };
+    let token = |user: &str, secret: &str| {
+        let answer = registry.http(
+            "GET",
+            "/v2/token?service=orc&scope=repository:orc-test/keyed:pull,push",
+            &[("Authorization", &basic(user, secret))],
+            b"",
+        );
+        (
+            answer.status,
+            answer.json()["token"].as_str().map(str::to_string),
+        )
+    };
+    let (status, operator_token) = token(&operator, &operator_secret);
+    assert_eq!(status, 200);
+    assert_eq!(upload(&format!("Bearer {}", operator_token.unwrap())), 202);
+    assert_eq!(upload(&basic(&operator, &operator_secret)), 202);
+    let (status, readonly_token) = token(&readonly, &readonly_secret);
+    assert_eq!(status, 200);
+    assert_eq!(upload(&format!("Bearer {}", readonly_token.unwrap())), 401);
+    let refused = registry.http(
+        "POST",
+        "/v2/orc-test/keyed/blobs/uploads/",
+        &[("Authorization", &basic(&readonly, &readonly_secret))],
+        b"",
+    );
+    assert_eq!(refused.status, 401);
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("readonly"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        registry
+            .http(
+                "GET",
+                "/v2/",
+                &[("Authorization", &basic(&readonly, &readonly_secret))],
+                b""
+            )
+            .status,
+        200
+    );
+    assert_eq!(token(&operator, "not-the-secret").0, 401);
+    assert_eq!(upload(&basic(&operator, "not-the-secret")), 401);
+    assert_eq!(token("AKIAUNKNOWNUNKNOWN00", "x").0, 401);
+
+    // docker login with the operator's key, then push and pull.
+    let reference = format!("{}/orc-test/keyed:1", registry.host());
+    let _cleanup = DockerTags(vec![reference.clone()]);
+    images::busybox_image(&reference);
+    let (ok, text) = registry.docker(
+        &[
+            "login",
+            "--username",
+            &operator,
+            "--password-stdin",
+            registry.host(),
+        ],
+        Some(&operator_secret),
+    );
+    assert!(ok, "docker login failed: {text}");
+    let (ok, text) = registry.docker(&["push", &reference], None);
+    assert!(ok, "docker push with an access key failed: {text}");
+    // The readonly key logs in but cannot push.
+    let (ok, text) = registry.docker(
+        &[
+            "login",
+            "--username",
+            &readonly,
+            "--password-stdin",
+            registry.host(),
+        ],
+        Some(&readonly_secret),
+    );
+    assert!(ok, "docker login failed: {text}");
+    let (ok, text) = registry.docker(&["push", &reference], None);
+    assert!(!ok, "a readonly key pushed: {text}");
+    let (ok, text) = registry.docker(&["rmi", &reference], None);
+    assert!(ok, "{text}");
+    let (ok, text) = registry.docker(&["pull", &reference], None);
+    assert!(ok, "a readonly key cannot pull: {text}");
+}

@@ -131,6 +131,7 @@ pub async fn secret(raft: &RaftHandle) -> Result<String> {
 /// Dispatches one ECR action: the one `match` over [`EcrAction`].
 pub async fn call(
     raft: &RaftHandle,
+    principal: &crate::vocab::principal::Principal,
     action: EcrAction,
     body: &str,
     request_id: String,
@@ -409,7 +410,16 @@ pub async fn call(
             use base64::Engine as _;
             let secret = secret(raft).await?;
             let expires_ms = now_ms() + TOKEN_LIFETIME_MS;
-            let password = sign_token(&secret, expires_ms);
+            // A role that may write gets a token that pushes; readonly, one
+            // that only pulls.
+            let password = if principal
+                .may(crate::vocab::principal::Access::Write, "ecr:push")
+                .is_ok()
+            {
+                sign_token(&secret, expires_ms)
+            } else {
+                sign_pull_token(&secret, expires_ms)
+            };
             // ECR's authorizationToken: `AWS:PASSWORD`, base64-encoded.
             let token = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
             Ok(json!({

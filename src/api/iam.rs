@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use super::ecs::{parse, propose, read_linearizable, ActionResult};
 use crate::raft::node::RaftHandle;
 use crate::seal::SealKey;
-use crate::store::iam::{access_key_view, user_view, AccessKey, IamCommand, User, ROLE_TAG};
+use crate::store::iam::{
+    access_key_view, user_view, AccessKey, IamCommand, User, CLUSTERS_TAG, ROLE_TAG,
+};
 use crate::store::Command;
 use crate::vocab::action::IamAction;
 use crate::vocab::principal::{Principal, Role};
@@ -65,6 +67,9 @@ struct UserRequest {
     tags: Vec<Tag>,
     #[serde(default)]
     access_key_id: Option<String>,
+    /// orc's own member; or the `orc:clusters` tag (comma-separated).
+    #[serde(default)]
+    clusters: Vec<String>,
 }
 
 impl UserRequest {
@@ -105,11 +110,19 @@ pub async fn call(
                     ))
                 })?
                 .parse::<Role>()?;
+            let mut clusters = request.clusters.clone();
+            if let Some(tag) = request.tags.iter().find(|tag| tag.key == CLUSTERS_TAG) {
+                clusters.extend(tag.value.split(',').map(|c| c.trim().to_string()));
+            }
+            clusters.retain(|c| !c.is_empty());
+            clusters.sort();
+            clusters.dedup();
             let user = User {
                 user_name,
                 user_id: format!("AIDA{}", random_text(ID_ALPHABET, 17)),
                 role,
                 created_ms: now_ms(),
+                clusters,
             };
             let answer = propose(
                 raft,

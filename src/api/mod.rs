@@ -21,6 +21,7 @@ pub mod logs;
 pub mod members;
 pub mod pullthrough;
 pub mod registry;
+pub mod scope;
 pub mod secrets;
 pub mod services;
 pub mod tasks;
@@ -101,17 +102,51 @@ impl ApiContext {
         request_id: String,
     ) -> Result<ecs::ActionResult> {
         principal.may_call(action)?;
+        let scoped = self.clusters_of(principal);
+        if let Some((user, allowed)) = &scoped {
+            scope::check(user, allowed, action, body)?;
+        }
         let request_id = if request_id.is_empty() {
             crate::vocab::ids::request_id()
         } else {
             request_id
         };
+        let mut result = self
+            .dispatch_action(principal, action, body, request_id)
+            .await?;
+        if let (Some((_, allowed)), Action::Ecs(crate::vocab::action::EcsAction::ListClusters)) =
+            (&scoped, action)
+        {
+            scope::filter_cluster_list(allowed, &mut result.body);
+        }
+        Ok(result)
+    }
+
+    /// The clusters a user is limited to (with its name), when it is.
+    fn clusters_of(&self, principal: &Principal) -> Option<(String, Vec<String>)> {
+        let Principal::User { name, .. } = principal else {
+            return None;
+        };
+        self.raft
+            .store()
+            .read(|state| state.iam.users.get(name).map(|user| user.clusters.clone()))
+            .filter(|clusters| !clusters.is_empty())
+            .map(|clusters| (name.clone(), clusters))
+    }
+
+    async fn dispatch_action(
+        &self,
+        principal: &Principal,
+        action: Action,
+        body: &str,
+        request_id: String,
+    ) -> Result<ecs::ActionResult> {
         match action {
             Action::Ecs(action) => {
                 ecs::call(&self.raft, self.service_limits, action, body, request_id).await
             }
             Action::Elbv2(action) => elbv2::call(&self.raft, action, body, request_id).await,
-            Action::Ecr(action) => ecr::call(&self.raft, action, body, request_id).await,
+            Action::Ecr(action) => ecr::call(&self.raft, principal, action, body, request_id).await,
             Action::Iam(action) => {
                 iam::call(&self.raft, &self.seal, action, body, request_id).await
             }
@@ -575,6 +610,7 @@ pub async fn serve(
             blobs: context.blobs.clone(),
             sync: context.blob_sync.clone(),
             fetches: Default::default(),
+            seal: context.seal.clone(),
         })))
         .merge(door::routes(context))
         .fallback(door::not_served)

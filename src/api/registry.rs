@@ -26,6 +26,7 @@ use crate::oci::{self, Digest, OciError};
 use crate::raft::node::RaftHandle;
 use crate::store::registry::{ManifestRecord, RegistryState};
 use crate::store::{Command, Proposal};
+use crate::vocab::principal::Principal;
 use crate::vocab::time::now_ms;
 use crate::Error;
 
@@ -47,6 +48,35 @@ pub struct Registry {
     pub sync: Arc<super::blobsync::BlobSync>,
     /// Pull-through cache fetches in progress.
     pub fetches: super::pullthrough::Fetches,
+    /// Opens access keys' secrets, for `docker login` with an access key.
+    pub seal: crate::seal::SealKey,
+}
+
+/// Whether a connection may pull without a credential: on a server started
+/// insecure, and for callers whose certificate already says who they are
+/// (servers, agents, users). A TLS caller with no certificate must log in.
+fn pulls_open(connection: Option<&Principal>) -> bool {
+    matches!(
+        connection,
+        Some(
+            Principal::Insecure
+                | Principal::Server { .. }
+                | Principal::Agent { .. }
+                | Principal::User { .. }
+        )
+    )
+}
+
+/// The user and password of an `Authorization: Basic …` header.
+fn basic_credentials(header: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let encoded = header.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// The `/v2/` routes, to merge into the API port's router.
@@ -312,13 +342,13 @@ impl Registry {
         };
         let method = request.method().clone();
         let writes = !matches!(method, Method::GET | Method::HEAD);
+        let open = pulls_open(request.extensions().get::<Principal>());
         if route == Route::Token {
-            return self.token(request.headers()).await;
+            return self.token(request.headers(), open).await;
         }
-        if writes || route == Route::Base {
+        if writes || route == Route::Base || !open {
             let realm = realm(&request);
-            self.authorize(request.headers(), route == Route::Base, &realm)
-                .await?;
+            self.authorize(request.headers(), !writes, &realm).await?;
         }
         match route {
             Route::Base | Route::Token => Ok(json_response(StatusCode::OK, json!({}))),
@@ -416,6 +446,16 @@ impl Registry {
                 format!("Bearer realm=\"{realm}\",service=\"orc\""),
             )
         };
+        if let Some(login) = self.access_key_login(headers) {
+            return match login {
+                Ok(true) => Ok(()),
+                Ok(false) if ping => Ok(()),
+                Ok(false) => Err(refuse(
+                    "a readonly user's access key may only pull: push with an operator's or admin's key",
+                )),
+                Err(why) => Err(refuse(&why)),
+            };
+        }
         let Some(token) =
             header_str(headers, header::AUTHORIZATION).and_then(super::ecr::basic_password)
         else {
@@ -440,12 +480,24 @@ impl Registry {
     /// `GET /v2/token` (Docker's token flow): the login password, checked,
     /// comes back as a push token; without credentials the answer is an
     /// anonymous token that pulls only; wrong credentials get 401.
-    async fn token(&self, headers: &HeaderMap) -> Answer {
+    async fn token(&self, headers: &HeaderMap, open: bool) -> Answer {
         let secret = super::ecr::secret(&self.raft).await?;
         let now = now_ms();
-        let token = match header_str(headers, header::AUTHORIZATION) {
-            None => super::ecr::sign_pull_token(&secret, now + TOKEN_SECONDS * 1000),
-            Some(value) => match super::ecr::basic_password(value) {
+        let expires = now + TOKEN_SECONDS * 1000;
+        let login = self.access_key_login(headers);
+        let token = match (login, header_str(headers, header::AUTHORIZATION)) {
+            (Some(Ok(true)), _) => super::ecr::sign_token(&secret, expires),
+            (Some(Ok(false)), _) => super::ecr::sign_pull_token(&secret, expires),
+            (Some(Err(why)), _) => return Err(fail(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why)),
+            (None, None) if !open => {
+                return Err(fail(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "pulling needs credentials on this cluster: `docker login` with an access key (user AKIA…, password its secret) or `orc ecr get-login-password`",
+                ))
+            }
+            (None, None) => super::ecr::sign_pull_token(&secret, expires),
+            (None, Some(value)) => match super::ecr::basic_password(value) {
                 Some(password) if super::ecr::verify_token(&secret, &password, now) => password,
                 _ => {
                     return Err(fail(
@@ -460,6 +512,43 @@ impl Registry {
             StatusCode::OK,
             json!({ "token": token, "access_token": token, "expires_in": TOKEN_SECONDS }),
         ))
+    }
+
+    /// A Basic login whose user is an access key id (`docker login -u
+    /// AKIA… -p SECRET`): `None` when the header is not one, else whether
+    /// the key's user may push (`Ok(false)`: pull only) or why the login
+    /// fails. The secret is compared in constant time.
+    fn access_key_login(&self, headers: &HeaderMap) -> Option<Result<bool, String>> {
+        let (user, password) =
+            header_str(headers, header::AUTHORIZATION).and_then(basic_credentials)?;
+        if user == "AWS" {
+            return None;
+        }
+        let wrong = || {
+            format!("the access key {user} or its secret is wrong: log in with an orc access key (`orc iam create-access-key`) or the user AWS and `orc ecr get-login-password`")
+        };
+        let found = match super::iam::secret_of(&self.raft, &self.seal, &user) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(%error, "cannot read an access key's secret");
+                return Some(Err(wrong()));
+            }
+        };
+        let Some((secret, principal)) = found else {
+            return Some(Err(wrong()));
+        };
+        let same = secret.len() == password.len()
+            && secret
+                .bytes()
+                .zip(password.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Some(Err(wrong()));
+        }
+        Some(Ok(principal
+            .may(crate::vocab::principal::Access::Write, "ecr:push")
+            .is_ok()))
     }
 
     // --- listings ----------------------------------------------------

@@ -620,6 +620,10 @@ pub enum IamCommand {
         /// admin, operator or readonly.
         #[arg(long)]
         role: String,
+        /// Limit the user's ECS actions to these clusters (comma-separated
+        /// or repeated; default: every cluster).
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        clusters: Vec<String>,
     },
     /// List the users with their roles.
     ListUsers,

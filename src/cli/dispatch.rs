@@ -462,9 +462,10 @@ fn iam_request(command: IamCommand) -> (&'static str, serde_json::Value) {
             name,
             user_name,
             role,
+            clusters,
         } => (
             "CreateUser",
-            json!({"UserName": user_name.or(name), "Role": role}),
+            json!({"UserName": user_name.or(name), "Role": role, "Clusters": clusters}),
         ),
         IamCommand::ListUsers => ("ListUsers", json!({})),
         IamCommand::DeleteUser { user_name } => ("DeleteUser", json!({"UserName": user_name})),

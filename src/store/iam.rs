@@ -20,6 +20,8 @@ use crate::Error;
 
 /// The tag key that carries a user's orc role (IAM has no roles of this kind).
 pub const ROLE_TAG: &str = "orc:role";
+/// The tag key that carries the clusters a user is limited to, comma-separated.
+pub const CLUSTERS_TAG: &str = "orc:clusters";
 /// At most this many access keys per user, as IAM allows.
 pub const MAX_KEYS_PER_USER: usize = 2;
 
@@ -34,6 +36,9 @@ pub struct User {
     pub role: Role,
     /// When it was created, in milliseconds since the epoch.
     pub created_ms: u64,
+    /// The only clusters its ECS actions may name (empty: every cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
 }
 
 /// An access key: the id a request names and its sealed secret.
@@ -136,8 +141,16 @@ pub fn user_view(user: &User) -> Value {
         "UserId": user.user_id,
         "Arn": user_arn(&user.user_name),
         "CreateDate": user.created_ms as f64 / 1000.0,
-        "Tags": [{"Key": ROLE_TAG, "Value": user.role.as_str()}],
+        "Tags": user_tags(user),
     })
+}
+
+fn user_tags(user: &User) -> Value {
+    let mut tags = vec![json!({"Key": ROLE_TAG, "Value": user.role.as_str()})];
+    if !user.clusters.is_empty() {
+        tags.push(json!({"Key": CLUSTERS_TAG, "Value": user.clusters.join(",")}));
+    }
+    Value::Array(tags)
 }
 
 /// An access key's metadata as IAM shows it: never its secret.
@@ -173,6 +186,10 @@ pub fn apply(iam: &mut IamState, command: &IamCommand) -> Outcome {
     match command {
         IamCommand::CreateUser { user } => {
             validate_user_name(&user.user_name)?;
+            for cluster in &user.clusters {
+                crate::model::validate_cluster_name(cluster)
+                    .map_err(|e| Error::InvalidInput(format!("Clusters: {e}")))?;
+            }
             if iam.users.contains(&user.user_name) {
                 return Err(Error::Conflict(format!(
                     "user with name {} already exists (EntityAlreadyExists): pick another name or delete it first",
@@ -242,6 +259,7 @@ mod tests {
             user_id: format!("AIDA{name}"),
             role,
             created_ms: 1_000,
+            clusters: vec![],
         }
     }
 

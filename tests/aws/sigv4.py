@@ -179,6 +179,19 @@ expect(
 )
 expect("AccessDenied", lambda: operator_iam.list_users())
 
+# A student limited to cluster lab1 sees and changes only lab1.
+student = client("ecs", *keys("STUDENT"))
+student.create_cluster(clusterName="lab1")
+admin_ecs.create_cluster(clusterName="lab2")
+arns = student.list_clusters()["clusterArns"]
+assert [a.rsplit("/", 1)[1] for a in arns] == ["lab1"], arns
+student.list_tasks(cluster="lab1")
+expect("AccessDeniedException", lambda: student.list_tasks(cluster="lab2"), '"lab2"')
+expect("AccessDeniedException", lambda: student.delete_cluster(cluster="lab2"), '"lab2"')
+expect("AccessDeniedException", lambda: student.list_tasks(), '"default"')
+users = {u["UserName"]: u for u in admin_iam.list_users()["Users"]}
+assert {"Key": "orc:clusters", "Value": "lab1"} in users["stu"]["Tags"], users["stu"]
+
 # Secrets Manager over awsJson1_1: values go in, never come out.
 secrets = client("secretsmanager", *keys("OPERATOR"))
 made = secrets.create_secret(Name="lab/boto", SecretString="boto-value-123")
