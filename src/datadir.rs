@@ -115,12 +115,25 @@ pub fn write_marker(path: &Path, marker: &Marker) -> Result<()> {
     Ok(())
 }
 
+/// Makes the data dir readable by its owner only (0700): the state, the
+/// raft log, the blobs and the keys are nobody else's business.
+pub fn restrict(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        Error::InvalidInput(format!(
+            "cannot restrict data dir {} to its owner: {e}; run orc as the data dir's owner",
+            path.display()
+        ))
+    })
+}
+
 /// Opens the sled database with settings sized for a 1 GiB Pi: a small
 /// cache and no background flusher (orc flushes before acknowledging).
 pub fn open_db(path: &Path, cache_mib: u64) -> Result<sled::Db> {
     std::fs::create_dir_all(path).map_err(|e| {
         Error::InvalidInput(format!("cannot create data dir {}: {e}", path.display()))
     })?;
+    restrict(path)?;
     sled::Config::new()
         .path(path.join("db"))
         .cache_capacity(cache_mib * 1024 * 1024)
@@ -138,6 +151,18 @@ pub fn open_db(path: &Path, cache_mib: u64) -> Result<sled::Db> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_opened_data_dir_is_its_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _db = open_db(&path, 1).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 
     #[test]
     fn fresh_foreign_and_corrupt_dirs() {

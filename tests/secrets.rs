@@ -207,6 +207,15 @@ async fn a_secret_reaches_its_container_and_nothing_else() {
     .await;
     watcher.abort();
     shown.push_str(&watched.lock().unwrap());
+    // The server's data dir (state, raft log, seal key) is its owner's only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&orc.server.data_dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the server data dir is mode {mode:o}");
+    }
     let logs = format!("{}\n{}", orc.server.log_text(), orc.agent_log());
     assert!(
         logs.contains("task secrets delivered"),
