@@ -109,6 +109,7 @@ pub fn service_commands(state: &State, now_ms: u64, seed: u64) -> Vec<Command> {
             events: plan.events.clone(),
             inactive: plan.inactive,
             drained: vec![],
+            failed_health_checks: plan.failed_health_checks.clone(),
         };
         if result != PlanResult::default() {
             commands.push(Command::ServicePlan {
@@ -1716,12 +1717,18 @@ mod target_tests {
                 && statuses.contains(&(TaskStatus::Pending, TaskStatus::Running)),
             "the failing task drains and a replacement starts: {statuses:?}"
         );
-        let newest = &state.service("default", "web").unwrap().events;
+        let service = state.service("default", "web").unwrap();
         assert!(
-            newest
+            service
+                .events
                 .iter()
                 .any(|e| e.message.contains("failed ELB health checks")),
-            "{newest:?}"
+            "{:?}",
+            service.events
+        );
+        assert_eq!(
+            service.deployments[0].failed_tasks, 1,
+            "a task that failed its health checks counts toward the circuit breaker"
         );
     }
 

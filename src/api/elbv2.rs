@@ -808,9 +808,15 @@ pub fn target_health_view(
     } else {
         target.health.clone()
     };
+    // The port checks go to: the target's own, or the group's fixed one.
+    let health_check_port = elb
+        .target_group(target_group_arn)
+        .ok()
+        .and_then(|(_, record)| record.group.health_check_port.parse::<u16>().ok())
+        .unwrap_or(target.port);
     json!({
         "Target": {"Id": target.id, "Port": target.port},
-        "HealthCheckPort": target.port.to_string(),
+        "HealthCheckPort": health_check_port.to_string(),
         "TargetHealth": health,
     })
 }

@@ -118,6 +118,41 @@ fn checked_targets(state: &State) -> Vec<Checked> {
     all
 }
 
+/// The health of a target whose group does not check its targets.
+fn unchecked() -> TargetHealth {
+    TargetHealth {
+        state: "healthy".into(),
+        reason: None,
+        description: Some("Health checks are disabled".into()),
+    }
+}
+
+/// Targets (not draining) of groups whose checks were turned off that do
+/// not show as unchecked yet (a target registered then is, at once): they
+/// take traffic. Pure; empty once they all do.
+pub fn unchecked_changes(state: &State) -> Vec<(String, Vec<TargetHealthChange>)> {
+    let elb = &state.elbv2;
+    let mut all = Vec::new();
+    for (group_key, record) in elb.target_groups.iter() {
+        if record.group.health_check_enabled {
+            continue;
+        }
+        let changes: Vec<TargetHealthChange> = elb
+            .targets_of(group_key)
+            .filter(|(_, t)| t.draining_since_ms.is_none() && t.health != unchecked())
+            .map(|(_, t)| TargetHealthChange {
+                id: t.id.clone(),
+                port: t.port,
+                health: unchecked(),
+            })
+            .collect();
+        if !changes.is_empty() {
+            all.push((record.group.target_group_arn.clone(), changes));
+        }
+    }
+    all
+}
+
 fn failure(reason: &'static str, description: String) -> CheckResult {
     CheckResult::Failure {
         reason,
@@ -216,7 +251,8 @@ pub async fn run(raft: RaftHandle) {
         streaks.retain(|key, _| by_key.contains_key(key.as_str()));
         next_due.retain(|key, _| by_key.contains_key(key.as_str()));
 
-        let mut changes: BTreeMap<String, Vec<TargetHealthChange>> = BTreeMap::new();
+        let mut changes: BTreeMap<String, Vec<TargetHealthChange>> =
+            raft.store().read(unchecked_changes).into_iter().collect();
         while let Some(done) = probes.try_join_next() {
             let Ok((key, result)) = done else { continue };
             in_flight.remove(&key);
@@ -280,6 +316,56 @@ pub async fn run(raft: RaftHandle) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_of_a_group_no_longer_checked_turn_healthy_once() {
+        use crate::model::elbv2::RegisteredTarget;
+        use crate::store::elbv2::target_key;
+        use crate::store::elbv2::tests::tg;
+        let mut state = State::default();
+        let mut group = tg("web", "00000000000000aa");
+        let arn = group.target_group_arn.clone();
+        group.health_check_enabled = false;
+        let key = crate::model::elbv2::arn_key("x", "targetgroup", &arn)
+            .unwrap()
+            .to_string();
+        state.elbv2.target_groups.insert(
+            key.clone(),
+            crate::model::elbv2::TargetGroupRecord {
+                group,
+                attributes: Default::default(),
+            },
+        );
+        let target = |port: u16, health: TargetHealth| RegisteredTarget {
+            id: "10.0.0.1".into(),
+            port,
+            address: format!("10.0.0.1:{port}"),
+            health,
+            registered_ms: 0,
+            draining_since_ms: None,
+            task_arn: None,
+        };
+        state.elbv2.targets.insert(
+            target_key(&key, "10.0.0.1", 80),
+            target(80, TargetHealth::unhealthy(TIMEOUT, "Request timed out")),
+        );
+        state
+            .elbv2
+            .targets
+            .insert(target_key(&key, "10.0.0.1", 81), target(81, unchecked()));
+        let changes = unchecked_changes(&state);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].0, arn);
+        assert_eq!(changes[0].1.len(), 1);
+        assert_eq!(changes[0].1[0].port, 80);
+        assert_eq!(changes[0].1[0].health.state, "healthy");
+        // Once applied, nothing more to write.
+        state
+            .elbv2
+            .targets
+            .insert(target_key(&key, "10.0.0.1", 80), target(80, unchecked()));
+        assert!(unchecked_changes(&state).is_empty());
+    }
 
     #[test]
     fn status_lines_parse_and_garbage_does_not() {

@@ -61,6 +61,10 @@ pub struct Plan {
     pub events: Vec<String>,
     /// The service (being deleted) has no tasks left: INACTIVE.
     pub inactive: bool,
+    /// Tasks stopped because their targets failed their health checks
+    /// (among `stops`): failed launches for the back-off and the circuit
+    /// breaker, as ECS counts them.
+    pub failed_health_checks: Vec<String>,
 }
 
 impl Plan {
@@ -181,6 +185,7 @@ pub fn reconcile(
                 ),
             ));
             plan.stops.push((task.task_arn.clone(), reason));
+            plan.failed_health_checks.push(task.task_arn.clone());
         }
     }
     if service.status != "ACTIVE" {

@@ -36,6 +36,10 @@ pub struct PlanResult {
     /// they stop now (desired STOPPED).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drained: Vec<String>,
+    /// Tasks among `stops` whose targets failed their health checks: each
+    /// counts as a failed launch of its deployment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_health_checks: Vec<String>,
 }
 
 impl State {
@@ -331,6 +335,16 @@ pub fn apply_plan(
                 now_ms,
             )?;
             stopped.push(task_arn.rsplit('/').next().unwrap_or(task_arn).to_string());
+        }
+    }
+    for task_arn in &plan.failed_health_checks {
+        let key = scoped_key(&cluster, task_arn.rsplit('/').next().unwrap_or(task_arn));
+        if stopped
+            .iter()
+            .chain(&deactivated)
+            .any(|id| key.ends_with(&format!("/{id}")))
+        {
+            record_failed_launch(state, &key, now_ms);
         }
     }
     for task_arn in &plan.drained {
