@@ -1004,6 +1004,23 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
         served + failures.len() as u64
     );
 
+    // A revision without the container port behind the target group is refused.
+    let mut bare = web("v3");
+    bare["containerDefinitions"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("portMappings");
+    assert_eq!(orc.register(bare).await, "lbweb:3");
+    let (accepted, _, stderr) = orc.cli(&[
+        "update-service",
+        "--service",
+        "lab",
+        "--task-definition",
+        "lbweb:3",
+    ]);
+    assert!(!accepted, "a revision the target group cannot reach was deployed");
+    assert!(stderr.contains("loadBalancers[0].containerPort"), "{stderr}");
+
     // Clean-up: the service (its tasks drain and stop), then the rest.
     orc.call(
         "UpdateService",

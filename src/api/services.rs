@@ -251,6 +251,14 @@ pub(super) async fn update_service(
         .to_string();
     if let Some(task_definition) = &request.task_definition {
         check_platforms(raft, &cluster, task_definition)?;
+        // The new revision must still have the container behind the load balancer.
+        raft.store()
+            .read(|state| match state.service(&cluster, &name) {
+                Ok(service) => {
+                    check_load_balancers(state, &service.load_balancers, task_definition)
+                }
+                Err(_) => Ok(()),
+            })?;
     }
     let update = ServiceUpdate {
         desired_count: request.desired_count,
