@@ -909,52 +909,17 @@ async fn aws_ecr_get_login_password_logs_docker_in_and_the_push_goes_through() {
         "{images}"
     );
 
-    // ECR's exception names reach the client.
-    let refused = |args: &[&str], exception: &str| {
-        let output = aws(&server.address, work.path(), args);
-        assert!(!output.status.success(), "{args:?} succeeded");
+    // ECR's exception names reach the client (each line as a user types it).
+    for (line, exception) in [
+        ("aws ecr describe-repositories --repository-names orc-test/nope", "RepositoryNotFoundException"),
+        ("aws ecr create-repository --repository-name orc-test/door-push", "RepositoryAlreadyExistsException"),
+        ("aws ecr delete-repository --repository-name orc-test/door-push", "RepositoryNotEmptyException"),
+        ("aws ecr describe-images --repository-name orc-test/door-push --image-ids imageTag=nope", "ImageNotFoundException"),
+    ] {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let output = aws(&server.address, work.path(), &args);
+        assert!(!output.status.success(), "{line} succeeded");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains(exception),
-            "{args:?}: expected {exception}: {stderr}"
-        );
-    };
-    refused(
-        &[
-            "ecr",
-            "describe-repositories",
-            "--repository-names",
-            "orc-test/nope",
-        ],
-        "RepositoryNotFoundException",
-    );
-    refused(
-        &[
-            "ecr",
-            "create-repository",
-            "--repository-name",
-            "orc-test/door-push",
-        ],
-        "RepositoryAlreadyExistsException",
-    );
-    refused(
-        &[
-            "ecr",
-            "delete-repository",
-            "--repository-name",
-            "orc-test/door-push",
-        ],
-        "RepositoryNotEmptyException",
-    );
-    refused(
-        &[
-            "ecr",
-            "describe-images",
-            "--repository-name",
-            "orc-test/door-push",
-            "--image-ids",
-            "imageTag=nope",
-        ],
-        "ImageNotFoundException",
-    );
+        assert!(stderr.contains(exception), "{line}: expected {exception}: {stderr}");
+    }
 }
