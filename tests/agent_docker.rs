@@ -210,6 +210,13 @@ impl AgentApi for Plane {
         Err(Status::unimplemented("the test double serves no logs"))
     }
 
+    async fn get_registry_token(
+        &self,
+        _: Request<orc::wire::proto::RegistryTokenRequest>,
+    ) -> Result<Response<orc::wire::proto::RegistryToken>, Status> {
+        Ok(Response::new(orc::wire::proto::RegistryToken::default()))
+    }
+
     async fn get_task_secrets(
         &self,
         _: Request<orc::wire::proto::TaskSecretsRequest>,

@@ -83,6 +83,14 @@ pub type SecretSource = Arc<
         + Sync,
 >;
 
+/// Where the executor gets the credential its engine pulls the cluster
+/// registry's images with (`None`: pull without one).
+pub type RegistryAuthSource = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Option<super::runtime::RegistryAuth>>
+        + Send
+        + Sync,
+>;
+
 /// Runs batches against a runtime.
 #[derive(Clone)]
 pub struct Executor {
@@ -91,6 +99,8 @@ pub struct Executor {
     registry: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Where secrets come from (None: a container that needs one fails).
     secrets: Option<SecretSource>,
+    /// The credential for pulls from the cluster registry.
+    registry_auth: Option<RegistryAuthSource>,
     runtime: Arc<dyn Runtime>,
     pull_behavior: PullBehavior,
     images: ImageSlots,
@@ -111,6 +121,7 @@ impl Executor {
         Executor {
             registry: None,
             secrets: None,
+            registry_auth: None,
             runtime,
             pull_behavior,
             images: Arc::default(),
@@ -119,6 +130,12 @@ impl Executor {
     }
 
     /// Resolves `orc.local/REPO:TAG` to the registry `registry()` names.
+    /// Sets where the cluster registry's pull credential comes from.
+    pub fn with_registry_auth(mut self, auth: RegistryAuthSource) -> Self {
+        self.registry_auth = Some(auth);
+        self
+    }
+
     /// Sets where the task secrets come from.
     pub fn with_secrets(mut self, secrets: SecretSource) -> Self {
         self.secrets = Some(secrets);
@@ -245,7 +262,11 @@ impl Executor {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        auth: Option<&super::runtime::RegistryAuth>,
+    ) -> Result<(), RuntimeError> {
         let slot = {
             let mut images = self.images.lock().unwrap_or_else(|p| p.into_inner());
             images.entry(image.to_string()).or_default().clone()
@@ -256,7 +277,7 @@ impl Executor {
         }
         let _permit = self.start_permit().await;
         self.runtime
-            .ensure_image(image, self.pull_behavior, None)
+            .ensure_image(image, self.pull_behavior, auth)
             .await?;
         *last = Some(Instant::now());
         Ok(())
@@ -280,7 +301,11 @@ impl Executor {
                     image,
                 } => {
                     tracing::info!(task = task_arn, container = %container_name, image = %image, "making the image available");
-                    self.ensure_image(&self.resolve(image))
+                    let auth = match (&self.registry_auth, image.starts_with(ORC_LOCAL)) {
+                        (Some(source), true) => source().await,
+                        _ => None,
+                    };
+                    self.ensure_image(&self.resolve(image), auth.as_ref())
                         .await
                         .map_err(|e| (Some(container_name.clone()), e))
                 }

@@ -707,6 +707,38 @@ async fn events_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Asks the control plane for a pull-only token for the cluster registry
+/// (`AgentApi.GetRegistryToken`), for the engine to pull `orc.local/`
+/// images with; without one the pull goes without a credential.
+fn registry_auth(shared: Arc<Shared>) -> super::executor::RegistryAuthSource {
+    Arc::new(move || {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let request = crate::wire::proto::RegistryTokenRequest {
+                container_instance_id: shared.instance_id.clone(),
+            };
+            let answer = shared
+                .conn
+                .call(PROPOSAL_TIMEOUT, |mut client| async move {
+                    client.get_registry_token(request).await
+                })
+                .await;
+            match answer {
+                Ok(answer) if !answer.token.is_empty() => Some(super::runtime::RegistryAuth {
+                    username: "AWS".into(),
+                    password: answer.token,
+                    server: shared.conn.server(),
+                }),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::debug!(%error, "no registry token; pulling without one");
+                    None
+                }
+            }
+        })
+    })
+}
+
 /// Asks the control plane for a task's secrets (`AgentApi.GetTaskSecrets`)
 /// when one of its containers is created. A control plane that cannot
 /// answer now makes the start retry; a refusal fails the task's start.
@@ -930,7 +962,8 @@ async fn reconcile_loop(
         let conn = shared.conn.clone();
         Arc::new(move || conn.server())
     })
-    .with_secrets(task_secrets(shared.clone()));
+    .with_secrets(task_secrets(shared.clone()))
+    .with_registry_auth(registry_auth(shared.clone()));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut memory = Memory::default();
     let mut busy = Busy::default();

@@ -20,8 +20,9 @@ use crate::wire::proto::agent_api_client::AgentApiClient;
 use crate::wire::proto::agent_api_server::AgentApi;
 use crate::wire::proto::{
     Assignments, HeartbeatRequest, HeartbeatResponse, LogChunk, LogRequest,
-    RegisterInstanceRequest, RegisterInstanceResponse, ReportAck, TaskSecret, TaskSecrets,
-    TaskSecretsRequest, TaskStateReport, WatchAssignmentsRequest,
+    RegisterInstanceRequest, RegisterInstanceResponse, RegistryToken, RegistryTokenRequest,
+    ReportAck, TaskSecret, TaskSecrets, TaskSecretsRequest, TaskStateReport,
+    WatchAssignmentsRequest,
 };
 use crate::wire::status::to_status;
 use crate::wire::{AGENT_SESSION_LEASE, LIVE_AGENT_REFUSAL};
@@ -148,6 +149,9 @@ fn forward_failure(leader: &str, outcome: Result<Status, tokio::time::error::Ela
         )),
     }
 }
+
+/// How long an agent's pull token lasts (it asks again for each pull).
+const REGISTRY_TOKEN_MS: u64 = 60 * 60 * 1000;
 
 #[tonic::async_trait]
 impl AgentApi for ApiContext {
@@ -312,7 +316,27 @@ impl AgentApi for ApiContext {
         Ok(Response::new(self.logs.serve(request.into_inner())))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id, task = tracing::field::Empty))]
+    async fn get_registry_token(
+        &self,
+        request: Request<RegistryTokenRequest>,
+    ) -> Result<Response<RegistryToken>, Status> {
+        use crate::vocab::principal::Principal;
+        let principal = super::principal(&request).map_err(to_status)?;
+        if !matches!(
+            principal,
+            Principal::Agent { .. } | Principal::Server { .. } | Principal::Insecure
+        ) {
+            return Err(to_status(Error::Refused(
+                crate::error::Refusal::AccessDenied,
+                format!("{principal} is not an agent: log in to the registry with an access key or `orc ecr get-login-password`"),
+            )));
+        }
+        let secret = super::ecr::secret(&self.raft).await.map_err(to_status)?;
+        let token = super::ecr::sign_pull_token(&secret, now_ms() + REGISTRY_TOKEN_MS);
+        Ok(Response::new(RegistryToken { token }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id, task = %request.get_ref().task_arn))]
     async fn get_task_secrets(
         &self,
         request: Request<TaskSecretsRequest>,
@@ -349,6 +373,7 @@ impl AgentApi for ApiContext {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(cluster = %request.get_ref().cluster, instance = %request.get_ref().container_instance_id, task = tracing::field::Empty))]
     async fn report_task_state(
         &self,
         request: Request<TaskStateReport>,

@@ -498,7 +498,10 @@ impl Registry {
             }
             (None, None) => super::ecr::sign_pull_token(&secret, expires),
             (None, Some(value)) => match super::ecr::basic_password(value) {
-                Some(password) if super::ecr::verify_token(&secret, &password, now) => password,
+                // A push token stays a push token, a pull token a pull token.
+                Some(password) if super::ecr::token_access(&secret, &password, now).is_some() => {
+                    password
+                }
                 _ => {
                     return Err(fail(
                         StatusCode::UNAUTHORIZED,
