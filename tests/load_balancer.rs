@@ -1018,8 +1018,14 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
         "--task-definition",
         "lbweb:3",
     ]);
-    assert!(!accepted, "a revision the target group cannot reach was deployed");
-    assert!(stderr.contains("loadBalancers[0].containerPort"), "{stderr}");
+    assert!(
+        !accepted,
+        "a revision the target group cannot reach was deployed"
+    );
+    assert!(
+        stderr.contains("loadBalancers[0].containerPort"),
+        "{stderr}"
+    );
 
     // Clean-up: the service (its tasks drain and stop), then the rest.
     orc.call(

@@ -131,6 +131,23 @@ pub fn verify_signature(
     connection: Option<Principal>,
     request: &sigv4::Request<'_>,
 ) -> Result<Principal, sigv4::Failure> {
+    let now = (crate::vocab::time::now_ms() / 1000) as i64;
+    authenticate(connection, request, now, |access_key_id| {
+        super::iam::secret_of(&context.raft, &context.seal, access_key_id).map_err(|error| {
+            tracing::error!(%error, "cannot read an access key's secret");
+            sigv4::Failure::Mismatch(format!("this server cannot check the signature: {error}"))
+        })
+    })
+}
+
+/// [`verify_signature`]'s decision, pure: `secret_of` looks an access key
+/// up (its secret and user), `now` is the server's clock in seconds.
+fn authenticate(
+    connection: Option<Principal>,
+    request: &sigv4::Request<'_>,
+    now: i64,
+    secret_of: impl FnOnce(&str) -> Result<Option<(String, Principal)>, sigv4::Failure>,
+) -> Result<Principal, sigv4::Failure> {
     let insecure = connection == Some(Principal::Insecure);
     let header = request
         .headers
@@ -138,23 +155,35 @@ pub fn verify_signature(
         .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
         .map(|(_, v)| v.as_str());
     let Some(header) = header else {
-        return connection.ok_or_else(|| {
+        let missing = || {
             sigv4::Failure::Missing(
                 "the request carries no credential: sign it with an orc access key (aws configure; `orc iam create-access-key` issues one)".into(),
             )
-        });
+        };
+        return match connection {
+            // A connection that identifies nobody (TLS without a client
+            // certificate) is no credential either.
+            Some(principal)
+                if matches!(
+                    principal.may(crate::vocab::principal::Access::Read, "a read"),
+                    Err(crate::Error::Refused(
+                        crate::error::Refusal::Unauthenticated,
+                        _
+                    ))
+                ) =>
+            {
+                Err(missing())
+            }
+            Some(principal) => Ok(principal),
+            None => Err(missing()),
+        };
     };
     let authorization = match sigv4::parse_authorization(header) {
         Ok(authorization) => authorization,
         Err(_) if insecure => return Ok(Principal::Insecure),
         Err(failure) => return Err(failure),
     };
-    let found = super::iam::secret_of(&context.raft, &context.seal, &authorization.access_key_id)
-        .map_err(|error| {
-        tracing::error!(%error, "cannot read an access key's secret");
-        sigv4::Failure::Mismatch(format!("this server cannot check the signature: {error}"))
-    })?;
-    let Some((secret, principal)) = found else {
+    let Some((secret, principal)) = secret_of(&authorization.access_key_id)? else {
         if insecure {
             return Ok(Principal::Insecure);
         }
@@ -163,7 +192,6 @@ pub fn verify_signature(
             authorization.access_key_id
         )));
     };
-    let now = (crate::vocab::time::now_ms() / 1000) as i64;
     sigv4::verify(request, &authorization, &secret, now)?;
     Ok(principal)
 }
@@ -274,4 +302,114 @@ pub async fn not_served(method: Method, headers: HeaderMap, uri: axum::http::Uri
         format!("{method} {} is not served here: {SERVED}\n", uri.path()),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sigv4::{Failure, Request};
+    use super::*;
+    use crate::vocab::principal::Role;
+
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    /// AWS's get-vanilla example, signed with [`SECRET`] at [`NOW`].
+    const AUTHORIZATION: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
+    const NOW: i64 = 1_440_938_160;
+
+    fn request(authorization: Option<&str>) -> Request<'static> {
+        let mut headers = vec![
+            ("Host".to_string(), "example.amazonaws.com".to_string()),
+            ("X-Amz-Date".to_string(), "20150830T123600Z".to_string()),
+        ];
+        if let Some(value) = authorization {
+            headers.push(("Authorization".to_string(), value.to_string()));
+        }
+        Request {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers,
+            body: b"",
+        }
+    }
+
+    fn ada() -> Principal {
+        Principal::User {
+            name: "ada".into(),
+            role: Role::Operator,
+        }
+    }
+
+    fn known(id: &str) -> Result<Option<(String, Principal)>, Failure> {
+        Ok((id == "AKIDEXAMPLE").then(|| (SECRET.to_string(), ada())))
+    }
+
+    fn unknown(_: &str) -> Result<Option<(String, Principal)>, Failure> {
+        Ok(None)
+    }
+
+    #[test]
+    fn who_a_request_is_depends_on_its_signature_then_its_connection() {
+        let signed = request(Some(AUTHORIZATION));
+        let unsigned = request(None);
+        let agent = Principal::Agent {
+            instance: "pi-1".into(),
+        };
+        // A known key's valid signature is its user, whatever the connection.
+        for connection in [None, Some(Principal::Insecure), Some(agent.clone())] {
+            assert_eq!(authenticate(connection, &signed, NOW, known), Ok(ada()));
+        }
+        // A known key with a bad signature or a skewed clock is refused even
+        // on an insecure server.
+        assert!(matches!(
+            authenticate(Some(Principal::Insecure), &signed, NOW + 600, known),
+            Err(Failure::Expired(_))
+        ));
+        let forged = AUTHORIZATION.replace("5fa00fa3", "5fa00fa4");
+        assert!(matches!(
+            authenticate(
+                Some(Principal::Insecure),
+                &request(Some(&forged)),
+                NOW,
+                known
+            ),
+            Err(Failure::Mismatch(_))
+        ));
+        // An unknown key: served as before on an insecure server, refused
+        // elsewhere.
+        assert_eq!(
+            authenticate(Some(Principal::Insecure), &signed, NOW, unknown),
+            Ok(Principal::Insecure)
+        );
+        assert!(matches!(
+            authenticate(None, &signed, NOW, unknown),
+            Err(Failure::UnknownKey(_))
+        ));
+        assert!(matches!(
+            authenticate(Some(agent.clone()), &signed, NOW, unknown),
+            Err(Failure::UnknownKey(_))
+        ));
+        // Unsigned: the connection's principal, or refused without one.
+        assert_eq!(
+            authenticate(Some(agent.clone()), &unsigned, NOW, known),
+            Ok(agent)
+        );
+        assert_eq!(
+            authenticate(Some(Principal::Insecure), &unsigned, NOW, known),
+            Ok(Principal::Insecure)
+        );
+        assert!(matches!(
+            authenticate(None, &unsigned, NOW, known),
+            Err(Failure::Missing(_))
+        ));
+        // An unreadable header: refused unless insecure.
+        let garbage = request(Some("AWS4-HMAC-SHA256 nonsense"));
+        assert!(matches!(
+            authenticate(None, &garbage, NOW, known),
+            Err(Failure::Malformed(_))
+        ));
+        assert_eq!(
+            authenticate(Some(Principal::Insecure), &garbage, NOW, known),
+            Ok(Principal::Insecure)
+        );
+    }
 }
