@@ -192,6 +192,31 @@ expect("AccessDeniedException", lambda: student.list_tasks(), '"default"')
 users = {u["UserName"]: u for u in admin_iam.list_users()["Users"]}
 assert {"Key": "orc:clusters", "Value": "lab1"} in users["stu"]["Tags"], users["stu"]
 
+# ECR's login token follows the role: an operator's pushes, a readonly
+# user's only pulls.
+import base64
+
+
+def upload_status(role):
+    data = client("ecr", *keys(role)).get_authorization_token()["authorizationData"][0]
+    basic = data["authorizationToken"]
+    assert base64.b64decode(basic).startswith(b"AWS:")
+    raw = urllib.request.Request(
+        ENDPOINT + "/v2/orc-test/roles/blobs/uploads/",
+        data=b"",
+        headers={"Authorization": f"Basic {basic}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(raw, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+assert upload_status("OPERATOR") == 202
+assert upload_status("READONLY") == 401
+
 # Secrets Manager over awsJson1_1: values go in, never come out.
 secrets = client("secretsmanager", *keys("OPERATOR"))
 made = secrets.create_secret(Name="lab/boto", SecretString="boto-value-123")
