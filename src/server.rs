@@ -225,7 +225,18 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     };
     // The seal key: created with a new data dir (bootstrap, or a join that
     // did not bring the cluster's key), loaded on every restart.
-    let seal = crate::seal::SealKey::load_or_create(data_dir.path())?;
+    let seal = match crate::seal::SealKey::load(data_dir.path())? {
+        Some(key) => key,
+        None => {
+            if !fresh_bootstrap {
+                tracing::warn!(
+                    key = %crate::seal::key_path(data_dir.path()).display(),
+                    "this server had no seal key and made its own: access keys and secrets sealed by the other servers cannot be opened here until it holds theirs (stop it, copy keys/seal.key from a server of the cluster, start it again)"
+                );
+            }
+            crate::seal::SealKey::create(data_dir.path())?
+        }
+    };
     let raft = node::start(config, storage, store, transport.clone())?;
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let listener_options = options.listener;
