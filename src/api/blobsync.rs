@@ -30,8 +30,6 @@ use futures::StreamExt as _;
 use crate::blobstore::{BlobStore, FinishOutcome};
 use crate::oci::Digest;
 use crate::raft::node::RaftHandle;
-use crate::wire::proto::peer_client::PeerClient;
-use crate::wire::proto::{FetchBlobRequest, HoldBlobRequest};
 use crate::{Error, Result};
 
 /// How long a copy may wait for the next piece before the peer is given up.
@@ -129,18 +127,7 @@ impl BlobSync {
     }
 
     async fn copy_from(&self, address: &str, digest: &Digest) -> Result<u64> {
-        let mut client = PeerClient::new(crate::wire::channel(address)?)
-            .max_decoding_message_size(crate::vocab::limits::MAX_REQUEST_BYTES);
-        let answer = tokio::time::timeout(
-            PIECE_PATIENCE,
-            client.fetch_blob(FetchBlobRequest {
-                digest: digest.to_string(),
-            }),
-        )
-        .await
-        .map_err(|_| Error::Unavailable("no answer within 30 s".into()))?
-        .map_err(crate::wire::status::from_status)?;
-        let mut pieces = answer.into_inner();
+        let mut pieces = crate::wire::blobs::fetch(address, digest, PIECE_PATIENCE).await?;
         let upload = self.blobs.start("")?;
         let mut upload = upload.lock().await;
         let copied = async {
@@ -150,10 +137,7 @@ impl BlobSync {
                     .map_err(|_| Error::Unavailable("the copy stalled for 30 s".into()))?;
                 match piece {
                     None => break,
-                    Some(piece) => {
-                        let piece = piece.map_err(crate::wire::status::from_status)?;
-                        self.blobs.append(&mut upload, piece.data.into()).await?;
-                    }
+                    Some(piece) => self.blobs.append(&mut upload, piece?).await?,
                 }
             }
             Ok::<(), Error>(())
@@ -187,7 +171,7 @@ impl BlobSync {
             let digests = digests.clone();
             let done = done_tx.clone();
             tokio::spawn(async move {
-                let result = hold_all(&address, &digests).await;
+                let result = crate::wire::blobs::hold(&address, &digests, PUSH_PATIENCE).await;
                 let _ = done.send((address, result)).await;
             });
         }
@@ -215,23 +199,6 @@ impl BlobSync {
             failures.join("; ")
         )))
     }
-}
-
-/// Asks the server at `address` to hold each blob, one after another.
-async fn hold_all(address: &str, digests: &[(Digest, u64)]) -> Result<()> {
-    let mut client = PeerClient::new(crate::wire::channel(address)?);
-    for (digest, size) in digests {
-        let mut request = tonic::Request::new(HoldBlobRequest {
-            digest: digest.to_string(),
-            size: *size,
-        });
-        request.set_timeout(PUSH_PATIENCE);
-        client
-            .hold_blob(request)
-            .await
-            .map_err(crate::wire::status::from_status)?;
-    }
-    Ok(())
 }
 
 /// Deletes the blob files of this server that no link names, once they

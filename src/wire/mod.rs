@@ -2,11 +2,13 @@
 //! conversions between its messages and domain types (`convert`), the
 //! mapping of `crate::Error` to `tonic::Status` and back (`status`), and the
 //! gRPC channel helpers (`channel`, and `probe`, which names what answers at
-//! an address when gRPC fails there).
+//! an address when gRPC fails there), and the client side of the registry's
+//! blob copies between servers (`blobs`).
 //!
 //! It sits below every module that speaks gRPC (`raft::transport`, `api`,
 //! `client`, `agent`) and above the domain types it converts.
 
+pub mod blobs;
 pub mod channel;
 pub mod convert;
 pub mod probe;
