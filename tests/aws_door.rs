@@ -344,6 +344,41 @@ async fn sigv4_with_orc_access_keys_refuses_what_aws_refuses() {
     }
 }
 
+#[tokio::test]
+async fn access_keys_survive_a_restart_with_the_seal_key() {
+    let (mut server, root) = server().await;
+    let dir = root.path();
+    let (key, secret) = user_with_key(&server.address, "ada", "admin", true);
+    let seal_key = dir.join("server/keys/seal.key");
+    let before = std::fs::read(&seal_key).unwrap();
+    server.kill();
+    server.restart();
+    server.wait_ready().await;
+    assert_eq!(
+        std::fs::read(&seal_key).unwrap(),
+        before,
+        "the seal key changed"
+    );
+    let listed = aws_command("aws", &server.address, dir)
+        .env("AWS_ACCESS_KEY_ID", &key)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .args(["iam", "list-users"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", text(&listed));
+    let wrong = aws_command("aws", &server.address, dir)
+        .env("AWS_ACCESS_KEY_ID", &key)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .args(["iam", "list-users"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&wrong).contains("SignatureDoesNotMatch"),
+        "{}",
+        text(&wrong)
+    );
+}
+
 /// The files under `dir` whose bytes contain `needle`.
 fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
