@@ -3,7 +3,9 @@
 //! refused with a sentence naming the field, nothing half-created; the
 //! leader's health checks steering traffic; and a service behind a target
 //! group on the real Docker Engine (round-robin over its tasks, a killed
-//! container replaced, a rolling deployment) under a steady request loop.
+//! container replaced, a rolling deployment) under a steady request loop;
+//! and health checks taken over by a new leader, answered alike by every
+//! server.
 
 mod common;
 
@@ -1041,6 +1043,12 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
     )
     .await;
     ok(at, &["delete-listener", "--listener-arn", &listener_arn]);
+    eventually(
+        Duration::from_secs(30),
+        "the listener's port to close",
+        || async { get_status(port).is_none().then_some(()) },
+    )
+    .await;
     ok(
         at,
         &["delete-load-balancer", "--load-balancer-arn", &lb_arn],
@@ -1052,4 +1060,130 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
     )
     .await;
     ok(at, &["delete-target-group", "--target-group-arn", &tg_arn]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_move_to_the_new_leader_and_every_server_answers_the_same() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let root = tempfile::tempdir().unwrap();
+    let mut servers = common::cluster::three_servers(root.path(), &[]).await;
+    let leader = eventually(Duration::from_secs(20), "a leader", || async {
+        let status = servers[0].client().cluster_status(false).await.ok()?;
+        servers
+            .iter()
+            .position(|s| !status.leader_address.is_empty() && s.address == status.leader_address)
+    })
+    .await;
+    let at = servers[leader].address.clone();
+    let lb = ok(&at, &["create-load-balancer", "--name", "ha"]);
+    let lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tg = ok(
+        &at,
+        &[
+            "create-target-group",
+            "--name",
+            "ha-tg",
+            "--protocol",
+            "HTTP",
+            "--port",
+            "80",
+            "--target-type",
+            "ip",
+            "--health-check-interval-seconds",
+            "2",
+            "--health-check-timeout-seconds",
+            "1",
+        ],
+    );
+    let tg_arn = tg["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        &at,
+        &[
+            "create-listener",
+            "--load-balancer-arn",
+            &lb_arn,
+            "--port",
+            &free_port().to_string(),
+            "--default-actions",
+            &format!("Type=forward,TargetGroupArn={tg_arn}"),
+        ],
+    );
+    let status = Arc::new(AtomicU16::new(200));
+    let target = status_server(status.clone(), "ha");
+    ok(
+        &at,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            &tg_arn,
+            "--targets",
+            &format!("Id=127.0.0.1,Port={target}"),
+        ],
+    );
+    let states_everywhere = |servers: Vec<String>, tg_arn: String| async move {
+        servers
+            .iter()
+            .map(|address| {
+                // A server may refuse while a new leader is elected: no state yet.
+                let Ok(health) = elbv2(
+                    address,
+                    &["describe-target-health", "--target-group-arn", &tg_arn],
+                ) else {
+                    return Default::default();
+                };
+                let first = &health["TargetHealthDescriptions"][0]["TargetHealth"];
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (text(&first["State"]), text(&first["Reason"]))
+            })
+            .collect::<Vec<_>>()
+    };
+    let everyone: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
+    eventually(
+        Duration::from_secs(40),
+        "every server to show the target healthy",
+        || async {
+            let states = states_everywhere(everyone.clone(), tg_arn.clone()).await;
+            states
+                .iter()
+                .all(|(state, _)| state == "healthy")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The leader goes; the target starts failing; the new leader's checks
+    // notice, and every live server shows the same.
+    servers[leader].kill();
+    status.store(500, Ordering::SeqCst);
+    let live: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, s)| s.address.clone())
+        .collect();
+    let states = eventually(
+        Duration::from_secs(60),
+        "the surviving servers to show the target unhealthy",
+        || async {
+            let states = states_everywhere(live.clone(), tg_arn.clone()).await;
+            states
+                .iter()
+                .all(|(state, _)| state == "unhealthy")
+                .then_some(states)
+        },
+    )
+    .await;
+    assert!(
+        states
+            .iter()
+            .all(|(_, reason)| reason == "Target.ResponseCodeMismatch"),
+        "{states:?}"
+    );
 }
