@@ -1750,7 +1750,15 @@ mod target_tests {
             },
         );
         assert_eq!(answer["task"]["lastStatus"], "DEACTIVATING", "{answer}");
-        assert_eq!(answer["task"]["desiredStatus"], "RUNNING", "{answer}");
+        assert_eq!(
+            answer["task"]["desiredStatus"], "STOPPED",
+            "shown as ECS shows it: {answer}"
+        );
+        assert_eq!(
+            state.task("default", &task_arn).unwrap().desired_status,
+            TaskStatus::Running,
+            "stored RUNNING while it drains"
+        );
         step(&mut state, |s| target_commands(s, 3_100));
         step(&mut state, |s| target_commands(s, 13_100));
         assert!(state.elbv2.targets.is_empty());

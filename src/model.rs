@@ -394,6 +394,26 @@ pub struct Task {
 }
 
 impl Task {
+    /// The desired status as ECS shows it: STOPPED for a DEACTIVATING task
+    /// (its stop is decided; orc keeps the stored desired status RUNNING
+    /// until its load balancer targets have drained, so the agent keeps it
+    /// running meanwhile).
+    pub fn shown_desired_status(&self) -> TaskStatus {
+        if self.last_status == TaskStatus::Deactivating {
+            TaskStatus::Stopped
+        } else {
+            self.desired_status
+        }
+    }
+
+    /// The task as ECS describes it (see [`Task::shown_desired_status`]).
+    pub fn shown(&self) -> Task {
+        Task {
+            desired_status: self.shown_desired_status(),
+            ..self.clone()
+        }
+    }
+
     /// The task id (last ARN segment).
     pub fn id(&self) -> &str {
         self.task_arn.rsplit('/').next().unwrap_or(&self.task_arn)

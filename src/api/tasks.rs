@@ -538,7 +538,7 @@ pub(super) async fn describe_tasks(raft: &RaftHandle, body: &str) -> Result<Acti
         Ok(described(
             "tasks",
             &request.tasks,
-            |id| Some(json!(state.task(&cluster, id).ok()?)),
+            |id| Some(json!(state.task(&cluster, id).ok()?.shown())),
             str::to_string,
         )
         .into())
@@ -589,7 +589,7 @@ pub(super) async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionRe
                     task.desired_status == TaskStatus::Running
                         && task.last_status < TaskStatus::Running
                 }
-                status => task.desired_status == status,
+                status => task.shown_desired_status() == status,
             })
             .filter(|task| instance.is_none_or(|id| task.container_instance_id() == Some(id)))
             .filter(|task| {

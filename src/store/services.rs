@@ -451,7 +451,7 @@ pub fn stop_task(
     }
     let task_arn = task.task_arn.clone();
     deactivate(state, &cluster, &task_arn, reason, code, now_ms);
-    Ok(json!({ "task": state.task(&cluster, task_id).ok().cloned() }))
+    Ok(json!({ "task": state.task(&cluster, task_id).ok().map(Task::shown) }))
 }
 
 /// Moves a RUNNING task of a service behind a load balancer to
