@@ -14,8 +14,8 @@ pub use crate::store::ChangeStream;
 use crate::wire::convert;
 use crate::wire::proto::orc_client::OrcClient;
 use crate::wire::proto::{
-    ActionRequest, AddServerRequest, ClusterStatusRequest, LogChunk, RemoveServerRequest,
-    TaskLogsRequest, WatchRequest,
+    ActionRequest, AddServerRequest, ClusterStatusRequest, JoinRequest, LogChunk,
+    RemoveServerRequest, RenewRequest, TaskLogsRequest, WatchRequest,
 };
 use crate::wire::status::from_status;
 use crate::{Error, Result};
@@ -70,12 +70,88 @@ fn failed_below_grpc(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_some()
 }
 
+/// The sentence of a TLS refusal (`tls::TlsRefused`) somewhere in a failed
+/// call's chain of causes: it says what to do better than any probe.
+fn tls_refusal(status: &tonic::Status) -> Option<String> {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(refused) = error.downcast_ref::<crate::tls::TlsRefused>() {
+            return Some(refused.0.clone());
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if let Some(refused) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<crate::tls::TlsRefused>())
+            {
+                return Some(refused.0.clone());
+            }
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// Joins the cluster at `address` with a join `token` as `role` (`agent`
+/// or `server`, with its `node_id`): pins the token's CA fingerprint in the
+/// TLS handshake before sending anything, then sends the token and a
+/// signing request for a fresh key. Returns what was issued and the key
+/// (PEM). Without a token it still asks, sending nothing secret, so the
+/// server refuses (and logs it) and the error says what to do.
+pub async fn join_cluster(
+    address: &str,
+    token: Option<&str>,
+    role: &str,
+    node_id: u64,
+) -> Result<(Issued, String)> {
+    let token = token.map(str::trim).filter(|t| !t.is_empty());
+    let fingerprint = match token {
+        Some(text) => crate::tls::token::JoinToken::parse(text)?.ca_fingerprint,
+        None => String::new(),
+    };
+    let tls = crate::tls::ClientTls::pinned(&fingerprint)?;
+    let (signing_request, key) = crate::tls::ca::signing_request()?;
+    let mut client = Client::with_tls(address, Some(std::sync::Arc::new(tls)))?;
+    client.strict = true;
+    client.unreachable_for = Duration::from_secs(15);
+    client.retry_for = Duration::from_secs(30);
+    let issued = client
+        .join(token.unwrap_or_default(), role, node_id, signing_request)
+        .await?;
+    Ok((issued, key))
+}
+
+/// What the cluster gave a node that joined or renewed.
+#[derive(Clone, Default)]
+pub struct Issued {
+    /// The node's certificate (PEM).
+    pub certificate: String,
+    /// The CA certificate(s) (PEM).
+    pub ca: String,
+    /// Servers only: the CA's key (PEM).
+    pub ca_key: String,
+    /// Agents: the container instance id the certificate names.
+    pub container_instance_id: String,
+    /// The control plane's id.
+    pub cluster_id: String,
+    /// Servers only: the seal key (empty while the cluster has none).
+    pub seal_key: Vec<u8>,
+}
+
 impl Client {
-    /// A client for the server at `endpoint` (`host:port`).
+    /// A client for the server at `endpoint` (`host:port`), with this
+    /// process's identity (`tls::process_identity`).
     pub fn new(endpoint: &str) -> Result<Client> {
+        Self::with_tls(endpoint, crate::tls::process_identity())
+    }
+
+    /// A client that connects with `tls` (`None`: plain text).
+    pub fn with_tls(
+        endpoint: &str,
+        tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
+    ) -> Result<Client> {
         Ok(Client {
             endpoint: endpoint.to_string(),
-            orc: OrcClient::new(channel(endpoint)?)
+            orc: OrcClient::new(crate::wire::channel_with(endpoint, tls)?)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
             retry_for: Duration::from_secs(15),
@@ -113,6 +189,12 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
             };
+            if let Some(sentence) = tls_refusal(&status) {
+                return Err(Error::Refused(
+                    crate::error::Refusal::Unauthenticated,
+                    sentence,
+                ));
+            }
             let below_grpc = self.strict && failed_below_grpc(&status);
             let error = from_status(status);
             if below_grpc {
@@ -301,6 +383,77 @@ impl Client {
                 stderr: c.stderr,
             })
         })))
+    }
+
+    /// Joins the cluster with a join token: sends the token, `role`
+    /// (`agent` or `server`), a server's node id and a signing request for
+    /// the node's fresh key; this client must be made with
+    /// `ClientTls::pinned` (the token's CA fingerprint).
+    pub async fn join(
+        &self,
+        token: &str,
+        role: &str,
+        node_id: u64,
+        signing_request: Vec<u8>,
+    ) -> Result<Issued> {
+        let request = JoinRequest {
+            token: token.to_string(),
+            role: role.to_string(),
+            node_id,
+            signing_request,
+        };
+        let answer = self
+            .retrying(|mut orc| {
+                let request = request.clone();
+                async move { orc.join(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(Issued {
+            certificate: answer.certificate,
+            ca: answer.ca,
+            ca_key: answer.ca_key,
+            container_instance_id: answer.container_instance_id,
+            cluster_id: answer.cluster_id,
+            seal_key: answer.seal_key,
+        })
+    }
+
+    /// Renews this client's own certificate: a new one for a new key.
+    pub async fn renew_certificate(&self, signing_request: Vec<u8>) -> Result<Issued> {
+        let request = RenewRequest { signing_request };
+        let answer = self
+            .retrying(|mut orc| {
+                let request = request.clone();
+                async move { orc.renew_certificate(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(Issued {
+            certificate: answer.certificate,
+            ca: answer.ca,
+            cluster_id: answer.cluster_id,
+            ..Issued::default()
+        })
+    }
+
+    /// One of the cluster's credential actions (`Orc.Admin`:
+    /// CreateJoinToken, ListJoinTokens, RevokeJoinToken).
+    pub async fn admin(&self, action: &str, body: Value) -> Result<Value> {
+        let request = ActionRequest {
+            action: action.to_string(),
+            body_json: body.to_string(),
+            request_id: request_id(),
+        };
+        let response = self
+            .retrying(|mut orc| {
+                let request = request.clone();
+                async move { orc.admin(request).await }
+            })
+            .await?
+            .into_inner();
+        serde_json::from_str(&response.body_json)
+            .map_err(|e| Error::Internal(format!("the server sent undecodable json: {e}")))
     }
 
     /// Adds a server to the control plane (as a learner that is promoted once caught up).

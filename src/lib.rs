@@ -21,6 +21,7 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod taskdef;
+pub mod tls;
 pub mod vocab;
 pub mod wire;
 

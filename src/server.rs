@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tokio::sync::watch;
 
+use crate::api::trust::Security;
 use crate::api::{self, ApiContext};
 use crate::client::Client;
 use crate::datadir::{self, DataDir, Marker};
@@ -18,6 +19,9 @@ use crate::raft::node::{self, RaftConfig, RaftHandle, Role};
 use crate::raft::storage::SledStorage;
 use crate::raft::transport::Transport;
 use crate::store::{Command, Proposal, Store};
+use crate::tls::ca::{cert_lifetime, Authority};
+use crate::tls::credential::{self, Credential};
+use crate::vocab::principal::{Principal, Role as UserRole};
 
 /// How to start a server.
 #[derive(Clone, Debug)]
@@ -50,6 +54,10 @@ pub struct ServerOptions {
     pub service_limits: crate::api::services::ServiceLimits,
     /// When the API listener closes idle connections.
     pub listener: crate::api::listener::ListenerOptions,
+    /// Serve plain text (loopback only): no CA, no certificates.
+    pub insecure: bool,
+    /// The join token (`--join` of a fresh data dir).
+    pub token: Option<String>,
 }
 
 impl ServerOptions {
@@ -70,6 +78,8 @@ impl ServerOptions {
             watch_history: crate::store::history::CAPACITY,
             service_limits: crate::api::services::ServiceLimits::default(),
             listener: crate::api::listener::ListenerOptions::default(),
+            insecure: false,
+            token: None,
         }
     }
 }
@@ -84,6 +94,10 @@ pub struct Server {
     pub advertise: String,
     /// This member's id.
     pub node_id: u64,
+    /// The CA and the listener's TLS (`None`: `--insecure`).
+    pub security: Option<Arc<Security>>,
+    /// Where bootstrap wrote the admin credential (a fresh secure bootstrap).
+    pub admin_credential: Option<PathBuf>,
     /// Triggers a graceful stop of the listener.
     shutdown: watch::Sender<bool>,
 }
@@ -155,6 +169,11 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
             )
         })?;
     let local_address = listener.local_addr()?;
+    if options.insecure && !local_address.ip().is_loopback() {
+        bail!(
+            "--insecure serves plain text, which is allowed only on loopback: listen on 127.0.0.1 (or ::1), or drop --insecure to serve TLS (the default)"
+        );
+    }
     let advertise = match &options.advertise {
         Some(address) => address.clone(),
         None if local_address.ip().is_unspecified() => {
@@ -173,8 +192,11 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
             Marker { format: datadir::FORMAT, node_id: random_id(), control_plane_id: format!("{:016x}", rand::random::<u64>()) },
             true,
         ),
-        (DataDir::Fresh(_), false, Some(join)) => {
+        (DataDir::Fresh(path), false, Some(join)) => {
             let node_id = random_id();
+            if !options.insecure {
+                join_with_token(path, join, options.token.as_deref(), node_id, &advertise).await?;
+            }
             let client = Client::new(join)?;
             let answer = client
                 .add_server(node_id, &advertise, "")
@@ -187,13 +209,31 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
             "data dir {} is empty: pass --bootstrap to start a new control plane, or --join HOST:PORT to join one",
             path.display()
         ),
-        (DataDir::Existing(_, marker), false, join) => {
+        (DataDir::Existing(path, marker), false, join) => {
             if let Some(join) = join {
+                // This server's own certificate, to ask the --join address.
+                if let (false, Ok(own)) = (options.insecure, Credential::load(&credential::server_path(path))) {
+                    crate::tls::set_process_identity(Some(own.client_tls()?));
+                }
                 verify_same_control_plane(join, marker).await?;
             }
             (marker.clone(), false)
         }
     };
+
+    let security = if options.insecure {
+        crate::tls::set_process_identity(None);
+        None
+    } else {
+        Some(secure(
+            data_dir.path(),
+            &marker,
+            fresh_bootstrap,
+            &advertise,
+        )?)
+    };
+    let admin_credential =
+        (fresh_bootstrap && security.is_some()).then(|| credential::admin_path(data_dir.path()));
 
     let db = datadir::open_db(data_dir.path(), options.cache_mib)?;
     let store = Arc::new(Store::open_with_history(&db, options.watch_history)?);
@@ -252,13 +292,23 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         blobs: blobs.clone(),
         blob_sync: blob_sync.clone(),
         seal,
+        security: security.clone(),
     };
     tokio::spawn(api::blobsync::run(blob_sync, shutdown_rx.clone()));
+    let tls = security.as_ref().map(|s| s.listener.clone());
+    if let Some(security) = &security {
+        tokio::spawn(renew_own_certificate(
+            security.clone(),
+            marker.node_id,
+            advertise.clone(),
+            shutdown.subscribe(),
+        ));
+    }
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = api::serve(listener, context, listener_options, stop).await {
+        if let Err(error) = api::serve(listener, context, listener_options, tls, stop).await {
             tracing::error!(%error, "the API listener stopped");
         }
     });
@@ -287,8 +337,167 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         local_address,
         advertise,
         node_id: marker.node_id,
+        security,
+        admin_credential,
         shutdown,
     })
+}
+
+/// A server's TLS: on a fresh bootstrap, creates the cluster CA, this
+/// server's certificate and the admin credential; otherwise loads what
+/// bootstrap or the join wrote. Sets the process identity (this server's
+/// certificate) for every connection it makes.
+fn secure(
+    data_dir: &std::path::Path,
+    marker: &Marker,
+    fresh_bootstrap: bool,
+    advertise: &str,
+) -> anyhow::Result<Arc<Security>> {
+    let own = credential::server_path(data_dir);
+    if fresh_bootstrap {
+        let authority = Authority::create(&marker.control_plane_id)?;
+        authority.save(data_dir)?;
+        let server = Principal::Server {
+            node_id: marker.node_id,
+        };
+        let (certificate, key) = authority.issue(&server, cert_lifetime())?;
+        Credential {
+            endpoint: advertise.to_string(),
+            ca: authority.cert_pem.clone(),
+            certificate,
+            key,
+        }
+        .save(&own)?;
+        let admin = Principal::User {
+            name: "admin".into(),
+            role: UserRole::Admin,
+        };
+        // The admin credential is not renewed by anyone: a year.
+        let (certificate, key) = authority.issue(&admin, ADMIN_CERT_LIFETIME)?;
+        Credential {
+            endpoint: advertise.to_string(),
+            ca: authority.cert_pem.clone(),
+            certificate,
+            key,
+        }
+        .save(&credential::admin_path(data_dir))?;
+    }
+    let (Some(authority), true) = (Authority::load(data_dir)?, own.exists()) else {
+        bail!(
+            "data dir {} holds no certificate: it was started with --insecure (start it with --insecure again), or its tls/ directory was deleted",
+            data_dir.display()
+        );
+    };
+    let own = Credential::load(&own)?;
+    crate::tls::set_process_identity(Some(own.client_tls()?));
+    Ok(Arc::new(Security {
+        data_dir: data_dir.to_path_buf(),
+        authority: std::sync::RwLock::new(authority),
+        listener: crate::tls::ServerTlsSource::new(own.server_tls()?),
+    }))
+}
+
+/// How long the admin credential written at bootstrap is valid.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+/// A joining server's first step, before it sends anything: pins the CA
+/// fingerprint of `token` while connecting to `join`, then trades the token
+/// for its certificate, the CA (with its key) and the seal key, and writes
+/// them into `data_dir`.
+async fn join_with_token(
+    data_dir: &std::path::Path,
+    join: &str,
+    token: Option<&str>,
+    node_id: u64,
+    advertise: &str,
+) -> anyhow::Result<()> {
+    let (issued, key) = crate::client::join_cluster(join, token, "server", node_id)
+        .await
+        .with_context(|| format!("cannot join the control plane at {join}"))?;
+    Authority {
+        cert_pem: issued.ca.clone(),
+        key_pem: issued.ca_key.clone(),
+    }
+    .save(data_dir)?;
+    if !issued.seal_key.is_empty() {
+        credential::write_private(&api::trust::seal_key_path(data_dir), &issued.seal_key)?;
+    }
+    let own = Credential {
+        endpoint: advertise.to_string(),
+        ca: issued.ca,
+        certificate: issued.certificate,
+        key,
+    };
+    own.save(&credential::server_path(data_dir))?;
+    crate::tls::set_process_identity(Some(own.client_tls()?));
+    tracing::info!(node = node_id, control_plane = %issued.cluster_id, "received this server's certificate and the cluster CA");
+    Ok(())
+}
+
+/// Renews this server's certificate once two thirds of its life have
+/// passed (it holds the CA: no call needed), and swaps it into the
+/// listener and the process identity without a restart.
+async fn renew_own_certificate(
+    security: Arc<Security>,
+    node_id: u64,
+    advertise: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let path = credential::server_path(&security.data_dir);
+    loop {
+        let Ok(current) = Credential::load(&path) else {
+            return;
+        };
+        let now = crate::vocab::time::now_ms();
+        if current.due_for_renewal(now) {
+            let authority = security.authority();
+            let renewed = authority
+                .issue(&Principal::Server { node_id }, cert_lifetime())
+                .map_err(anyhow::Error::from)
+                .and_then(|(certificate, key)| {
+                    let renewed = Credential {
+                        endpoint: advertise.clone(),
+                        ca: authority.cert_pem.clone(),
+                        certificate,
+                        key,
+                    };
+                    let listener = renewed.server_tls()?;
+                    let client = renewed.client_tls()?;
+                    renewed.save(&path)?;
+                    security.listener.replace(listener);
+                    crate::tls::set_process_identity(Some(client));
+                    Ok(renewed.not_after_ms())
+                });
+            match renewed {
+                Ok(until) => tracing::info!(
+                    node = node_id,
+                    valid_until_ms = until,
+                    "renewed this server's certificate"
+                ),
+                Err(error) => {
+                    tracing::warn!(node = node_id, %error, "cannot renew this server's certificate; will retry")
+                }
+            }
+            continue_after(&mut stop, Duration::from_secs(1)).await;
+            if *stop.borrow() {
+                return;
+            }
+            continue;
+        }
+        let life = current
+            .not_after_ms()
+            .saturating_sub(current.not_before_ms());
+        let pause = Duration::from_millis((life / 20).clamp(1_000, 600_000));
+        continue_after(&mut stop, pause).await;
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Waits `pause`, or less when `stop` is set.
+async fn continue_after(stop: &mut watch::Receiver<bool>, pause: Duration) {
+    let _ = tokio::time::timeout(pause, stop.wait_for(|s| *s)).await;
 }
 
 async fn verify_same_control_plane(join: &str, marker: &Marker) -> anyhow::Result<()> {
@@ -303,6 +512,11 @@ async fn verify_same_control_plane(join: &str, marker: &Marker) -> anyhow::Resul
             status.cluster_id
         ),
         Ok(_) => Ok(()),
+        // The TLS handshake failed on a certificate: another cluster's CA.
+        Err(error @ crate::Error::Refused(..)) => bail!(
+            "this data dir belongs to control plane {} but {join} does not trust its certificate ({error}): use an empty data dir to join that control plane",
+            marker.control_plane_id
+        ),
         Err(error) => {
             tracing::warn!(%error, %join, "could not reach the --join address; restarting from the data dir anyway");
             Ok(())

@@ -181,11 +181,10 @@ async fn a_copied_agent_data_dir_is_refused_and_a_restart_is_not() {
     // A copy of the data dir (an SD card image put in another Pi).
     let copy = root.path().join("copy");
     std::fs::create_dir_all(&copy).unwrap();
-    std::fs::copy(
-        original.data_dir.join("agent.json"),
-        copy.join("agent.json"),
-    )
-    .unwrap();
+    // The whole card: the instance id and the certificate naming it.
+    for file in ["agent.json", "credential.json"] {
+        std::fs::copy(original.data_dir.join(file), copy.join(file)).unwrap();
+    }
     let mut clone = TestAgent::start(root.path(), "copy", &[&server.address]);
     let deadline = Instant::now() + Duration::from_secs(40);
     let status = loop {

@@ -89,7 +89,9 @@ fn script_with(
 
 async fn server() -> (TestServer, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
-    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    // Plain text (--insecure): these tests drive the door's and the registry's
+    // own authentication with raw HTTP/1.1 clients; TLS is tests/security.rs's.
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &["--insecure"]);
     server.wait_ready().await;
     (server, root)
 }
@@ -543,7 +545,7 @@ async fn the_cli_paginates_list_tasks_over_250_tasks() {
 #[tokio::test]
 async fn seed_002_walk_through_with_boto3() {
     busybox_image(IMAGE);
-    let orc = TestOrc::start().await;
+    let orc = TestOrc::start_with(&["--insecure"]).await;
     let out = script(
         "python3",
         "seed002.py",
@@ -556,7 +558,7 @@ async fn seed_002_walk_through_with_boto3() {
 #[tokio::test]
 async fn seed_004_lab_as_a_student_types_it_with_aws() {
     busybox_image(IMAGE);
-    let orc = TestOrc::start().await;
+    let orc = TestOrc::start_with(&["--insecure"]).await;
     let port = common::cluster::free_port().to_string();
     let out = script_with(
         "bash",

@@ -38,6 +38,7 @@ impl LimitedServer {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start orc server under prlimit");
+        common::cluster::trust_cluster(&root.join("server"), &address);
         LimitedServer {
             address,
             log,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -294,16 +294,7 @@ async fn a_closed_pipe_ends_a_listing_quietly() {
 #[tokio::test]
 async fn metrics_are_prometheus_0_0_4_with_the_node_id_as_a_label_and_take_no_body() {
     let (_root, server) = server().await;
-    let http = |request: String| {
-        let mut stream = std::net::TcpStream::connect(&server.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
-    };
+    let http = |request: String| common::cluster::http_request(&server.address, &request);
     let node_id = common::cluster::eventually(Duration::from_secs(20), "a member list", || async {
         let status = server.client().cluster_status(true).await.ok()?;
         status.members.first().map(|member| member.id)

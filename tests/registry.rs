@@ -39,7 +39,9 @@ struct Registry {
 impl Registry {
     async fn start() -> Registry {
         let root = tempfile::tempdir().unwrap();
-        let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+        // Plain text (--insecure): these tests drive the door's and the registry's
+        // own authentication with raw HTTP/1.1 clients; TLS is tests/security.rs's.
+        let server = TestServer::start(root.path(), "server", &["--bootstrap"], &["--insecure"]);
         server.wait_ready().await;
         Registry {
             server,

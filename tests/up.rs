@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::cluster::{eventually, free_port, wait_exit};
+use common::cluster::{eventually, free_port, trust_cluster, wait_exit};
 use orc::client::Client;
 
 /// A running `orc up`; killed on drop if a test failed before stopping it.
@@ -107,10 +107,12 @@ async fn orc_up_runs_a_server_and_an_agent_and_keeps_its_state_across_a_restart(
     let data_dir = root.path().join("data");
     let log = root.path().join("up.log");
     let address = format!("127.0.0.1:{}", free_port());
+    let mut up = Up::start(&data_dir, &address, &log);
+    // orc up wrote an admin credential: this test and its CLIs use it.
+    trust_cluster(&data_dir.join("server"), &address);
     let mut client = Client::new(&address).unwrap();
     client.retry_for = Duration::from_secs(5);
 
-    let mut up = Up::start(&data_dir, &address, &log);
     let instances = wait_instances(&client).await;
     assert_eq!(
         instances.len(),

@@ -57,6 +57,13 @@ pub struct AgentArgs {
     /// (ECS_RESERVED_MEMORY).
     #[arg(long, env = "ECS_RESERVED_MEMORY", default_value_t = 0)]
     pub reserved_memory_mib: u64,
+    /// A join token (`orc token create --role agent`): needed the first
+    /// time only; the agent keeps its certificate in its data dir.
+    #[arg(long, env = "ORC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Connect in plain text, to a cluster started with --insecure.
+    #[arg(long)]
+    pub insecure: bool,
     /// How long a stopped task's containers are kept, so `orc logs` can
     /// still read them: a duration such as 1h, 10m, 30s or 0s
     /// (ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION).
@@ -138,6 +145,9 @@ pub struct AgentConfig {
     /// Ports dynamic allocation must check with a bind on 0.0.0.0 (turn off
     /// for a fake runtime, whose ports are not real).
     pub probe_ports: bool,
+    /// The certificate the agent connects with (renewed in place); the
+    /// process's identity unless it has its own (`orc up`'s agent).
+    pub identity: crate::tls::SharedIdentity,
 }
 
 impl AgentConfig {
@@ -159,6 +169,7 @@ impl AgentConfig {
             parallel_stops: 256,
             task_cleanup_wait: DEFAULT_TASK_CLEANUP_WAIT,
             probe_ports: true,
+            identity: crate::tls::SharedIdentity::process(),
         }
     }
 }

@@ -14,12 +14,15 @@
 //!   serves `orc logs` from any machine;
 //! * `ports`: dynamic host ports (32768–60999) recovered from labels;
 //! * `network`: the /28 subnet pool for multi-container task networks;
-//! * `config`: `orc agent` flags (`AgentArgs`) and `AgentConfig`.
+//! * `config`: `orc agent` flags (`AgentArgs`) and `AgentConfig`;
+//! * `identity`: the agent's certificate (joined with a token once, kept
+//!   in the data dir, renewed in place).
 
 pub mod config;
 pub mod docker;
 pub mod executor;
 pub mod fake;
+pub mod identity;
 pub mod logs;
 pub mod network;
 pub mod ports;

@@ -203,6 +203,8 @@ struct Conn {
 }
 
 struct ConnState {
+    /// The certificate every new connection presents.
+    identity: crate::tls::SharedIdentity,
     /// The addresses given with `--server`, kept as fallbacks.
     configured: Vec<String>,
     /// Every known server: the members' addresses, then configured extras.
@@ -215,7 +217,7 @@ struct ConnState {
 }
 
 impl Conn {
-    fn new(servers: &[String]) -> Result<Conn> {
+    fn new(servers: &[String], identity: crate::tls::SharedIdentity) -> Result<Conn> {
         let first = servers
             .first()
             .ok_or_else(|| Error::InvalidInput("no control-plane address was given".into()))?;
@@ -224,7 +226,8 @@ impl Conn {
             servers: servers.to_vec(),
             current: first.clone(),
             generation: 0,
-            client: Self::make(first)?,
+            client: Self::make(first, &identity)?,
+            identity,
         };
         Ok(Conn {
             state: Arc::new(Mutex::new(state)),
@@ -232,10 +235,15 @@ impl Conn {
         })
     }
 
-    fn make(server: &str) -> Result<AgentApiClient<Channel>> {
-        Ok(AgentApiClient::new(crate::wire::channel(server)?)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024))
+    fn make(
+        server: &str,
+        identity: &crate::tls::SharedIdentity,
+    ) -> Result<AgentApiClient<Channel>> {
+        Ok(
+            AgentApiClient::new(crate::wire::channel_with(server, identity.get())?)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
@@ -316,7 +324,7 @@ impl Conn {
             _ => None,
         };
         if let Some(target) = target {
-            match Self::make(&target) {
+            match Self::make(&target, &state.identity) {
                 Ok(client) => {
                     tracing::warn!(from = %state.current, to = %target, %error, "moving to another control-plane server");
                     state.current = target;
@@ -395,7 +403,23 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
             )));
         }
     }
-    let conn = Conn::new(&config.servers)?;
+    let conn = Conn::new(&config.servers, config.identity.clone())?;
+    // The instance the agent's certificate names is the one it registers.
+    let certified_instance = config
+        .identity
+        .get()
+        .and_then(|tls| match tls.identity.clone() {
+            Some(crate::vocab::principal::Principal::Agent { instance }) => Some(instance),
+            _ => None,
+        });
+    if certified_instance.is_some() {
+        let server_conn = conn.clone();
+        tokio::spawn(crate::agent::identity::renew_loop(
+            config.data_dir.clone(),
+            config.identity.clone(),
+            move || server_conn.server(),
+        ));
+    }
     let mut backoff = Backoff::new(config.max_backoff);
 
     // The engine's description of the node.
@@ -422,10 +446,12 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
     let response = loop {
         let request = RegisterInstanceRequest {
             cluster: config.cluster.clone(),
-            container_instance_id: saved
-                .as_ref()
-                .map(|s| s.container_instance_id.clone())
-                .unwrap_or_default(),
+            container_instance_id: certified_instance.clone().unwrap_or_else(|| {
+                saved
+                    .as_ref()
+                    .map(|s| s.container_instance_id.clone())
+                    .unwrap_or_default()
+            }),
             instance_json: instance_json.clone(),
             agent_session: session.clone(),
         };

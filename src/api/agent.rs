@@ -13,8 +13,10 @@ use tonic::{Request, Response, Status};
 
 use super::{async_stream, ApiContext};
 use crate::controller::Liveness;
+use crate::error::Refusal;
 use crate::model::{Assignment, InstanceRegistration, TaskStateChange};
 use crate::store::{Command, Proposal, State};
+use crate::vocab::principal::Principal;
 use crate::vocab::time::now_ms;
 use crate::wire::proto::agent_api_client::AgentApiClient;
 use crate::wire::proto::agent_api_server::AgentApi;
@@ -45,6 +47,40 @@ fn leader_channel(address: &str) -> Result<Channel> {
     }
     channels.insert(address.to_string(), channel.clone());
     Ok(channel)
+}
+
+/// Whether `principal` may act for `instance_id` through `AgentApi`: a
+/// server (forwarding), an admin (who may do everything: simulated agents
+/// in benchmarks), an insecure cluster's caller, or the agent whose
+/// certificate names that instance. Refusals are logged.
+fn may_serve_instance(principal: &Principal, instance_id: &str, what: &str) -> Result<()> {
+    match principal {
+        Principal::Server { .. }
+        | Principal::Insecure
+        | Principal::User {
+            role: crate::vocab::principal::Role::Admin,
+            ..
+        } => Ok(()),
+        Principal::Agent { instance } if instance == instance_id => Ok(()),
+        Principal::Anonymous => {
+            tracing::warn!(instance = %instance_id, what, "refused an agent call without a certificate");
+            Err(Error::Refused(
+                Refusal::Unauthenticated,
+                format!("{what} needs the agent's certificate: start the agent with a join token (`orc agent --token ...`)"),
+            ))
+        }
+        Principal::Agent { instance } => {
+            tracing::warn!(agent = %instance, instance = %instance_id, what, "refused an agent acting for another node's instance");
+            Err(Error::Refused(
+                Refusal::AccessDenied,
+                format!("agent {instance} may only act for its own container instance, not {instance_id:?} ({what})"),
+            ))
+        }
+        other => Err(Error::Refused(
+            Refusal::AccessDenied,
+            format!("{other} may not call {what}: it is for agents"),
+        )),
+    }
 }
 
 /// Whether an agent with `session` may register `instance_id`: refused while
@@ -160,7 +196,20 @@ impl AgentApi for ApiContext {
         &self,
         request: Request<RegisterInstanceRequest>,
     ) -> Result<Response<RegisterInstanceResponse>, Status> {
-        let request = request.into_inner();
+        let principal = super::principal(&request).map_err(to_status)?;
+        let mut request = request.into_inner();
+        // An agent registers the instance its certificate names.
+        if let (Principal::Agent { instance }, true) =
+            (&principal, request.container_instance_id.is_empty())
+        {
+            request.container_instance_id = instance.clone();
+        }
+        may_serve_instance(
+            &principal,
+            &request.container_instance_id,
+            "RegisterContainerInstance",
+        )
+        .map_err(to_status)?;
         // The leader hears every heartbeat, so it decides whether another
         // agent still owns this instance.
         if let Some(leader) = self.leader_address().map_err(to_status)? {
@@ -224,7 +273,10 @@ impl AgentApi for ApiContext {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let principal = super::principal(&request).map_err(to_status)?;
         let request = request.into_inner();
+        may_serve_instance(&principal, &request.container_instance_id, "Heartbeat")
+            .map_err(to_status)?;
         let cluster = cluster_or_default(&request.cluster);
         // The leader decides connectivity, so it must hear every heartbeat.
         if let Some(leader) = self.leader_address().map_err(to_status)? {
@@ -274,7 +326,14 @@ impl AgentApi for ApiContext {
         &self,
         request: Request<WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let principal = super::principal(&request).map_err(to_status)?;
         let request = request.into_inner();
+        may_serve_instance(
+            &principal,
+            &request.container_instance_id,
+            "WatchAssignments",
+        )
+        .map_err(to_status)?;
         let cluster = cluster_or_default(&request.cluster);
         let instance_id = request.container_instance_id.clone();
         let store = self.raft.store().clone();
@@ -313,7 +372,29 @@ impl AgentApi for ApiContext {
         &self,
         request: Request<tonic::Streaming<LogChunk>>,
     ) -> Result<Response<Self::ServeLogsStream>, Status> {
-        Ok(Response::new(self.logs.serve(request.into_inner())))
+        let principal = super::principal(&request).map_err(to_status)?;
+        let only_instance = match &principal {
+            Principal::Agent { instance } => Some(instance.clone()),
+            Principal::Server { .. }
+            | Principal::Insecure
+            | Principal::User {
+                role: crate::vocab::principal::Role::Admin,
+                ..
+            } => None,
+            other => {
+                return Err(to_status(Error::Refused(
+                    if *other == Principal::Anonymous {
+                        Refusal::Unauthenticated
+                    } else {
+                        Refusal::AccessDenied
+                    },
+                    format!("{other} may not serve logs: ServeLogs is for agents"),
+                )))
+            }
+        };
+        Ok(Response::new(
+            self.logs.serve(request.into_inner(), only_instance),
+        ))
     }
 
     async fn get_registry_token(
@@ -378,7 +459,14 @@ impl AgentApi for ApiContext {
         &self,
         request: Request<TaskStateReport>,
     ) -> Result<Response<ReportAck>, Status> {
+        let principal = super::principal(&request).map_err(to_status)?;
         let request = request.into_inner();
+        may_serve_instance(
+            &principal,
+            &request.container_instance_id,
+            "ReportTaskState",
+        )
+        .map_err(to_status)?;
         let change: TaskStateChange =
             serde_json::from_str(&request.report_json).map_err(|e| bad_json("report_json", e))?;
         tracing::Span::current().record("task", change.task_arn.as_str());

@@ -13,7 +13,15 @@
 //!   logs it (at most every 10 s), closes the oldest connections that have no
 //!   request in flight to make room, and backs off instead of spinning.
 //!
-//! It knows HTTP and sockets only; what is served is the caller's router.
+//! * With TLS (every server but one started `--insecure` on loopback),
+//!   each connection first completes a TLS 1.3 handshake within
+//!   `handshake_timeout`; the client certificate, when there is one, says
+//!   who calls ([`Principal`], `tls::principal_of`), and no certificate is
+//!   [`Principal::Anonymous`]. A plain-text client fails the handshake.
+//!
+//! It knows HTTP, TLS and sockets only; what is served is the caller's
+//! router, which finds the caller's `Principal` and [`RemoteAddress`] on
+//! every request.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -60,6 +68,17 @@ impl Default for ListenerOptions {
         ListenerOptions::with_idle_timeout(Self::DEFAULT_IDLE_TIMEOUT)
     }
 }
+
+/// The address a request's connection comes from (an extension on every
+/// request, for log lines about refusals).
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddress(pub std::net::SocketAddr);
+
+/// The scheme a request's connection speaks (an extension on every
+/// request): `https` with TLS, `http` for a server started `--insecure`;
+/// for URLs a client is sent to (the registry's token realm).
+#[derive(Clone, Copy, Debug)]
+pub struct Scheme(pub &'static str);
 
 /// What the accept loop knows about one open connection.
 struct Activity {
@@ -182,6 +201,10 @@ struct TrackedService {
     activity: Arc<Activity>,
     /// Who is at the other end of the connection, put on every request.
     principal: Principal,
+    /// Where the connection comes from, put on every request.
+    peer: std::net::SocketAddr,
+    /// `https` or `http`, put on every request.
+    scheme: &'static str,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for TrackedService {
@@ -191,6 +214,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for TrackedService {
 
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.principal.clone());
+        request.extensions_mut().insert(RemoteAddress(self.peer));
+        request.extensions_mut().insert(Scheme(self.scheme));
         let in_flight = InFlight::start(&self.activity);
         let mut router = self.router.clone();
         Box::pin(async move {
@@ -254,11 +279,12 @@ fn descriptor_limit() -> u64 {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, closing idle
-/// connections as `options` says.
+/// connections as `options` says; with `tls`, every connection is TLS.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     options: ListenerOptions,
+    tls: Option<crate::tls::ServerTlsSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let registry = Arc::new(Registry::default());
@@ -316,9 +342,31 @@ pub async fn serve(
         let registry = registry.clone();
         let router = router.clone();
         let stopped = stopped.clone();
+        let tls = tls.as_ref().map(|source| source.current());
         tokio::spawn(async move {
             let _open = crate::metrics::connection_opened();
-            serve_connection(tcp, peer, router, activity.clone(), options, stopped).await;
+            match tls {
+                None => {
+                    let connection = Connection {
+                        peer,
+                        principal: Principal::Insecure,
+                        activity: activity.clone(),
+                    };
+                    serve_connection(tcp, connection, router, options, stopped).await
+                }
+                Some(tls) => {
+                    if let Some((stream, principal)) =
+                        handshake(&tls, tcp, peer, options.handshake_timeout).await
+                    {
+                        let connection = Connection {
+                            peer,
+                            principal,
+                            activity: activity.clone(),
+                        };
+                        serve_connection(stream, connection, router, options, stopped).await
+                    }
+                }
+            }
             registry.lock().remove(&activity.id);
         });
     }
@@ -338,21 +386,86 @@ enum Closing {
     ShuttingDown,
 }
 
-async fn serve_connection(
+/// Runs the TLS handshake of one connection within `timeout`; returns the
+/// stream and who the client certificate names (`Anonymous` without one),
+/// or `None` when the handshake failed (logged: a certificate the cluster
+/// CA did not sign is a warning, a plain-text client a note).
+async fn handshake(
+    tls: &crate::tls::ServerTls,
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    router: axum::Router,
+    timeout: Duration,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Principal,
+)> {
+    let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            match error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+            {
+                Some(rustls::Error::InvalidCertificate(why)) => tracing::warn!(
+                    %peer,
+                    reason = ?why,
+                    "refused a connection: its client certificate was not issued by this cluster's CA (another cluster's, or expired)"
+                ),
+                Some(rustls::Error::InvalidMessage(_))
+                | Some(rustls::Error::InappropriateMessage { .. }) => {
+                    tracing::info!(%peer, "refused a plain-text (non-TLS) connection: this server speaks TLS only")
+                }
+                _ => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            }
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake within the time-out; closing");
+            return None;
+        }
+    };
+    let principal = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|cert| crate::tls::principal_of(cert))
+        .unwrap_or(Principal::Anonymous);
+    Some((stream, principal))
+}
+
+/// One accepted connection: where from, who, and its activity.
+struct Connection {
+    peer: std::net::SocketAddr,
+    principal: Principal,
     activity: Arc<Activity>,
+}
+
+async fn serve_connection<I>(
+    io: I,
+    connection: Connection,
+    router: axum::Router,
     options: ListenerOptions,
     mut stopped: watch::Receiver<bool>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Connection {
+        peer,
+        principal,
+        activity,
+    } = connection;
+    let scheme = if principal == Principal::Insecure {
+        "http"
+    } else {
+        "https"
+    };
     let service = TrackedService {
         router,
         activity: activity.clone(),
-        // No connection is authenticated yet: the security issue's TLS
-        // handshake will say who is calling; until then every caller is
-        // unidentified (the API binds loopback by default).
-        principal: Principal::Insecure,
+        principal,
+        peer,
+        scheme,
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -365,7 +478,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
-    let connection = builder.serve_connection(TokioIo::new(tcp), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut closing: Option<(Closing, Instant)> = None;
     loop {

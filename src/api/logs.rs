@@ -69,7 +69,13 @@ impl LogSessions {
 
     /// Runs one agent session until its stream ends: registers it under the
     /// identity in its first chunk, routes the chunks that follow.
-    pub fn serve(&self, mut chunks: tonic::Streaming<LogChunk>) -> ResponseStream<LogRequest> {
+    /// `only_instance`: an agent's certificate may open the session of its
+    /// own instance only.
+    pub fn serve(
+        &self,
+        mut chunks: tonic::Streaming<LogChunk>,
+        only_instance: Option<String>,
+    ) -> ResponseStream<LogRequest> {
         let sessions = self.clone();
         let (requests, receiver) = mpsc::channel(64);
         let to_agent = requests.clone();
@@ -91,6 +97,16 @@ impl LogSessions {
                     .send(Err(Status::invalid_argument(
                         "a log session must name its container instance in its first message",
                     )))
+                    .await;
+                return;
+            }
+            if let Some(own) = only_instance.filter(|own| *own != key.1) {
+                tracing::warn!(agent = %own, instance = %key.1, "refused an agent's log session for another node's instance");
+                let _ = to_agent
+                    .send(Err(Status::permission_denied(format!(
+                        "agent {own} may only serve its own instance's logs, not {}'s",
+                        key.1
+                    ))))
                     .await;
                 return;
             }

@@ -25,6 +25,7 @@ pub mod scope;
 pub mod secrets;
 pub mod services;
 pub mod tasks;
+pub mod trust;
 pub mod watch;
 
 use std::pin::Pin;
@@ -49,9 +50,9 @@ use crate::wire::proto::orc_server::{Orc, OrcServer};
 use crate::wire::proto::peer_server::{Peer, PeerServer};
 use crate::wire::proto::{
     ActionRequest, ActionResponse, AddServerRequest, BlobChunk, ClusterStatusRequest,
-    ClusterStatusResponse, FetchBlobRequest, HoldBlobRequest, HoldBlobResponse, LogChunk,
-    MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest, TaskLogsRequest, WatchEvent,
-    WatchRequest,
+    ClusterStatusResponse, FetchBlobRequest, HoldBlobRequest, HoldBlobResponse, JoinRequest,
+    JoinResponse, LogChunk, MembershipResponse, RaftAck, RaftBatch, RemoveServerRequest,
+    RenewRequest, TaskLogsRequest, WatchEvent, WatchRequest,
 };
 use crate::wire::status::{respond, to_status};
 use crate::{Error, Result};
@@ -66,6 +67,49 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal> {
             "the request reached the server without a checked credential: connect with your orc credential (orc config)".into(),
         )
     })
+}
+
+/// The address the request's connection comes from, when the listener
+/// recorded it.
+pub fn remote_address<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
+    request
+        .extensions()
+        .get::<listener::RemoteAddress>()
+        .map(|address| address.0)
+}
+
+/// Servers only (and every caller of a cluster started `--insecure`): the
+/// `Peer` service. Refusals are logged with the caller.
+pub fn require_server<T>(request: &Request<T>, what: &str) -> Result<Principal> {
+    let principal = principal(request)?;
+    match principal {
+        Principal::Server { .. } | Principal::Insecure => Ok(principal),
+        Principal::Anonymous => {
+            tracing::warn!(peer = ?remote_address(request), what, "refused a call without a certificate");
+            Err(principal
+                .may(crate::vocab::principal::Access::Read, what)
+                .unwrap_err())
+        }
+        other => {
+            tracing::warn!(peer = ?remote_address(request), caller = %other, what, "refused a server-only call");
+            Err(Error::Refused(
+                Refusal::AccessDenied,
+                format!("{other} may not call {what}: only the cluster's servers may"),
+            ))
+        }
+    }
+}
+
+/// Any caller with a certificate (or of an insecure cluster).
+pub fn require_authenticated<T>(request: &Request<T>, what: &str) -> Result<Principal> {
+    let principal = principal(request)?;
+    if principal == Principal::Anonymous {
+        tracing::debug!(peer = ?remote_address(request), what, "refused a call without a certificate");
+        return Err(principal
+            .may(crate::vocab::principal::Access::Read, what)
+            .unwrap_err());
+    }
+    Ok(principal)
 }
 
 /// Shared by every handler of one server.
@@ -88,6 +132,8 @@ pub struct ApiContext {
     /// The cluster's seal key: secrets are sealed with it before they are
     /// proposed, and opened with it where a server must read them.
     pub seal: crate::seal::SealKey,
+    /// The CA and the listener's TLS (`None`: started `--insecure`).
+    pub security: Option<Arc<trust::Security>>,
 }
 
 impl ApiContext {
@@ -362,6 +408,7 @@ impl Orc for ApiContext {
         &self,
         request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        require_authenticated(&request, "orc:ClusterStatus").map_err(to_status)?;
         respond(ApiContext::cluster_status(self, request.into_inner().linearizable).await)
     }
 
@@ -370,6 +417,9 @@ impl Orc for ApiContext {
         &self,
         request: Request<AddServerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        principal(&request)
+            .and_then(|p| p.may(crate::vocab::principal::Access::Admin, "orc:AddServer"))
+            .map_err(to_status)?;
         let request = request.into_inner();
         respond(
             ApiContext::add_server(self, request.node_id, &request.address, &request.cluster_id)
@@ -382,6 +432,9 @@ impl Orc for ApiContext {
         &self,
         request: Request<RemoveServerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        principal(&request)
+            .and_then(|p| p.may(crate::vocab::principal::Access::Admin, "orc:RemoveServer"))
+            .map_err(to_status)?;
         respond(ApiContext::remove_server(self, request.into_inner().node_id).await)
     }
 
@@ -416,6 +469,9 @@ impl Orc for ApiContext {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Agents watch too (`orc agent --proxy` follows the load
+        // balancers): a change names actions and ids, never a document.
+        require_authenticated(&request, "orc:Watch").map_err(to_status)?;
         let after_revision = request.into_inner().after_revision;
         let changes: ChangeStream =
             watch::open(self.raft.store().clone(), after_revision).map_err(to_status)?;
@@ -430,16 +486,94 @@ impl Orc for ApiContext {
         &self,
         request: Request<TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        // A task's output is a user's to read (and a server's, asking its
+        // peers), never an agent's: it is another node's.
+        principal(&request)
+            .and_then(|p| p.may(crate::vocab::principal::Access::Read, "orc:TaskLogs"))
+            .map_err(to_status)?;
         ApiContext::task_logs(self, request.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
     }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(role = %request.get_ref().role))]
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let remote = remote_address(&request);
+        let request = request.into_inner();
+        let issued = ApiContext::join(
+            self,
+            remote,
+            &request.token,
+            &request.role,
+            request.node_id,
+            &request.signing_request,
+        )
+        .await
+        .map_err(to_status)?;
+        Ok(Response::new(join_response(issued)))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<JoinResponse>, Status> {
+        let principal = principal(&request).map_err(to_status)?;
+        let issued = self
+            .renew_certificate(&principal, &request.into_inner().signing_request)
+            .map_err(to_status)?;
+        Ok(Response::new(join_response(issued)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(action = %request.get_ref().action))]
+    async fn admin(
+        &self,
+        request: Request<ActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let principal = principal(&request).map_err(to_status)?;
+        let request = request.into_inner();
+        let answer = ApiContext::admin(
+            self,
+            &principal,
+            &request.action,
+            &request.body_json,
+            request.request_id,
+        )
+        .await
+        .map_err(to_status)?;
+        Ok(Response::new(ActionResponse {
+            body_json: answer.to_string(),
+            warnings: vec![],
+        }))
+    }
+}
+
+fn join_response(issued: trust::Issued) -> JoinResponse {
+    JoinResponse {
+        certificate: issued.certificate,
+        ca: issued.ca,
+        ca_key: issued.ca_key,
+        container_instance_id: issued.container_instance_id,
+        cluster_id: issued.cluster_id,
+        seal_key: issued.seal_key,
+    }
 }
 
 impl ApiContext {
-    /// Steps one inbound batch of raft messages from a peer (both `Peer` calls).
-    fn step_wire_batch(&self, batch: &RaftBatch) -> Result<(), Status> {
+    /// Steps one inbound batch of raft messages from a peer (both `Peer`
+    /// calls), sent by `principal` (a server may only speak for itself).
+    fn step_wire_batch(&self, principal: &Principal, batch: &RaftBatch) -> Result<(), Status> {
+        if let Principal::Server { node_id } = principal {
+            if *node_id != batch.from_id {
+                return Err(to_status(Error::Refused(
+                    Refusal::AccessDenied,
+                    format!(
+                        "server {node_id}'s certificate cannot send raft messages as server {}",
+                        batch.from_id
+                    ),
+                )));
+            }
+        }
         self.step_batch(
             &batch.cluster_id,
             batch.from_id,
@@ -453,7 +587,8 @@ impl ApiContext {
 #[tonic::async_trait]
 impl Peer for ApiContext {
     async fn raft(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
-        self.step_wire_batch(&request.into_inner())?;
+        let principal = require_server(&request, "Peer.Raft").map_err(to_status)?;
+        self.step_wire_batch(&principal, &request.into_inner())?;
         Ok(Response::new(RaftAck {}))
     }
 
@@ -462,9 +597,10 @@ impl Peer for ApiContext {
         &self,
         request: Request<tonic::Streaming<RaftBatch>>,
     ) -> Result<Response<RaftAck>, Status> {
+        let principal = require_server(&request, "Peer.RaftStream").map_err(to_status)?;
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
-            self.step_wire_batch(&batch)?;
+            self.step_wire_batch(&principal, &batch)?;
         }
         Ok(Response::new(RaftAck {}))
     }
@@ -476,6 +612,7 @@ impl Peer for ApiContext {
         &self,
         request: Request<FetchBlobRequest>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        require_server(&request, "Peer.FetchBlob").map_err(to_status)?;
         let digest = crate::oci::Digest::parse(&request.get_ref().digest)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let file = tokio::fs::File::open(self.blobs.blob_path(&digest))
@@ -496,6 +633,7 @@ impl Peer for ApiContext {
         &self,
         request: Request<HoldBlobRequest>,
     ) -> Result<Response<HoldBlobResponse>, Status> {
+        require_server(&request, "Peer.HoldBlob").map_err(to_status)?;
         let digest = crate::oci::Digest::parse(&request.get_ref().digest)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.blob_sync.ensure(&digest).await.map_err(to_status)?;
@@ -583,6 +721,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     context: ApiContext,
     options: listener::ListenerOptions,
+    tls: Option<crate::tls::ServerTlsSource>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let routes = tonic::service::Routes::new(
@@ -615,7 +754,7 @@ pub async fn serve(
         .merge(door::routes(context))
         .fallback(door::not_served)
         .method_not_allowed_fallback(door::not_served);
-    listener::serve(listener, router, options, shutdown)
+    listener::serve(listener, router, options, tls, shutdown)
         .await
         .map_err(|e| Error::Unavailable(format!("the listener failed: {e}")))
 }

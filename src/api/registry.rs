@@ -1274,7 +1274,11 @@ fn realm(request: &Request<Body>) -> String {
         .map(|a| a.as_str().to_string())
         .or_else(|| header_str(request.headers(), header::HOST).map(str::to_string))
         .unwrap_or_default();
-    format!("http://{host}/v2/token")
+    let scheme = request
+        .extensions()
+        .get::<super::listener::Scheme>()
+        .map_or("http", |scheme| scheme.0);
+    format!("{scheme}://{host}/v2/token")
 }
 
 fn insert(headers: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {

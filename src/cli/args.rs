@@ -25,6 +25,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "ORC_TIMEOUT", value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
+    /// The credential file to connect with (`none`: plain text, for a
+    /// cluster started --insecure). Default: ~/.config/orc/credentials.json,
+    /// else the admin credential `orc up` wrote; `orc config` shows which.
+    #[arg(long, global = true, env = "ORC_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,6 +74,12 @@ pub enum Command {
     /// Control-plane commands.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Show the endpoint and the credential this command line uses (never
+    /// the key).
+    Config,
+    /// Join tokens for new agents and servers (admins only).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The built-in load balancer, with `aws elbv2`'s verbs and flags.
     #[command(subcommand)]
     Elbv2(super::elbv2::Elbv2Command),
@@ -404,6 +415,27 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `orc token ...`.
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a join token; it is printed once and never shown again.
+    Create {
+        /// What the token's holder may join as: agent or server.
+        #[arg(long)]
+        role: String,
+        /// How long the token works (1h, 30m, 7d; default: until revoked).
+        #[arg(long, value_parser = crate::agent::config::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// List the join tokens (ids, roles, status; never the secrets).
+    List,
+    /// Revoke a join token (by id, or the whole token).
+    Revoke {
+        /// The token's id (`orc token list`) or the token itself.
+        id: String,
+    },
+}
+
 /// `orc up`.
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -416,6 +448,10 @@ pub struct UpArgs {
     /// Run only the control plane, no agent (no Docker needed).
     #[arg(long)]
     pub no_agent: bool,
+    /// Serve plain text, without TLS or credentials (allowed only when
+    /// listening on loopback).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// `orc server` and its membership subcommands.
@@ -475,6 +511,13 @@ pub struct ServerArgs {
     /// Join the control plane of the server at HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub join: Option<String>,
+    /// The join token for --join (`orc token create --role server`).
+    #[arg(long, env = "ORC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Serve plain text, without TLS or credentials (allowed only when
+    /// listening on loopback).
+    #[arg(long)]
+    pub insecure: bool,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,

@@ -28,6 +28,124 @@ pub(super) fn client(endpoint: &str) -> anyhow::Result<Client> {
     })
 }
 
+/// Connects this command line's calls with the credential found (plain
+/// text without one).
+fn use_credential(found: &crate::tls::credential::Found) -> anyhow::Result<()> {
+    let tls = match found.path() {
+        Some(path) => Some(
+            crate::tls::credential::Credential::load(path)
+                .map_err(|e| anyhow::anyhow!("{e} (see `orc config`)"))?
+                .client_tls()?,
+        ),
+        None => None,
+    };
+    crate::tls::set_process_identity(tls);
+    Ok(())
+}
+
+/// `orc config`: the endpoint and the credential in use, never the key.
+fn config(endpoint: &str, found: &crate::tls::credential::Found) {
+    println!("endpoint     {endpoint}");
+    match found.path() {
+        None => {
+            println!("credential   none ({})", found.why());
+            println!("             a TLS cluster needs one: set ORC_CREDENTIALS to the file `orc up` or `orc server --bootstrap` printed");
+        }
+        Some(path) => {
+            println!("credential   {} ({})", path.display(), found.why());
+            match crate::tls::credential::Credential::load(path) {
+                Ok(credential) => {
+                    println!("identity     {}", credential.holder());
+                    println!("ca           sha256 {}", credential.ca_fingerprint());
+                    let left = credential
+                        .not_after_ms()
+                        .saturating_sub(crate::vocab::time::now_ms())
+                        / 1000;
+                    println!(
+                        "expires in   {} days {} h",
+                        left / 86_400,
+                        (left % 86_400) / 3600
+                    );
+                    if !credential.endpoint.is_empty() && credential.endpoint != endpoint {
+                        println!(
+                            "made for     {} (use --endpoint or ORC_ENDPOINT to talk to it)",
+                            credential.endpoint
+                        );
+                    }
+                }
+                Err(error) => println!("problem      {error}"),
+            }
+        }
+    }
+}
+
+/// `orc token create|list|revoke`.
+async fn token(endpoint: &str, output: &Output, command: TokenCommand) -> anyhow::Result<()> {
+    let client = client(endpoint)?;
+    match command {
+        TokenCommand::Create { role, ttl } => {
+            let role: crate::tls::token::NodeRole = role.parse()?;
+            let body =
+                json!({"role": role.as_str(), "ttlSeconds": ttl.map(|t| t.as_secs().max(1))});
+            let answer = client.admin("CreateJoinToken", body).await?;
+            if output.is_json() {
+                output.json(&answer);
+            } else {
+                println!("{}", answer["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "join token {} for role {} (shown once; `orc token revoke {}` to revoke it); use it with: {}",
+                    answer["id"].as_str().unwrap_or_default(),
+                    role.as_str(),
+                    answer["id"].as_str().unwrap_or_default(),
+                    match role {
+                        crate::tls::token::NodeRole::Agent => format!("orc agent --server {endpoint} --token TOKEN"),
+                        crate::tls::token::NodeRole::Server => format!("orc server --join {endpoint} --token TOKEN --data-dir DIR"),
+                    }
+                );
+            }
+        }
+        TokenCommand::List => {
+            let answer = client.admin("ListJoinTokens", json!({})).await?;
+            if output.is_json() {
+                output.json(&answer);
+            } else {
+                println!("{:<14} {:<8} {:<8} EXPIRES", "ID", "ROLE", "STATUS");
+                for token in answer["joinTokens"].as_array().into_iter().flatten() {
+                    let expires = match token["expiresAt"].as_f64() {
+                        Some(at) => {
+                            let left = at - crate::vocab::time::now_ms() as f64 / 1000.0;
+                            if left > 0.0 {
+                                format!("in {} s", left as u64)
+                            } else {
+                                "passed".into()
+                            }
+                        }
+                        None => "never".into(),
+                    };
+                    println!(
+                        "{:<14} {:<8} {:<8} {expires}",
+                        token["id"].as_str().unwrap_or_default(),
+                        token["role"].as_str().unwrap_or_default(),
+                        token["status"].as_str().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let answer = client.admin("RevokeJoinToken", json!({"id": id})).await?;
+            if output.is_json() {
+                output.json(&answer);
+            } else {
+                println!(
+                    "revoked join token {}",
+                    answer["id"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = Output::new(cli.output);
@@ -35,7 +153,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(seconds) = cli.timeout {
         let _ = CALL_TIMEOUT.set(std::time::Duration::from_secs(seconds));
     }
+    let serving = matches!(
+        cli.command,
+        Command::Up(_) | Command::Agent(_) | Command::Server(ServerCommand { action: None, .. })
+    );
+    let found = crate::tls::credential::discover(cli.credentials.as_deref());
+    if !serving {
+        use_credential(&found)?;
+    }
     match cli.command {
+        Command::Config => {
+            config(&cli.endpoint, &found);
+            Ok(())
+        }
+        Command::Token(command) => token(&cli.endpoint, &output, command).await,
         Command::Up(args) => roles::up(args).await,
         Command::Agent(args) => roles::agent(args).await,
         Command::Logs {

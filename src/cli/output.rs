@@ -54,7 +54,13 @@ impl Output {
         Output { format }
     }
 
-    fn json(&self, value: &Value) {
+    /// Whether the output is JSON (`--output json`).
+    pub fn is_json(&self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    /// Prints a JSON answer as it is.
+    pub fn json(&self, value: &Value) {
         println!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()

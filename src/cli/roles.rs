@@ -23,6 +23,8 @@ fn server_options(args: &ServerArgs, data_dir: PathBuf) -> ServerOptions {
     options.advertise = args.advertise.clone();
     options.bootstrap = args.bootstrap;
     options.join = args.join.clone();
+    options.token = args.token.clone();
+    options.insecure = args.insecure;
     let (heartbeat_ms, election_timeout_ms) = if args.slow_disk {
         (
             args.heartbeat_ms.max(500),
@@ -53,9 +55,22 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_data_dir("server"));
     let server = server::start(server_options(&args, data_dir)).await?;
     eprintln!(
-        "orc server {} listening on {} (control plane API and /metrics)",
-        server.node_id, server.advertise
+        "orc server {} listening on {} (control plane API and /metrics{})",
+        server.node_id,
+        server.advertise,
+        if server.security.is_some() {
+            ", TLS"
+        } else {
+            ", plain text: --insecure"
+        }
     );
+    if let Some(path) = &server.admin_credential {
+        eprintln!(
+            "admin credential written to {} (keep it secret; use it with: export ORC_CREDENTIALS={})",
+            path.display(),
+            path.display()
+        );
+    }
     tokio::select! {
         _ = shutdown => eprintln!("shutting down"),
         ended = server.ended() => match ended {
@@ -83,8 +98,9 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         crate::datadir::DataDir::inspect(&server_dir)?,
         crate::datadir::DataDir::Fresh(_)
     );
-    let mut options = ServerOptions::new(server_dir, args.listen.clone());
+    let mut options = ServerOptions::new(server_dir.clone(), args.listen.clone());
     options.bootstrap = fresh;
+    options.insecure = args.insecure;
     let server = server::start(options)
         .await
         .with_context(|| format!("cannot start orc up with data dir {}", data_dir.display()))?;
@@ -105,11 +121,18 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
                     "{e}; start Docker, or run `orc up --no-agent` for the control plane alone"
                 )
             })?;
-        let config = crate::agent::config::AgentConfig::new(
+        let mut config = crate::agent::config::AgentConfig::new(
             server.advertise.clone(),
             crate::model::DEFAULT_CLUSTER,
             data_dir.join("agent"),
         );
+        // The agent has a certificate of its own, issued by the CA here.
+        config.identity = crate::tls::SharedIdentity::new(match &server.security {
+            Some(security) => Some(
+                up_agent_credential(security, &config.data_dir, &server.advertise)?.client_tls()?,
+            ),
+            None => None,
+        });
         let mut agent_stopped = agent_stopped.clone();
         Some(tokio::spawn(crate::agent::worker::run(
             config,
@@ -127,7 +150,25 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     if agent.is_some() {
         eprintln!("  container instance  this machine's Docker Engine, cluster default   (try: orc list-container-instances)");
     }
-    eprintln!("  metrics             http://{}/metrics", server.advertise);
+    match &server.security {
+        Some(_) => {
+            let admin = crate::tls::credential::admin_path(&server_dir);
+            eprintln!("  metrics             https://{}/metrics", server.advertise);
+            eprintln!(
+                "  admin credential    {}   (the orc CLI finds it{}; `orc config` shows it)",
+                admin.display(),
+                if Some(&admin) == crate::tls::credential::default_up_admin_path().as_ref() {
+                    " by itself".to_string()
+                } else {
+                    format!(" with: export ORC_CREDENTIALS={}", admin.display())
+                }
+            );
+        }
+        None => eprintln!(
+            "  metrics             http://{}/metrics   (plain text: --insecure)",
+            server.advertise
+        ),
+    }
     eprintln!(
         "press ctrl-c to stop (running tasks keep running and are adopted on the next start)"
     );
@@ -150,12 +191,61 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The certificate of `orc up`'s own agent: the one in its data dir, or a
+/// new one the local CA issues (for the instance id it registered before,
+/// if any).
+fn up_agent_credential(
+    security: &crate::api::trust::Security,
+    agent_dir: &std::path::Path,
+    endpoint: &str,
+) -> anyhow::Result<crate::tls::credential::Credential> {
+    use crate::tls::credential::{agent_path, Credential};
+    let path = agent_path(agent_dir);
+    if let Ok(credential) = Credential::load(&path) {
+        let authority = security.authority();
+        if credential.ca_fingerprint() == authority.fingerprint()
+            && !credential.due_for_renewal(crate::vocab::time::now_ms())
+        {
+            return Ok(credential);
+        }
+    }
+    let instance = crate::agent::worker::load_instance(agent_dir)
+        .ok()
+        .flatten()
+        .map(|saved| saved.container_instance_id)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let authority = security.authority();
+    let (certificate, key) = authority.issue(
+        &crate::vocab::principal::Principal::Agent { instance },
+        crate::tls::ca::cert_lifetime(),
+    )?;
+    let credential = Credential {
+        endpoint: endpoint.to_string(),
+        ca: authority.cert_pem.clone(),
+        certificate,
+        key,
+    };
+    credential.save(&path)?;
+    Ok(credential)
+}
+
 /// `orc agent`: registers this machine as a container instance and drives
 /// its Docker Engine until a shutdown signal.
 pub(super) async fn agent(args: crate::agent::config::AgentArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let proxy = args.proxy;
+    let (token, insecure) = (args.token.clone(), args.insecure);
     let config = crate::agent::config::AgentConfig::try_from(args)?;
+    if insecure {
+        crate::tls::set_process_identity(None);
+    } else {
+        let credential =
+            crate::agent::identity::obtain(&config.data_dir, &config.servers, token.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The process identity: the worker's connections and the proxy's.
+        crate::tls::set_process_identity(Some(credential.client_tls()?));
+    }
     let runtime = crate::agent::docker::DockerRuntime::connect()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -201,8 +201,14 @@ fn peer_client(address: &str) -> Option<PeerClient<tonic::transport::Channel>> {
             return None;
         }
     };
+    // TLS with this server's certificate (the process identity), or plain
+    // text for a cluster started --insecure.
+    let channel = match crate::tls::process_identity() {
+        Some(tls) => endpoint.connect_with_connector_lazy(crate::wire::channel::TlsConnect { tls }),
+        None => endpoint.connect_lazy(),
+    };
     Some(
-        PeerClient::new(endpoint.connect_lazy())
+        PeerClient::new(channel)
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024),
     )

@@ -214,6 +214,8 @@ pub enum Command {
     Iam(super::iam::IamCommand),
     /// A secret change (Secrets Manager's verbs); values arrive sealed.
     Secrets(super::secrets::SecretsCommand),
+    /// A join token created or revoked.
+    Trust(super::trust::TrustCommand),
     /// ECR CreateRepository (`must_be_new`), or a push creating its repository.
     RegistryCreateRepository {
         /// The repository.
@@ -319,6 +321,7 @@ impl Command {
             Command::Elbv2(command) => command.action(),
             Command::Iam(command) => command.action(),
             Command::Secrets(command) => command.action(),
+            Command::Trust(command) => command.action(),
             Command::RegistryCreateRepository { .. } => "CreateRepository",
             Command::RegistryDeleteRepository { .. } => "DeleteRepository",
             Command::RegistryLinkBlob { .. } => "RegistryLinkBlob",
@@ -419,6 +422,7 @@ impl Command {
             Command::Elbv2(command) => return command.subjects(),
             Command::Iam(command) => return command.subjects(),
             Command::Secrets(command) => return command.subjects(),
+            Command::Trust(command) => return command.subjects(),
             Command::CreateService { service, .. } => {
                 subjects.cluster(&service.cluster_arn);
                 subjects.push("service", &service.service_name);

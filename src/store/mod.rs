@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod services;
 pub mod state;
 pub mod table;
+pub mod trust;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};

@@ -134,6 +134,9 @@ pub struct State {
     /// Secrets for tasks (values sealed).
     #[serde(default)]
     pub secrets: super::secrets::SecretsState,
+    /// Join tokens (hashes only).
+    #[serde(default)]
+    pub trust: super::trust::TrustState,
     /// Resource usage and assignments per instance; rebuilt after loading.
     #[serde(skip)]
     pub(crate) indexes: super::ecs::Indexes,
@@ -391,6 +394,7 @@ fn apply_command(state: &mut State, command: &Command) -> Outcome {
         Command::Elbv2(command) => super::elbv2::apply(state, command),
         Command::Iam(command) => super::iam::apply(&mut state.iam, command),
         Command::Secrets(command) => super::secrets::apply(&mut state.secrets, command),
+        Command::Trust(command) => super::trust::apply(state, command),
         Command::RegistryCreateRepository {
             repository_name,
             must_be_new,

@@ -132,6 +132,10 @@ pub enum Principal {
     /// Any caller of a server started insecure (loopback only): treated as
     /// an admin, since nothing identifies it.
     Insecure,
+    /// A TLS caller without a client certificate: refused everything but
+    /// joining (with a token), the registry and the AWS door, which
+    /// authenticate requests their own way.
+    Anonymous,
 }
 
 impl Principal {
@@ -139,6 +143,12 @@ impl Principal {
     /// the caller, the action and what to do.
     pub fn may(&self, access: Access, what: &str) -> Result<(), Error> {
         let allowed = match self {
+            Principal::Anonymous => {
+                return Err(Error::Refused(
+                    Refusal::Unauthenticated,
+                    format!("{what} needs a credential and this connection presented none: point the CLI at your credential file (ORC_CREDENTIALS; `orc config` shows which one is used)"),
+                ))
+            }
             Principal::Server { .. } | Principal::Insecure => true,
             Principal::Agent { .. } => false,
             Principal::User { role, .. } => match role {
@@ -167,6 +177,14 @@ impl Principal {
 
     /// Whether this caller may run `action`.
     pub fn may_call(&self, action: Action) -> Result<(), Error> {
+        // An agent serving the load balancers (`orc agent --proxy`) reads
+        // them; nothing of ECS (no task's environment) nor any write.
+        if matches!(self, Principal::Agent { .. })
+            && matches!(action, Action::Elbv2(_))
+            && Access::of(action) == Access::Read
+        {
+            return Ok(());
+        }
         self.may(
             Access::of(action),
             &format!("{}:{}", action.service(), action.name()),
@@ -181,6 +199,7 @@ impl fmt::Display for Principal {
             Principal::Agent { instance } => write!(f, "agent {instance}"),
             Principal::User { name, role } => write!(f, "user {name} ({role})"),
             Principal::Insecure => f.write_str("an unauthenticated caller"),
+            Principal::Anonymous => f.write_str("a caller without a certificate"),
         }
     }
 }

@@ -1,9 +1,15 @@
-//! gRPC channels to other orc servers.
+//! gRPC channels to other orc servers: plain text, or TLS with this
+//! process's certificate through [`TlsConnect`].
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::transport::Channel;
 
+use crate::tls::ClientTls;
 use crate::{Error, Result};
 
 /// Checks that `endpoint` is `HOST:PORT` (optionally after `http://`) with
@@ -47,25 +53,83 @@ pub fn check_endpoint(endpoint: &str) -> Result<()> {
     }
 }
 
-/// Makes a channel to `host:port` (connects lazily). The address is checked
-/// first (`check_endpoint`); HTTP/2 keep-alive pings find a server that
-/// died or froze under an open stream.
+/// Makes a channel to `host:port` (connects lazily) with this process's
+/// identity (`tls::process_identity`: TLS with its certificate, or plain
+/// text when it has none). The address is checked first
+/// (`check_endpoint`); HTTP/2 keep-alive pings find a server that died or
+/// froze under an open stream.
 pub fn channel(endpoint: &str) -> Result<Channel> {
+    channel_with(endpoint, crate::tls::process_identity())
+}
+
+/// Like [`channel`], with the given identity (`None`: plain text).
+pub fn channel_with(endpoint: &str, tls: Option<Arc<ClientTls>>) -> Result<Channel> {
+    let endpoint = configured(endpoint)?;
+    Ok(match tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnect { tls }),
+        None => endpoint.connect_lazy(),
+    })
+}
+
+/// The endpoint with orc's settings, before it is connected.
+pub fn configured(endpoint: &str) -> Result<tonic::transport::Endpoint> {
     check_endpoint(endpoint)?;
-    let uri = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(uri)
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    let uri = format!("http://{rest}");
+    Ok(tonic::transport::Endpoint::from_shared(uri)
         .map_err(|e| Error::InvalidInput(format!("invalid endpoint {endpoint:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(false)
-        .connect_lazy();
-    Ok(channel)
+        .keep_alive_while_idle(false))
+}
+
+/// Connects a channel's TCP stream and runs the TLS handshake on it with
+/// the process's certificate; a handshake failure becomes a sentence
+/// (`tls::TlsRefused`) the client shows as it is.
+#[derive(Clone)]
+pub struct TlsConnect {
+    /// Whom to trust and what to present.
+    pub tls: Arc<ClientTls>,
+}
+
+/// A TLS connection as hyper reads and writes it.
+pub type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<hyper::Uri> for TlsConnect {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TlsIo>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(7400);
+            let address = format!("{}:{port}", uri.host().unwrap_or_default());
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            match tls.connector().connect(ClientTls::server_name(), tcp).await {
+                Ok(stream) => Ok(hyper_util::rt::TokioIo::new(stream)),
+                Err(error) => match crate::tls::explain_client_handshake(&address, &error) {
+                    Some(refused) => Err(std::io::Error::other(refused)),
+                    None => Err(error),
+                },
+            }
+        })
+    }
 }
 
 #[cfg(test)]

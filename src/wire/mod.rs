@@ -15,7 +15,7 @@ pub mod probe;
 pub mod proto;
 pub mod status;
 
-pub use channel::channel;
+pub use channel::{channel, channel_with};
 
 /// How long an agent session counts as live after its last heartbeat or
 /// registration: while it is, another agent process registering the same

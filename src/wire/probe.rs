@@ -99,6 +99,13 @@ fn classify(address: &str, answer: &[u8], silent: bool, patience: Duration) -> V
     if answer.starts_with(b"HTTP/1.") {
         return not_orc("answered HTTP/1.1");
     }
+    // A TLS alert record (content type 21, version 3.x): a TLS server that
+    // got plain text from this command line.
+    if answer.len() >= 2 && answer[0] == 0x15 && answer[1] == 0x03 {
+        return Verdict::Explained(format!(
+            "{address} speaks TLS and this command line found no credential to connect with: set ORC_CREDENTIALS to the credential file `orc up` or `orc server --bootstrap` printed (`orc config` shows what is used)"
+        ));
+    }
     // An HTTP/2 frame header: 3 bytes of length, then the type; a server
     // starts with SETTINGS (type 4).
     if answer.len() >= 9 && answer[3] == 4 {

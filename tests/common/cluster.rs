@@ -33,6 +33,78 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The admin credential written by a bootstrapping server in `data_dir`
+/// (`tls/admin.json`), once it exists (up to 30 s).
+pub fn admin_credential(data_dir: &std::path::Path) -> PathBuf {
+    let path = data_dir.join("tls").join("admin.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no admin credential appeared at {} within 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Written through a rename: once it exists it is whole.
+    path
+}
+
+/// Makes this test process, and every `orc` it starts from now on, use the
+/// cluster whose bootstrap server has `data_dir`: its admin credential
+/// (`ORC_CREDENTIALS` and this process's client identity) and a fresh agent
+/// join token (`ORC_TOKEN`, so every `orc agent` a test starts joins on its
+/// own). The harness is secure by default; tests of `--insecure` opt out.
+pub fn trust_cluster(data_dir: &std::path::Path, endpoint: &str) {
+    let path = admin_credential(data_dir);
+    let credential = orc::tls::credential::Credential::load(&path).expect("the admin credential");
+    orc::tls::set_process_identity(Some(credential.client_tls().expect("a usable credential")));
+    std::env::set_var("ORC_CREDENTIALS", &path);
+    let token = create_token(endpoint, "agent");
+    std::env::set_var("ORC_TOKEN", token);
+}
+
+/// A join token for `role` from the server at `endpoint`, made with the
+/// CLI and the current `ORC_CREDENTIALS`.
+pub fn create_token(endpoint: &str, role: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+        .args(["--endpoint", endpoint, "--timeout", "60"])
+        .args(["token", "create", "--role", role])
+        .output()
+        .expect("run orc token create");
+    assert!(
+        output.status.success(),
+        "orc token create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Sends one raw HTTP/1.1 request to `address` over TLS with this
+/// process's identity (plain text when it has none) and reads the answer
+/// until the server closes (send `Connection: close`).
+pub fn http_request(address: &str, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    match orc::tls::process_identity() {
+        None => {
+            tcp.write_all(request.as_bytes()).unwrap();
+            let _ = tcp.read_to_end(&mut answer);
+        }
+        Some(tls) => {
+            let config = tls.rustls_config(&[b"http/1.1"]);
+            let mut connection =
+                rustls::ClientConnection::new(config, orc::tls::ClientTls::server_name()).unwrap();
+            let mut stream = rustls::Stream::new(&mut connection, &mut tcp);
+            stream.write_all(request.as_bytes()).unwrap();
+            let _ = stream.read_to_end(&mut answer);
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// One `orc server` process.
 pub struct TestServer {
     pub address: String,
@@ -40,6 +112,10 @@ pub struct TestServer {
     pub log: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Started `--insecure` (plain text, no credentials).
+    pub insecure: bool,
+    /// The admin credential of its cluster (when secure): `client()` uses it.
+    pub credential: Option<PathBuf>,
 }
 
 impl TestServer {
@@ -54,9 +130,24 @@ impl TestServer {
             log: root.join(format!("{name}.log")),
             child: None,
             extra: tuning.iter().map(|f| f.to_string()).collect(),
+            insecure: role.iter().chain(tuning).any(|f| *f == "--insecure"),
+            credential: std::env::var_os("ORC_CREDENTIALS").map(PathBuf::from),
         };
-        let flags = role.iter().chain(tuning).map(|f| f.to_string()).collect();
+        let mut flags: Vec<String> = role.iter().chain(tuning).map(|f| f.to_string()).collect();
+        let insecure = flags.iter().any(|f| f == "--insecure");
+        let joining = role.iter().position(|f| *f == "--join");
+        if let (Some(at), false, false) = (joining, insecure, role.contains(&"--token")) {
+            let token = create_token(role[at + 1], "server");
+            flags.extend(["--token".to_string(), token]);
+        }
         server.spawn(flags);
+        if role.contains(&"--bootstrap") && !insecure {
+            trust_cluster(&server.data_dir, &server.address);
+            server.credential = Some(admin_credential(&server.data_dir));
+        }
+        if insecure {
+            server.credential = None;
+        }
         server
     }
 
@@ -127,9 +218,13 @@ impl TestServer {
         }
     }
 
-    /// A client for this server.
+    /// A client for this server, with its cluster's admin credential.
     pub fn client(&self) -> Client {
-        let mut client = Client::new(&self.address).expect("client");
+        let tls = self.credential.as_ref().map(|path| {
+            let credential = orc::tls::credential::Credential::load(path).expect("credential");
+            std::sync::Arc::new(credential.client_tls().expect("client tls"))
+        });
+        let mut client = Client::with_tls(&self.address, tls).expect("client");
         client.retry_for = Duration::from_secs(2);
         client
     }

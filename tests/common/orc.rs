@@ -25,8 +25,14 @@ pub struct TestOrc {
 impl TestOrc {
     /// Starts a one-server control plane and an agent; waits for the instance.
     pub async fn start() -> TestOrc {
+        Self::start_with(&[]).await
+    }
+
+    /// Like `start`, with extra server flags kept across restarts
+    /// (`--insecure`: plain text, and the agent connects so too).
+    pub async fn start_with(tuning: &[&str]) -> TestOrc {
         let root = tempfile::tempdir().unwrap();
-        let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+        let server = TestServer::start(root.path(), "server", &["--bootstrap"], tuning);
         server.wait_ready().await;
         let mut orc = TestOrc {
             server,
@@ -57,6 +63,7 @@ impl TestOrc {
             ])
             .arg("--data-dir")
             .arg(&self.agent_dir)
+            .args(self.server.insecure.then_some("--insecure"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
