@@ -1174,18 +1174,22 @@ async fn an_image_pushed_to_one_server_is_pulled_from_another_after_it_stops() {
 
     let (ok, password, err) = orc_at(&first.address, &["ecr", "get-login-password"]);
     assert!(ok, "{err}");
-    let (ok, text) = docker_in(
-        config.path(),
-        &[
-            "login",
-            "--username",
-            "AWS",
-            "--password-stdin",
-            &first.address,
-        ],
-        Some(password.trim()),
-    );
-    assert!(ok, "{text}");
+    // A TLS cluster's registry wants a credential for pulls too: Docker
+    // keeps one login per host, so log in at every server.
+    for server in [&first, &second, &third] {
+        let (ok, text) = docker_in(
+            config.path(),
+            &[
+                "login",
+                "--username",
+                "AWS",
+                "--password-stdin",
+                &server.address,
+            ],
+            Some(password.trim()),
+        );
+        assert!(ok, "{text}");
+    }
     let (ok, text) = docker_in(config.path(), &["push", &pushed], None);
     assert!(ok, "{text}");
 

@@ -149,12 +149,10 @@ async fn a_secret_reaches_its_container_and_nothing_else() {
     assert_eq!(seen.trim(), second_value);
 
     // An agent asking for a task placed on another instance is refused.
-    let mut agent_api = orc::wire::proto::agent_api_client::AgentApiClient::connect(format!(
-        "http://{}",
-        orc.server.address
-    ))
-    .await
-    .unwrap();
+    let (as_agent, _) = common::cluster::join_as_agent(&orc.server.address).await;
+    let mut agent_api = orc::wire::proto::agent_api_client::AgentApiClient::new(
+        orc::wire::channel_with(&orc.server.address, Some(as_agent)).unwrap(),
+    );
     let refused = agent_api
         .get_task_secrets(orc::wire::proto::TaskSecretsRequest {
             cluster: "default".into(),

@@ -105,6 +105,27 @@ pub fn http_request(address: &str, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A new agent's certificate for the cluster at `address`, joined in this
+/// process with the harness's agent token (`ORC_TOKEN`): to make AgentApi
+/// calls as an agent (and be refused as one). Returns the identity and the
+/// container instance id its certificate names.
+pub async fn join_as_agent(address: &str) -> (std::sync::Arc<orc::tls::ClientTls>, String) {
+    let token = std::env::var("ORC_TOKEN").expect("the harness's agent token");
+    let (issued, key) = orc::client::join_cluster(address, Some(&token), "agent", 0)
+        .await
+        .expect("join as an agent");
+    let credential = orc::tls::credential::Credential {
+        endpoint: address.to_string(),
+        ca: issued.ca,
+        certificate: issued.certificate,
+        key,
+    };
+    (
+        std::sync::Arc::new(credential.client_tls().expect("agent tls")),
+        issued.container_instance_id,
+    )
+}
+
 /// One `orc server` process.
 pub struct TestServer {
     pub address: String,

@@ -64,7 +64,7 @@ impl TestOrc {
             .arg("--data-dir")
             .arg(&self.agent_dir)
             .args(self.server.insecure.then_some("--insecure"))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,orc::agent=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -173,7 +173,11 @@ impl TestOrc {
     pub async fn wait_task(&self, id: &str, status: &str) -> Value {
         eventually(
             Duration::from_secs(60),
-            &format!("task {id} to be {status}"),
+            &format!(
+                "task {id} to be {status}; the agent's log:\n{}\nthe server's log:\n{}",
+                self.agent_log(),
+                self.server.log_text()
+            ),
             || async {
                 let task = self.task(id).await;
                 (task["lastStatus"] == status).then_some(task)
