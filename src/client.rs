@@ -137,6 +137,16 @@ pub struct Issued {
     pub seal_key: Vec<u8>,
 }
 
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys stay out of debug output.
+        f.debug_struct("Issued")
+            .field("container_instance_id", &self.container_instance_id)
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// A client for the server at `endpoint` (`host:port`), with this
     /// process's identity (`tls::process_identity`).

@@ -411,6 +411,11 @@ async fn handshake(
                     reason = ?why,
                     "refused a connection: its client certificate was not issued by this cluster's CA (another cluster's, or expired)"
                 ),
+                Some(rustls::Error::AlertReceived(alert)) => tracing::warn!(
+                    %peer,
+                    alert = ?alert,
+                    "refused a connection: the client did not accept this server's certificate (it trusts another cluster's CA, or its credential is stale)"
+                ),
                 Some(rustls::Error::InvalidMessage(_))
                 | Some(rustls::Error::InappropriateMessage { .. }) => {
                     tracing::info!(%peer, "refused a plain-text (non-TLS) connection: this server speaks TLS only")

@@ -1,0 +1,492 @@
+//! Transport security (issue 16) on real `orc server` processes: plain text
+//! is refused, `--insecure` only on loopback, each refused join says why on
+//! the node and leaves a line in the server's log, an agent's certificate
+//! serves only its own instance, and certificates renew without a restart.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::{eventually, free_port, join_as_agent, TestServer};
+use orc::client::{join_cluster, Client};
+use orc::tls::ClientTls;
+use orc::wire::proto::agent_api_client::AgentApiClient;
+use orc::wire::proto::orc_client::OrcClient;
+use orc::wire::proto::peer_client::PeerClient;
+use orc::wire::proto::{
+    ActionRequest, HeartbeatRequest, RaftBatch, RegisterInstanceRequest, TaskStateReport,
+    WatchAssignmentsRequest,
+};
+use serde_json::json;
+
+/// The CLI with `args` and the given credential file; (success, stdout, stderr).
+fn cli(credential: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+        .arg("--credentials")
+        .arg(credential)
+        .args(args)
+        .output()
+        .expect("run orc");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// Polls the server's log until it holds `needle` (30 s).
+async fn wait_log(server: &TestServer, needle: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{needle:?} in the server's log"),
+        || async { server.log_text().contains(needle).then_some(()) },
+    )
+    .await;
+}
+
+/// How many times the server's log says `needle`.
+fn log_count(server: &TestServer, needle: &str) -> usize {
+    server.log_text().matches(needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_to_the_api_port_fails() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+
+    // gRPC in plain text.
+    let mut plain = Client::with_tls(&server.address, None).unwrap();
+    plain.retry_for = Duration::from_millis(500);
+    assert!(plain.cluster_status(false).await.is_err());
+
+    // HTTP/1.1 in plain text: no HTTP answer, only a TLS alert.
+    let mut tcp = std::net::TcpStream::connect(&server.address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read as _, Write as _};
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: orc\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+        "a plain-text request was answered: {answer:?}"
+    );
+    // The same over TLS is answered.
+    let metrics = common::cluster::http_request(
+        &server.address,
+        "GET /metrics HTTP/1.1\r\nHost: orc\r\nConnection: close\r\n\r\n",
+    );
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+
+    // The CLI without a credential is told what to do.
+    let (ok, _, stderr) = cli(
+        std::path::Path::new("none"),
+        &[
+            "--endpoint",
+            &server.address,
+            "--timeout",
+            "10",
+            "list-clusters",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("speaks TLS") && stderr.contains("ORC_CREDENTIALS"),
+        "{stderr}"
+    );
+    wait_log(&server, "refused a plain-text (non-TLS) connection").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_serves_plain_text_only_on_loopback() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+        .args(["server", "--bootstrap", "--insecure"])
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .args(["--advertise", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(root.path().join("everywhere"))
+        .output()
+        .expect("run orc server");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("allowed only on loopback") && stderr.contains("drop --insecure"),
+        "{stderr}"
+    );
+
+    let server = TestServer::start(root.path(), "loopback", &["--bootstrap"], &["--insecure"]);
+    let plain = Client::with_tls(&server.address, None).unwrap();
+    eventually(Duration::from_secs(30), "a plain-text answer", || async {
+        plain.cluster_status(false).await.ok()
+    })
+    .await;
+    assert!(
+        !server.data_dir.join("tls").exists(),
+        "an insecure server makes no CA"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_joins_say_why_on_the_node_and_in_the_server_log() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "a", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let admin = server.credential.clone().expect("the admin credential");
+    let address = server.address.clone();
+    let token = |args: &[&str]| {
+        let mut all = vec!["--endpoint", address.as_str(), "token"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = cli(&admin, &all);
+        assert!(ok, "orc token {args:?}: {err}");
+        out
+    };
+    let refused = |error: orc::Error| error.to_string();
+
+    // No token: the node asks anyway (sending nothing secret) and is told.
+    let error = join_cluster(&address, None, "agent", 0).await.unwrap_err();
+    assert!(refused(error).contains("joining needs a join token"));
+    let refusals = log_count(&server, "refused a join");
+    assert!(refusals >= 1, "{}", server.log_text());
+
+    // A wrong secret.
+    let good = token(&["create", "--role", "agent"]);
+    let mut wrong = good.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    let error = join_cluster(&address, Some(&wrong), "agent", 0)
+        .await
+        .unwrap_err();
+    assert!(refused(error).contains("wrong secret"));
+
+    // A token for another role.
+    let error = join_cluster(&address, Some(&good), "server", 7)
+        .await
+        .unwrap_err();
+    assert!(refused(error).contains("not as server"));
+
+    // A revoked token.
+    let revoked = token(&["create", "--role", "agent"]);
+    let id = revoked.split('-').nth(2).unwrap().to_string();
+    token(&["revoke", &id]);
+    let error = join_cluster(&address, Some(&revoked), "agent", 0)
+        .await
+        .unwrap_err();
+    assert!(refused(error).contains("was revoked"));
+    let (_, listed, _) = cli(&admin, &["--endpoint", &address, "token", "list"]);
+    assert!(
+        listed.contains(&id) && listed.contains("REVOKED"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(good.split('-').nth(3).unwrap()),
+        "a secret is listed: {listed}"
+    );
+
+    // An expired token.
+    let expiring = token(&["create", "--role", "agent", "--ttl", "1s"]);
+    let message = eventually(Duration::from_secs(30), "the token to expire", || async {
+        match join_cluster(&address, Some(&expiring), "agent", 0).await {
+            Err(error) if error.to_string().contains("expired") => Some(error.to_string()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(message.contains("ask an admin for a new one"), "{message}");
+    assert!(
+        log_count(&server, "refused a join") >= refusals + 4,
+        "{}",
+        server.log_text()
+    );
+
+    // The good token works, once per node.
+    let (issued, _key) = join_cluster(&address, Some(&good), "agent", 0)
+        .await
+        .expect("a join with a good token");
+    assert_eq!(issued.container_instance_id.len(), 32);
+    assert!(issued.ca_key.is_empty(), "an agent never gets the CA key");
+
+    // Another cluster: its token names another CA, which this server does
+    // not present; and a node holding that cluster's certificate is refused
+    // in the handshake, with a line in this server's log.
+    let other = TestServer::start(root.path(), "b", &["--bootstrap"], &[]);
+    other.wait_ready().await;
+    let foreign_token = common::cluster::create_token(&other.address, "agent");
+    let error = join_cluster(&address, Some(&foreign_token), "agent", 0)
+        .await
+        .unwrap_err();
+    assert!(
+        refused(error).contains("not the one the join token names"),
+        "a token of another cluster"
+    );
+    let (foreign, _) = join_as_agent(&other.address).await;
+    let foreign_credential = {
+        let (issued, key) = join_cluster(&other.address, Some(&foreign_token), "agent", 0)
+            .await
+            .unwrap();
+        (issued.certificate, key)
+    };
+    let ours = orc::tls::credential::Credential::load(&admin).unwrap();
+    // It trusts this cluster's CA (as a copied config would) but holds a
+    // certificate of the other one.
+    let mixed = ClientTls::new(
+        &ours.ca,
+        Some((&foreign_credential.0, &foreign_credential.1)),
+    )
+    .unwrap();
+    let mut client = Client::with_tls(&address, Some(Arc::new(mixed))).unwrap();
+    client.retry_for = Duration::from_secs(2);
+    // TLS 1.3 tells the client only after its handshake, as the connection
+    // breaks: the node sees a failure, the server's log says why.
+    assert!(client.cluster_status(false).await.is_err());
+    wait_log(
+        &server,
+        "its client certificate was not issued by this cluster's CA",
+    )
+    .await;
+    // And a node of the other cluster, trusting only its own CA, refuses
+    // this server, which logs it.
+    let mut client = Client::with_tls(&address, Some(foreign)).unwrap();
+    client.retry_for = Duration::from_secs(2);
+    let error = client.cluster_status(false).await.unwrap_err().to_string();
+    assert!(error.contains("another cluster"), "{error}");
+    wait_log(
+        &server,
+        "the client did not accept this server's certificate",
+    )
+    .await;
+
+    // A real `orc agent` without a token says what to do.
+    let output = Command::new(env!("CARGO_BIN_EXE_orc"))
+        .args(["agent", "--server", &address])
+        .arg("--data-dir")
+        .arg(root.path().join("agent-without-token"))
+        .env_remove("ORC_TOKEN")
+        .output()
+        .expect("run orc agent");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refused this agent") && stderr.contains("orc token create --role agent"),
+        "{stderr}"
+    );
+}
+
+/// An agent's gRPC clients with its own certificate.
+fn as_agent(
+    address: &str,
+    tls: Arc<ClientTls>,
+) -> (
+    AgentApiClient<tonic::transport::Channel>,
+    OrcClient<tonic::transport::Channel>,
+    PeerClient<tonic::transport::Channel>,
+) {
+    let channel = orc::wire::channel_with(address, Some(tls)).unwrap();
+    (
+        AgentApiClient::new(channel.clone()),
+        OrcClient::new(channel.clone()),
+        PeerClient::new(channel),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_certificate_serves_only_its_own_instance() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let (mine_tls, mine) = join_as_agent(&server.address).await;
+    let (theirs_tls, theirs) = join_as_agent(&server.address).await;
+    let registration = json!({
+        "hostname": "fake-pi", "cpu": 4096, "memoryMib": 4096,
+        "agentVersion": "test", "dockerVersion": "none",
+    })
+    .to_string();
+    for (tls, id) in [(&theirs_tls, &theirs), (&mine_tls, &mine)] {
+        let (mut agent, _, _) = as_agent(&server.address, tls.clone());
+        let answer = agent
+            .register_container_instance(RegisterInstanceRequest {
+                cluster: "default".into(),
+                container_instance_id: String::new(),
+                instance_json: registration.clone(),
+                agent_session: String::new(),
+            })
+            .await
+            .expect("an agent registers its own instance")
+            .into_inner();
+        assert_eq!(
+            &answer.container_instance_id, id,
+            "the id its certificate names"
+        );
+    }
+    let (mut agent, mut orc, mut peer) = as_agent(&server.address, mine_tls.clone());
+    let denied = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        status.message().to_string()
+    };
+
+    // Its own assignments: yes. Another node's: no.
+    let mut own = agent
+        .watch_assignments(WatchAssignmentsRequest {
+            cluster: "default".into(),
+            container_instance_id: mine.clone(),
+            after_revision: 0,
+        })
+        .await
+        .expect("its own assignments")
+        .into_inner();
+    assert!(own.message().await.unwrap().is_some());
+    let message = denied(
+        agent
+            .watch_assignments(WatchAssignmentsRequest {
+                cluster: "default".into(),
+                container_instance_id: theirs.clone(),
+                after_revision: 0,
+            })
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        message.contains("only act for its own container instance"),
+        "{message}"
+    );
+    denied(
+        agent
+            .heartbeat(HeartbeatRequest {
+                cluster: "default".into(),
+                container_instance_id: theirs.clone(),
+                running_task_ids: vec![],
+                agent_session: String::new(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    denied(
+        agent
+            .report_task_state(TaskStateReport {
+                cluster: "default".into(),
+                container_instance_id: theirs.clone(),
+                report_json: json!({"taskArn": "x", "status": "STOPPED"}).to_string(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    // No admin or ECS method: not even reading another node's tasks.
+    for action in ["RunTask", "DescribeTasks", "ListTasks", "CreateCluster"] {
+        let status = orc
+            .call(ActionRequest {
+                action: action.into(),
+                body_json: "{}".into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        let message = denied(status);
+        assert!(message.contains("agent"), "{action}: {message}");
+    }
+    denied(
+        orc.admin(ActionRequest {
+            action: "CreateJoinToken".into(),
+            body_json: json!({"role": "server"}).to_string(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err(),
+    );
+    // Raft between servers: servers only.
+    denied(
+        peer.raft(RaftBatch {
+            cluster_id: String::new(),
+            from_id: 1,
+            from_address: String::new(),
+            messages: vec![],
+        })
+        .await
+        .unwrap_err(),
+    );
+
+    // Without a certificate: unauthenticated, except to join.
+    let ours = orc::tls::credential::Credential::load(server.credential.as_ref().unwrap()).unwrap();
+    let anonymous = Arc::new(ClientTls::new(&ours.ca, None).unwrap());
+    let (_, mut orc, _) = as_agent(&server.address, anonymous);
+    let status = orc
+        .call(ActionRequest {
+            action: "ListClusters".into(),
+            body_json: "{}".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    wait_log(
+        &server,
+        "refused an agent acting for another node's instance",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_without_a_restart() {
+    // Every certificate this test's processes issue lives 15 s.
+    std::env::set_var("ORC_CERT_LIFETIME_SECS", "15");
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let mut agent = common::agent::TestAgent::start(root.path(), "agent", &[&server.address]);
+    let credential = agent.data_dir.join("credential.json");
+    let first = eventually(
+        Duration::from_secs(60),
+        "the agent's certificate",
+        || async { orc::tls::credential::Credential::load(&credential).ok() },
+    )
+    .await;
+    let server_credential = server.data_dir.join("tls").join("server.json");
+    let server_first = orc::tls::credential::Credential::load(&server_credential).unwrap();
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(60),
+        "both certificates to be renewed",
+        || async {
+            let agent_now = orc::tls::credential::Credential::load(&credential).ok()?;
+            let server_now = orc::tls::credential::Credential::load(&server_credential).ok()?;
+            (agent_now.certificate != first.certificate
+                && server_now.certificate != server_first.certificate)
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("renewed after {:.1}s", started.elapsed().as_secs_f64());
+    // Past the first certificates' expiry, the same processes still work:
+    // the agent heartbeats (reconnecting with its new certificate) and the
+    // server answers new connections.
+    eventually(
+        Duration::from_secs(60),
+        "the first certificates to expire",
+        || async { (orc::vocab::time::now_ms() > first.not_after_ms() + 1_000).then_some(()) },
+    )
+    .await;
+    assert!(
+        agent.exited().is_none(),
+        "the agent restarted:\n{}",
+        agent.log_text()
+    );
+    let control = server.client();
+    eventually(Duration::from_secs(30), "the agent connected", || async {
+        let (answer, _) = control
+            .call("DescribeContainerInstances", json!({}))
+            .await
+            .ok()?;
+        (answer["containerInstances"][0]["agentConnected"] == true).then_some(())
+    })
+    .await;
+    assert!(server
+        .log_text()
+        .contains("renewed this server's certificate"));
+    assert!(agent
+        .log_text()
+        .contains("renewed this agent's certificate"));
+    agent.kill();
+}
