@@ -447,12 +447,14 @@ impl Cluster {
                     .collect();
                 for (i, address) in addresses.iter().enumerate() {
                     let data = cluster.dir().join(format!("s{}", i + 1));
+                    // Plain text, as before TLS: bench/tls.sh measures TLS's cost.
                     let base = vec![
                         "server".to_string(),
                         "--data-dir".into(),
                         data.display().to_string(),
                         "--listen".into(),
                         address.clone(),
+                        "--insecure".into(),
                     ];
                     let mut args = base.clone();
                     if i == 0 {

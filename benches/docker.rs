@@ -209,6 +209,8 @@ impl Stack {
                 root.path().join("server").display().to_string(),
                 "--listen".into(),
                 address.clone(),
+                // Plain text, as when these figures were taken.
+                "--insecure".into(),
             ],
             logs.join("server.log"),
         );
@@ -267,6 +269,7 @@ impl Stack {
                 self.address.clone(),
                 "--data-dir".into(),
                 data_dir.display().to_string(),
+                "--insecure".into(),
             ],
             self.logs.join(format!("{name}.log")),
         );

@@ -54,7 +54,7 @@ fn spawn(data_dir: &Path, address: &str, bootstrap: bool, log: &Path) -> Child {
         .expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_orc"));
     command
-        .args(["server", "--listen", address, "--data-dir"])
+        .args(["server", "--insecure", "--listen", address, "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::null())
         .stderr(log);
