@@ -263,8 +263,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         request_timeout: options.request_timeout,
         data_dir: data_dir.path().to_path_buf(),
     };
-    // The seal key: created with a new data dir (bootstrap, or a join that
-    // did not bring the cluster's key), loaded on every restart.
+    // The seal key: created at bootstrap, received with a token join
+    // (`join_with_token` writes it), loaded on every restart; a server
+    // joined --insecure makes its own and says so.
     let seal = match crate::seal::SealKey::load(data_dir.path())? {
         Some(key) => key,
         None => {

@@ -381,6 +381,38 @@ async fn access_keys_survive_a_restart_with_the_seal_key() {
     );
 }
 
+#[tokio::test]
+async fn sigv4_on_a_secure_server_refuses_unknown_keys_and_unsigned_requests() {
+    let root = tempfile::tempdir().unwrap();
+    // Secure (the harness's default): TLS, this process holds the admin
+    // certificate for the CLI; aws and boto3 bring no certificate.
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let address = server.address.as_str();
+    let (key, secret) = user_with_key(address, "ada", "admin", true);
+    let output = aws_command("python3", address, root.path())
+        .arg(scripts().join("secure.py"))
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!(
+                "https://orc-server:{}",
+                server.address.rsplit(':').next().unwrap()
+            ),
+        )
+        .env("ORC_ADDRESS", address.rsplit_once(':').unwrap().0)
+        .env("AWS_CA_BUNDLE", server.data_dir.join("tls/ca.pem"))
+        .env("ADMIN_KEY", &key)
+        .env("ADMIN_SECRET", &secret)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "secure.py failed:\n{}",
+        text(&output)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).ends_with("ok\n"));
+}
+
 /// The files under `dir` whose bytes contain `needle`.
 fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();

@@ -1,0 +1,61 @@
+"""SigV4 on a secure server (TLS, no client certificate): a valid key is
+served, an unknown key and an unsigned request are refused with AWS's codes.
+
+Run by tests/aws_door.rs with AWS_ENDPOINT_URL=https://..., AWS_CA_BUNDLE
+set to the cluster's CA, and the admin's key in ADMIN_KEY/ADMIN_SECRET."""
+
+import os
+import socket
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from botocore import UNSIGNED
+
+
+# The servers' certificates name the host `orc-server` (not the address),
+# so the endpoint says orc-server and this process resolves it to the
+# server's address: no system file is touched.
+_real_getaddrinfo = socket.getaddrinfo
+_address = os.environ["ORC_ADDRESS"]
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    if host == "orc-server":
+        host = _address
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _getaddrinfo
+
+
+def client(service, key="x", secret="x", unsigned=False):
+    config = botocore.config.Config(signature_version=UNSIGNED) if unsigned else None
+    return boto3.client(
+        service,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name="orc",
+        config=config,
+    )
+
+
+def expect(code, call):
+    try:
+        call()
+    except botocore.exceptions.ClientError as error:
+        got = error.response["Error"]["Code"]
+        assert got == code, f"expected {code}, got {got}: {error.response['Error']['Message']}"
+        print(f"{code}: {error.response['Error']['Message']}")
+        return
+    raise AssertionError(f"expected {code}, but the call succeeded")
+
+
+admin = (os.environ["ADMIN_KEY"], os.environ["ADMIN_SECRET"])
+assert "clusterArns" in client("ecs", *admin).list_clusters()
+assert client("iam", *admin).list_users()["Users"]
+expect("UnrecognizedClientException", lambda: client("ecs", "AKIANOTAKEY000000000").list_clusters())
+expect("InvalidClientTokenId", lambda: client("iam", "AKIANOTAKEY000000000").list_users())
+expect("MissingAuthenticationTokenException", lambda: client("ecs", unsigned=True).list_clusters())
+expect("InvalidSignatureException", lambda: client("ecs", admin[0], "wrong").list_clusters())
+print("ok")
