@@ -1377,17 +1377,51 @@ struct Upstream {
     child: std::process::Child,
     address: String,
     _dir: tempfile::TempDir,
+    /// The TLS files, when it serves HTTPS.
+    _keep: Option<tempfile::TempDir>,
 }
 
 impl Upstream {
     async fn start() -> Upstream {
+        Upstream::start_with("").await
+    }
+
+    /// Serving HTTPS with a certificate for 127.0.0.1 signed by a CA made
+    /// here; returns the CA's PEM file too.
+    async fn start_tls() -> (Upstream, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.pem(), ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let certificate = params.signed_by(&key, &issuer).unwrap();
+        let paths = ["ca.pem", "server.pem", "server.key"].map(|name| dir.path().join(name));
+        std::fs::write(&paths[0], ca.pem()).unwrap();
+        std::fs::write(&paths[1], certificate.pem()).unwrap();
+        std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            paths[1].display(),
+            paths[2].display()
+        );
+        let mut upstream = Upstream::start_with(&tls).await;
+        let ca_file = upstream._dir.path().join("ca.pem");
+        std::fs::copy(&paths[0], &ca_file).unwrap();
+        upstream._keep = Some(dir);
+        (upstream, ca_file)
+    }
+
+    async fn start_with(tls: &str) -> Upstream {
         let dir = tempfile::tempdir().unwrap();
         let address = format!("127.0.0.1:{}", common::cluster::free_port());
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n{tls}",
                 dir.path().join("data").display()
             ),
         )
@@ -1403,6 +1437,7 @@ impl Upstream {
             child,
             address,
             _dir: dir,
+            _keep: None,
         };
         common::cluster::eventually(
             Duration::from_secs(30),
@@ -1628,4 +1663,33 @@ async fn docker_logs_in_with_an_access_key_and_the_role_decides_pushes() {
     assert!(ok, "{text}");
     let (ok, text) = registry.docker(&["pull", &reference], None);
     assert!(ok, "a readonly key cannot pull: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_through_cache_rule_reaches_an_https_upstream_it_trusts() {
+    let (upstream, ca_file) = Upstream::start_tls().await;
+    // The server trusts the upstream's CA as it would a public one: through
+    // the system's trust store, which SSL_CERT_FILE replaces (this test's
+    // process, and the server it starts, only).
+    std::env::set_var("SSL_CERT_FILE", &ca_file);
+    let registry = Registry::start().await;
+    let at_upstream = format!("{}/orc-test/secure-upstream:1", upstream.address);
+    let through_orc = format!("{}/secure/orc-test/secure-upstream:1", registry.host());
+    let _cleanup = DockerTags(vec![at_upstream.clone(), through_orc.clone()]);
+    images::busybox_image(&at_upstream);
+    // Docker reaches a loopback registry over HTTPS without verifying it.
+    let (ok, text) = registry.docker(&["push", &at_upstream], None);
+    assert!(ok, "push to the HTTPS upstream: {text}");
+    let url = format!("https://{}", upstream.address);
+    let (ok, _, err) = registry.orc(&[
+        "ecr",
+        "create-pull-through-cache-rule",
+        "--ecr-repository-prefix",
+        "secure",
+        "--upstream-registry-url",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, text) = registry.docker(&["pull", &through_orc], None);
+    assert!(ok, "pull through the cache from the HTTPS upstream: {text}");
 }

@@ -5,11 +5,11 @@
 //! blobs, each verified against its digest), stored like a push, and served
 //! from the cluster from then on: thirty Pis fetch an upstream image once.
 //!
-//! The upstream speaks the distribution API over plain HTTP (a mirror on
-//! the lab's network, another orc, CNCF distribution); an anonymous Bearer
-//! challenge is answered with a token from its realm, and redirects (to a
-//! blob store) are followed. Two pulls of the same missing image wait for
-//! one fetch.
+//! The upstream speaks the distribution API over HTTPS (verified against
+//! the system's trusted CAs, `SSL_CERT_FILE` honoured) or plain HTTP (a
+//! mirror on the lab's network); an anonymous Bearer challenge is answered
+//! with a token from its realm, and redirects (to a blob store) are
+//! followed. Two pulls of the same missing image wait for one fetch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -215,8 +215,8 @@ async fn read_limited(response: Response<Incoming>, limit: usize) -> Result<Byte
 
 /// One upstream repository.
 struct Upstream {
-    /// `host:port`.
-    authority: String,
+    /// `http://host:port` or `https://host[:port]`.
+    origin: String,
     /// `/v2/REPOSITORY/`.
     base: String,
     /// A Bearer token the upstream's realm gave.
@@ -225,17 +225,13 @@ struct Upstream {
 
 impl Upstream {
     fn new(url: &str, repository: &str) -> Result<Upstream> {
-        let authority = url
-            .strip_prefix("http://")
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "upstream {url:?}: only http:// upstreams are served"
-                ))
-            })?
-            .trim_end_matches('/')
-            .to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::InvalidInput(format!(
+                "upstream {url:?}: give it as https://HOST or http://HOST:PORT"
+            )));
+        }
         Ok(Upstream {
-            authority,
+            origin: url.trim_end_matches('/').to_string(),
             base: format!("/v2/{repository}/"),
             token: tokio::sync::Mutex::new(None),
         })
@@ -244,7 +240,7 @@ impl Upstream {
     /// GET `base + path`, answering a Bearer challenge once and following
     /// up to three redirects; an answer other than 200 is an error.
     async fn get(&self, path: &str, accept: Option<&str>) -> Result<Response<Incoming>> {
-        let mut url = format!("http://{}{}{}", self.authority, self.base, path);
+        let mut url = format!("{}{}{}", self.origin, self.base, path);
         let mut challenged = false;
         for _ in 0..5 {
             let token = self.token.lock().await.clone();
@@ -270,7 +266,7 @@ impl Upstream {
                             Error::Unavailable("a redirect without a location".into())
                         })?;
                     url = if location.starts_with('/') {
-                        format!("http://{}{location}", self.authority)
+                        format!("{}{location}", self.origin)
                     } else {
                         location.to_string()
                     };
@@ -288,31 +284,89 @@ impl Upstream {
     }
 }
 
-/// One GET over a fresh HTTP/1.1 connection.
+/// The TLS settings for upstreams: the system's trusted CAs (read once;
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` point elsewhere), HTTP/1.1.
+fn upstream_tls() -> Result<Arc<rustls::ClientConfig>> {
+    static CONFIG: std::sync::OnceLock<std::result::Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for certificate in found.certs {
+                let _ = roots.add(certificate);
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "no trusted CA certificates were found on this server ({:?}): install ca-certificates, or set SSL_CERT_FILE",
+                    found.errors.first().map(|e| e.to_string())
+                ));
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Arc::new(config))
+        })
+        .clone()
+        .map_err(Error::Unavailable)
+}
+
+/// Starts HTTP/1.1 on `io`, driving the connection in the background.
+async fn http1<T>(io: T, address: &str) -> Result<hyper::client::conn::http1::SendRequest<Body>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Error::Unavailable(format!("{address}: {e}")))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// One GET over a fresh HTTP/1.1 connection (TLS for `https://`).
 async fn send(url: &str, accept: Option<&str>, token: Option<&str>) -> Result<Response<Incoming>> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| Error::Unavailable(format!("bad upstream url {url:?}: {e}")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(Error::Unavailable(format!("{url}: only http:// is served")));
-    }
+    let secure = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(Error::Unavailable(format!(
+                "{url}: only https:// and http:// are served"
+            )))
+        }
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| Error::Unavailable(format!("{url} names no host")))?
         .clone();
-    let address = if authority.port().is_some() {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
+    let port = authority
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let address = format!("{}:{port}", authority.host());
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(&address)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to {address}: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| Error::Unavailable(format!("{address}: {e}")))?;
-        tokio::spawn(connection);
+        let mut sender = if secure {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| Error::Unavailable(format!("{host} is no TLS server name: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(upstream_tls()?)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::Unavailable(format!("TLS with {address} failed: {e}")))?;
+            http1(tls, &address).await?
+        } else {
+            http1(tcp, &address).await?
+        };
         let mut request = Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
             .header(hyper::header::HOST, authority.as_str())
             .header(hyper::header::USER_AGENT, "orc-pull-through-cache");

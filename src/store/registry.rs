@@ -282,7 +282,8 @@ pub fn unlink_blob(
 }
 
 /// ECR CreatePullThroughCacheRule: the prefix is one lowercase repository
-/// name segment, unused by another rule; the upstream an `http://` URL.
+/// name segment, unused by another rule; the upstream an `https://` or
+/// `http://` URL.
 pub fn put_cache_rule(state: &mut RegistryState, rule: &CacheRule) -> Result<Value, Error> {
     let prefix = &rule.ecr_repository_prefix;
     let prefix_ok = (2..=30).contains(&prefix.len())
@@ -297,12 +298,13 @@ pub fn put_cache_rule(state: &mut RegistryState, rule: &CacheRule) -> Result<Val
     }
     let url = &rule.upstream_registry_url;
     let host = url
-        .strip_prefix("http://")
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
         .unwrap_or_default()
         .trim_end_matches('/');
     if host.is_empty() || host.contains('/') {
         return Err(Error::InvalidInput(format!(
-            "upstreamRegistryUrl {url:?}: give the upstream as http://HOST[:PORT] (orc's cache fetches over plain HTTP: a mirror on the lab's network)"
+            "upstreamRegistryUrl {url:?}: give the upstream as https://HOST[:PORT] (or http://HOST:PORT for a mirror on the lab's network)"
         )));
     }
     if state.cache_rules.contains(prefix) {
