@@ -27,7 +27,7 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 
 insecure=""
-"$ORC_BIN" up --help 2>/dev/null | grep -q -- '--insecure' && insecure="--insecure"
+"$ORC_BIN" up --help 2>/dev/null | grep -q -- '--insecure' && insecure="--insecure" && export ORC_CREDENTIALS=none
 "$ORC_BIN" up --no-agent $insecure --listen "127.0.0.1:$PORT" --data-dir "$work/orc" >"$work/orc.log" 2>&1 &
 pid=$!
 export ORC_ENDPOINT="127.0.0.1:$PORT"

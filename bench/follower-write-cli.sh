@@ -6,10 +6,11 @@
 # The control-plane bench measures the same in-process (p50/p99).
 set -u
 ORC=$1; D=$(mktemp -d); P=$((20000 + RANDOM % 20000))
-$ORC server --bootstrap --data-dir $D/s1 --listen 127.0.0.1:$P 2>$D/s1.log & A=$!
+export ORC_CREDENTIALS=none  # plain text (--insecure), as the recorded figures were taken
+$ORC server --insecure --bootstrap --data-dir $D/s1 --listen 127.0.0.1:$P 2>$D/s1.log & A=$!
 sleep 1.5
-$ORC server --join 127.0.0.1:$P --data-dir $D/s2 --listen 127.0.0.1:$((P+1)) 2>$D/s2.log & B=$!
-$ORC server --join 127.0.0.1:$P --data-dir $D/s3 --listen 127.0.0.1:$((P+2)) 2>$D/s3.log & C=$!
+$ORC server --insecure --join 127.0.0.1:$P --data-dir $D/s2 --listen 127.0.0.1:$((P+1)) 2>$D/s2.log & B=$!
+$ORC server --insecure --join 127.0.0.1:$P --data-dir $D/s3 --listen 127.0.0.1:$((P+2)) 2>$D/s3.log & C=$!
 for i in $(seq 1 100); do n=$($ORC --endpoint 127.0.0.1:$P cluster status --output json 2>/dev/null | grep -c '"voter": true'); [ "$n" = 3 ] && break; sleep 0.2; done
 LEADER=$($ORC --endpoint 127.0.0.1:$P cluster status --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leaderAddress"])')
 F=127.0.0.1:$((P+1)); [ "$F" = "$LEADER" ] && F=127.0.0.1:$((P+2))

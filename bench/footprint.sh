@@ -21,13 +21,14 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 p1=$(port); p2=$(port); p3=$(port)
-"$bin" server --bootstrap --data-dir "$dir/s1" --listen "127.0.0.1:$p1" 2>"$dir/s1.log" & pids+=($!)
+export ORC_CREDENTIALS=none  # plain text (--insecure), as the recorded figures were taken; bench/tls.sh has the agent with TLS
+"$bin" server --insecure --bootstrap --data-dir "$dir/s1" --listen "127.0.0.1:$p1" 2>"$dir/s1.log" & pids+=($!)
 for _ in $(seq 100); do "$bin" --endpoint "127.0.0.1:$p1" --timeout 2 cluster status >/dev/null 2>&1 && break; sleep 0.2; done
-"$bin" server --join "127.0.0.1:$p1" --data-dir "$dir/s2" --listen "127.0.0.1:$p2" 2>"$dir/s2.log" & pids+=($!)
-"$bin" server --join "127.0.0.1:$p1" --data-dir "$dir/s3" --listen "127.0.0.1:$p3" 2>"$dir/s3.log" & pids+=($!)
+"$bin" server --insecure --join "127.0.0.1:$p1" --data-dir "$dir/s2" --listen "127.0.0.1:$p2" 2>"$dir/s2.log" & pids+=($!)
+"$bin" server --insecure --join "127.0.0.1:$p1" --data-dir "$dir/s3" --listen "127.0.0.1:$p3" 2>"$dir/s3.log" & pids+=($!)
 servers=("${pids[@]}")
 for i in 1 2 3; do
-  "$bin" agent --server "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --data-dir "$dir/a$i" 2>"$dir/a$i.log" & pids+=($!)
+  "$bin" agent --insecure --server "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --data-dir "$dir/a$i" 2>"$dir/a$i.log" & pids+=($!)
 done
 agents=("${pids[@]:3}")
 for _ in $(seq 150); do

@@ -25,7 +25,8 @@ trap cleanup EXIT
 
 api=$((17400 + RANDOM % 400))
 export ORC_ENDPOINT=127.0.0.1:$api
-"$bin" server --bootstrap --data-dir "$work/server" --listen "$ORC_ENDPOINT" \
+export ORC_CREDENTIALS=none  # plain text (--insecure): TLS costs are bench/tls.sh's
+"$bin" server --insecure --bootstrap --data-dir "$work/server" --listen "$ORC_ENDPOINT" \
     >"$work/server.log" 2>&1 &
 server_pid=$!
 pids+=($server_pid)

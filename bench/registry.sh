@@ -57,7 +57,9 @@ DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$work/ctx" >/dev/null 2>&1
 SIZE_MIB=$(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.1f", $1/1048576}')
 
 # orc: a one-server control plane (no agent), registry on its API port.
-"$ORC_BIN" up --no-agent --listen "127.0.0.1:$ORC_PORT" --data-dir "$work/orc" >"$work/orc.log" 2>&1 &
+# Plain text, as distribution serves here (TLS costs are bench/tls.sh's).
+export ORC_CREDENTIALS=none
+"$ORC_BIN" up --no-agent --insecure --listen "127.0.0.1:$ORC_PORT" --data-dir "$work/orc" >"$work/orc.log" 2>&1 &
 pids+=($!); ORC_PID=$!
 # distribution 2.8 with a filesystem store.
 cat > "$work/dist.yml" <<EOF
