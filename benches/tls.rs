@@ -194,17 +194,24 @@ async fn load(cluster: &Cluster, clients: usize, counter: &Arc<AtomicU64>) -> f6
     writes as f64 / measure.as_secs_f64()
 }
 
-/// The idle agent's resident memory (KiB), with its certificate.
+/// The idle agent's resident memory (KiB): with its certificate, or
+/// `--insecure` on a plain-text cluster.
 async fn agent_rss(cluster: &Cluster) -> Option<u64> {
     let control = Client::with_tls(&cluster.addresses[0], cluster.tls.clone()).unwrap();
-    let token = control
-        .admin("CreateJoinToken", json!({"role": "agent"}))
-        .await
-        .ok()?;
+    let access = match &cluster.tls {
+        Some(_) => {
+            let token = control
+                .admin("CreateJoinToken", json!({"role": "agent"}))
+                .await
+                .ok()?;
+            vec!["--token".to_string(), token["token"].as_str()?.to_string()]
+        }
+        None => vec!["--insecure".to_string()],
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut child = orc()
         .args(["agent", "--server", &cluster.addresses[0]])
-        .args(["--token", token["token"].as_str()?])
+        .args(&access)
         .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "warn")
@@ -276,12 +283,21 @@ async fn main() {
     println!("| writes/s, TLS 1.3 + client certificates | {tls:.0} |");
     println!("| writes/s, --insecure (plain text) | {plain:.0} |");
     println!("| TLS / plain | {:.2} |", tls / plain);
-    let cluster = start(true).await;
-    match agent_rss(&cluster).await {
-        Some(kib) => println!(
-            "| idle `orc agent` RSS with its certificate | {:.1} MiB |",
-            kib as f64 / 1024.0
-        ),
-        None => println!("| idle `orc agent` RSS | not measured (is Docker running?) |"),
+    for secure in [true, false] {
+        let cluster = start(secure).await;
+        let what = if secure {
+            "with its certificate (TLS)"
+        } else {
+            "--insecure (plain text)"
+        };
+        match agent_rss(&cluster).await {
+            Some(kib) => println!(
+                "| idle `orc agent` RSS, {what} | {:.1} MiB |",
+                kib as f64 / 1024.0
+            ),
+            None => {
+                println!("| idle `orc agent` RSS, {what} | not measured (is Docker running?) |")
+            }
+        }
     }
 }

@@ -490,3 +490,41 @@ async fn certificates_renew_without_a_restart() {
         .contains("renewed this agent's certificate"));
     agent.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_server_receives_the_ca_and_the_seal_key_and_nothing_else_does() {
+    let root = tempfile::tempdir().unwrap();
+    let servers = common::cluster::three_servers(root.path(), &[]).await;
+    let read = |server: &TestServer, file: &str| std::fs::read(server.data_dir.join(file)).unwrap();
+    for joined in &servers[1..] {
+        for file in ["tls/ca.pem", "tls/ca.key", "keys/seal.key"] {
+            assert_eq!(read(&servers[0], file), read(joined, file), "{file}");
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(joined.data_dir.join("tls/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let own = orc::tls::credential::Credential::load(&joined.data_dir.join("tls/server.json"))
+            .unwrap();
+        assert!(
+            matches!(
+                own.holder(),
+                orc::vocab::principal::Principal::Server { .. }
+            ),
+            "{:?}",
+            own.holder()
+        );
+    }
+    // An agent's join answer carries neither.
+    let (issued, _) = join_cluster(
+        &servers[0].address,
+        Some(&std::env::var("ORC_TOKEN").unwrap()),
+        "agent",
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(issued.ca_key.is_empty() && issued.seal_key.is_empty());
+}

@@ -46,7 +46,7 @@ impl Security {
 /// Where the seal key (secrets at rest, `seal.rs`) lives in a data dir: a
 /// joining server receives it with the CA key.
 pub fn seal_key_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("keys").join("seal.key")
+    crate::seal::key_path(data_dir)
 }
 
 /// What a node receives when it joins or renews.
