@@ -361,7 +361,8 @@ fn secure(
         let server = Principal::Server {
             node_id: marker.node_id,
         };
-        let (certificate, key) = authority.issue(&server, cert_lifetime())?;
+        let hosts = [advertise.to_string()];
+        let (certificate, key) = authority.issue_naming(&server, &hosts, cert_lifetime())?;
         Credential {
             endpoint: advertise.to_string(),
             ca: authority.cert_pem.clone(),
@@ -415,18 +416,28 @@ async fn join_with_token(
     let (issued, key) = crate::client::join_cluster(join, token, "server", node_id)
         .await
         .with_context(|| format!("cannot join the control plane at {join}"))?;
-    Authority {
+    let authority = Authority {
         cert_pem: issued.ca.clone(),
         key_pem: issued.ca_key.clone(),
-    }
-    .save(data_dir)?;
+    };
+    authority.save(data_dir)?;
     if !issued.seal_key.is_empty() {
         credential::write_private(&api::trust::seal_key_path(data_dir), &issued.seal_key)?;
     }
+    // The certificate the join gave names the server by id; holding the CA
+    // now, it issues itself one that also names its advertised address (so
+    // `aws`, `docker` and curl accept it by that address), as it does at
+    // every renewal. The joined key is dropped.
+    drop(key);
+    let (certificate, key) = authority.issue_naming(
+        &Principal::Server { node_id },
+        &[advertise.to_string()],
+        cert_lifetime(),
+    )?;
     let own = Credential {
         endpoint: advertise.to_string(),
         ca: issued.ca,
-        certificate: issued.certificate,
+        certificate,
         key,
     };
     own.save(&credential::server_path(data_dir))?;
@@ -453,7 +464,11 @@ async fn renew_own_certificate(
         if current.due_for_renewal(now) {
             let authority = security.authority();
             let renewed = authority
-                .issue(&Principal::Server { node_id }, cert_lifetime())
+                .issue_naming(
+                    &Principal::Server { node_id },
+                    std::slice::from_ref(&advertise),
+                    cert_lifetime(),
+                )
                 .map_err(anyhow::Error::from)
                 .and_then(|(certificate, key)| {
                     let renewed = Credential {

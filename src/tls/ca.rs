@@ -36,6 +36,21 @@ pub fn cert_lifetime() -> Duration {
         .unwrap_or(DEFAULT_CERT_LIFETIME)
 }
 
+/// The host of an address (`192.168.1.10:7400`, `[::1]:7400`, `pi-1:7400`)
+/// as a subject alternative name; `None` for an unspecified address.
+pub fn host_name(address: &str) -> Option<SanType> {
+    let host = match address.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => address,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => None,
+        Ok(ip) => Some(SanType::IpAddress(ip)),
+        Err(_) => host.to_string().try_into().ok().map(SanType::DnsName),
+    }
+}
+
 fn failed(what: &str, error: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {error}"))
 }
@@ -105,8 +120,14 @@ impl Authority {
             .map_err(|e| failed("unreadable CA certificate", e))
     }
 
-    /// The parameters of `holder`'s certificate.
-    fn params(holder: &Principal, lifetime: Duration) -> Result<CertificateParams> {
+    /// The parameters of `holder`'s certificate; a server's also names
+    /// `hosts` (its advertised address), so tools that check the address
+    /// they dialled (`aws`, `docker`, curl) accept it.
+    fn params(
+        holder: &Principal,
+        lifetime: Duration,
+        hosts: &[String],
+    ) -> Result<CertificateParams> {
         let uri = identity_uri(holder)
             .ok_or_else(|| Error::InvalidInput(format!("{holder} cannot hold a certificate")))?;
         let mut params = CertificateParams::default();
@@ -128,6 +149,11 @@ impl Authority {
             params
                 .extended_key_usages
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
+            for host in hosts {
+                if let Some(name) = host_name(host) {
+                    params.subject_alt_names.push(name);
+                }
+            }
         }
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = validity(lifetime);
@@ -139,8 +165,18 @@ impl Authority {
     /// A certificate and a fresh key for `holder` (the server's own, the
     /// admin credential, `orc up`'s agent): (certificate PEM, key PEM).
     pub fn issue(&self, holder: &Principal, lifetime: Duration) -> Result<(String, String)> {
+        self.issue_naming(holder, &[], lifetime)
+    }
+
+    /// As [`Authority::issue`], a server's certificate also naming `hosts`.
+    pub fn issue_naming(
+        &self,
+        holder: &Principal,
+        hosts: &[String],
+        lifetime: Duration,
+    ) -> Result<(String, String)> {
         let key = KeyPair::generate().map_err(|e| failed("cannot generate a key", e))?;
-        let cert = Self::params(holder, lifetime)?
+        let cert = Self::params(holder, lifetime, hosts)?
             .signed_by(&key, &self.issuer()?)
             .map_err(|e| failed("cannot sign a certificate", e))?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -158,7 +194,7 @@ impl Authority {
             CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(|e| {
                 Error::InvalidInput(format!("the certificate signing request is invalid: {e}"))
             })?;
-        let cert = Self::params(holder, lifetime)?
+        let cert = Self::params(holder, lifetime, &[])?
             .signed_by(&request.public_key, &self.issuer()?)
             .map_err(|e| failed("cannot sign a certificate", e))?;
         Ok(cert.pem())
@@ -203,6 +239,48 @@ pub fn signing_request() -> Result<(Vec<u8>, String)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_server_certificate_names_its_advertised_host() {
+        assert_eq!(
+            host_name("192.168.1.10:7400"),
+            Some(SanType::IpAddress("192.168.1.10".parse().unwrap()))
+        );
+        assert_eq!(
+            host_name("[::1]:7400"),
+            Some(SanType::IpAddress("::1".parse().unwrap()))
+        );
+        assert!(matches!(host_name("pi-1:7400"), Some(SanType::DnsName(_))));
+        assert_eq!(host_name("0.0.0.0:7400"), None);
+        let ca = Authority::create("c").unwrap();
+        let server = Principal::Server { node_id: 1 };
+        let (pem, _) = ca
+            .issue_naming(&server, &["10.0.0.7:7400".into()], Duration::from_secs(60))
+            .unwrap();
+        let der = rustls_pemfile_der(&pem);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let names = parsed
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .clone();
+        assert!(
+            names.iter().any(|n| matches!(n, x509_parser::extensions::GeneralName::IPAddress(ip) if *ip == [10, 0, 0, 7])),
+            "{names:?}"
+        );
+    }
+
+    /// The DER of a one-certificate PEM.
+    fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+
     use super::*;
     use crate::vocab::principal::Role;
 

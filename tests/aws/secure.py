@@ -5,7 +5,6 @@ Run by tests/aws_door.rs with AWS_ENDPOINT_URL=https://..., AWS_CA_BUNDLE
 set to the cluster's CA, and the admin's key in ADMIN_KEY/ADMIN_SECRET."""
 
 import os
-import socket
 
 import boto3
 import botocore.config
@@ -13,20 +12,6 @@ import botocore.exceptions
 from botocore import UNSIGNED
 
 
-# The servers' certificates name the host `orc-server` (not the address),
-# so the endpoint says orc-server and this process resolves it to the
-# server's address: no system file is touched.
-_real_getaddrinfo = socket.getaddrinfo
-_address = os.environ["ORC_ADDRESS"]
-
-
-def _getaddrinfo(host, *args, **kwargs):
-    if host == "orc-server":
-        host = _address
-    return _real_getaddrinfo(host, *args, **kwargs)
-
-
-socket.getaddrinfo = _getaddrinfo
 
 
 def client(service, key="x", secret="x", unsigned=False):
