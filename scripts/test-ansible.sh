@@ -128,10 +128,10 @@ run site.yml "$work/run1.txt"
 echo "first run: $(( $(date +%s) - t0 )) s, changed=$(recap_changed "$work/run1.txt")" >&2
 
 log "the cluster is healthy and runs a task"
-docker exec orc-pi2 orc --endpoint pi1:7400 cluster status
-docker exec orc-pi1 orc --endpoint pi1:7400 --output json cluster status \
+docker exec -e ORC_CREDENTIALS=/var/lib/orc/server/tls/server.json orc-pi2 orc --endpoint pi1:7400 cluster status
+docker exec -e ORC_CREDENTIALS=/var/lib/orc/server/tls/server.json orc-pi1 orc --endpoint pi1:7400 --output json cluster status \
   | python3 -c 'import json,sys; m=json.load(sys.stdin)["members"]; assert len(m)==3 and all(x["healthy"] and x["voter"] for x in m), m; print("3 healthy voters")'
-docker exec orc-pi1 orc --endpoint pi1:7400 --output json describe-container-instances \
+docker exec -e ORC_CREDENTIALS=/var/lib/orc/server/tls/server.json orc-pi1 orc --endpoint pi1:7400 --output json describe-container-instances \
   | python3 -c 'import json,sys; i=json.load(sys.stdin)["containerInstances"]; c=[x for x in i if x["agentConnected"]]; assert len(c)==3, i; print("3 connected agents")'
 # A task from an image built on pi1's own Docker (no image can be pulled).
 docker exec orc-pi1 sh -c 'mkdir -p /tmp/bb && cp /bin/busybox /tmp/bb/ 2>/dev/null; true'
@@ -140,11 +140,11 @@ for h in "${hosts[@]}"; do
   docker cp "$busybox" "orc-$h:/tmp/busybox" >/dev/null
   docker exec "orc-$h" sh -c 'cd /tmp && mkdir -p bbroot/bin && cp busybox bbroot/bin/ && ln -sf busybox bbroot/bin/sh && tar -C bbroot -c . | docker import --change "CMD [\"/bin/sh\"]" - orc-test/busybox:1 >/dev/null'
 done
-docker exec orc-pi1 orc --endpoint pi1:7400 register-task-definition --family hello \
+docker exec -e ORC_CREDENTIALS=/var/lib/orc/server/tls/server.json orc-pi1 orc --endpoint pi1:7400 register-task-definition --family hello \
   --container-definitions '[{"name":"hello","image":"orc-test/busybox:1","memory":16,"command":["/bin/busybox","sleep","600"]}]' >/dev/null
-task=$(docker exec orc-pi1 orc --endpoint pi1:7400 --output json run-task --task-definition hello \
+task=$(docker exec -e ORC_CREDENTIALS=/var/lib/orc/server/tls/server.json orc-pi1 orc --endpoint pi1:7400 --output json run-task --task-definition hello \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["tasks"][0]["taskArn"])')
-docker exec orc-pi1 orc --endpoint pi1:7400 --timeout 180 wait tasks-running --tasks "$task"
+docker exec -e ORC_CREDENTIALS=/var/lib/orc/server/tls/server.json orc-pi1 orc --endpoint pi1:7400 --timeout 180 wait tasks-running --tasks "$task"
 echo "task $task is RUNNING" >&2
 
 log "second run: site.yml again must change nothing"
@@ -155,7 +155,7 @@ echo "second run: changed=$changed" >&2
 
 log "rolling upgrade: upgrade.yml, one server at a time"
 run upgrade.yml "$work/upgrade.txt" -e orc_force_restart=true
-docker exec orc-pi3 orc --endpoint pi3:7400 cluster status
+docker exec -e ORC_CREDENTIALS=/var/lib/orc/server/tls/server.json orc-pi3 orc --endpoint pi3:7400 cluster status
 
 log "removal: remove.yml"
 run remove.yml "$work/remove.txt"
