@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::cluster::TestServer;
-use common::images::busybox_image;
+use common::images::{busybox_image, docker_in, DockerTags};
 use common::orc::TestOrc;
 use common::state_size::{run_and_stop_tasks, FakeAgent};
 use serde_json::{json, Value};
@@ -905,41 +905,14 @@ async fn aws_ecr_get_login_password_logs_docker_in_and_the_push_goes_through() {
     let work = tempfile::tempdir().unwrap();
     let reference = format!("{}/orc-test/door-push:1", server.address);
     busybox_image(&reference);
-    struct Untag(String);
-    impl Drop for Untag {
-        fn drop(&mut self) {
-            let _ = Command::new("docker")
-                .args(["rmi", "--force", &self.0])
-                .output();
-        }
-    }
-    let _untag = Untag(reference.clone());
+    let _untag = DockerTags(vec![reference.clone()]);
 
     let output = aws(&server.address, work.path(), &["ecr", "get-login-password"]);
     assert!(output.status.success(), "{}", text(&output));
     let password = String::from_utf8_lossy(&output.stdout).trim().to_string();
     assert!(!password.is_empty());
-    let docker = |args: &[&str], stdin: Option<&str>| -> Output {
-        let mut child = Command::new("docker")
-            .env("DOCKER_CONFIG", work.path())
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run docker");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        child.wait_with_output().unwrap()
-    };
-    let login = docker(
+    let (ok, said) = docker_in(
+        work.path(),
         &[
             "login",
             "--username",
@@ -949,9 +922,9 @@ async fn aws_ecr_get_login_password_logs_docker_in_and_the_push_goes_through() {
         ],
         Some(&password),
     );
-    assert!(login.status.success(), "docker login: {}", text(&login));
-    let push = docker(&["push", &reference], None);
-    assert!(push.status.success(), "docker push: {}", text(&push));
+    assert!(ok, "docker login: {said}");
+    let (ok, said) = docker_in(work.path(), &["push", &reference], None);
+    assert!(ok, "docker push: {said}");
 
     let output = aws(
         &server.address,

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use common::cluster::TestServer;
-use common::images;
+use common::images::{self, docker_in, DockerTags};
 
 fn digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
@@ -157,34 +157,6 @@ impl Registry {
     }
 }
 
-/// Runs `docker` with its config (and logins) in `config`; (success, output).
-fn docker_in(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("docker")
-        .args(args)
-        .env("DOCKER_CONFIG", config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run docker");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 #[derive(Debug)]
 struct Answer {
     status: u16,
@@ -259,21 +231,6 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&body[end + 2..end + 2 + size]);
         body = &body[end + 2 + size + 2..];
-    }
-}
-
-/// Removes image references from the local Docker when dropped.
-struct DockerTags(Vec<String>);
-
-impl Drop for DockerTags {
-    fn drop(&mut self) {
-        for tag in &self.0 {
-            let _ = Command::new("docker")
-                .args(["rmi", "--force", tag])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 

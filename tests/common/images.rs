@@ -139,3 +139,46 @@ fn import(tag: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `docker` with its config (and logins) in `config`; (success, output).
+pub fn docker_in(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("docker")
+        .args(args)
+        .env("DOCKER_CONFIG", config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run docker");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Removes image references from the local Docker when dropped.
+pub struct DockerTags(pub Vec<String>);
+
+impl Drop for DockerTags {
+    fn drop(&mut self) {
+        for tag in &self.0 {
+            let _ = Command::new("docker")
+                .args(["rmi", "--force", tag])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
