@@ -55,16 +55,7 @@ impl Registry {
     }
 
     fn orc(&self, args: &[&str]) -> (bool, String, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_orc"))
-            .args(args)
-            .env("ORC_ENDPOINT", &self.server.address)
-            .output()
-            .expect("run orc");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string(),
-            String::from_utf8_lossy(&output.stderr).to_string(),
-        )
+        orc_at(&self.server.address, args)
     }
 
     fn password(&self) -> String {
