@@ -503,20 +503,17 @@ mod tests {
         }
     }
 
-    fn propose(state: &mut State, command: Command) -> serde_json::Value {
-        let request_id = crate::vocab::ids::request_id();
-        apply(
-            state,
-            &Proposal {
-                request_id,
-                command,
-            },
-        )
-        .expect("command applies")
+    /// Applies `command` as a fresh request; panics with the refusal.
+    pub(super) fn propose(state: &mut State, command: Command) -> serde_json::Value {
+        let proposal = Proposal {
+            request_id: crate::vocab::ids::request_id(),
+            command,
+        };
+        apply(state, &proposal).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    #[test]
-    fn a_task_that_fits_nowhere_waits_in_provisioning_and_is_placed_when_room_appears() {
+    /// A state whose control plane is initialized (one member).
+    pub(super) fn initialized() -> State {
         let mut state = State::default();
         propose(
             &mut state,
@@ -527,6 +524,12 @@ mod tests {
                 now_ms: 1,
             },
         );
+        state
+    }
+
+    #[test]
+    fn a_task_that_fits_nowhere_waits_in_provisioning_and_is_placed_when_room_appears() {
+        let mut state = initialized();
         let registration = InstanceRegistration {
             hostname: "pi".into(),
             cpu: 1024,
@@ -622,16 +625,7 @@ mod tests {
     /// A state with the control plane, `instances` (id, zone, memory MiB)
     /// and the task definitions `big` (400 MiB) and `small` (100 MiB).
     fn cluster_with(instances: &[(&str, &str, i64)]) -> State {
-        let mut state = State::default();
-        propose(
-            &mut state,
-            Command::InitControlPlane {
-                control_plane_id: "cp".into(),
-                first_member_id: 1,
-                first_member_address: "a".into(),
-                now_ms: 1,
-            },
-        );
+        let mut state = initialized();
         for (id, zone, memory_mib) in instances {
             let registration = InstanceRegistration {
                 hostname: id.to_string(),
@@ -1341,15 +1335,8 @@ mod target_tests {
     use crate::store::elbv2::tests::{lb, listener, tg};
     use crate::store::elbv2::TargetHealthChange;
     use crate::store::services::ServiceUpdate;
-    use crate::store::state::apply;
 
-    fn propose(state: &mut State, command: Command) -> serde_json::Value {
-        let proposal = Proposal {
-            request_id: crate::vocab::ids::request_id(),
-            command,
-        };
-        apply(state, &proposal).unwrap_or_else(|e| panic!("{e}"))
-    }
+    use super::tests::{initialized, propose};
 
     fn propose_all(state: &mut State, commands: Vec<Command>) {
         for command in commands {
@@ -1370,16 +1357,7 @@ mod target_tests {
     /// dynamic host port), target group `web` (type instance) behind a
     /// listener, and service `web` of `desired` tasks behind it.
     fn lab(desired: u32) -> (State, String) {
-        let mut state = State::default();
-        propose(
-            &mut state,
-            Command::InitControlPlane {
-                control_plane_id: "cp".into(),
-                first_member_id: 1,
-                first_member_address: "a".into(),
-                now_ms: 1,
-            },
-        );
+        let mut state = initialized();
         let registration = InstanceRegistration {
             hostname: "pi".into(),
             cpu: 4096,
