@@ -304,6 +304,12 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
             advertise.clone(),
             shutdown.subscribe(),
         ));
+        tokio::spawn(api::trust::follow_trust(
+            context.clone(),
+            marker.node_id,
+            advertise.clone(),
+            shutdown.subscribe(),
+        ));
     }
     tokio::spawn(async move {
         let stop = async move {
@@ -392,15 +398,15 @@ fn secure(
     };
     let own = Credential::load(&own)?;
     crate::tls::set_process_identity(Some(own.client_tls()?));
-    Ok(Arc::new(Security {
-        data_dir: data_dir.to_path_buf(),
-        authority: std::sync::RwLock::new(authority),
-        listener: crate::tls::ServerTlsSource::new(own.server_tls()?),
-    }))
+    Ok(Arc::new(Security::new(
+        data_dir.to_path_buf(),
+        authority,
+        &own,
+    )?))
 }
 
 /// How long the admin credential written at bootstrap is valid.
-pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+pub const ADMIN_CERT_LIFETIME: Duration = crate::tls::ca::ADMIN_CERT_LIFETIME;
 
 /// A joining server's first step, before it sends anything: pins the CA
 /// fingerprint of `token` while connecting to `join`, then trades the token
@@ -462,28 +468,9 @@ async fn renew_own_certificate(
         };
         let now = crate::vocab::time::now_ms();
         if current.due_for_renewal(now) {
-            let authority = security.authority();
-            let renewed = authority
-                .issue_naming(
-                    &Principal::Server { node_id },
-                    std::slice::from_ref(&advertise),
-                    cert_lifetime(),
-                )
-                .map_err(anyhow::Error::from)
-                .and_then(|(certificate, key)| {
-                    let renewed = Credential {
-                        endpoint: advertise.clone(),
-                        ca: authority.cert_pem.clone(),
-                        certificate,
-                        key,
-                    };
-                    let listener = renewed.server_tls()?;
-                    let client = renewed.client_tls()?;
-                    renewed.save(&path)?;
-                    security.listener.replace(listener);
-                    crate::tls::set_process_identity(Some(client));
-                    Ok(renewed.not_after_ms())
-                });
+            let renewed = security
+                .renew_own(node_id, &advertise)
+                .map(|renewed| renewed.not_after_ms());
             match renewed {
                 Ok(until) => tracing::info!(
                     node = node_id,

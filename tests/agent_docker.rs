@@ -157,6 +157,7 @@ impl AgentApi for Plane {
         Ok(Response::new(HeartbeatResponse {
             revision: self.lock().revision,
             servers: vec![],
+            trust: String::new(),
         }))
     }
 

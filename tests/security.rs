@@ -528,3 +528,168 @@ async fn a_joining_server_receives_the_ca_and_the_seal_key_and_nothing_else_does
     .unwrap();
     assert!(issued.ca_key.is_empty() && issued.seal_key.is_empty());
 }
+
+/// The CLI with `args` against `endpoint` and the given credential file.
+fn cli_at(credential: &std::path::Path, endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--endpoint", endpoint, "--timeout", "120"];
+    all.extend_from_slice(args);
+    cli(credential, &all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotation_moves_every_node_without_a_restart_and_refuses_the_old_ca() {
+    use orc::tls::credential::Credential;
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let mut agent = common::agent::TestAgent::start(root.path(), "agent", &[&server.address]);
+    let agent_credential = agent.data_dir.join("credential.json");
+    let connected = || async {
+        let (answer, _) = server
+            .client()
+            .call("DescribeContainerInstances", json!({}))
+            .await
+            .ok()?;
+        let instance = &answer["containerInstances"][0];
+        (instance["agentConnected"] == true && instance["status"] == "ACTIVE").then_some(())
+    };
+    eventually(Duration::from_secs(60), "the agent connected", connected).await;
+
+    let admin = server.credential.clone().unwrap();
+    let old_admin = root.path().join("old-admin.json");
+    let mine = root.path().join("mine.json");
+    std::fs::copy(&admin, &old_admin).unwrap();
+    std::fs::copy(&admin, &mine).unwrap();
+    let old_ca = Credential::load(&admin).unwrap().ca_fingerprint();
+    let old_agent = Credential::load(&agent_credential).unwrap();
+    let old_server = Credential::load(&server.data_dir.join("tls/server.json")).unwrap();
+    assert!(orc::tls::issued_by(&old_agent.ca, &old_agent.certificate));
+
+    let (ok, out, err) = cli_at(&mine, &server.address, &["ca", "rotate"]);
+    assert!(
+        ok,
+        "orc ca rotate failed:\n{out}\n{err}\n{}",
+        server.log_text()
+    );
+    let new_ca = out
+        .strip_prefix("the cluster CA is now sha256 ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    assert_ne!(new_ca, old_ca);
+    assert!(err.contains("agents moved"), "no progress shown: {err}");
+    assert!(err.contains("orc token create"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+
+    // Every node moved without a restart: the server's own certificate,
+    // the admin credentials, the agent's; each trusts the new CA only.
+    let only_new = |credential: &Credential| {
+        credential.ca_fingerprint() == new_ca
+            && orc::tls::certificates(&credential.ca).unwrap().len() == 1
+            && orc::tls::issued_by(&credential.ca, &credential.certificate)
+    };
+    let server_now = Credential::load(&server.data_dir.join("tls/server.json")).unwrap();
+    assert!(only_new(&server_now));
+    assert_ne!(server_now.certificate, old_server.certificate);
+    assert!(only_new(&Credential::load(&mine).unwrap()));
+    eventually(
+        Duration::from_secs(30),
+        "the agent to trust the new CA only",
+        || async { only_new(&Credential::load(&agent_credential).ok()?).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the bootstrap admin credential renewed",
+        || async { only_new(&Credential::load(&admin).ok()?).then_some(()) },
+    )
+    .await;
+    let ca_pem = std::fs::read_to_string(server.data_dir.join("tls/ca.pem")).unwrap();
+    assert_eq!(
+        orc::tls::fingerprint(&orc::tls::certificates(&ca_pem).unwrap()[0]),
+        new_ca
+    );
+    assert!(
+        agent.exited().is_none(),
+        "the agent restarted:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        agent.log_text().contains("the cluster's CA changed"),
+        "{}",
+        agent.log_text()
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the agent still connected",
+        connected,
+    )
+    .await;
+
+    // A write with the rotated credential succeeds; `orc ca status` says so.
+    let (ok, out, err) = cli_at(
+        &mine,
+        &server.address,
+        &["create-cluster", "--cluster-name", "after"],
+    );
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, _) = cli_at(&mine, &server.address, &["ca", "status"]);
+    assert!(
+        ok && out.contains(&new_ca) && out.contains("none under way"),
+        "{out}"
+    );
+
+    // The old CA's certificate is refused; so is a join token made before.
+    let (ok, out, err) = cli_at(&old_admin, &server.address, &["list-clusters"]);
+    assert!(!ok, "an old-CA credential still works: {out}");
+    assert!(err.contains("certificate"), "{err}");
+    // Even by a client that trusts the new CA: the server refuses the
+    // old CA's certificate itself.
+    let mut mixed = Credential::load(&old_admin).unwrap();
+    mixed.ca = Credential::load(&mine).unwrap().ca;
+    let mixed_path = root.path().join("mixed.json");
+    mixed.save(&mixed_path).unwrap();
+    let before = log_count(
+        &server,
+        "its client certificate was not issued by this cluster's CA",
+    );
+    let (ok, out, _) = cli_at(&mixed_path, &server.address, &["list-clusters"]);
+    assert!(!ok, "the server accepted an old-CA certificate: {out}");
+    assert!(
+        log_count(
+            &server,
+            "its client certificate was not issued by this cluster's CA"
+        ) > before,
+        "{}",
+        server.log_text()
+    );
+    let refused = join_cluster(
+        &server.address,
+        Some(&std::env::var("ORC_TOKEN").unwrap()),
+        "agent",
+        0,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("CA"), "{refused}");
+
+    // The agent restarted after the rotation connects with what it holds.
+    agent.kill();
+    agent.spawn();
+    eventually(
+        Duration::from_secs(60),
+        "the restarted agent connected",
+        || async {
+            let log = agent.log_text();
+            (log.matches("registered").count() >= 2).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the agent connected again",
+        connected,
+    )
+    .await;
+    agent.kill();
+}

@@ -64,12 +64,15 @@ pub fn instance_of(credential: &Credential) -> Option<String> {
 }
 
 /// Renews the agent's certificate (in `data_dir`) once two thirds of its
-/// life have passed, asking `server()` (the server the agent uses), and
-/// puts the new one in `identity` for the connections made from then on.
+/// life have passed, or at once when the trust the control plane names
+/// (`trust`, from heartbeat answers: a CA rotation) differs from the
+/// credential's, asking `server()` (the server the agent uses), and puts
+/// the new one in `identity` for the connections made from then on.
 pub async fn renew_loop(
     data_dir: std::path::PathBuf,
     identity: SharedIdentity,
     server: impl Fn() -> String,
+    mut trust: tokio::sync::watch::Receiver<String>,
 ) {
     let path = agent_path(&data_dir);
     loop {
@@ -80,7 +83,12 @@ pub async fn renew_loop(
             .not_after_ms()
             .saturating_sub(current.not_before_ms());
         let pause = Duration::from_millis((life / 20).clamp(1_000, 600_000));
-        if current.due_for_renewal(crate::vocab::time::now_ms()) {
+        let wanted = trust.borrow_and_update().clone();
+        let stale = !wanted.is_empty() && wanted != current.trust_id();
+        if stale {
+            tracing::info!("the cluster's CA changed: renewing this agent's certificate");
+        }
+        if stale || current.due_for_renewal(crate::vocab::time::now_ms()) {
             match renew(&current, &identity, &server()).await {
                 Ok(renewed) => {
                     tracing::info!(
@@ -98,7 +106,15 @@ pub async fn renew_loop(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = trust.changed() => {
+                if changed.is_err() {
+                    // The worker stopped; renew by the clock alone.
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
     }
 }
 

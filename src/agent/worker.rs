@@ -370,6 +370,9 @@ struct Shared {
     reports: ReportQueue,
     running_task_ids: Mutex<Vec<String>>,
     wake: Notify,
+    /// The trust the control plane's heartbeat answers name (a CA rotation
+    /// makes the renewal loop renew).
+    trust: watch::Sender<String>,
 }
 
 /// Runs the agent until `shutdown` completes. Containers are left running.
@@ -412,12 +415,14 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
             Some(crate::vocab::principal::Principal::Agent { instance }) => Some(instance),
             _ => None,
         });
+    let (trust, trust_seen) = watch::channel(String::new());
     if certified_instance.is_some() {
         let server_conn = conn.clone();
         tokio::spawn(crate::agent::identity::renew_loop(
             config.data_dir.clone(),
             config.identity.clone(),
             move || server_conn.server(),
+            trust_seen,
         ));
     }
     let mut backoff = Backoff::new(config.max_backoff);
@@ -507,6 +512,7 @@ async fn run_inner(config: AgentConfig, runtime: Arc<dyn Runtime>) -> Result<()>
         reports: ReportQueue::default(),
         running_task_ids: Mutex::new(Vec::new()),
         wake: Notify::new(),
+        trust,
     });
     let (assign_tx, assign_rx) = watch::channel::<Option<Arc<Vec<Assignment>>>>(None);
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
@@ -585,6 +591,13 @@ async fn heartbeat_loop(shared: Arc<Shared>) -> Result<()> {
         let pause = match answer {
             Ok(answer) => {
                 shared.conn.learn(&answer.servers);
+                shared.trust.send_if_modified(|seen| {
+                    let changed = *seen != answer.trust;
+                    if changed {
+                        seen.clone_from(&answer.trust);
+                    }
+                    changed
+                });
                 if !reachable {
                     tracing::info!(server = %shared.conn.server(), "the control plane answers heartbeats again");
                 }

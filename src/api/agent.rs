@@ -316,6 +316,11 @@ impl AgentApi for ApiContext {
         Ok(Response::new(HeartbeatResponse {
             revision: self.raft.store().revision(),
             servers,
+            trust: self
+                .security
+                .as_ref()
+                .map(|s| s.trust_id())
+                .unwrap_or_default(),
         }))
     }
 

@@ -521,6 +521,7 @@ impl Orc for ApiContext {
         let principal = principal(&request).map_err(to_status)?;
         let issued = self
             .renew_certificate(&principal, &request.into_inner().signing_request)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(join_response(issued)))
     }

@@ -5,18 +5,33 @@
 //! address and the reason; no secret is ever logged, stored or answered
 //! twice (a token's secret is in the answer to its creation only, never
 //! in the state or the remembered answer of its request id).
+//!
+//! A CA rotation (`orc ca rotate`, `Orc.Admin` `RotateCA`/`DescribeCA`)
+//! moves the cluster to a new CA without a restart, as Swarm's
+//! `docker swarm ca --rotate` does. The new CA (its key sealed) enters the
+//! replicated state; [`follow_trust`] on every server then, phase by phase
+//! (`store::trust::RotationPhase`): trusts both CAs and signs with the new
+//! one, while servers still present their old certificates; agents learn
+//! from the `trust` of their heartbeat answers that their credential is
+//! stale and renew (each renewal is recorded as a move); once every
+//! connected agent moved ([`next_step`]), each server issues itself a new
+//! certificate; once every server moved, the old CA is dropped, and from
+//! then on a certificate it issued is refused.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::ApiContext;
 use crate::error::Refusal;
-use crate::store::trust::{describe, TrustCommand};
+use crate::store::state::State;
+use crate::store::trust::{describe, CaRecord, Rotation, RotationPhase, TrustCommand};
 use crate::store::{Command, Proposal};
 use crate::tls::ca::{cert_lifetime, Authority};
+use crate::tls::credential::{admin_path, server_path, Credential};
 use crate::tls::token::{check, JoinToken, NodeRole, TokenRecord};
 use crate::tls::ServerTlsSource;
 use crate::vocab::principal::{Access, Principal};
@@ -31,15 +46,85 @@ pub struct Security {
     pub authority: RwLock<Authority>,
     /// What the listener accepts connections with (swapped on renewal).
     pub listener: ServerTlsSource,
+    /// The CA certificates trusted now (PEM): the CA's, and while a
+    /// rotation is under way the new one's first, then the old one's.
+    pub trusted: RwLock<String>,
+    /// While a rotation's agents move: the (old) CA that still signs this
+    /// server's own certificate, which every agent must accept.
+    pub own_issuer: RwLock<Option<Authority>>,
 }
 
 impl Security {
-    /// The CA as it is now.
+    /// A server's security: `authority` signs, the server presents `own`.
+    pub fn new(data_dir: PathBuf, authority: Authority, own: &Credential) -> Result<Security> {
+        Ok(Security {
+            data_dir,
+            authority: RwLock::new(authority),
+            listener: ServerTlsSource::new(own.server_tls()?),
+            trusted: RwLock::new(own.ca.clone()),
+            own_issuer: RwLock::new(None),
+        })
+    }
+
+    /// The CA that signs certificates now.
     pub fn authority(&self) -> Authority {
         self.authority
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The CA certificates trusted now (PEM).
+    pub fn trusted(&self) -> String {
+        self.trusted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The CA that signs this server's own certificate.
+    pub fn own_issuer(&self) -> Authority {
+        self.own_issuer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.authority())
+    }
+
+    /// What an agent's credential should match (`tls::trust_id`): sent in
+    /// every heartbeat answer.
+    pub fn trust_id(&self) -> String {
+        crate::tls::trust_id(&self.authority().fingerprint(), &self.trusted())
+    }
+
+    /// Issues this server a new certificate naming `advertise`, from
+    /// [`Security::own_issuer`], and puts it to use (see [`Security::install`]).
+    pub fn renew_own(&self, node_id: u64, advertise: &str) -> Result<Credential> {
+        let (certificate, key) = self.own_issuer().issue_naming(
+            &Principal::Server { node_id },
+            &[advertise.to_string()],
+            cert_lifetime(),
+        )?;
+        let own = Credential {
+            endpoint: advertise.to_string(),
+            ca: self.trusted(),
+            certificate,
+            key,
+        };
+        self.install(&own)?;
+        Ok(own)
+    }
+
+    /// Keeps `own` as this server's credential and swaps it into the
+    /// listener and the process identity, for the connections made from
+    /// now on (those already open keep theirs).
+    pub fn install(&self, own: &Credential) -> Result<()> {
+        let listener = own.server_tls()?;
+        let client = own.client_tls()?;
+        own.save(&server_path(&self.data_dir))?;
+        self.listener.replace(listener);
+        crate::tls::set_process_identity(Some(client));
+        Ok(())
     }
 }
 
@@ -102,12 +187,13 @@ impl ApiContext {
             )));
         }
         let token = JoinToken::parse(token).map_err(refuse)?;
+        self.refuse_while_rotating("joining").map_err(refuse)?;
         let authority = security.authority();
         if token.ca_fingerprint != authority.fingerprint() {
             return Err(refuse(Error::Refused(
                 Refusal::Unauthenticated,
                 format!(
-                    "join token {} was made for another cluster (its CA fingerprint is not this cluster's): use a token of this cluster",
+                    "join token {} was made for another cluster, or before this cluster's CA was rotated (its CA fingerprint is not this cluster's): use a token made since (`orc token create`)",
                     token.id
                 ),
             )));
@@ -136,7 +222,7 @@ impl ApiContext {
         tracing::info!(%peer, holder = %holder, token = %token.id, "issued a certificate to a joining node");
         let mut issued = Issued {
             certificate,
-            ca: authority.cert_pem.clone(),
+            ca: security.trusted(),
             cluster_id: self.control_plane_id(),
             ..Issued::default()
         };
@@ -151,8 +237,10 @@ impl ApiContext {
         Ok(issued)
     }
 
-    /// `Orc.RenewCertificate`: a new certificate for the caller's own identity.
-    pub(super) fn renew_certificate(
+    /// `Orc.RenewCertificate`: a new certificate for the caller's own
+    /// identity, from the CA that signs now; during a rotation an agent's
+    /// renewal is recorded as its move to the new CA before it is answered.
+    pub(super) async fn renew_certificate(
         &self,
         principal: &Principal,
         signing_request: &[u8],
@@ -174,10 +262,26 @@ impl ApiContext {
         }
         let authority = security.authority();
         let certificate = authority.sign_request(signing_request, principal, cert_lifetime())?;
+        if let Principal::Agent { instance } = principal {
+            let rotating = self.raft.store().read(|state| {
+                state
+                    .trust
+                    .rotation
+                    .as_ref()
+                    .map(|r| r.new.fingerprint.clone())
+            });
+            if rotating.as_deref() == Some(authority.fingerprint().as_str()) {
+                self.propose_trust(TrustCommand::CaNodeMoved {
+                    fingerprint: authority.fingerprint(),
+                    holder: format!("agent:{instance}"),
+                })
+                .await?;
+            }
+        }
         tracing::info!(holder = %principal, "renewed a certificate");
         Ok(Issued {
             certificate,
-            ca: authority.cert_pem.clone(),
+            ca: security.trusted(),
             cluster_id: self.control_plane_id(),
             ..Issued::default()
         })
@@ -206,6 +310,8 @@ impl ApiContext {
         match action {
             "CreateJoinToken" => {
                 let role: NodeRole = body["role"].as_str().unwrap_or_default().parse()?;
+                self.raft.read_barrier().await?;
+                self.refuse_while_rotating("creating join tokens")?;
                 let ttl_seconds = body["ttlSeconds"].as_u64().unwrap_or(0);
                 let token = JoinToken::generate(&self.security()?.authority().fingerprint());
                 let now = now_ms();
@@ -265,9 +371,336 @@ impl ApiContext {
                     })
                     .await
             }
+            "RotateCA" => {
+                let security = self.security()?;
+                self.raft.read_barrier().await?;
+                let under_way = self
+                    .raft
+                    .store()
+                    .read(|state| state.trust.rotation.is_some());
+                let started = if under_way {
+                    false
+                } else {
+                    let new = Authority::create_rotated(&self.control_plane_id())?;
+                    let old = security.authority();
+                    let rotation = Rotation {
+                        new: CaRecord {
+                            cert_pem: new.cert_pem.clone(),
+                            fingerprint: new.fingerprint(),
+                            sealed_key: base64::Engine::encode(
+                                &base64::engine::general_purpose::STANDARD,
+                                self.seal.seal(new.key_pem.as_bytes()),
+                            ),
+                        },
+                        old_fingerprint: old.fingerprint(),
+                        old_cert_pem: old.cert_pem,
+                        started_ms: now_ms(),
+                        phase: RotationPhase::Agents,
+                        moved: Default::default(),
+                    };
+                    self.propose_trust(TrustCommand::StartCaRotation { rotation })
+                        .await?;
+                    tracing::info!(ca = %new.fingerprint(), "started a CA rotation");
+                    true
+                };
+                let mut answer = self.describe_ca().await?;
+                answer["started"] = json!(started);
+                Ok(answer)
+            }
+            "DescribeCA" => self.describe_ca().await,
             other => Err(Error::InvalidInput(format!(
-                "unknown admin action {other:?}: use CreateJoinToken, ListJoinTokens or RevokeJoinToken"
+                "unknown admin action {other:?}: use CreateJoinToken, ListJoinTokens, RevokeJoinToken, RotateCA or DescribeCA"
             ))),
         }
+    }
+
+    /// Refuses `what` while a CA rotation is under way: a joining node
+    /// pins one CA, and the servers present certificates of either.
+    fn refuse_while_rotating(&self, what: &str) -> Result<()> {
+        let rotating = self
+            .raft
+            .store()
+            .read(|state| state.trust.rotation.is_some());
+        if rotating {
+            return Err(Error::Conflict(format!(
+                "the cluster's CA is being rotated: {what} waits until it is done (`orc ca status` shows the progress)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Proposes a trust command under a fresh request id.
+    async fn propose_trust(&self, command: TrustCommand) -> Result<Value> {
+        self.raft
+            .propose(Proposal {
+                request_id: crate::vocab::ids::request_id(),
+                command: Command::Trust(command),
+            })
+            .await
+    }
+
+    /// The CA and the rotation's progress (`orc ca status`); proposes the
+    /// rotation's next step when it is due.
+    async fn describe_ca(&self) -> Result<Value> {
+        let security = self.security()?;
+        self.raft.read_barrier().await?;
+        if let Some(step) = self.raft.store().read(next_step) {
+            self.propose_trust(step).await?;
+        }
+        let (progress, fingerprint) = self.raft.store().read(|state| {
+            let fingerprint = match (&state.trust.rotation, &state.trust.ca) {
+                (Some(rotation), _) => rotation.old_fingerprint.clone(),
+                (None, Some(ca)) => ca.fingerprint.clone(),
+                (None, None) => String::new(),
+            };
+            (progress(state), fingerprint)
+        });
+        let fingerprint = if fingerprint.is_empty() {
+            security.authority().fingerprint()
+        } else {
+            fingerprint
+        };
+        Ok(json!({
+            "fingerprint": fingerprint,
+            "rotation": progress.map(|p| p.to_json()),
+        }))
+    }
+}
+
+/// How far a rotation has come.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// The new CA's fingerprint.
+    pub fingerprint: String,
+    /// Its phase.
+    pub phase: RotationPhase,
+    /// Agents that moved, of those connected.
+    pub agents: (usize, usize),
+    /// Servers that moved, of the members.
+    pub servers: (usize, usize),
+    /// The nodes of the current phase that have not moved yet.
+    pub waiting_for: Vec<String>,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+}
+
+impl Progress {
+    fn to_json(&self) -> Value {
+        json!({
+            "newFingerprint": self.fingerprint,
+            "phase": self.phase.as_str(),
+            "startedAt": self.started_ms as f64 / 1000.0,
+            "agents": {"moved": self.agents.0, "total": self.agents.1},
+            "servers": {"moved": self.servers.0, "total": self.servers.1},
+            "waitingFor": self.waiting_for,
+        })
+    }
+}
+
+/// Pure: the progress of the rotation under way. The agents counted are
+/// those of every connected, registered container instance (an agent that
+/// is away when the old CA is dropped must join again with a new token);
+/// the servers are the members.
+pub fn progress(state: &State) -> Option<Progress> {
+    let rotation = state.trust.rotation.as_ref()?;
+    let agents: Vec<String> = state
+        .container_instances
+        .values()
+        .filter(|i| i.agent_connected && i.status != "INACTIVE")
+        .map(|i| format!("agent:{}", i.id()))
+        .collect();
+    let servers: Vec<String> = state
+        .members
+        .values()
+        .map(|m| format!("server:{}", m.id))
+        .collect();
+    let moved = |nodes: &[String]| nodes.iter().filter(|n| rotation.moved.contains(*n)).count();
+    let current = match rotation.phase {
+        RotationPhase::Agents => &agents,
+        RotationPhase::Servers => &servers,
+    };
+    Some(Progress {
+        fingerprint: rotation.new.fingerprint.clone(),
+        phase: rotation.phase,
+        agents: (moved(&agents), agents.len()),
+        servers: (moved(&servers), servers.len()),
+        waiting_for: current
+            .iter()
+            .filter(|n| !rotation.moved.contains(*n))
+            .cloned()
+            .collect(),
+        started_ms: rotation.started_ms,
+    })
+}
+
+/// Pure: the rotation's next step, once every node of its phase moved.
+pub fn next_step(state: &State) -> Option<TrustCommand> {
+    let progress = progress(state)?;
+    if !progress.waiting_for.is_empty() {
+        return None;
+    }
+    let fingerprint = progress.fingerprint;
+    Some(match progress.phase {
+        RotationPhase::Agents => TrustCommand::CaServersPhase { fingerprint },
+        RotationPhase::Servers => TrustCommand::FinishCaRotation { fingerprint },
+    })
+}
+
+/// Opens a CA the state holds (its key sealed).
+fn open_ca(seal: &crate::seal::SealKey, record: &CaRecord) -> Result<Authority> {
+    let sealed = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        &record.sealed_key,
+    )
+    .map_err(|_| Error::Internal("the rotated CA's sealed key is not base64".into()))?;
+    Ok(Authority {
+        cert_pem: record.cert_pem.clone(),
+        key_pem: seal.open_string(&sealed)?,
+    })
+}
+
+/// Follows the CA the replicated state names, on every server, until
+/// `stop`: see the module's documentation. Quiet while nothing changes.
+pub async fn follow_trust(
+    context: ApiContext,
+    node_id: u64,
+    advertise: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut revisions = context.raft.store().subscribe();
+    let mut done = None;
+    loop {
+        let seen = context.raft.store().read(|state| {
+            let trust = &state.trust;
+            (
+                trust.rotation.as_ref().map(|r| {
+                    (
+                        r.new.fingerprint.clone(),
+                        r.phase,
+                        r.moved.contains(&format!("server:{node_id}")),
+                    )
+                }),
+                trust.ca.as_ref().map(|ca| ca.fingerprint.clone()),
+                next_step(state).is_some(),
+            )
+        });
+        let rotating = seen.0.is_some();
+        if done.as_ref() != Some(&seen) {
+            match context.follow_trust_once(node_id, &advertise).await {
+                Ok(()) => done = Some(seen),
+                Err(error) => {
+                    tracing::warn!(node = node_id, %error, "cannot follow the cluster's CA yet; will retry")
+                }
+            }
+        }
+        let pause = Duration::from_secs(if rotating { 2 } else { 3600 });
+        tokio::select! {
+            _ = revisions.changed() => {}
+            _ = tokio::time::sleep(pause) => done = None,
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+impl ApiContext {
+    /// One pass of [`follow_trust`].
+    async fn follow_trust_once(&self, node_id: u64, advertise: &str) -> Result<()> {
+        let Some(security) = self.security.as_ref() else {
+            return Ok(());
+        };
+        let (rotation, ca) = self
+            .raft
+            .store()
+            .read(|state| (state.trust.rotation.clone(), state.trust.ca.clone()));
+        let data_dir = &security.data_dir;
+        let (signing, trusted, present_new) = match (&rotation, &ca) {
+            (Some(rotation), _) => (
+                open_ca(&self.seal, &rotation.new)?,
+                crate::tls::bundle(&[&rotation.new.cert_pem, &rotation.old_cert_pem]),
+                rotation.phase == RotationPhase::Servers,
+            ),
+            (None, Some(ca)) => (
+                open_ca(&self.seal, ca)?,
+                crate::tls::bundle(&[&ca.cert_pem]),
+                true,
+            ),
+            (None, None) => return Ok(()),
+        };
+        if signing.fingerprint() != security.authority().fingerprint() {
+            *security
+                .authority
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = signing.clone();
+            tracing::info!(node = node_id, ca = %signing.fingerprint(), "signing certificates with the new CA");
+        }
+        // While agents move, this server's own certificate stays the old
+        // CA's (the data dir's), which every agent accepts.
+        *security
+            .own_issuer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = if present_new {
+            None
+        } else {
+            Authority::load(data_dir)?
+        };
+        *security.trusted.write().unwrap_or_else(|p| p.into_inner()) = trusted.clone();
+        let mut own = Credential::load(&server_path(data_dir))?;
+        if present_new && !crate::tls::issued_by(&signing.cert_pem, &own.certificate) {
+            security.renew_own(node_id, advertise)?;
+            tracing::info!(node = node_id, ca = %signing.fingerprint(), "this server took a certificate of the new CA");
+        } else if own.ca != trusted {
+            own.ca = trusted.clone();
+            security.install(&own)?;
+            tracing::info!(
+                node = node_id,
+                "this server trusts the cluster's CAs as rotated"
+            );
+        }
+        // The admin credential bootstrap wrote, for whoever reads it here.
+        let admin = admin_path(data_dir);
+        if let Ok(mut credential) = Credential::load(&admin) {
+            let mut changed = false;
+            if !crate::tls::issued_by(&signing.cert_pem, &credential.certificate) {
+                (credential.certificate, credential.key) =
+                    signing.issue(&credential.holder(), crate::tls::ca::ADMIN_CERT_LIFETIME)?;
+                changed = true;
+            }
+            if credential.ca != trusted {
+                credential.ca = trusted.clone();
+                changed = true;
+            }
+            if changed {
+                credential.save(&admin)?;
+            }
+        }
+        match &rotation {
+            None => {
+                if Authority::load(data_dir)?.map(|a| a.fingerprint())
+                    != Some(signing.fingerprint())
+                {
+                    signing.save(data_dir)?;
+                    tracing::info!(node = node_id, ca = %signing.fingerprint(), "the CA rotation is done: the old CA is no longer trusted");
+                }
+            }
+            Some(rotation) => {
+                let me = format!("server:{node_id}");
+                if present_new && !rotation.moved.contains(&me) {
+                    self.propose_trust(TrustCommand::CaNodeMoved {
+                        fingerprint: rotation.new.fingerprint.clone(),
+                        holder: me,
+                    })
+                    .await?;
+                }
+            }
+        }
+        if self.raft.status().role == crate::raft::node::Role::Leader {
+            if let Some(step) = self.raft.store().read(next_step) {
+                self.propose_trust(step).await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -80,6 +80,10 @@ pub enum Command {
     /// Join tokens for new agents and servers (admins only).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The cluster's certificate authority: rotate it, watch a rotation
+    /// (admins only).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// The built-in load balancer, with `aws elbv2`'s verbs and flags.
     #[command(subcommand)]
     Elbv2(super::elbv2::Elbv2Command),
@@ -434,6 +438,23 @@ pub enum TokenCommand {
         /// The token's id (`orc token list`) or the token itself.
         id: String,
     },
+}
+
+/// `orc ca ...`.
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Replace the cluster CA (the day its key leaks): every server, agent
+    /// and this credential move to a new CA without a restart, then the old
+    /// one is refused. Re-running it while a rotation is under way follows
+    /// that one.
+    Rotate {
+        /// Start the rotation (or follow the one under way) and return at
+        /// once; `orc ca status` shows the progress.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// The CA's fingerprint and the progress of a rotation under way.
+    Status,
 }
 
 /// `orc up`.

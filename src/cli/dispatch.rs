@@ -146,6 +146,173 @@ async fn token(endpoint: &str, output: &Output, command: TokenCommand) -> anyhow
     Ok(())
 }
 
+/// Renews the credential at `path` (the one this command line uses) from
+/// the CA that signs now, keeps it there and connects with it from now on.
+async fn renew_credential(endpoint: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    use crate::tls::credential::Credential;
+    let current = Credential::load(path)?;
+    let (signing_request, key) = crate::tls::ca::signing_request()?;
+    let issued = client(endpoint)?.renew_certificate(signing_request).await?;
+    let renewed = Credential {
+        endpoint: current.endpoint,
+        ca: issued.ca,
+        certificate: issued.certificate,
+        key,
+    };
+    let tls = renewed.client_tls()?;
+    renewed.save(path)?;
+    crate::tls::set_process_identity(Some(tls));
+    Ok(())
+}
+
+/// One line of a rotation's progress.
+fn rotation_line(rotation: &serde_json::Value) -> String {
+    let count = |what: &str| {
+        format!(
+            "{} of {}",
+            rotation[what]["moved"].as_u64().unwrap_or(0),
+            rotation[what]["total"].as_u64().unwrap_or(0)
+        )
+    };
+    let waiting: Vec<&str> = rotation["waitingFor"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .collect();
+    let mut line = format!(
+        "phase {:<8} agents moved {}, servers moved {}",
+        rotation["phase"].as_str().unwrap_or_default(),
+        count("agents"),
+        count("servers"),
+    );
+    if !waiting.is_empty() {
+        let shown: Vec<&str> = waiting.iter().take(5).copied().collect();
+        line.push_str(&format!("; waiting for {}", shown.join(", ")));
+        if waiting.len() > shown.len() {
+            line.push_str(&format!(" and {} more", waiting.len() - shown.len()));
+        }
+    }
+    line
+}
+
+/// `orc ca rotate|status`.
+async fn ca(
+    endpoint: &str,
+    output: &Output,
+    found: &crate::tls::credential::Found,
+    wait_timeout: Option<u64>,
+    command: CaCommand,
+) -> anyhow::Result<()> {
+    let short = |fingerprint: &str| fingerprint.chars().take(16).collect::<String>();
+    match command {
+        CaCommand::Status => {
+            let answer = client(endpoint)?.admin("DescribeCA", json!({})).await?;
+            if output.is_json() {
+                output.json(&answer);
+                return Ok(());
+            }
+            println!(
+                "ca           sha256 {}",
+                answer["fingerprint"].as_str().unwrap_or_default()
+            );
+            match answer["rotation"].as_object() {
+                None => println!("rotation     none under way"),
+                Some(_) => {
+                    let rotation = &answer["rotation"];
+                    println!(
+                        "rotating to  sha256 {}",
+                        rotation["newFingerprint"].as_str().unwrap_or_default()
+                    );
+                    println!("progress     {}", rotation_line(rotation));
+                }
+            }
+            Ok(())
+        }
+        CaCommand::Rotate { detach } => {
+            let answer = client(endpoint)?.admin("RotateCA", json!({})).await?;
+            let Some(new) = answer["rotation"]["newFingerprint"]
+                .as_str()
+                .map(String::from)
+            else {
+                anyhow::bail!("the server answered without a rotation: run `orc ca status`");
+            };
+            let old = answer["fingerprint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if answer["started"] == true {
+                eprintln!(
+                    "rotating the cluster CA from sha256 {}… to sha256 {}…",
+                    short(&old),
+                    short(&new)
+                );
+            } else {
+                eprintln!(
+                    "a rotation to sha256 {}… is under way already: following it",
+                    short(&new)
+                );
+            }
+            // This command line's own credential moves first, so it still
+            // reaches the servers once they present new certificates.
+            if let Some(path) = found.path() {
+                renew_credential(endpoint, path).await?;
+                eprintln!(
+                    "renewed this credential ({}) from the new CA",
+                    path.display()
+                );
+            }
+            if detach {
+                if output.is_json() {
+                    output.json(&answer);
+                }
+                eprintln!("follow it with `orc ca status`");
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now()
+                + std::time::Duration::from_secs(wait_timeout.unwrap_or(600));
+            let mut last = String::new();
+            let answer = loop {
+                let answer = client(endpoint)?.admin("DescribeCA", json!({})).await?;
+                if answer["rotation"].is_null() {
+                    if answer["fingerprint"].as_str() != Some(new.as_str()) {
+                        anyhow::bail!(
+                            "the cluster's CA is sha256 {}, not the one this rotation made: another rotation ran meanwhile (`orc ca status`)",
+                            answer["fingerprint"].as_str().unwrap_or_default()
+                        );
+                    }
+                    break answer;
+                }
+                let line = rotation_line(&answer["rotation"]);
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!(
+                        "the rotation is still under way ({last}): it goes on without this command; `orc ca status` shows it, and `orc ca rotate` follows it again. An agent that stays away must be stopped or deregistered for it to finish"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            };
+            // The old CA is gone: trust the new one only.
+            if let Some(path) = found.path() {
+                renew_credential(endpoint, path).await?;
+            }
+            if output.is_json() {
+                output.json(&answer);
+            } else {
+                println!("the cluster CA is now sha256 {new}");
+                eprintln!(
+                    "every server and agent holds a certificate of the new CA; certificates of the old CA (sha256 {}…) are refused from now on, so copies of the old admin credential no longer work (each server's DATA_DIR/tls/admin.json was renewed). Join tokens made before the rotation no longer work: make new ones with `orc token create --role agent` or `--role server`",
+                    short(&old)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = Output::new(cli.output);
@@ -167,6 +334,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(command) => token(&cli.endpoint, &output, command).await,
+        Command::Ca(command) => ca(&cli.endpoint, &output, &found, wait_timeout, command).await,
         Command::Up(args) => roles::up(args).await,
         Command::Agent(args) => roles::agent(args).await,
         Command::Logs {

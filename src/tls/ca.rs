@@ -26,6 +26,10 @@ const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// `ORC_CERT_LIFETIME_SECS` says otherwise (tests of renewal).
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 
+/// How long the admin credential a server writes is valid (nobody renews
+/// it): a year.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
 /// The lifetime of the certificates this process issues.
 pub fn cert_lifetime() -> Duration {
     std::env::var("ORC_CERT_LIFETIME_SECS")
@@ -84,11 +88,24 @@ fn validity(lifetime: Duration) -> (time::OffsetDateTime, time::OffsetDateTime) 
 impl Authority {
     /// A new CA for control plane `cluster_id`.
     pub fn create(cluster_id: &str) -> Result<Authority> {
+        Self::create_named(&format!("orc cluster CA {cluster_id}"))
+    }
+
+    /// The CA that replaces another (`orc ca rotate`): its name differs
+    /// from every earlier one's, so no certificate's issuer is ambiguous.
+    pub fn create_rotated(cluster_id: &str) -> Result<Authority> {
+        Self::create_named(&format!(
+            "orc cluster CA {cluster_id} rotated {}",
+            crate::vocab::time::now_ms()
+        ))
+    }
+
+    fn create_named(common_name: &str) -> Result<Authority> {
         let key = KeyPair::generate().map_err(|e| failed("cannot generate the CA key", e))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "orc");
-        name.push(DnType::CommonName, format!("orc cluster CA {cluster_id}"));
+        name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![

@@ -74,6 +74,11 @@ impl Credential {
             .unwrap_or_default()
     }
 
+    /// Which CA signed the certificate and which it trusts (`tls::trust_id`).
+    pub fn trust_id(&self) -> String {
+        super::trust_id_of(&self.ca, &self.certificate)
+    }
+
     /// Whether the certificate is past two thirds of its life at `now_ms`
     /// (time to renew it).
     pub fn due_for_renewal(&self, now_ms: u64) -> bool {

@@ -99,6 +99,69 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether the CA certificate `ca` signed `leaf` (and `leaf` is valid now).
+fn verifies(ca: &CertificateDer<'static>, leaf: &CertificateDer<'_>) -> bool {
+    let mut roots = RootCertStore::empty();
+    if roots.add(ca.clone()).is_err() {
+        return false;
+    }
+    let Ok(verifier) =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+    else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(leaf, &[], UnixTime::now())
+        .is_ok()
+}
+
+/// Whether the (first) CA in `ca_pem` issued the (first) certificate in
+/// `cert_pem`, which is still valid.
+pub fn issued_by(ca_pem: &str, cert_pem: &str) -> bool {
+    match (certificates(ca_pem), certificates(cert_pem)) {
+        (Ok(cas), Ok(certs)) => verifies(&cas[0], &certs[0]),
+        _ => false,
+    }
+}
+
+/// The PEM texts one after the other, each ending with a newline (a
+/// bundle of CAs).
+pub fn bundle(pems: &[&str]) -> String {
+    let mut out = String::new();
+    for pem in pems {
+        out.push_str(pem.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// What a node's trust should be, in one comparable text:
+/// `SIGNING/TRUSTED,…`, the fingerprint of the CA that signs its
+/// certificate and those of the CAs it trusts (sorted). A server sends its
+/// own in every heartbeat answer; an agent whose credential differs renews.
+pub fn trust_id(signing_fingerprint: &str, trusted_pem: &str) -> String {
+    let mut trusted: Vec<String> = certificates(trusted_pem)
+        .map(|certs| certs.iter().map(|c| fingerprint(c)).collect())
+        .unwrap_or_default();
+    trusted.sort();
+    format!("{signing_fingerprint}/{}", trusted.join(","))
+}
+
+/// [`trust_id`] of a certificate and the CAs it trusts: the signing CA is
+/// the one of `ca_pem` that verifies `cert_pem` (none: an empty fingerprint).
+pub fn trust_id_of(ca_pem: &str, cert_pem: &str) -> String {
+    let signing = match (certificates(ca_pem), certificates(cert_pem)) {
+        (Ok(cas), Ok(certs)) => cas
+            .iter()
+            .find(|ca| verifies(ca, &certs[0]))
+            .map(|ca| fingerprint(ca))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    trust_id(&signing, ca_pem)
+}
+
 /// The URI SAN that names a certificate's holder.
 pub fn identity_uri(principal: &Principal) -> Option<String> {
     match principal {
