@@ -31,10 +31,87 @@ impl From<Value> for ActionResult {
     }
 }
 
+/// Reads an action's request body into its typed form. A refusal names
+/// the field that was wrong, by its path in the request
+/// (`containerDefinitions[0].memory`), and says in ECS's words what was
+/// expected and what came instead.
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> Result<T> {
     let body = if body.trim().is_empty() { "{}" } else { body };
-    serde_json::from_str(body)
-        .map_err(|e| Error::InvalidInput(format!("{action}: invalid request: {e}")))
+    let mut reader = serde_json::Deserializer::from_str(body);
+    let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() == serde_json::error::Category::Data {
+            let place = if path == "." { "the request body" } else { &path };
+            Error::InvalidInput(format!("{action}: {place}: {}", plain_serde_words(&inner)))
+        } else {
+            not_json(action, &inner)
+        }
+    })?;
+    reader.end().map_err(|e| not_json(action, &e))?;
+    Ok(value)
+}
+
+/// What serde put between backquotes ("integer `5`" gives "5").
+fn backquoted(text: &str) -> &str {
+    text.split('`').nth(1).unwrap_or(text)
+}
+
+/// The refusal of a body that is not JSON at all, with where it broke.
+fn not_json(action: &str, error: &serde_json::Error) -> Error {
+    Error::InvalidInput(format!(
+        "{action}: the request body is not valid JSON (line {}, column {}): {}",
+        error.line(),
+        error.column(),
+        plain_serde_words(error)
+    ))
+}
+
+/// serde's wording of a data error ("invalid type: string \"two\",
+/// expected u32 at line 1 column 60") in a request's terms ("expected an
+/// integer, got the string \"two\""), without the position.
+fn plain_serde_words(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let text = match text.rsplit_once(" at line ") {
+        Some((head, _)) if error.line() > 0 => head.to_string(),
+        _ => text,
+    };
+    let kind = |serde: &str| -> String {
+        let serde = serde.trim();
+        match serde {
+            "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
+            "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+            "f32" | "f64" => "a number".into(),
+            "a sequence" | "sequence" => "a list (a JSON array)".into(),
+            "a map" | "map" => "an object".into(),
+            "a boolean" | "boolean" => "true or false".into(),
+            s if s.starts_with("struct ") => "an object".into(),
+            s if s.starts_with("integer `") || s.starts_with("floating point `") => {
+                format!("the number {}", backquoted(s))
+            }
+            s if s.starts_with("string ") => format!("the string {}", &s["string ".len()..]),
+            s if s.starts_with("boolean `") => backquoted(s).to_string(),
+            "unit value" | "null" => "null".into(),
+            s => s.to_string(),
+        }
+    };
+    if let Some(rest) = text.strip_prefix("invalid type: ") {
+        if let Some((got, expected)) = rest.split_once(", expected ") {
+            return format!("expected {}, got {}", kind(expected), kind(got));
+        }
+    }
+    if let Some(rest) = text.strip_prefix("invalid value: ") {
+        if let Some((got, expected)) = rest.split_once(", expected ") {
+            return format!("expected {}, got {}", kind(expected), kind(got));
+        }
+    }
+    if let Some(field) = text
+        .strip_prefix("missing field `")
+        .and_then(|f| f.strip_suffix('`'))
+    {
+        return format!("missing the required field {field}");
+    }
+    text
 }
 
 /// Dispatches one ECS action: the one `match` over [`EcsAction`]. The
@@ -355,6 +432,77 @@ pub fn cluster_view(state: &State, cluster: &Cluster) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request with the shapes ECS's requests have.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Shapes {
+        cluster_name: String,
+        #[serde(default)]
+        desired_count: Option<u32>,
+        #[serde(default)]
+        tasks: Vec<String>,
+        #[serde(default)]
+        containers: Vec<Container>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Container {
+        memory: Option<i64>,
+    }
+
+    fn refusal(body: &str) -> String {
+        match parse::<Shapes>("CreateService", body) {
+            Err(Error::InvalidInput(message)) => message,
+            other => panic!("{body} was not refused as invalid input: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named_with_what_was_expected() {
+        assert_eq!(
+            refusal(r#"{"clusterName": "a", "desiredCount": "two"}"#),
+            r#"CreateService: desiredCount: expected a whole number (0 or more), got the string "two""#
+        );
+        assert_eq!(
+            refusal(r#"{"clusterName": 5}"#),
+            "CreateService: clusterName: expected a string, got the number 5"
+        );
+        assert_eq!(
+            refusal(r#"{"clusterName": "a", "tasks": "abc"}"#),
+            r#"CreateService: tasks: expected a list (a JSON array), got the string "abc""#
+        );
+        assert_eq!(
+            refusal(r#"{"clusterName": "a", "containers": [{}, {"memory": "lots"}]}"#),
+            r#"CreateService: containers[1].memory: expected an integer, got the string "lots""#
+        );
+        assert_eq!(
+            refusal(r#"{"clusterName": "a", "desiredCount": -1}"#),
+            "CreateService: desiredCount: expected a whole number (0 or more), got the number -1"
+        );
+        assert_eq!(
+            refusal(r#""x""#),
+            r#"CreateService: the request body: expected an object, got the string "x""#
+        );
+    }
+
+    #[test]
+    fn a_missing_field_and_broken_json_are_named() {
+        assert_eq!(
+            refusal("{}"),
+            "CreateService: the request body: missing the required field clusterName"
+        );
+        let broken = refusal(r#"{"clusterName": "a""#);
+        assert!(
+            broken.starts_with("CreateService: the request body is not valid JSON (line 1, column 19)"),
+            "{broken}"
+        );
+        let trailing = refusal(r#"{"clusterName": "a"} x"#);
+        assert!(trailing.contains("not valid JSON"), "{trailing}");
+        assert!(parse::<Shapes>("CreateService", r#"{"clusterName": "a"}"#).is_ok());
+    }
 
     fn paging(next_token: Option<String>, max_results: Option<i64>) -> Paging {
         Paging {
