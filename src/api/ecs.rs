@@ -42,7 +42,11 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(action: &str, body: &str) -> R
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.classify() == serde_json::error::Category::Data {
-            let place = if path == "." { "the request body" } else { &path };
+            let place = if path == "." {
+                "the request body"
+            } else {
+                &path
+            };
             Error::InvalidInput(format!("{action}: {place}: {}", plain_serde_words(&inner)))
         } else {
             not_json(action, &inner)
@@ -496,7 +500,9 @@ mod tests {
         );
         let broken = refusal(r#"{"clusterName": "a""#);
         assert!(
-            broken.starts_with("CreateService: the request body is not valid JSON (line 1, column 19)"),
+            broken.starts_with(
+                "CreateService: the request body is not valid JSON (line 1, column 19)"
+            ),
             "{broken}"
         );
         let trailing = refusal(r#"{"clusterName": "a"} x"#);
