@@ -693,3 +693,89 @@ async fn ca_rotation_moves_every_node_without_a_restart_and_refuses_the_old_ca()
     .await;
     agent.kill();
 }
+
+/// `curl` against `url` with `args`; (HTTP status line and body).
+fn curl(url: &str, args: &[&str]) -> String {
+    let output = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_certificate_of_the_cluster() {
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let admin = server.credential.clone().unwrap();
+    let url = format!("https://{}/metrics", server.address);
+    let ca = server.data_dir.join("tls/ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    // Anonymous TLS (the CA trusted, no certificate) is refused.
+    let anonymous = curl(&url, &["--cacert", ca]);
+    assert!(
+        anonymous.starts_with("HTTP/2 401") || anonymous.starts_with("HTTP/1.1 401"),
+        "{anonymous}"
+    );
+    assert!(
+        anonymous.contains("needs a certificate of this cluster"),
+        "{anonymous}"
+    );
+
+    // A readonly certificate issued for Prometheus scrapes it, as
+    // Prometheus's tls_config (ca_file, cert_file, key_file) would.
+    let dir = root.path().join("prometheus");
+    let (ok, out, err) = cli_at(
+        &admin,
+        &server.address,
+        &[
+            "ca",
+            "issue",
+            "--name",
+            "prometheus",
+            "--role",
+            "readonly",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let scraped = curl(
+        &url,
+        &[
+            "--cacert",
+            &file("ca.pem"),
+            "--cert",
+            &file("cert.pem"),
+            "--key",
+            &file("key.pem"),
+        ],
+    );
+    assert!(scraped.contains(" 200"), "{scraped}");
+    assert!(scraped.contains("orc_"), "{scraped}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Its credential is a readonly user's: it reads, and may not write.
+    let readonly = dir.join("credential.json");
+    let (ok, _, err) = cli_at(&readonly, &server.address, &["list-clusters"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli_at(
+        &readonly,
+        &server.address,
+        &["create-cluster", "--cluster-name", "x"],
+    );
+    assert!(!ok && err.contains("readonly"), "{err}");
+}

@@ -691,10 +691,32 @@ where
 /// The exposition format's content type (Prometheus text format 0.0.4).
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `GET /metrics`. It reads no body, and refuses one (`limits::MAX_HTTP_BODY_BYTES`).
-async fn metrics(headers: axum::http::HeaderMap) -> axum::response::Response {
+/// `GET /metrics`, for a caller with a certificate of the cluster (any
+/// role: a server, an agent, a user, readonly included) or on a server
+/// started `--insecure` (loopback only); anyone else gets 401. It reads no
+/// body, and refuses one (`limits::MAX_HTTP_BODY_BYTES`).
+async fn metrics(
+    principal: Option<axum::Extension<Principal>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse as _;
+    let certified = matches!(
+        principal.as_ref().map(|p| &p.0),
+        Some(
+            Principal::Insecure
+                | Principal::Server { .. }
+                | Principal::Agent { .. }
+                | Principal::User { .. }
+        )
+    );
+    if !certified {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "GET /metrics needs a certificate of this cluster: scrape with a credential's certificate and key (Prometheus: tls_config cert_file/key_file, see the README's Security section)\n",
+        )
+            .into_response();
+    }
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

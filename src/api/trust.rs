@@ -408,8 +408,43 @@ impl ApiContext {
                 Ok(answer)
             }
             "DescribeCA" => self.describe_ca().await,
+            "IssueCertificate" => {
+                let security = self.security()?;
+                let name = body["name"].as_str().unwrap_or_default();
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "IssueCertificate needs a name of letters, digits and -_.@ (got {name:?}): e.g. --name prometheus"
+                    )));
+                }
+                let role: crate::vocab::principal::Role =
+                    body["role"].as_str().unwrap_or("readonly").parse()?;
+                let request = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    body["signingRequest"].as_str().unwrap_or_default(),
+                )
+                .map_err(|_| {
+                    Error::InvalidInput("IssueCertificate's signingRequest must be base64 DER".into())
+                })?;
+                self.raft.read_barrier().await?;
+                self.refuse_while_rotating("issuing certificates")?;
+                let holder = Principal::User {
+                    name: name.to_string(),
+                    role,
+                };
+                let certificate = security.authority().sign_request(
+                    &request,
+                    &holder,
+                    crate::tls::ca::ADMIN_CERT_LIFETIME,
+                )?;
+                tracing::info!(holder = %holder, by = %principal, "issued a user certificate");
+                Ok(json!({"certificate": certificate, "ca": security.trusted()}))
+            }
             other => Err(Error::InvalidInput(format!(
-                "unknown admin action {other:?}: use CreateJoinToken, ListJoinTokens, RevokeJoinToken, RotateCA or DescribeCA"
+                "unknown admin action {other:?}: use CreateJoinToken, ListJoinTokens, RevokeJoinToken, RotateCA, DescribeCA or IssueCertificate"
             ))),
         }
     }

@@ -455,6 +455,21 @@ pub enum CaCommand {
     },
     /// The CA's fingerprint and the progress of a rotation under way.
     Status,
+    /// Issue a certificate for a user (e.g. Prometheus scraping /metrics),
+    /// valid a year: writes DIR/credential.json (for `orc --credentials`)
+    /// and DIR/cert.pem, DIR/key.pem, DIR/ca.pem (for Prometheus's
+    /// tls_config, curl).
+    Issue {
+        /// The holder's name (letters, digits, -_.@).
+        #[arg(long)]
+        name: String,
+        /// Its role: admin, operator or readonly.
+        #[arg(long, default_value = "readonly")]
+        role: String,
+        /// Where to write the files (made 0700 when new).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// `orc up`.

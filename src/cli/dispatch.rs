@@ -229,6 +229,51 @@ async fn ca(
             }
             Ok(())
         }
+        CaCommand::Issue { name, role, out } => {
+            use base64::Engine as _;
+            let (signing_request, key) = crate::tls::ca::signing_request()?;
+            let answer = client(endpoint)?
+                .admin(
+                    "IssueCertificate",
+                    json!({
+                        "name": name,
+                        "role": role,
+                        "signingRequest": base64::engine::general_purpose::STANDARD.encode(signing_request),
+                    }),
+                )
+                .await?;
+            let credential = crate::tls::credential::Credential {
+                endpoint: endpoint.to_string(),
+                ca: answer["ca"].as_str().unwrap_or_default().to_string(),
+                certificate: answer["certificate"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                key,
+            };
+            if !out.exists() {
+                std::fs::create_dir_all(&out)
+                    .with_context(|| format!("cannot create {}", out.display()))?;
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700))?;
+            }
+            credential.save(&out.join("credential.json"))?;
+            use crate::tls::credential::write_private;
+            write_private(&out.join("cert.pem"), credential.certificate.as_bytes())?;
+            write_private(&out.join("key.pem"), credential.key.as_bytes())?;
+            write_private(&out.join("ca.pem"), credential.ca.as_bytes())?;
+            if output.is_json() {
+                output.json(&json!({"holder": credential.holder().to_string(), "directory": out}));
+            } else {
+                println!("{}", out.display());
+                eprintln!(
+                    "issued a certificate for {} (valid a year): {}/credential.json for orc, cert.pem, key.pem and ca.pem for Prometheus or curl",
+                    credential.holder(),
+                    out.display(),
+                );
+            }
+            Ok(())
+        }
         CaCommand::Rotate { detach } => {
             let answer = client(endpoint)?.admin("RotateCA", json!({})).await?;
             let Some(new) = answer["rotation"]["newFingerprint"]

@@ -153,7 +153,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     match &server.security {
         Some(_) => {
             let admin = crate::tls::credential::admin_path(&server_dir);
-            eprintln!("  metrics             https://{}/metrics", server.advertise);
+            eprintln!("  metrics             https://{}/metrics   (with a certificate of the cluster: `orc ca issue`)", server.advertise);
             eprintln!(
                 "  admin credential    {}   (the orc CLI finds it{}; `orc config` shows it)",
                 admin.display(),
