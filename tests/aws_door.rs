@@ -960,3 +960,121 @@ async fn aws_ecr_get_login_password_logs_docker_in_and_the_push_goes_through() {
         assert!(stderr.contains(exception), "{line}: expected {exception}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn an_inactive_access_key_is_refused_until_it_is_active_again() {
+    let (server, root) = server().await;
+    let address = server.address.as_str();
+    let dir = root.path();
+    let (admin_key, admin_secret) = user_with_key(address, "ada", "admin", true);
+    let (key, secret) = user_with_key(address, "olga", "operator", false);
+    let as_user = |key: &str, secret: &str, args: &[&str]| {
+        aws_command("aws", address, dir)
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let login = |key: &str, secret: &str| {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"));
+        raw_http(
+            address,
+            &format!(
+                "GET /v2/token?service=orc&scope=repository:orc-test/keyed:pull,push HTTP/1.1\r\nAuthorization: Basic {basic}"
+            ),
+            b"",
+        )
+    };
+    assert!(as_user(&key, &secret, &["ecs", "list-clusters"])
+        .status
+        .success());
+    assert_eq!(login(&key, &secret).0, 200);
+
+    // aws iam update-access-key (the query protocol), signed by the admin.
+    let updated = as_user(
+        &admin_key,
+        &admin_secret,
+        &[
+            "iam",
+            "update-access-key",
+            "--user-name",
+            "olga",
+            "--access-key-id",
+            &key,
+            "--status",
+            "Inactive",
+        ],
+    );
+    assert!(updated.status.success(), "{}", text(&updated));
+    let listed = as_user(
+        &admin_key,
+        &admin_secret,
+        &["iam", "list-access-keys", "--user-name", "olga"],
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["AccessKeyMetadata"][0]["Status"], "Inactive",
+        "{listed}"
+    );
+    let orc_listed = orc_cli(address, &["iam", "list-access-keys", "--user-name", "olga"]);
+    assert!(orc_listed.contains("Inactive"), "{orc_listed}");
+
+    // Refused as AWS refuses an unknown key, in each protocol, even on this
+    // insecure server (which serves unknown keys), and at the registry.
+    let ecs = as_user(&key, &secret, &["ecs", "list-clusters"]);
+    assert!(!ecs.status.success());
+    assert!(
+        text(&ecs).contains("UnrecognizedClientException"),
+        "{}",
+        text(&ecs)
+    );
+    assert!(text(&ecs).contains("inactive"), "{}", text(&ecs));
+    let elbv2 = as_user(&key, &secret, &["elbv2", "describe-load-balancers"]);
+    assert!(!elbv2.status.success());
+    assert!(
+        text(&elbv2).contains("InvalidClientTokenId"),
+        "{}",
+        text(&elbv2)
+    );
+    let (status, _, body) = login(&key, &secret);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("inactive"), "{body}");
+    // A wrong status is refused with a sentence.
+    let wrong = as_user(
+        &admin_key,
+        &admin_secret,
+        &[
+            "iam",
+            "update-access-key",
+            "--access-key-id",
+            &key,
+            "--status",
+            "Paused",
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("Active or Inactive"),
+        "{}",
+        text(&wrong)
+    );
+
+    // orc iam update-access-key makes it work again.
+    orc_cli(
+        address,
+        &[
+            "iam",
+            "update-access-key",
+            "--access-key-id",
+            &key,
+            "--status",
+            "Active",
+        ],
+    );
+    assert!(as_user(&key, &secret, &["ecs", "list-clusters"])
+        .status
+        .success());
+    assert_eq!(login(&key, &secret).0, 200);
+}

@@ -67,6 +67,9 @@ struct UserRequest {
     tags: Vec<Tag>,
     #[serde(default)]
     access_key_id: Option<String>,
+    /// UpdateAccessKey's Active or Inactive.
+    #[serde(default)]
+    status: Option<String>,
     /// orc's own member; or the `orc:clusters` tag (comma-separated).
     #[serde(default)]
     clusters: Vec<String>,
@@ -160,6 +163,7 @@ pub async fn call(
                 user_name,
                 sealed_secret,
                 created_ms: now_ms(),
+                inactive: false,
             };
             let mut answer = propose(
                 raft,
@@ -198,6 +202,38 @@ pub async fn call(
             })
             .await
         }
+        IamAction::UpdateAccessKey => {
+            let access_key_id = request
+                .access_key_id
+                .clone()
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    Error::InvalidInput("UpdateAccessKey: AccessKeyId is required".into())
+                })?;
+            let active = match request.status.as_deref() {
+                Some("Active") => true,
+                Some("Inactive") => false,
+                other => {
+                    return Err(Error::InvalidInput(format!(
+                        "UpdateAccessKey: Status must be Active or Inactive (got {})",
+                        other
+                            .map(|s| format!("{s:?}"))
+                            .unwrap_or_else(|| "nothing".into())
+                    )))
+                }
+            };
+            propose(
+                raft,
+                request_id,
+                Command::Iam(IamCommand::UpdateAccessKey {
+                    access_key_id,
+                    user_name: request.user_name.clone(),
+                    active,
+                }),
+            )
+            .await?;
+            Ok(json!({}).into())
+        }
         IamAction::DeleteAccessKey => {
             let access_key_id = request
                 .access_key_id
@@ -221,7 +257,9 @@ pub async fn call(
 }
 
 /// What the SigV4 check needs of an access key: its secret (opened) and
-/// the principal it authenticates as. `None` when no such key exists.
+/// the principal it authenticates as. `None` when no such key exists; an
+/// inactive key is refused (`Refusal::Unauthenticated`, which the door
+/// answers as it answers an unknown key, as AWS does).
 pub fn secret_of(
     raft: &RaftHandle,
     seal: &SealKey,
@@ -230,12 +268,25 @@ pub fn secret_of(
     let found = raft.store().read(|state| {
         state.iam.access_keys.get(access_key_id).and_then(|key| {
             let user = state.iam.users.get(&key.user_name)?;
-            Some((key.sealed_secret.clone(), user.user_name.clone(), user.role))
+            Some((
+                key.sealed_secret.clone(),
+                user.user_name.clone(),
+                user.role,
+                key.inactive,
+            ))
         })
     });
-    let Some((sealed, name, role)) = found else {
+    let Some((sealed, name, role, inactive)) = found else {
         return Ok(None);
     };
+    if inactive {
+        return Err(Error::Refused(
+            crate::error::Refusal::Unauthenticated,
+            format!(
+                "The security token included in the request is invalid: access key {access_key_id} is inactive (`orc iam update-access-key --access-key-id {access_key_id} --status Active` makes it work again)"
+            ),
+        ));
+    }
     let sealed = base64::engine::general_purpose::STANDARD
         .decode(sealed)
         .map_err(|_| Error::Internal("an access key's sealed secret is not base64".into()))?;

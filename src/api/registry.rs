@@ -532,6 +532,11 @@ impl Registry {
         };
         let found = match super::iam::secret_of(&self.raft, &self.seal, &user) {
             Ok(found) => found,
+            Err(crate::Error::Refused(_, _)) => {
+                return Some(Err(format!(
+                    "the access key {user} is inactive: make it Active again (`orc iam update-access-key --access-key-id {user} --status Active`) or log in with another"
+                )))
+            }
             Err(error) => {
                 tracing::error!(%error, "cannot read an access key's secret");
                 return Some(Err(wrong()));

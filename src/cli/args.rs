@@ -734,6 +734,19 @@ pub enum IamCommand {
         #[arg(long)]
         user_name: Option<String>,
     },
+    /// Make an access key Inactive (refused, as if it did not exist, until
+    /// made Active again) or Active.
+    UpdateAccessKey {
+        /// The key's id.
+        #[arg(long)]
+        access_key_id: String,
+        /// Active or Inactive.
+        #[arg(long, value_parser = ["Active", "Inactive"])]
+        status: String,
+        /// Its user (checked when given).
+        #[arg(long)]
+        user_name: Option<String>,
+    },
 }
 
 /// `orc secretsmanager ...`: secrets for tasks, as `aws secretsmanager`

@@ -826,6 +826,14 @@ fn iam_request(command: IamCommand) -> (&'static str, serde_json::Value) {
             "DeleteAccessKey",
             json!({"AccessKeyId": access_key_id, "UserName": user_name}),
         ),
+        IamCommand::UpdateAccessKey {
+            access_key_id,
+            status,
+            user_name,
+        } => (
+            "UpdateAccessKey",
+            json!({"AccessKeyId": access_key_id, "Status": status, "UserName": user_name}),
+        ),
     }
 }
 

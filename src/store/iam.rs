@@ -53,6 +53,10 @@ pub struct AccessKey {
     pub sealed_secret: String,
     /// When it was created.
     pub created_ms: u64,
+    /// Set by `UpdateAccessKey --status Inactive`: the key is refused
+    /// (SigV4, registry logins) until made Active again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inactive: bool,
 }
 
 /// Everything IAM replicates.
@@ -90,6 +94,15 @@ pub enum IamCommand {
         /// Its user, when the request named one (checked).
         user_name: Option<String>,
     },
+    /// IAM UpdateAccessKey: Active or Inactive.
+    UpdateAccessKey {
+        /// The key.
+        access_key_id: String,
+        /// Its user, when the request named one (checked).
+        user_name: Option<String>,
+        /// Active (true) or Inactive.
+        active: bool,
+    },
 }
 
 impl IamCommand {
@@ -100,6 +113,7 @@ impl IamCommand {
             IamCommand::DeleteUser { .. } => "DeleteUser",
             IamCommand::CreateAccessKey { .. } => "CreateAccessKey",
             IamCommand::DeleteAccessKey { .. } => "DeleteAccessKey",
+            IamCommand::UpdateAccessKey { .. } => "UpdateAccessKey",
         }
     }
 
@@ -110,7 +124,8 @@ impl IamCommand {
             IamCommand::CreateUser { user } => Some(user.user_name.as_str()),
             IamCommand::DeleteUser { user_name } => Some(user_name.as_str()),
             IamCommand::CreateAccessKey { access_key } => Some(access_key.user_name.as_str()),
-            IamCommand::DeleteAccessKey { user_name, .. } => user_name.as_deref(),
+            IamCommand::DeleteAccessKey { user_name, .. }
+            | IamCommand::UpdateAccessKey { user_name, .. } => user_name.as_deref(),
         };
         user.map(|name| vec![format!("user/{name}")])
             .unwrap_or_default()
@@ -158,7 +173,7 @@ pub fn access_key_view(key: &AccessKey) -> Value {
     json!({
         "UserName": key.user_name,
         "AccessKeyId": key.access_key_id,
-        "Status": "Active",
+        "Status": if key.inactive { "Inactive" } else { "Active" },
         "CreateDate": key.created_ms as f64 / 1000.0,
     })
 }
@@ -231,21 +246,40 @@ pub fn apply(iam: &mut IamState, command: &IamCommand) -> Outcome {
             access_key_id,
             user_name,
         } => {
-            let Some(key) = iam.access_keys.get(access_key_id) else {
-                return Err(Error::NotFound(format!(
-                    "the access key with id {access_key_id} cannot be found (NoSuchEntity): list them with `orc iam list-access-keys`"
-                )));
-            };
-            if let Some(user_name) = user_name {
-                if &key.user_name != user_name {
-                    return Err(Error::NotFound(format!(
-                        "the access key with id {access_key_id} does not belong to user {user_name} (NoSuchEntity)"
-                    )));
-                }
-            }
+            iam.key_of(access_key_id, user_name.as_deref())?;
             iam.access_keys.remove(access_key_id);
             Ok(json!({}))
         }
+        IamCommand::UpdateAccessKey {
+            access_key_id,
+            user_name,
+            active,
+        } => {
+            let mut key = iam.key_of(access_key_id, user_name.as_deref())?.clone();
+            key.inactive = !*active;
+            iam.access_keys.insert(access_key_id.clone(), key);
+            Ok(json!({}))
+        }
+    }
+}
+
+impl IamState {
+    /// An access key by id, checked against `user_name` when given, or
+    /// IAM's NoSuchEntity in words.
+    fn key_of(&self, access_key_id: &str, user_name: Option<&str>) -> Result<&AccessKey, Error> {
+        let Some(key) = self.access_keys.get(access_key_id) else {
+            return Err(Error::NotFound(format!(
+                "the access key with id {access_key_id} cannot be found (NoSuchEntity): list them with `orc iam list-access-keys`"
+            )));
+        };
+        if let Some(user_name) = user_name {
+            if key.user_name != user_name {
+                return Err(Error::NotFound(format!(
+                    "the access key with id {access_key_id} does not belong to user {user_name} (NoSuchEntity)"
+                )));
+            }
+        }
+        Ok(key)
     }
 }
 
@@ -269,6 +303,7 @@ mod tests {
             user_name: user_name.into(),
             sealed_secret: "c2VhbGVk".into(),
             created_ms: 2_000,
+            inactive: false,
         }
     }
 

@@ -209,6 +209,8 @@ actions! {
     ListAccessKeys,
     /// Deletes an access key.
     DeleteAccessKey,
+    /// Makes an access key Active or Inactive.
+    UpdateAccessKey,
 }
 
 actions! {

@@ -134,8 +134,18 @@ pub fn verify_signature(
     let now = (crate::vocab::time::now_ms() / 1000) as i64;
     authenticate(connection, request, now, |access_key_id| {
         super::iam::secret_of(&context.raft, &context.seal, access_key_id).map_err(|error| {
-            tracing::error!(%error, "cannot read an access key's secret");
-            sigv4::Failure::Mismatch(format!("this server cannot check the signature: {error}"))
+            match error {
+                // An inactive key: refused as an unknown one, as AWS does.
+                crate::Error::Refused(crate::error::Refusal::Unauthenticated, message) => {
+                    sigv4::Failure::UnknownKey(message)
+                }
+                error => {
+                    tracing::error!(%error, "cannot read an access key's secret");
+                    sigv4::Failure::Mismatch(format!(
+                        "this server cannot check the signature: {error}"
+                    ))
+                }
+            }
         })
     })
 }
