@@ -7,7 +7,7 @@
 #
 # Usage: bench/footprint.sh [BINARY]   (default: dist/orc-x86_64-linux from
 #        scripts/build-release.sh; the stripped dist build is what ships)
-#        WINDOW=120 bench/footprint.sh
+#        WINDOW=120 bench/footprint.sh    INSECURE=1 for plain text (--insecure)
 # Needs Docker (the agents connect to it; they run no task here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,14 +21,29 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 p1=$(port); p2=$(port); p3=$(port)
-export ORC_CREDENTIALS=none  # plain text (--insecure), as the recorded figures were taken; bench/tls.sh has the agent with TLS
-"$bin" server --insecure --bootstrap --data-dir "$dir/s1" --listen "127.0.0.1:$p1" 2>"$dir/s1.log" & pids+=($!)
+# As orc ships: TLS, servers and agents joining with tokens. INSECURE=1
+# measures plain text (--insecure), as the figures before TLS were taken.
+if [ "${INSECURE:-0}" = 1 ]; then
+  export ORC_CREDENTIALS=none
+  access=(--insecure); join_server=(--insecure); join_agent=(--insecure)
+else
+  export ORC_CREDENTIALS="$dir/s1/tls/admin.json"
+  access=(); join_server=(); join_agent=()
+fi
+"$bin" server "${access[@]}" --bootstrap --data-dir "$dir/s1" --listen "127.0.0.1:$p1" 2>"$dir/s1.log" & pids+=($!)
 for _ in $(seq 100); do "$bin" --endpoint "127.0.0.1:$p1" --timeout 2 cluster status >/dev/null 2>&1 && break; sleep 0.2; done
-"$bin" server --insecure --join "127.0.0.1:$p1" --data-dir "$dir/s2" --listen "127.0.0.1:$p2" 2>"$dir/s2.log" & pids+=($!)
-"$bin" server --insecure --join "127.0.0.1:$p1" --data-dir "$dir/s3" --listen "127.0.0.1:$p3" 2>"$dir/s3.log" & pids+=($!)
+token() {
+  "$bin" --endpoint "127.0.0.1:$p1" --timeout 5 --output json token create --role "$1" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+}
+if [ "${INSECURE:-0}" != 1 ]; then
+  join_server=(--token "$(token server)"); join_agent=(--token "$(token agent)")
+fi
+"$bin" server "${join_server[@]}" --join "127.0.0.1:$p1" --data-dir "$dir/s2" --listen "127.0.0.1:$p2" 2>"$dir/s2.log" & pids+=($!)
+"$bin" server "${join_server[@]}" --join "127.0.0.1:$p1" --data-dir "$dir/s3" --listen "127.0.0.1:$p3" 2>"$dir/s3.log" & pids+=($!)
 servers=("${pids[@]}")
 for i in 1 2 3; do
-  "$bin" agent --insecure --server "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --data-dir "$dir/a$i" 2>"$dir/a$i.log" & pids+=($!)
+  "$bin" agent "${join_agent[@]}" --server "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" --data-dir "$dir/a$i" 2>"$dir/a$i.log" & pids+=($!)
 done
 agents=("${pids[@]:3}")
 for _ in $(seq 150); do
@@ -36,7 +51,7 @@ for _ in $(seq 150); do
       | python3 -c 'import json,sys; print(sum(1 for i in json.load(sys.stdin)["containerInstances"] if i["agentConnected"]))' 2>/dev/null || echo 0)
   [ "$n" = 3 ] && break; sleep 0.2
 done
-echo "3 servers and 3 agents up ($bin, $(stat -c %s "$bin") bytes); settling 20 s" >&2
+echo "3 servers and 3 agents up ($([ "${INSECURE:-0}" = 1 ] && echo plain text || echo TLS), $bin, $(stat -c %s "$bin") bytes); settling 20 s" >&2
 sleep 20
 
 io() { awk -v k="$2" '$1==k":"{print $2}' "/proc/$1/io"; }
