@@ -6,6 +6,9 @@
 # each registry.
 #
 #   bench/registry.sh          # ORC_BENCH_LAYER_MIB=50 (4 layers)
+#   ORC_BIN=dist/orc-x86_64-linux bench/registry.sh   # a given binary
+#   TLS=1 bench/registry.sh    # both registries over TLS (orc as it ships,
+#                              # distribution with a certificate made here)
 #
 # Needs docker-registry and skopeo (Debian's packages; installed when
 # missing). The image is built here FROM scratch out of random files (no
@@ -24,9 +27,11 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 $missing >&2
 fi
 
-echo "building orc (release)" >&2
-cargo build --release --quiet
-ORC_BIN="$CARGO_TARGET_DIR/release/orc"
+if [ -z "${ORC_BIN:-}" ]; then
+    echo "building orc (release)" >&2
+    cargo build --release --quiet
+    ORC_BIN="$CARGO_TARGET_DIR/release/orc"
+fi
 
 work="$(mktemp -d)"
 ORC_PORT=17480 DIST_PORT=17481
@@ -57,23 +62,37 @@ DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" "$work/ctx" >/dev/null 2>&1
 SIZE_MIB=$(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.1f", $1/1048576}')
 
 # orc: a one-server control plane (no agent), registry on its API port.
-# Plain text, as distribution serves here (TLS costs are bench/tls.sh's).
-export ORC_CREDENTIALS=none
-"$ORC_BIN" up --no-agent --insecure --listen "127.0.0.1:$ORC_PORT" --data-dir "$work/orc" >"$work/orc.log" 2>&1 &
+# Plain text by default, as distribution serves here; with TLS=1 both serve
+# TLS (Docker and skopeo skip verification for 127.0.0.0/8 registries).
+TLS="${TLS:-0}"
+dist_tls=""
+if [ "$TLS" = 1 ]; then
+    export ORC_CREDENTIALS="$work/orc/tls/admin.json"
+    orc_access=()
+    scheme=https
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1 -keyout "$work/dist.key" -out "$work/dist.crt" >/dev/null 2>&1
+    dist_tls=", tls: {certificate: $work/dist.crt, key: $work/dist.key}"
+else
+    export ORC_CREDENTIALS=none
+    orc_access=(--insecure)
+    scheme=http
+fi
+"$ORC_BIN" up --no-agent "${orc_access[@]}" --listen "127.0.0.1:$ORC_PORT" --data-dir "$work/orc" >"$work/orc.log" 2>&1 &
 pids+=($!); ORC_PID=$!
 # distribution 2.8 with a filesystem store.
 cat > "$work/dist.yml" <<EOF
 version: 0.1
 log: {level: error}
 storage: {filesystem: {rootdirectory: $work/dist}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$DIST_PORT}
+http: {addr: 127.0.0.1:$DIST_PORT$dist_tls}
 EOF
 docker-registry serve "$work/dist.yml" >"$work/dist.log" 2>&1 &
 pids+=($!); DIST_PID=$!
 
 for port in $ORC_PORT $DIST_PORT; do
     for _ in $(seq 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/v2/" && break
+        curl -sk -o /dev/null "$scheme://127.0.0.1:$port/v2/" && break
         sleep 0.1
     done
 done
@@ -105,7 +124,7 @@ ORC_AFTER=$(rss_mib $ORC_PID) DIST_AFTER=$(rss_mib $DIST_PID)
 mibs() { awk -v m="$SIZE_MIB" -v s="$1" 'BEGIN {printf "%.0f", m/s}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b/a}'; }
 echo
-echo "image: $SIZE_MIB MiB in 4 layers; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "image: $SIZE_MIB MiB in 4 layers; $([ "$TLS" = 1 ] && echo "both over TLS" || echo "plain HTTP"); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-22s %10s %10s %12s\n' "" "orc" "distribution" "orc speed-up"
 printf '%-22s %7ss %3s %8ss %3s %9sx\n' "docker push" "${PUSH[orc]}" "" "${PUSH[dist]}" "" "$(ratio "${PUSH[orc]}" "${PUSH[dist]}")"
 printf '%-22s %7s MiB/s %5s MiB/s\n' "" "$(mibs "${PUSH[orc]}")" "$(mibs "${PUSH[dist]}")"
