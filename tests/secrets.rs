@@ -231,3 +231,80 @@ async fn a_secret_reaches_its_container_and_nothing_else() {
         }
     }
 }
+
+/// Every run of exactly 64 lowercase hex characters in the files under `dir`.
+fn hex_runs(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut runs = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+                let mut start = None;
+                for (i, b) in bytes.iter().chain([&0u8]).enumerate() {
+                    match (hex(b), start) {
+                        (true, None) => start = Some(i),
+                        (false, Some(from)) => {
+                            if i - from == 64 {
+                                runs.insert(String::from_utf8_lossy(&bytes[from..i]).to_string());
+                            }
+                            start = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_token_secret_is_sealed_in_the_data_dirs() {
+    let root = tempfile::tempdir().unwrap();
+    let servers = common::cluster::three_servers(root.path(), &[]).await;
+    // The first login makes the secret (through Raft) and signs with it.
+    let (answer, _) = servers[0]
+        .client()
+        .call("ecr:GetAuthorizationToken", json!({}))
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let token = answer["authorizationData"][0]["authorizationToken"]
+        .as_str()
+        .unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .unwrap();
+    let password = String::from_utf8(decoded).unwrap();
+    let password = password.strip_prefix("AWS:").unwrap().to_string();
+    let expires: u64 = password.split('.').nth(1).unwrap().parse().unwrap();
+    // Every server holds it (a login through each server signs, so each
+    // applied it)…
+    for server in &servers {
+        let (other, _) = server
+            .client()
+            .call("ecr:GetAuthorizationToken", json!({}))
+            .await
+            .unwrap();
+        assert!(other["authorizationData"][0]["authorizationToken"].is_string());
+    }
+    // …and no 64-hex-character text in any file of any data dir (raft log,
+    // checkpoint) is the secret that signed it.
+    for server in &servers {
+        for candidate in hex_runs(&server.data_dir) {
+            assert_ne!(
+                orc::api::ecr::sign_token(&candidate, expires),
+                password,
+                "the registry's token secret is in clear in {}",
+                server.data_dir.display()
+            );
+        }
+    }
+}

@@ -417,7 +417,9 @@ impl AgentApi for ApiContext {
                 format!("{principal} is not an agent: log in to the registry with an access key or `orc ecr get-login-password`"),
             )));
         }
-        let secret = super::ecr::secret(&self.raft).await.map_err(to_status)?;
+        let secret = super::ecr::secret(&self.raft, &self.seal)
+            .await
+            .map_err(to_status)?;
         let token = super::ecr::sign_pull_token(&secret, now_ms() + REGISTRY_TOKEN_MS);
         Ok(Response::new(RegistryToken { token }))
     }

@@ -4,6 +4,7 @@
 //! the cluster's registry secret (replicated state), which `docker login
 //! --username AWS` sends back as HTTP Basic credentials.
 
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -11,7 +12,8 @@ use sha2::{Digest as _, Sha256};
 use super::ecs::{parse, ActionResult};
 use crate::oci::Digest;
 use crate::raft::node::RaftHandle;
-use crate::store::registry::CacheRule;
+use crate::seal::SealKey;
+use crate::store::registry::{CacheRule, SEALED_SECRET_PREFIX};
 use crate::store::registry::{ManifestRecord, RegistryState, Repository};
 use crate::store::{Command, Proposal};
 use crate::vocab::action::EcrAction;
@@ -65,6 +67,10 @@ fn sign(secret: &str, payload: String) -> String {
 /// What a token signed with `secret` allows at `now_ms`: `Some(true)` pushes
 /// (and pulls), `Some(false)` pulls only, `None` nothing (forged, expired).
 pub fn token_access(secret: &str, token: &str, now_ms: u64) -> Option<bool> {
+    if secret.is_empty() {
+        // No secret yet: no token was ever signed.
+        return None;
+    }
     let (payload, signature) = token.rsplit_once('.')?;
     let mut fields = payload.split('.');
     if fields.next() != Some("orc1") {
@@ -109,11 +115,50 @@ pub fn basic_password(header: &str) -> Option<String> {
     (user == "AWS").then(|| password.to_string())
 }
 
-/// The registry's token secret, made (once, through Raft) when missing.
-pub async fn secret(raft: &RaftHandle) -> Result<String> {
-    let current = raft.store().read(|s| s.registry.secret.clone());
-    if !current.is_empty() {
-        return Ok(current);
+/// The token secret as the state keeps it, opened: sealed
+/// (`SEALED_SECRET_PREFIX` and base64), or in clear as clusters kept it
+/// before sealing. Empty when there is none yet.
+pub fn open_secret(seal: &SealKey, stored: &str) -> Result<String> {
+    let Some(sealed) = stored.strip_prefix(SEALED_SECRET_PREFIX) else {
+        return Ok(stored.to_string());
+    };
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|_| Error::Internal("the registry's sealed token secret is not base64".into()))?;
+    seal.open_string(&sealed)
+}
+
+/// `secret` sealed, as the state keeps it.
+fn seal_secret(seal: &SealKey, secret: &str) -> String {
+    format!(
+        "{SEALED_SECRET_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(seal.seal(secret.as_bytes()))
+    )
+}
+
+/// The registry's token secret, made (once, through Raft, sealed) when
+/// missing; one kept in clear (a cluster from before sealing) is proposed
+/// sealed the first time it is read, and still used meanwhile.
+pub async fn secret(raft: &RaftHandle, seal: &SealKey) -> Result<String> {
+    let stored = raft.store().read(|s| s.registry.secret.clone());
+    if !stored.is_empty() {
+        let secret = open_secret(seal, &stored)?;
+        if !stored.starts_with(SEALED_SECRET_PREFIX) {
+            let sealed = seal_secret(seal, &secret);
+            match raft
+                .propose(Proposal {
+                    request_id: crate::vocab::ids::request_id(),
+                    command: Command::RegistrySetSecret { secret: sealed },
+                })
+                .await
+            {
+                Ok(_) => tracing::info!("sealed the registry's token secret in the state"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot seal the registry's token secret yet; will retry at the next login")
+                }
+            }
+        }
+        return Ok(secret);
     }
     let secret = format!(
         "{:032x}{:032x}",
@@ -122,15 +167,19 @@ pub async fn secret(raft: &RaftHandle) -> Result<String> {
     );
     raft.propose(Proposal {
         request_id: crate::vocab::ids::request_id(),
-        command: Command::RegistrySetSecret { secret },
+        command: Command::RegistrySetSecret {
+            secret: seal_secret(seal, &secret),
+        },
     })
     .await?;
-    Ok(raft.store().read(|s| s.registry.secret.clone()))
+    // Another server's proposal may have won: use what the state holds.
+    open_secret(seal, &raft.store().read(|s| s.registry.secret.clone()))
 }
 
 /// Dispatches one ECR action: the one `match` over [`EcrAction`].
 pub async fn call(
     raft: &RaftHandle,
+    seal: &SealKey,
     principal: &crate::vocab::principal::Principal,
     action: EcrAction,
     body: &str,
@@ -408,7 +457,7 @@ pub async fn call(
         }
         EcrAction::GetAuthorizationToken => {
             use base64::Engine as _;
-            let secret = secret(raft).await?;
+            let secret = secret(raft, seal).await?;
             let expires_ms = now_ms() + TOKEN_LIFETIME_MS;
             // A role that may write gets a token that pushes; readonly, one
             // that only pulls.
@@ -594,6 +643,29 @@ fn image_size(registry: &RegistryState, manifest: &ManifestRecord) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_secret_is_kept_sealed_and_one_in_clear_still_opens() {
+        let seal = SealKey::generate();
+        let sealed = seal_secret(&seal, "s3cret");
+        assert!(sealed.starts_with(SEALED_SECRET_PREFIX));
+        assert!(!sealed.contains("s3cret"));
+        assert_eq!(open_secret(&seal, &sealed).unwrap(), "s3cret");
+        // A cluster from before sealing: the value in clear still works.
+        assert_eq!(open_secret(&seal, "s3cret").unwrap(), "s3cret");
+        assert!(open_secret(&SealKey::generate(), &sealed).is_err());
+        // Migration: a sealed value replaces one in clear, never the reverse,
+        // and a second sealed value never replaces the first.
+        let mut state = RegistryState::default();
+        crate::store::registry::set_secret(&mut state, "s3cret").unwrap();
+        crate::store::registry::set_secret(&mut state, &sealed).unwrap();
+        assert_eq!(state.secret, sealed);
+        crate::store::registry::set_secret(&mut state, "other").unwrap();
+        crate::store::registry::set_secret(&mut state, &seal_secret(&seal, "x")).unwrap();
+        assert_eq!(state.secret, sealed);
+        // No secret yet: no token verifies, not even one signed with "".
+        assert_eq!(token_access("", &sign_token("", u64::MAX), 0), None);
+    }
 
     #[test]
     fn tokens_verify_until_they_expire_and_only_with_their_secret() {

@@ -192,7 +192,9 @@ impl ApiContext {
                 ecs::call(&self.raft, self.service_limits, action, body, request_id).await
             }
             Action::Elbv2(action) => elbv2::call(&self.raft, action, body, request_id).await,
-            Action::Ecr(action) => ecr::call(&self.raft, principal, action, body, request_id).await,
+            Action::Ecr(action) => {
+                ecr::call(&self.raft, &self.seal, principal, action, body, request_id).await
+            }
             Action::Iam(action) => {
                 iam::call(&self.raft, &self.seal, action, body, request_id).await
             }

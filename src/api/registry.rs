@@ -465,7 +465,11 @@ impl Registry {
                 "pushing needs credentials: log in with `orc ecr get-login-password | docker login --username AWS --password-stdin HOST:PORT`"
             }));
         };
-        let secret = self.read(|s| s.secret.clone());
+        let stored = self.read(|s| s.secret.clone());
+        let secret = super::ecr::open_secret(&self.seal, &stored).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot open the registry's token secret");
+            String::new()
+        });
         match super::ecr::token_access(&secret, &token, now_ms()) {
             Some(push) if push || ping => Ok(()),
             Some(_) => Err(refuse(
@@ -481,7 +485,7 @@ impl Registry {
     /// comes back as a push token; without credentials the answer is an
     /// anonymous token that pulls only; wrong credentials get 401.
     async fn token(&self, headers: &HeaderMap, open: bool) -> Answer {
-        let secret = super::ecr::secret(&self.raft).await?;
+        let secret = super::ecr::secret(&self.raft, &self.seal).await?;
         let now = now_ms();
         let expires = now + TOKEN_SECONDS * 1000;
         let login = self.access_key_login(headers);

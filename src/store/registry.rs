@@ -88,7 +88,10 @@ pub struct RegistryState {
     /// Pull-through cache rules by prefix.
     #[serde(default)]
     pub cache_rules: Table<CacheRule>,
-    /// Signs registry tokens; set once, by the first proposal that needs it.
+    /// Signs registry tokens; set once, by the first proposal that needs
+    /// it, sealed with the cluster's seal key (`SEALED_SECRET_PREFIX` then
+    /// base64). Clusters from before sealing kept it in clear: the first
+    /// server that reads it so proposes it sealed (`api::ecr::secret`).
     pub secret: String,
 }
 
@@ -452,9 +455,15 @@ pub fn delete_tag(state: &mut RegistryState, repository: &str, tag: &str) -> Res
     }
 }
 
-/// Sets the token secret once; a later proposal keeps the first.
+/// What a sealed token secret starts with in the state.
+pub const SEALED_SECRET_PREFIX: &str = "sealed1:";
+
+/// Sets the token secret once; a later proposal keeps the first, except
+/// that a sealed one replaces one kept in clear (the migration of a
+/// cluster from before sealing: the proposer sealed the same secret).
 pub fn set_secret(state: &mut RegistryState, secret: &str) -> Result<Value, Error> {
-    if state.secret.is_empty() {
+    let sealed = |s: &str| s.starts_with(SEALED_SECRET_PREFIX);
+    if state.secret.is_empty() || (!sealed(&state.secret) && sealed(secret)) {
         state.secret = secret.to_string();
     }
     Ok(json!({}))
