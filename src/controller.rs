@@ -1561,6 +1561,121 @@ mod target_tests {
         );
     }
 
+    /// The targets of the group `group_arn`: (task ARN, health state, draining).
+    fn group_targets(state: &State, group_arn: &str) -> Vec<(String, String, bool)> {
+        let (key, _) = state.elbv2.target_group(group_arn).unwrap();
+        state
+            .elbv2
+            .targets_of(&key)
+            .map(|(_, t)| {
+                (
+                    t.task_arn.clone().unwrap_or_default(),
+                    t.health.state.clone(),
+                    t.draining_since_ms.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_load_balancers_start_a_deployment_whose_tasks_register_in_the_new_group() {
+        let (mut state, web_arn) = lab(2);
+        step(&mut state, |s| service_commands(s, 1_000, 7));
+        run_pending(&mut state, 2_000);
+        step(&mut state, |s| target_commands(s, 2_000));
+        set_all(&mut state, &web_arn, TargetHealth::healthy());
+        step(&mut state, |s| service_commands(s, 3_000, 7));
+        let old_tasks: std::collections::BTreeSet<String> = state
+            .service_tasks("default", "web")
+            .iter()
+            .map(|t| t.task_arn.clone())
+            .collect();
+        assert_eq!(old_tasks.len(), 2);
+
+        let mut api = tg("api", "00000000000000dd");
+        api.target_type = "instance".into();
+        let api_arn = api.target_group_arn.clone();
+        elbv2(
+            &mut state,
+            Elbv2Command::CreateTargetGroup {
+                target_group: Box::new(api),
+            },
+        );
+        let moved = vec![crate::model::LoadBalancer {
+            target_group_arn: api_arn.clone(),
+            container_name: "web".into(),
+            container_port: 80,
+        }];
+        propose(
+            &mut state,
+            Command::UpdateService {
+                cluster: "default".into(),
+                service_name: "web".into(),
+                update: ServiceUpdate {
+                    load_balancers: Some(moved.clone()),
+                    ..Default::default()
+                },
+                now_ms: 10_000,
+            },
+        );
+        let service = state.service("default", "web").unwrap();
+        assert_eq!(service.load_balancers, moved);
+        assert_eq!(service.deployments.len(), 2, "a new deployment started");
+        assert_eq!(service.deployments[0].status, "PRIMARY");
+        assert_eq!(service.deployments[0].load_balancers.as_ref(), Some(&moved));
+
+        // The new deployment's tasks start, run and register in the new group only.
+        step(&mut state, |s| service_commands(s, 10_000, 7));
+        run_pending(&mut state, 11_000);
+        step(&mut state, |s| target_commands(s, 11_000));
+        let in_api = group_targets(&state, &api_arn);
+        assert_eq!(in_api.len(), 2, "{in_api:?}");
+        assert!(
+            in_api.iter().all(|(task, _, _)| !old_tasks.contains(task)),
+            "{in_api:?}"
+        );
+        let in_web = group_targets(&state, &web_arn);
+        assert_eq!(in_web.len(), 2, "{in_web:?}");
+        assert!(in_web.iter().all(|(task, state, draining)| old_tasks
+            .contains(task)
+            && state == "healthy"
+            && !draining));
+
+        // Once they are healthy there, the old tasks drain out of the old group.
+        let (api_key, _) = state.elbv2.target_group(&api_arn).unwrap();
+        let changes = state
+            .elbv2
+            .targets_of(&api_key)
+            .map(|(_, t)| TargetHealthChange {
+                id: t.id.clone(),
+                port: t.port,
+                health: TargetHealth::healthy(),
+            })
+            .collect();
+        elbv2(
+            &mut state,
+            Elbv2Command::SetTargetHealth {
+                target_group_arn: api_arn.clone(),
+                changes,
+            },
+        );
+        let steps = [12_000, 12_100, 12_200, 12_300];
+        for now_ms in steps {
+            step(&mut state, |s| service_commands(s, now_ms, 7));
+            step(&mut state, |s| target_commands(s, now_ms));
+        }
+        let in_web = group_targets(&state, &web_arn);
+        assert!(
+            !in_web.is_empty() && in_web.iter().all(|(_, _, draining)| *draining),
+            "{in_web:?}"
+        );
+        assert!(group_targets(&state, &api_arn)
+            .iter()
+            .all(|(task, state, draining)| !old_tasks.contains(task)
+                && state == "healthy"
+                && !draining));
+    }
+
     #[test]
     fn a_scaled_in_task_drains_as_deactivating_then_stops() {
         let (mut state, group_arn) = lab(2);

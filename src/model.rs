@@ -609,6 +609,12 @@ pub struct Deployment {
     pub created_at: f64,
     /// Epoch seconds.
     pub updated_at: f64,
+    /// The service's load balancers when the deployment started: its tasks
+    /// register in these target groups (an update that changes them starts
+    /// a new deployment, as ECS's does). `None` for a deployment stored
+    /// before orc kept them: the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancers: Option<Vec<LoadBalancer>>,
 }
 
 /// A service event, newest first in `describe-services`.
@@ -695,5 +701,32 @@ impl Service {
     /// The group its tasks carry.
     pub fn group(&self) -> String {
         format!("service:{}", self.service_name)
+    }
+
+    /// The load balancers `task` registers in: those of the deployment
+    /// that started it, or (a task of no deployment still kept) the
+    /// service's.
+    pub fn load_balancers_of(&self, task: &Task) -> &[LoadBalancer] {
+        task.started_by
+            .as_deref()
+            .and_then(|id| self.deployments.iter().find(|d| d.id == id))
+            .and_then(|d| d.load_balancers.as_deref())
+            .unwrap_or(&self.load_balancers)
+    }
+
+    /// Every load balancer entry of the service and of its deployments
+    /// (an older deployment's tasks may still be in the groups it had).
+    pub fn all_load_balancers(&self) -> impl Iterator<Item = &LoadBalancer> {
+        self.load_balancers.iter().chain(
+            self.deployments
+                .iter()
+                .filter_map(|d| d.load_balancers.as_deref())
+                .flatten(),
+        )
+    }
+
+    /// Whether any of its tasks is behind a target group.
+    pub fn behind_load_balancer(&self) -> bool {
+        self.all_load_balancers().next().is_some()
     }
 }

@@ -234,6 +234,7 @@ pub(super) async fn update_service(
         force_new_deployment: bool,
         deployment_configuration: Option<DeploymentConfiguration>,
         health_check_grace_period_seconds: Option<u32>,
+        load_balancers: Option<Vec<LoadBalancer>>,
     }
     let request: Request = parse("UpdateService", body)?;
     if let Some(count) = request.desired_count {
@@ -251,12 +252,23 @@ pub(super) async fn update_service(
         .to_string();
     if let Some(task_definition) = &request.task_definition {
         check_platforms(raft, &cluster, task_definition)?;
-        // The new revision must still have the container behind the load balancer.
+    }
+    if request.task_definition.is_some() || request.load_balancers.is_some() {
+        // The load balancers (new or kept) must name containers and ports
+        // of the task definition (new or kept).
         raft.store()
             .read(|state| match state.service(&cluster, &name) {
-                Ok(service) => {
-                    check_load_balancers(state, &service.load_balancers, task_definition)
-                }
+                Ok(service) => check_load_balancers(
+                    state,
+                    request
+                        .load_balancers
+                        .as_deref()
+                        .unwrap_or(&service.load_balancers),
+                    request
+                        .task_definition
+                        .as_deref()
+                        .unwrap_or(&service.task_definition),
+                ),
                 Err(_) => Ok(()),
             })?;
     }
@@ -266,6 +278,7 @@ pub(super) async fn update_service(
         force_new_deployment: request.force_new_deployment,
         deployment_configuration: request.deployment_configuration,
         health_check_grace_period_seconds: request.health_check_grace_period_seconds,
+        load_balancers: request.load_balancers,
     };
     let command = Command::UpdateService {
         cluster: cluster.clone().into(),

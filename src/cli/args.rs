@@ -243,7 +243,7 @@ pub enum Command {
     },
     /// Create a service that keeps tasks running.
     CreateService(CreateServiceArgs),
-    /// Change a service: desired count, task definition, deployment configuration.
+    /// Change a service: desired count, task definition, deployment configuration, load balancers.
     UpdateService {
         /// The cluster.
         #[arg(long)]
@@ -266,6 +266,11 @@ pub enum Command {
         /// Seconds to ignore failing health checks after a task starts.
         #[arg(long)]
         health_check_grace_period_seconds: Option<u32>,
+        /// New load balancers, replacing the service's (starts a deployment
+        /// whose tasks register in them): targetGroupArn=…,containerName=…,containerPort=…
+        /// (space-separated for several; `[]` for none).
+        #[arg(long)]
+        load_balancers: Option<String>,
     },
     /// Delete a service (scale it to 0 first, or pass --force).
     DeleteService {

@@ -586,15 +586,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             force_new_deployment,
             deployment_configuration,
             health_check_grace_period_seconds,
+            load_balancers,
         } => {
             let configuration = deployment_configuration
                 .map(|c| shorthand::parse_structure("--deployment-configuration", &c))
+                .transpose()?;
+            let load_balancers = load_balancers
+                .map(|l| shorthand::parse_list("--load-balancers", &l))
                 .transpose()?;
             let body = json!({
                 "cluster": cluster, "service": service, "desiredCount": desired_count,
                 "taskDefinition": task_definition, "forceNewDeployment": force_new_deployment,
                 "deploymentConfiguration": configuration,
                 "healthCheckGracePeriodSeconds": health_check_grace_period_seconds,
+                "loadBalancers": load_balancers,
             });
             ecs(&cli.endpoint, &output, "UpdateService", body).await
         }

@@ -107,7 +107,7 @@ pub fn is_healthy(
     if task.last_status != TaskStatus::Running || task.health_status == "UNHEALTHY" {
         return false;
     }
-    if !service.load_balancers.is_empty() {
+    if !service.load_balancers_of(task).is_empty() {
         return targets.get(&task.task_arn) == Some(&TargetStatus::Healthy);
     }
     if task.health_status == "HEALTHY" {
@@ -168,7 +168,7 @@ pub fn reconcile(
         live = kept;
         for task in failed {
             let groups: Vec<&str> = service
-                .load_balancers
+                .load_balancers_of(task)
                 .iter()
                 .map(|lb| lb.target_group_arn.as_str())
                 .collect();
@@ -519,6 +519,7 @@ mod tests {
             last_failure_ms: 0,
             created_at: 0.0,
             updated_at: 0.0,
+            load_balancers: None,
         }
     }
 

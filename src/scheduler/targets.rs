@@ -86,15 +86,21 @@ pub fn task_target(
 }
 
 /// The health of each of `service`'s tasks' targets, by task ARN (tasks
-/// with no target at all are absent).
+/// with no target at all are absent). A task counts against the target
+/// groups of the deployment that started it.
 pub fn task_target_health(state: &State, service: &Service) -> BTreeMap<String, TargetStatus> {
-    if service.load_balancers.is_empty() {
+    if !service.behind_load_balancer() {
         return BTreeMap::new();
     }
-    // task ARN → (groups where it is healthy, whether any is unhealthy)
-    let mut seen: BTreeMap<String, (BTreeSet<&str>, bool)> = BTreeMap::new();
-    for lb in &service.load_balancers {
-        let Ok((group_key, _)) = state.elbv2.target_group(&lb.target_group_arn) else {
+    // (task ARN, group ARN) → whether its target is healthy there, for
+    // every group any deployment of the service uses.
+    let mut seen: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    let groups: BTreeSet<&str> = service
+        .all_load_balancers()
+        .map(|lb| lb.target_group_arn.as_str())
+        .collect();
+    for group_arn in groups {
+        let Ok((group_key, _)) = state.elbv2.target_group(group_arn) else {
             continue;
         };
         for (_, target) in state.elbv2.targets_of(&group_key) {
@@ -104,31 +110,40 @@ pub fn task_target_health(state: &State, service: &Service) -> BTreeMap<String, 
             if target.draining_since_ms.is_some() {
                 continue;
             }
-            let entry = seen.entry(task_arn.clone()).or_default();
-            match target.health.state.as_str() {
-                "healthy" => {
-                    entry.0.insert(lb.target_group_arn.as_str());
-                }
-                "unhealthy" => entry.1 = true,
-                _ => {}
+            let entry = seen
+                .entry((task_arn.as_str(), group_arn))
+                .or_insert("initial");
+            if *entry != "unhealthy" {
+                *entry = match target.health.state.as_str() {
+                    "healthy" => "healthy",
+                    "unhealthy" => "unhealthy",
+                    _ => *entry,
+                };
             }
         }
     }
-    let groups: BTreeSet<&str> = service
-        .load_balancers
-        .iter()
-        .map(|lb| lb.target_group_arn.as_str())
-        .collect();
-    seen.into_iter()
-        .map(|(task, (healthy_in, unhealthy))| {
-            let status = if unhealthy {
+    let tasks: BTreeSet<&str> = seen.keys().map(|(task, _)| *task).collect();
+    let cluster = crate::model::cluster_name_from(&service.cluster_arn);
+    tasks
+        .into_iter()
+        .filter_map(|task_arn| {
+            let task = state.task(&cluster, task_arn).ok()?;
+            let wanted = service.load_balancers_of(task);
+            let states: Vec<Option<&&str>> = wanted
+                .iter()
+                .map(|lb| seen.get(&(task_arn, lb.target_group_arn.as_str())))
+                .collect();
+            if states.iter().all(Option::is_none) {
+                return None;
+            }
+            let status = if states.iter().any(|s| s == &Some(&"unhealthy")) {
                 TargetStatus::Unhealthy
-            } else if healthy_in == groups {
+            } else if states.iter().all(|s| s == &Some(&"healthy")) {
                 TargetStatus::Healthy
             } else {
                 TargetStatus::Pending
             };
-            (task, status)
+            Some((task_arn.to_string(), status))
         })
         .collect()
 }
@@ -141,7 +156,7 @@ pub fn decide(state: &State, now_ms: u64) -> TargetPlan {
         && state
             .services
             .values()
-            .all(|s| s.load_balancers.is_empty() || s.status == "INACTIVE")
+            .all(|s| !s.behind_load_balancer() || s.status == "INACTIVE")
     {
         return plan;
     }
@@ -149,16 +164,17 @@ pub fn decide(state: &State, now_ms: u64) -> TargetPlan {
     // Registrations: RUNNING tasks of services behind target groups.
     let mut registrations: BTreeMap<String, Vec<RegisteredTarget>> = BTreeMap::new();
     for service in state.services.values() {
-        if service.load_balancers.is_empty() || service.status == "INACTIVE" {
+        if !service.behind_load_balancer() || service.status == "INACTIVE" {
             continue;
         }
         let cluster = crate::model::cluster_name_from(&service.cluster_arn);
         let tasks = state.service_tasks(&cluster, &service.service_name);
-        for lb in &service.load_balancers {
-            let Ok((group_key, record)) = elb.target_group(&lb.target_group_arn) else {
-                continue;
-            };
-            for task in tasks.iter().filter(|t| serves(t)) {
+        for task in tasks.iter().filter(|t| serves(t)) {
+            // A task registers in its own deployment's groups.
+            for lb in service.load_balancers_of(task) {
+                let Ok((group_key, record)) = elb.target_group(&lb.target_group_arn) else {
+                    continue;
+                };
                 let Some((id, port, address)) = task_target(
                     state,
                     task,

@@ -496,8 +496,7 @@ pub fn apply(state: &mut State, command: &Elbv2Command) -> Outcome {
             }
             if let Some(service) = state.services.values().find(|s| {
                 s.status != "INACTIVE"
-                    && s.load_balancers
-                        .iter()
+                    && s.all_load_balancers()
                         .any(|l| l.target_group_arn == *target_group_arn)
             }) {
                 return Err(Error::Refused(Refusal::ResourceInUse, format!(

@@ -10,7 +10,7 @@ use super::ecs::{self, scoped_key, seconds, PlannedTask, TaskLaunch};
 use super::state::State;
 use crate::error::Refusal;
 use crate::model::{
-    self, stop_code, Deployment, DeploymentConfiguration, Service, ServiceEvent, Task, TaskStatus,
+    self, stop_code, Deployment, DeploymentConfiguration, LoadBalancer, Service, ServiceEvent, Task, TaskStatus,
 };
 use crate::Error;
 
@@ -132,6 +132,7 @@ fn new_deployment(service: &mut Service, task_definition: &str, now_ms: u64) {
         last_failure_ms: 0,
         created_at: seconds(now_ms),
         updated_at: seconds(now_ms),
+        load_balancers: Some(service.load_balancers.clone()),
     };
     service.deployments.insert(0, deployment);
     service.task_definition = task_definition.to_string();
@@ -174,6 +175,10 @@ pub struct ServiceUpdate {
     pub deployment_configuration: Option<DeploymentConfiguration>,
     /// New health check grace period.
     pub health_check_grace_period_seconds: Option<u32>,
+    /// New load balancers (checked by the API; a change starts a new
+    /// deployment whose tasks register in them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancers: Option<Vec<LoadBalancer>>,
 }
 
 /// ECS UpdateService.
@@ -226,7 +231,14 @@ pub fn update_service(
     let changed_definition = new_definition
         .as_ref()
         .is_some_and(|arn| *arn != service.task_definition);
-    if changed_definition || update.force_new_deployment {
+    let changed_load_balancers = update
+        .load_balancers
+        .as_ref()
+        .is_some_and(|lbs| *lbs != service.load_balancers);
+    if let Some(load_balancers) = &update.load_balancers {
+        service.load_balancers = load_balancers.clone();
+    }
+    if changed_definition || changed_load_balancers || update.force_new_deployment {
         let arn = new_definition.unwrap_or_else(|| service.task_definition.clone());
         new_deployment(service, &arn, now_ms);
     }
@@ -430,7 +442,7 @@ pub fn drains_first(state: &State, cluster: &str, task: &Task) -> bool {
             .group
             .strip_prefix("service:")
             .and_then(|name| state.service(cluster, name).ok())
-            .is_some_and(|service| !service.load_balancers.is_empty())
+            .is_some_and(|service| !service.load_balancers_of(task).is_empty())
 }
 
 /// ECS StopTask: a RUNNING task of a service behind a load balancer is
