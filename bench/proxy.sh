@@ -6,6 +6,10 @@
 # under load and its idle CPU with 10 target groups' routes loaded.
 #
 #   bench/proxy.sh            # ORC_BENCH_DURATION=10s ORC_BENCH_CONNECTIONS=64
+#   ORC_BENCH_BIN=target/release/deps/proxy-HASH bench/proxy.sh   # a binary built before
+#
+# orc serves on ORC_BENCH_THREADS worker threads (ProxyOptions::workers),
+# as HAProxy's nbthread and nginx's worker_processes.
 #
 # Needs nginx, haproxy and wrk (Debian's packages; installed when missing
 # and apt-get is there). Logs and configs go to $CARGO_TARGET_DIR/proxy-bench/.
@@ -37,8 +41,13 @@ trap cleanup EXIT
 
 B1=18081 B2=18082 B3=18083 ORC=18090 NGINX=18091 HAPROXY=18092 IDLE=18093
 
-echo "building the bench binary (release)" >&2
-bin=$(cargo bench --bench proxy --no-run 2>&1 | tee "$work/build.log" | sed -n 's/.*Executable benches\/proxy.rs (\(.*\))/\1/p' | tail -1)
+if [ -n "${ORC_BENCH_BIN:-}" ]; then
+    # A bench binary built before (cargo bench --bench proxy --no-run).
+    bin=$ORC_BENCH_BIN
+else
+    echo "building the bench binary (release)" >&2
+    bin=$(cargo bench --bench proxy --no-run 2>&1 | tee "$work/build.log" | sed -n 's/.*Executable benches\/proxy.rs (\(.*\))/\1/p' | tail -1)
+fi
 [ -x "$bin" ] || { echo "cannot find the proxy bench binary; see $work/build.log" >&2; exit 1; }
 
 common_nginx="error_log $work/%s/error.log warn; pid $work/%s/nginx.pid; daemon off; worker_rlimit_nofile 65536;
@@ -120,7 +129,7 @@ nginx -c "$work/nginx-proxy/nginx.conf" -p "$work/nginx-proxy" >"$work/nginx-pro
 pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
 pids+=($!)
-"$bin" --port $ORC --targets 127.0.0.1:$B1,127.0.0.1:$B2,127.0.0.1:$B3 >"$work/orc.log" 2>&1 &
+"$bin" --port $ORC --workers "$THREADS" --targets 127.0.0.1:$B1,127.0.0.1:$B2,127.0.0.1:$B3 >"$work/orc.log" 2>&1 &
 orc_pid=$!
 pids+=($orc_pid)
 for port in $B1 $B2 $B3 $NGINX $HAPROXY $ORC; do wait_port $port; done

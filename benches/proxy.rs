@@ -5,6 +5,9 @@
 //!
 //!   proxy --port 18090 --targets 127.0.0.1:18081,127.0.0.1:18082 [--groups 10]
 //!
+//! `--workers N` sets `ProxyOptions::workers` (default: one per CPU; 0
+//! serves connections on the bench's own multi-threaded runtime).
+//!
 //! `--groups N` loads N target groups (each with the same targets; one
 //! path rule per group, `/g1/*` ... and the default rule to the first), for
 //! measuring the proxy's idle CPU with that many groups' routes.
@@ -78,16 +81,21 @@ fn main() {
         port,
         protocol: ListenerProtocol::Http,
         rules,
+        idle_timeout: None,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async move {
-        let proxy = Proxy::new(ProxyOptions {
+        let mut options = ProxyOptions {
             bind_host: [127, 0, 0, 1].into(),
             ..ProxyOptions::default()
-        });
+        };
+        if let Some(workers) = argument("--workers").and_then(|w| w.parse().ok()) {
+            options.workers = workers;
+        }
+        let proxy = Proxy::new(options);
         let errors = proxy.apply(table).await;
         if let Some(error) = errors.first() {
             eprintln!("{error}");

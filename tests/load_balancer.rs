@@ -1006,6 +1006,106 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
         served + failures.len() as u64
     );
 
+    // The service moves to another target group (behind a second
+    // listener): bad entries are refused naming the field, a good one
+    // starts a deployment whose tasks register there, and the old group
+    // drains empty.
+    let tg2_arn = ok(
+        at,
+        &[
+            "create-target-group",
+            "--name",
+            "lab-tg2",
+            "--protocol",
+            "HTTP",
+            "--port",
+            "80",
+            "--target-type",
+            "instance",
+            "--health-check-interval-seconds",
+            "2",
+            "--health-check-timeout-seconds",
+            "1",
+        ],
+    )["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port2 = free_port();
+    let listener2_arn = ok(
+        at,
+        &[
+            "create-listener",
+            "--load-balancer-arn",
+            &lb_arn,
+            "--protocol",
+            "HTTP",
+            "--port",
+            &port2.to_string(),
+            "--default-actions",
+            &format!("Type=forward,TargetGroupArn={tg2_arn}"),
+        ],
+    )["Listeners"][0]["ListenerArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ghost_arn = tg2_arn.replace("lab-tg2", "ghost-tg");
+    for (entry, field) in [
+        (
+            format!("targetGroupArn={ghost_arn},containerName=web,containerPort=80"),
+            "loadBalancers[0].targetGroupArn",
+        ),
+        (
+            format!("targetGroupArn={tg2_arn},containerName=nope,containerPort=80"),
+            "loadBalancers[0].containerName",
+        ),
+        (
+            format!("targetGroupArn={tg2_arn},containerName=web,containerPort=81"),
+            "loadBalancers[0].containerPort",
+        ),
+    ] {
+        let (accepted, _, stderr) =
+            orc.cli(&["update-service", "--service", "lab", "--load-balancers", &entry]);
+        assert!(!accepted, "update-service --load-balancers {entry} was accepted");
+        assert!(stderr.contains(field), "{field} not named: {stderr}");
+    }
+    assert_eq!(
+        service().await["loadBalancers"][0]["targetGroupArn"],
+        tg_arn.as_str(),
+        "a refused update changed the service"
+    );
+    let (moved, _, stderr) = orc.cli(&[
+        "update-service",
+        "--service",
+        "lab",
+        "--load-balancers",
+        &format!("targetGroupArn={tg2_arn},containerName=web,containerPort=80"),
+    ]);
+    assert!(moved, "{stderr}");
+    let check = {
+        let tg2_arn = tg2_arn.clone();
+        move || {
+            let health = target_health(at, &tg2_arn);
+            (health.len() == 3 && health.iter().all(|h| h.1 == "healthy")).then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(120),
+        "three healthy targets in the new group, the old one drained empty and the deployment complete",
+        || async {
+            check()?;
+            target_health(at, &tg_arn).is_empty().then_some(())?;
+            let service = service().await;
+            (service["deployments"].as_array()?.len() == 1
+                && service["deployments"][0]["rolloutState"] == "COMPLETED"
+                && service["loadBalancers"][0]["targetGroupArn"] == tg2_arn.as_str())
+            .then_some(())?;
+            let seen = tally(port2, 9);
+            (seen.len() == 3 && seen.keys().all(|b| b.starts_with("v2 "))).then_some(())
+        },
+    )
+    .await;
+
     // A revision without the container port behind the target group is refused.
     let mut bare = web("v3");
     bare["containerDefinitions"][0]
@@ -1043,6 +1143,7 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
     )
     .await;
     ok(at, &["delete-listener", "--listener-arn", &listener_arn]);
+    ok(at, &["delete-listener", "--listener-arn", &listener2_arn]);
     eventually(
         Duration::from_secs(30),
         "the listener's port to close",
@@ -1060,6 +1161,13 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
     )
     .await;
     ok(at, &["delete-target-group", "--target-group-arn", &tg_arn]);
+    eventually(
+        Duration::from_secs(30),
+        "the new group's targets to drain away",
+        || async { target_health(at, &tg2_arn).is_empty().then_some(()) },
+    )
+    .await;
+    ok(at, &["delete-target-group", "--target-group-arn", &tg2_arn]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1186,4 +1294,108 @@ async fn health_checks_move_to_the_new_leader_and_every_server_answers_the_same(
             .all(|(_, reason)| reason == "Target.ResponseCodeMismatch"),
         "{states:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancers_idle_timeout_closes_idle_clients_once_it_is_changed() {
+    use std::io::{Read as _, Write as _};
+    let root = tempfile::tempdir().unwrap();
+    let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
+    server.wait_ready().await;
+    let at = server.address.as_str();
+    let lb_arn = ok(at, &["create-load-balancer", "--name", "idle"])["LoadBalancers"][0]
+        ["LoadBalancerArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tg_arn = ok(
+        at,
+        &[
+            "create-target-group",
+            "--name",
+            "idle-tg",
+            "--protocol",
+            "HTTP",
+            "--port",
+            "80",
+            "--target-type",
+            "ip",
+        ],
+    )["TargetGroups"][0]["TargetGroupArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = page_server("idle page");
+    ok(
+        at,
+        &[
+            "register-targets",
+            "--target-group-arn",
+            &tg_arn,
+            "--targets",
+            &format!("Id=127.0.0.1,Port={page}"),
+        ],
+    );
+    let port = free_port();
+    ok(
+        at,
+        &[
+            "create-listener",
+            "--load-balancer-arn",
+            &lb_arn,
+            "--protocol",
+            "HTTP",
+            "--port",
+            &port.to_string(),
+            "--default-actions",
+            &format!("Type=forward,TargetGroupArn={tg_arn}"),
+        ],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the listener to serve the page",
+        || async { (get(port).as_deref() == Some("idle page")).then_some(()) },
+    )
+    .await;
+
+    // A keep-alive client, served once, then idle under ALB's default 60 s.
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(client, "GET / HTTP/1.1\r\nHost: lab\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("idle page") {
+        let read = client.read(&mut buffer).expect("the answer");
+        assert!(read > 0, "closed before answering");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // One second now: the proxy closes the client (well before the 30 s
+    // read deadline, and the 60 s it had).
+    ok(
+        at,
+        &[
+            "modify-load-balancer-attributes",
+            "--load-balancer-arn",
+            &lb_arn,
+            "--attributes",
+            "Key=idle_timeout.timeout_seconds,Value=1",
+        ],
+    );
+    match client.read(&mut buffer) {
+        Ok(0) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(read) => panic!(
+            "the idle client got {:?} instead of a close",
+            String::from_utf8_lossy(&buffer[..read])
+        ),
+        Err(error) => panic!("the idle client was not closed within 30 s: {error}"),
+    }
 }

@@ -113,6 +113,7 @@ fn table(port: u16, protocol: ListenerProtocol, group: TargetGroupRoutes) -> Rou
                 path_patterns: vec![],
                 target_group_arn: group.arn.clone(),
             }],
+            idle_timeout: None,
         }],
         target_groups: BTreeMap::from([(group.arn.clone(), group)]),
     }
@@ -132,6 +133,7 @@ fn options() -> ProxyOptions {
         request_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
         max_header_bytes: 16 * 1024,
+        workers: 2,
     }
 }
 
@@ -572,6 +574,81 @@ async fn a_slow_client_is_cut_off_and_an_oversized_header_gets_431_while_others_
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(web.requests.load(Ordering::SeqCst), 5);
     assert_eq!(fetch(port, "/").await.unwrap().1, "web-1");
+    proxy.shutdown().await;
+}
+
+/// Whether a raw HTTP/1.1 answer has arrived whole (its body `web-1`).
+fn answered(read: &[u8]) -> bool {
+    read.windows(5).any(|w| w == b"web-1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_after_the_listeners_idle_timeout_changed_live_never_mid_request() {
+    // `/slow` is answered only once released.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    let web = backend_with(Arc::new(move |request| {
+        let released = released.clone();
+        Box::pin(async move {
+            if request.uri().path() == "/slow" {
+                released.notified().await;
+            }
+            Response::new(text("web-1"))
+        })
+    }))
+    .await;
+    let routes = |port: u16, idle: Duration| {
+        let mut routes = table(
+            port,
+            ListenerProtocol::Http,
+            group("idle", &[(web.address, TargetState::Healthy)]),
+        );
+        routes.listeners[0].idle_timeout = Some(idle);
+        routes
+    };
+    // The load balancer's idle time-out starts at ALB's 60 s, above the
+    // proxy's own 10 s and the test's deadline.
+    let (proxy, port) = start(options(), |port| routes(port, Duration::from_secs(60))).await;
+    let connect_raw = || async {
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap()
+    };
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    // A keep-alive client that was served and is now idle.
+    let mut idle = connect_raw().await;
+    idle.write_all(request("/").as_bytes()).await.unwrap();
+    assert!(answered(&read_raw(&mut idle, answered).await));
+    // A client whose request is in flight.
+    let mut waiting = connect_raw().await;
+    waiting.write_all(request("/slow").as_bytes()).await.unwrap();
+    until("the slow request to reach the target", || {
+        web.requests.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    // The time-out drops to 300 ms: the idle client is closed at once.
+    assert!(proxy
+        .apply(routes(port, Duration::from_millis(300)))
+        .await
+        .is_empty());
+    assert!(
+        read_raw(&mut idle, |_| false).await.is_empty(),
+        "the idle client got bytes instead of a close"
+    );
+    // Clients that connect and send nothing are closed too, one after the
+    // other, each after the in-flight request's connection was looked at.
+    for _ in 0..2 {
+        let mut silent = connect_raw().await;
+        assert!(read_raw(&mut silent, |_| false).await.is_empty());
+    }
+    // The request in flight all along is answered in full, then its
+    // connection, idle at last, is closed.
+    release.notify_one();
+    let answer = read_raw(&mut waiting, answered).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(read_raw(&mut waiting, |_| false).await.is_empty());
     proxy.shutdown().await;
 }
 

@@ -23,7 +23,7 @@ use crate::store::elbv2::SUBJECT_KINDS;
 use crate::Result;
 use routes::{Described, TargetHealthDescription};
 
-use crate::model::elbv2::HOST_ADDRESS_ATTRIBUTE;
+use crate::model::elbv2::{HOST_ADDRESS_ATTRIBUTE, IDLE_TIMEOUT};
 
 /// How often the routes are read again even without a change (a safety net
 /// for a change missed while reconnecting).
@@ -59,6 +59,23 @@ pub async fn describe(client: &Client) -> Result<Described> {
         "LoadBalancers",
     )?;
     for lb in &load_balancers {
+        let attributes = call(
+            client,
+            "DescribeLoadBalancerAttributes",
+            json!({"LoadBalancerArn": lb.load_balancer_arn}),
+        )
+        .await?;
+        let idle = attributes["Attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["Key"] == IDLE_TIMEOUT)
+            .and_then(|a| a["Value"].as_str()?.parse::<u32>().ok());
+        if let Some(seconds) = idle {
+            described
+                .idle_timeouts
+                .insert(lb.load_balancer_arn.clone(), seconds);
+        }
         let answer = call(
             client,
             "DescribeListeners",

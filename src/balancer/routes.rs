@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -51,6 +52,9 @@ pub struct Described {
     pub target_groups: Vec<(TargetGroup, Vec<TargetHealthDescription>)>,
     /// Container instance id → host address (the `orc.host-address` attribute).
     pub instance_hosts: BTreeMap<String, String>,
+    /// Load balancer ARN → its `idle_timeout.timeout_seconds` (absent: the
+    /// proxy's own).
+    pub idle_timeouts: BTreeMap<String, u32>,
 }
 
 fn protocol(text: &str) -> ListenerProtocol {
@@ -142,6 +146,10 @@ pub fn route_table(described: &Described) -> (RouteTable, Vec<String>) {
             port: listener.port,
             protocol: protocol(&listener.protocol),
             rules: routes,
+            idle_timeout: described
+                .idle_timeouts
+                .get(&listener.load_balancer_arn)
+                .map(|seconds| Duration::from_secs(u64::from(*seconds))),
         });
     }
     table.listeners.sort_by_key(|l| l.port);
@@ -220,6 +228,7 @@ mod tests {
                 (tg("api", "ip"), vec![health("10.0.0.7", 9000, "draining")]),
             ],
             instance_hosts: BTreeMap::from([("abc".to_string(), "192.168.1.20".to_string())]),
+            idle_timeouts: BTreeMap::from([("arn:lb".to_string(), 7)]),
         }
     }
 
@@ -229,6 +238,7 @@ mod tests {
         let listener = &table.listeners[0];
         assert_eq!(listener.port, 8080);
         assert_eq!(listener.protocol, ListenerProtocol::Http);
+        assert_eq!(listener.idle_timeout, Some(Duration::from_secs(7)));
         let priorities: Vec<Option<u32>> = listener.rules.iter().map(|r| r.priority).collect();
         assert_eq!(priorities, [Some(5), Some(20), None]);
         assert_eq!(listener.rules[0].path_patterns, ["/v2/*"]);

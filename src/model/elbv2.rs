@@ -640,11 +640,15 @@ pub fn validate_attribute(key: &str, value: &str) -> Result<()> {
 /// The attribute that, set to `true`, refuses a load balancer's deletion.
 pub const DELETION_PROTECTION: &str = "deletion_protection.enabled";
 
+/// The attribute giving, in seconds, how long a client connection may stay
+/// idle before the load balancer closes it (ALB's default 60).
+pub const IDLE_TIMEOUT: &str = "idle_timeout.timeout_seconds";
+
 /// The attributes a load balancer starts with (ALB's names and defaults).
 pub fn default_load_balancer_attributes() -> BTreeMap<String, String> {
     BTreeMap::from([
         (DELETION_PROTECTION.to_string(), "false".to_string()),
-        ("idle_timeout.timeout_seconds".to_string(), "60".to_string()),
+        (IDLE_TIMEOUT.to_string(), "60".to_string()),
         ("routing.http2.enabled".to_string(), "true".to_string()),
         ("access_logs.s3.enabled".to_string(), "false".to_string()),
         (
@@ -668,7 +672,7 @@ pub fn validate_load_balancer_attribute(key: &str, value: &str) -> Result<()> {
     };
     match key {
         DELETION_PROTECTION | "routing.http2.enabled" => boolean(),
-        "idle_timeout.timeout_seconds" => match value.parse::<u32>() {
+        IDLE_TIMEOUT => match value.parse::<u32>() {
             Ok(seconds) if (1..=4000).contains(&seconds) => Ok(()),
             _ => Err(Error::InvalidInput(format!(
                 "Attributes: idle_timeout.timeout_seconds must be 1 to 4000 seconds, got {value:?}"

@@ -11,11 +11,15 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
+use super::idle::InFlight;
 use super::pool::TargetPool;
 
 /// A response body: streamed from a target, or the proxy's own.
 pub struct ProxyBody {
     kind: Kind,
+    /// The request this body answers, counted in flight on its client
+    /// connection until the body is dropped.
+    _in_flight: Option<InFlight>,
 }
 
 enum Kind {
@@ -33,6 +37,7 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
+            _in_flight: None,
         }
     }
 
@@ -40,6 +45,7 @@ impl ProxyBody {
     pub fn empty() -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
+            _in_flight: None,
         }
     }
 
@@ -54,7 +60,14 @@ impl ProxyBody {
                 connection,
                 ended: false,
             },
+            _in_flight: None,
         }
+    }
+
+    /// This body, holding `request` in flight until it is dropped.
+    pub(super) fn in_flight(mut self, request: InFlight) -> ProxyBody {
+        self._in_flight = Some(request);
+        self
     }
 }
 

@@ -5,6 +5,7 @@
 //! get a connection of their own and become a byte tunnel after a 101.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,10 +14,11 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::body::ProxyBody;
+use super::idle::Activity;
 use super::pool::SendFailure;
 use super::{rules, Group, Inner, Target};
 
@@ -62,30 +64,88 @@ pub(super) async fn serve(
             address: HeaderValue::try_from(peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
         });
-        let inner = inner.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service_inner = inner.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let inner = service_inner.clone();
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(handle(&inner, &client, request).await) }
-            });
-            let connection = inner
-                .http
-                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stop.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+        let (inner, stop) = (inner.clone(), stop.clone());
+        if !inner.workers.any() {
+            tokio::spawn(connection(inner, stream, peer, client, stop));
+            continue;
+        }
+        // A worker thread takes the connection: its socket moves to that
+        // thread's event loop.
+        match stream.into_std() {
+            Ok(stream) => inner.clone().workers.spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => connection(inner, stream, peer, client, stop).await,
+                    Err(error) => {
+                        tracing::debug!(port, %peer, %error, "load balancer worker cannot take a connection")
+                    }
                 }
-            };
-            if let Err(error) = result {
-                tracing::debug!(port, %peer, %error, "load balancer client connection ended");
+            }),
+            Err(error) => {
+                tracing::debug!(port, %peer, %error, "load balancer cannot hand a connection over")
             }
-        });
+        }
+    }
+}
+
+/// One client connection until it closes: its requests, its idle time-out,
+/// and a graceful close when the listener stops.
+async fn connection(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    client: Arc<Client>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let port = client.port;
+    let activity = Activity::new();
+    let service_inner = inner.clone();
+    let service_activity = activity.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let inner = service_inner.clone();
+        let client = client.clone();
+        let in_flight = service_activity.start();
+        async move {
+            let response = handle(&inner, &client, request).await;
+            Ok::<_, Infallible>(response.map(|body| body.in_flight(in_flight)))
+        }
+    });
+    let connection = inner
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut swapped = inner.swapped.subscribe();
+    let mut timeout = inner.idle_timeout(port);
+    let idle = tokio::time::sleep(timeout);
+    tokio::pin!(idle);
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = stop.changed() => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            () = idle.as_mut() => {
+                match activity.deadline(timeout, tokio::time::Instant::now()) {
+                    Some(deadline) => idle.as_mut().reset(deadline),
+                    None => {
+                        // Nothing is in flight, so nothing is cut short:
+                        // the socket closes (a graceful shutdown would wait
+                        // for a first request's unfinished head forever).
+                        tracing::debug!(port, %peer, ?timeout, "closing an idle load balancer client connection");
+                        break Ok(());
+                    }
+                }
+            }
+            Ok(()) = swapped.changed() => {
+                // The load balancer's idle time-out may have changed.
+                timeout = inner.idle_timeout(port);
+                let now = tokio::time::Instant::now();
+                idle.as_mut().reset(activity.deadline(timeout, now).unwrap_or(now));
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(port, %peer, %error, "load balancer client connection ended");
     }
 }
 

@@ -17,10 +17,12 @@
 
 mod body;
 mod http;
+mod idle;
 mod pool;
 pub mod routes;
 pub mod rules;
 mod tcp;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -54,14 +56,20 @@ pub struct ProxyOptions {
     /// A target must answer with a response head within this long (504
     /// otherwise); a TCP target must accept within it.
     pub request_timeout: Duration,
-    /// An HTTP/1.1 client connection waiting for request headers this long
-    /// (idle between requests, or a slow client that never finishes its
-    /// headers) is closed. An h2c connection is pinged at this interval and
-    /// closed when a ping goes unanswered for as long.
+    /// An HTTP client connection with no request in flight this long (idle
+    /// between requests, or a slow client that never finishes its headers)
+    /// is closed, unless its listener's route gives its load balancer's own
+    /// time-out (`ListenerRoutes::idle_timeout`). An h2c connection is also
+    /// pinged at this interval and closed when a ping goes unanswered for as
+    /// long.
     pub idle_timeout: Duration,
     /// The largest request head (request line and headers) accepted; a
     /// bigger one is answered 431. At least 8 KiB.
     pub max_header_bytes: usize,
+    /// Threads serving HTTP client connections, each with its own event
+    /// loop and its own connections to targets (HAProxy's `nbthread`); 0
+    /// serves them on the runtime that calls `apply`. Default: one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ProxyOptions {
@@ -71,6 +79,7 @@ impl Default for ProxyOptions {
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -117,6 +126,11 @@ struct Inner {
     listeners: Mutex<BTreeMap<u16, Running>>,
     /// One apply at a time.
     applying: tokio::sync::Mutex<()>,
+    /// Bumped after every route swap: connections read their idle time-out
+    /// again.
+    swapped: watch::Sender<u64>,
+    /// The threads HTTP connections are served on.
+    workers: workers::Workers,
     http: auto::Builder<TokioExecutor>,
 }
 
@@ -138,6 +152,8 @@ struct Listener {
     rules: Vec<Rule>,
     /// X-Forwarded-Port's value.
     port_header: HeaderValue,
+    /// How long a client connection may have no request in flight.
+    idle_timeout: Duration,
 }
 
 struct Rule {
@@ -168,7 +184,12 @@ struct Target {
 impl Snapshot {
     /// Compiles `table`, keeping the previous snapshot's connection pools
     /// and round-robin positions.
-    fn compile(table: &RouteTable, previous: &Snapshot) -> Snapshot {
+    fn compile(
+        table: &RouteTable,
+        previous: &Snapshot,
+        options: &ProxyOptions,
+        slots: usize,
+    ) -> Snapshot {
         let mut pools: HashMap<SocketAddr, Arc<pool::TargetPool>> = HashMap::new();
         for group in previous.groups.values() {
             for target in &group.targets {
@@ -185,7 +206,9 @@ impl Snapshot {
                     address: target.address,
                     pool: pools
                         .entry(target.address)
-                        .or_insert_with(|| Arc::new(pool::TargetPool::new(target.address)))
+                        .or_insert_with(|| {
+                            Arc::new(pool::TargetPool::new(target.address, slots))
+                        })
                         .clone(),
                     series: metrics::target_series(&routes.name, &target.address.to_string()),
                 })
@@ -239,6 +262,7 @@ impl Snapshot {
                         arn: listener.arn.clone(),
                         rules,
                         port_header: HeaderValue::from(listener.port),
+                        idle_timeout: listener.idle_timeout.unwrap_or(options.idle_timeout),
                     },
                 )
             })
@@ -251,9 +275,10 @@ impl Proxy {
     /// A proxy with no listener yet.
     pub fn new(options: ProxyOptions) -> Proxy {
         let mut http = auto::Builder::new(TokioExecutor::new());
+        // No header_read_timeout: the connection's own idle timer
+        // (`idle`) closes a client that sends no complete request in time.
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(options.idle_timeout)
             .max_buf_size(options.max_header_bytes.max(MIN_HEADER_BYTES))
             .keep_alive(true);
         http.http2()
@@ -268,6 +293,8 @@ impl Proxy {
             routes: RwLock::new(Arc::new(Snapshot::default())),
             listeners: Mutex::new(BTreeMap::new()),
             applying: tokio::sync::Mutex::new(()),
+            swapped: watch::channel(0).0,
+            workers: workers::Workers::start(options.workers),
             http,
         });
         Proxy {
@@ -284,12 +311,18 @@ impl Proxy {
     pub async fn apply(&self, table: RouteTable) -> Vec<ListenerBindError> {
         let _one_at_a_time = self.inner.applying.lock().await;
         let previous = self.inner.snapshot();
-        let next = Arc::new(Snapshot::compile(&table, &previous));
+        let next = Arc::new(Snapshot::compile(
+            &table,
+            &previous,
+            &self.inner.options,
+            self.inner.workers.slots(),
+        ));
         *self
             .inner
             .routes
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        self.inner.swapped.send_modify(|generation| *generation += 1);
 
         let wanted: HashMap<u16, &ListenerRoutes> =
             table.listeners.iter().map(|l| (l.port, l)).collect();
@@ -383,6 +416,14 @@ impl Inner {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// The idle time-out of the listener on `port` now.
+    fn idle_timeout(&self, port: u16) -> Duration {
+        self.snapshot()
+            .listeners
+            .get(&port)
+            .map_or(self.options.idle_timeout, |listener| listener.idle_timeout)
     }
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Running>> {

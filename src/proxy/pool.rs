@@ -15,7 +15,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Idle connections kept per target, at most.
+/// Idle connections kept per target and worker, at most.
 const MAX_IDLE: usize = 512;
 
 /// Why a request did not get a response from a target.
@@ -27,25 +27,31 @@ pub(super) enum SendFailure {
     Failed(hyper::Error),
 }
 
-/// The connections to one target address.
+/// The connections to one target address: one idle list per worker
+/// thread (`workers::slot`), since a connection is driven by the thread
+/// that made it.
 pub(super) struct TargetPool {
     address: SocketAddr,
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Box<[Mutex<Vec<SendRequest<Incoming>>>]>,
 }
 
 impl TargetPool {
-    pub(super) fn new(address: SocketAddr) -> TargetPool {
+    pub(super) fn new(address: SocketAddr, slots: usize) -> TargetPool {
         TargetPool {
             address,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
-        self.idle
+    /// The calling thread's idle list.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
+        self.idle[super::workers::slot() % self.idle.len()]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+        self.idle().pop()
     }
 
     /// Puts a connection whose exchange is over back for the next request.
@@ -53,10 +59,7 @@ impl TargetPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self.idle();
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }

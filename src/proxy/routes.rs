@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Everything one proxy serves: its listeners and the target groups their
 /// rules forward to.
@@ -37,6 +38,10 @@ pub struct ListenerRoutes {
     /// Evaluated in ascending priority; the default rule (priority None)
     /// last. A TCP listener has only a default rule.
     pub rules: Vec<RuleRoute>,
+    /// Its load balancer's `idle_timeout.timeout_seconds`: an HTTP client
+    /// connection with no request in flight for this long is closed.
+    /// `None`: the proxy's own (`ProxyOptions::idle_timeout`).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One rule: its conditions and the target group it forwards to.
