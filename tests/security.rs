@@ -544,9 +544,15 @@ async fn ca_rotation_moves_every_node_without_a_restart_and_refuses_the_old_ca()
     server.wait_ready().await;
     let mut agent = common::agent::TestAgent::start(root.path(), "agent", &[&server.address]);
     let agent_credential = agent.data_dir.join("credential.json");
+    // A new client each time: the admin credential file is renewed too.
+    let (address, admin) = (server.address.clone(), server.credential.clone().unwrap());
     let connected = || async {
-        let (answer, _) = server
-            .client()
+        let tls = orc::tls::credential::Credential::load(&admin)
+            .ok()?
+            .client_tls()
+            .ok()?;
+        let (answer, _) = Client::with_tls(&address, Some(Arc::new(tls)))
+            .ok()?
             .call("DescribeContainerInstances", json!({}))
             .await
             .ok()?;
@@ -555,7 +561,6 @@ async fn ca_rotation_moves_every_node_without_a_restart_and_refuses_the_old_ca()
     };
     eventually(Duration::from_secs(60), "the agent connected", connected).await;
 
-    let admin = server.credential.clone().unwrap();
     let old_admin = root.path().join("old-admin.json");
     let mine = root.path().join("mine.json");
     std::fs::copy(&admin, &old_admin).unwrap();
@@ -673,6 +678,34 @@ async fn ca_rotation_moves_every_node_without_a_restart_and_refuses_the_old_ca()
     .to_string();
     assert!(refused.contains("CA"), "{refused}");
 
+    // The server stopped and started again after the rotation: the same
+    // agent process reconnects, with its renewed certificate.
+    let mut server = server;
+    let failed = agent.log_text().matches("heartbeat failed").count();
+    let back = agent.log_text().matches("answers heartbeats again").count();
+    server.kill();
+    eventually(
+        Duration::from_secs(30),
+        "the agent to miss the server",
+        || async { (agent.log_text().matches("heartbeat failed").count() > failed).then_some(()) },
+    )
+    .await;
+    server.restart();
+    server.wait_ready().await;
+    eventually(
+        Duration::from_secs(60),
+        "the agent back after the server's restart",
+        || async {
+            (agent.log_text().matches("answers heartbeats again").count() > back).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        agent.exited().is_none(),
+        "the agent stopped:\n{}",
+        agent.log_text()
+    );
+
     // The agent restarted after the rotation connects with what it holds.
     agent.kill();
     agent.spawn();
@@ -778,4 +811,87 @@ async fn metrics_need_a_certificate_of_the_cluster() {
         &["create-cluster", "--cluster-name", "x"],
     );
     assert!(!ok && err.contains("readonly"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotation_moves_three_servers_and_they_keep_replicating() {
+    use orc::tls::credential::Credential;
+    let root = tempfile::tempdir().unwrap();
+    let mut servers = common::cluster::three_servers(root.path(), &[]).await;
+    let admin = servers[0].credential.clone().unwrap();
+    let mine = root.path().join("mine.json");
+    std::fs::copy(&admin, &mine).unwrap();
+    // Rotated through a server that need not be the leader.
+    let (ok, out, err) = cli_at(&mine, &servers[1].address, &["ca", "rotate"]);
+    assert!(ok, "orc ca rotate failed:\n{out}\n{err}");
+    let new_ca = out
+        .strip_prefix("the cluster CA is now sha256 ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    // Each server follows the state as it applies it: a moment apart.
+    for server in &servers {
+        eventually(
+            Duration::from_secs(30),
+            "every server on the new CA only",
+            || async {
+                let own = Credential::load(&server.data_dir.join("tls/server.json")).ok()?;
+                let ca_pem = std::fs::read_to_string(server.data_dir.join("tls/ca.pem")).ok()?;
+                (own.ca_fingerprint() == new_ca
+                    && orc::tls::certificates(&own.ca).ok()?.len() == 1
+                    && orc::tls::issued_by(&own.ca, &own.certificate)
+                    && orc::tls::fingerprint(&orc::tls::certificates(&ca_pem).ok()?[0]) == new_ca)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // Writes go through every server, and a server restarted after the
+    // rotation rejoins its peers with its new certificate and catches up.
+    for (i, server) in servers.iter().enumerate() {
+        let name = format!("after-{i}");
+        let (ok, out, err) = cli_at(
+            &mine,
+            &server.address,
+            &["create-cluster", "--cluster-name", &name],
+        );
+        assert!(ok, "{out}\n{err}");
+    }
+    servers[2].restart();
+    servers[2].wait_ready().await;
+    let (ok, out, err) = cli_at(
+        &mine,
+        &servers[0].address,
+        &["create-cluster", "--cluster-name", "after-restart"],
+    );
+    assert!(ok, "{out}\n{err}");
+    let restarted = Client::with_tls(
+        &servers[2].address,
+        Some(Arc::new(
+            Credential::load(&mine).unwrap().client_tls().unwrap(),
+        )),
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the restarted server to catch up",
+        || async {
+            let answer = restarted
+                .call("DescribeClusters", json!({"clusters": ["after-restart"]}))
+                .await;
+            if answer.is_err() {
+                eprintln!(
+                    "{answer:?}\n{}",
+                    servers[2]
+                        .log_text()
+                        .lines()
+                        .filter(|l| l.contains("orc::") && !l.contains("refused a conn"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            let (answer, _) = answer.ok()?;
+            (answer["clusters"][0]["status"] == "ACTIVE").then_some(())
+        },
+    )
+    .await;
 }

@@ -240,7 +240,7 @@ impl Conn {
         identity: &crate::tls::SharedIdentity,
     ) -> Result<AgentApiClient<Channel>> {
         Ok(
-            AgentApiClient::new(crate::wire::channel_with(server, identity.get())?)
+            AgentApiClient::new(crate::wire::channel::channel_following(server, identity)?)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
         )

@@ -261,7 +261,13 @@ impl ApiContext {
             }
         }
         let authority = security.authority();
-        let certificate = authority.sign_request(signing_request, principal, cert_lifetime())?;
+        // Nobody renews a user's credential by the clock: it gets a year,
+        // as the admin credential bootstrap writes.
+        let lifetime = match principal {
+            Principal::User { .. } => crate::tls::ca::ADMIN_CERT_LIFETIME,
+            _ => cert_lifetime(),
+        };
+        let certificate = authority.sign_request(signing_request, principal, lifetime)?;
         if let Principal::Agent { instance } = principal {
             let rotating = self.raft.store().read(|state| {
                 state
@@ -403,8 +409,20 @@ impl ApiContext {
                     tracing::info!(ca = %new.fingerprint(), "started a CA rotation");
                     true
                 };
+                // The caller's own credential moves at once, in this
+                // answer: with no agent to wait for, the servers may present
+                // new certificates before its next call.
+                let renewed = match (principal, body["signingRequest"].as_str()) {
+                    (Principal::User { .. }, Some(request)) => {
+                        Some(self.sign_with_rotated_ca(principal, request)?)
+                    }
+                    _ => None,
+                };
                 let mut answer = self.describe_ca().await?;
                 answer["started"] = json!(started);
+                if let Some(renewed) = renewed {
+                    answer["credential"] = renewed;
+                }
                 Ok(answer)
             }
             "DescribeCA" => self.describe_ca().await,
@@ -447,6 +465,33 @@ impl ApiContext {
                 "unknown admin action {other:?}: use CreateJoinToken, ListJoinTokens, RevokeJoinToken, RotateCA, DescribeCA or IssueCertificate"
             ))),
         }
+    }
+
+    /// A user's certificate for `request` (base64 DER) from the rotation's
+    /// new CA (or the rotated CA, once done), with the CAs to trust.
+    fn sign_with_rotated_ca(&self, holder: &Principal, request: &str) -> Result<Value> {
+        let request =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, request)
+                .map_err(|_| Error::InvalidInput("signingRequest must be base64 DER".into()))?;
+        let found =
+            self.raft
+                .store()
+                .read(|state| match (&state.trust.rotation, &state.trust.ca) {
+                    (Some(rotation), _) => Some((
+                        rotation.new.clone(),
+                        crate::tls::bundle(&[&rotation.new.cert_pem, &rotation.old_cert_pem]),
+                    )),
+                    (None, Some(ca)) => Some((ca.clone(), crate::tls::bundle(&[&ca.cert_pem]))),
+                    (None, None) => None,
+                });
+        let (record, trusted) =
+            found.ok_or_else(|| Error::Internal("no rotated CA in the state yet: retry".into()))?;
+        let certificate = open_ca(&self.seal, &record)?.sign_request(
+            &request,
+            holder,
+            crate::tls::ca::ADMIN_CERT_LIFETIME,
+        )?;
+        Ok(json!({"certificate": certificate, "ca": trusted}))
     }
 
     /// Refuses `what` while a CA rotation is under way: a joining node

@@ -204,7 +204,9 @@ fn peer_client(address: &str) -> Option<PeerClient<tonic::transport::Channel>> {
     // TLS with this server's certificate (the process identity), or plain
     // text for a cluster started --insecure.
     let channel = match crate::tls::process_identity() {
-        Some(tls) => endpoint.connect_with_connector_lazy(crate::wire::channel::TlsConnect { tls }),
+        Some(tls) => {
+            endpoint.connect_with_connector_lazy(crate::wire::channel::TlsConnect::process(tls))
+        }
         None => endpoint.connect_lazy(),
     };
     Some(

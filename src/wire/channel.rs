@@ -59,14 +59,18 @@ pub fn check_endpoint(endpoint: &str) -> Result<()> {
 /// (`check_endpoint`); HTTP/2 keep-alive pings find a server that died or
 /// froze under an open stream.
 pub fn channel(endpoint: &str) -> Result<Channel> {
-    channel_with(endpoint, crate::tls::process_identity())
+    let endpoint = configured(endpoint)?;
+    Ok(match crate::tls::process_identity() {
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnect::process(tls)),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 /// Like [`channel`], with the given identity (`None`: plain text).
 pub fn channel_with(endpoint: &str, tls: Option<Arc<ClientTls>>) -> Result<Channel> {
     let endpoint = configured(endpoint)?;
     Ok(match tls {
-        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnect { tls }),
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnect::fixed(tls)),
         None => endpoint.connect_lazy(),
     })
 }
@@ -94,7 +98,40 @@ pub fn configured(endpoint: &str) -> Result<tonic::transport::Endpoint> {
 #[derive(Clone)]
 pub struct TlsConnect {
     /// Whom to trust and what to present.
-    pub tls: Arc<ClientTls>,
+    tls: Arc<ClientTls>,
+    /// When set, each new connection takes the identity this slot holds
+    /// then (a renewed certificate, a rotated CA), `tls` only while it
+    /// holds none.
+    follow: Option<crate::tls::SharedIdentity>,
+}
+
+impl TlsConnect {
+    /// Always `tls`.
+    pub fn fixed(tls: Arc<ClientTls>) -> TlsConnect {
+        TlsConnect { tls, follow: None }
+    }
+
+    /// The process identity as it is at each connection (a channel that
+    /// outlives a renewal or a CA rotation: a server's peers).
+    pub fn process(tls: Arc<ClientTls>) -> TlsConnect {
+        TlsConnect {
+            tls,
+            follow: Some(crate::tls::SharedIdentity::process()),
+        }
+    }
+}
+
+/// Like [`channel`], each connection with the identity `identity` holds
+/// when it is made (an agent's, renewed while its channels live).
+pub fn channel_following(endpoint: &str, identity: &crate::tls::SharedIdentity) -> Result<Channel> {
+    let endpoint = configured(endpoint)?;
+    Ok(match identity.get() {
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnect {
+            tls,
+            follow: Some(identity.clone()),
+        }),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 /// A TLS connection as hyper reads and writes it.
@@ -110,7 +147,11 @@ impl tower_service::Service<hyper::Uri> for TlsConnect {
     }
 
     fn call(&mut self, uri: hyper::Uri) -> Self::Future {
-        let tls = self.tls.clone();
+        let tls = self
+            .follow
+            .as_ref()
+            .and_then(|identity| identity.get())
+            .unwrap_or_else(|| self.tls.clone());
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
             let host = host
