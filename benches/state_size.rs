@@ -112,10 +112,16 @@ fn checkpoint_tables(data_dir: &Path) -> String {
     let Ok(db) = orc::datadir::open_db(data_dir, 8) else {
         return "(the data dir could not be opened to read its checkpoint)".into();
     };
-    let checkpoint = db
-        .open_tree("state")
-        .ok()
-        .and_then(|tree| tree.get(b"checkpoint").ok().flatten());
+    let checkpoint_dir = orc::datadir::checkpoint_dir(data_dir);
+    // Its file; an older data dir's checkpoint is a sled value.
+    let checkpoint = match orc::store::checkpoint::newest_file(&db, &checkpoint_dir) {
+        Ok(Some(file)) => std::fs::read(file).ok(),
+        _ => db
+            .open_tree("state")
+            .ok()
+            .and_then(|tree| tree.get(b"checkpoint").ok().flatten())
+            .map(|bytes| bytes.to_vec()),
+    };
     let Some(bytes) = checkpoint else {
         return "(no checkpoint in the data dir)".into();
     };

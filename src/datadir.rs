@@ -1,7 +1,7 @@
 //! A server's data dir: the marker file `orc-server.json` (which control
-//! plane and which member this dir belongs to) and the sled database under
-//! `db/`. Opening refuses foreign and corrupt dirs with a clear error and
-//! never modifies them.
+//! plane and which member this dir belongs to), the sled database under
+//! `db/` and the state checkpoint's files under `state/`. Opening refuses
+//! foreign and corrupt dirs with a clear error and never modifies them.
 
 use std::path::{Path, PathBuf};
 
@@ -125,6 +125,11 @@ pub fn restrict(path: &Path) -> Result<()> {
             path.display()
         ))
     })
+}
+
+/// Where a server's state checkpoint files live (`store::checkpoint`).
+pub fn checkpoint_dir(path: &Path) -> PathBuf {
+    path.join("state")
 }
 
 /// Opens the sled database with settings sized for a 1 GiB Pi: a small

@@ -108,6 +108,19 @@ impl Server {
         let _ = self.shutdown.send(true);
     }
 
+    /// Writes a checkpoint of everything applied so far, so that the next
+    /// start loads it and replays no log (a graceful stop calls it, after
+    /// `stop`). A failure only costs that replay: the raft log still holds
+    /// every write, so it is logged, not returned.
+    pub async fn checkpoint_before_exit(&self) {
+        match self.raft.checkpoint().await {
+            Ok(index) => tracing::info!(index, "wrote a state checkpoint before stopping"),
+            Err(error) => {
+                tracing::warn!(%error, "no state checkpoint before stopping: the next start replays the raft log")
+            }
+        }
+    }
+
     /// Resolves when the server can no longer serve: removed from the
     /// control plane, or its raft node stopped (storage failed).
     pub async fn ended(&self) -> Ended {
@@ -236,7 +249,11 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         (fresh_bootstrap && security.is_some()).then(|| credential::admin_path(data_dir.path()));
 
     let db = datadir::open_db(data_dir.path(), options.cache_mib)?;
-    let store = Arc::new(Store::open_with_history(&db, options.watch_history)?);
+    let store = Arc::new(Store::open_with_history(
+        &db,
+        &datadir::checkpoint_dir(data_dir.path()),
+        options.watch_history,
+    )?);
     let mut storage = SledStorage::open(&db, store.clone())?;
     storage.sync_files_in(&data_dir.path().join("db"))?;
     if fresh_bootstrap {
@@ -632,7 +649,7 @@ pub fn recover(data_dir: &std::path::Path) -> anyhow::Result<Recovery> {
         ),
     };
     let db = datadir::open_db(&path, 8)?;
-    let store = Arc::new(Store::open(&db)?);
+    let store = Arc::new(Store::open(&db, &datadir::checkpoint_dir(&path))?);
     let storage = SledStorage::open(&db, store.clone())?;
     let applied = store.applied_index();
     let before = storage.conf_state();

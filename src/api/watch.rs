@@ -76,7 +76,7 @@ mod tests {
 
     fn store(dir: &tempfile::TempDir, capacity: usize) -> Arc<Store> {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        Arc::new(Store::open_with_history(&db, capacity).unwrap())
+        Arc::new(Store::open_with_history(&db, &dir.path().join("state"), capacity).unwrap())
     }
 
     /// Applies one create-cluster per raft index in `indexes`.

@@ -85,6 +85,7 @@ pub(super) async fn server(args: ServerArgs) -> anyhow::Result<()> {
         },
     }
     server.stop();
+    server.checkpoint_before_exit().await;
     Ok(())
 }
 
@@ -187,7 +188,10 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     server.stop();
     match failed {
         Some(reason) => anyhow::bail!("{reason}"),
-        None => Ok(()),
+        None => {
+            server.checkpoint_before_exit().await;
+            Ok(())
+        }
     }
 }
 

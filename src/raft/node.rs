@@ -163,6 +163,7 @@ enum NodeMessage {
     Unreachable(u64),
     SnapshotDone(u64, bool),
     Campaign,
+    Checkpoint(oneshot::Sender<Result<u64>>),
 }
 
 /// A cheap, cloneable door into the raft node.
@@ -315,6 +316,15 @@ impl RaftHandle {
     /// Asks the leader (this node) to hand leadership to `to`.
     pub fn transfer_leader(&self, to: u64) -> Result<()> {
         self.send(NodeMessage::TransferLeader(to))
+    }
+
+    /// Writes a state checkpoint of everything applied and flushes it (a
+    /// graceful stop asks, so the next start replays nothing); returns the
+    /// raft index it reflects.
+    pub async fn checkpoint(&self) -> Result<u64> {
+        let (reply, receive) = oneshot::channel();
+        self.send(NodeMessage::Checkpoint(reply))?;
+        self.wait(receive, "write a state checkpoint").await
     }
 
     /// Starts an election now (used once by a freshly bootstrapped server).
@@ -656,6 +666,9 @@ impl RaftNode {
                     tracing::warn!(node = self.config.node_id, %error, "could not start an election");
                 }
             }
+            NodeMessage::Checkpoint(reply) => {
+                let _ = reply.send(self.checkpoint_now());
+            }
         }
     }
 
@@ -979,6 +992,19 @@ impl RaftNode {
             }
         };
         outcome
+    }
+
+    /// A checkpoint of everything applied, flushed (unless the newest one
+    /// already reflects it). The log is left as it is: the next compaction
+    /// cuts it.
+    fn checkpoint_now(&mut self) -> Result<u64> {
+        if self.store.checkpoint_index() >= self.store.applied_index() {
+            return Ok(self.store.checkpoint_index());
+        }
+        let index = self.store.checkpoint()?;
+        self.storage.flush()?;
+        self.applied_bytes = 0;
+        Ok(index)
     }
 
     fn maybe_compact(&mut self) -> Result<()> {

@@ -136,9 +136,10 @@ pub struct SledStorage {
 ///
 /// Listing `blobs/` costs three system calls, on every flush, and it almost
 /// never holds anything new (a blob is a page bigger than a quarter of a
-/// sled segment: a state checkpoint, not a log run). So on Linux an inotify
-/// watch on the directory says whether anything was created there since the
-/// last listing, and the listing is skipped when nothing was. Without the
+/// sled segment: a rare big log run; the state checkpoint is a file of its
+/// own). So on Linux an inotify watch on the directory says whether
+/// anything was created there since the last listing, and the listing is
+/// skipped when nothing was. Without the
 /// watch (another OS, or inotify refused) every flush lists the directory.
 struct DiskSync {
     log_file: std::fs::File,
@@ -568,10 +569,11 @@ impl SledStorage {
     /// Installs a snapshot: the log is replaced by the snapshot point and,
     /// when the snapshot carries state (every snapshot but the bootstrap
     /// point), that state becomes the state machine's checkpoint and its
-    /// in-memory state. The log, the raft metadata and the checkpoint change
-    /// in one sled transaction, so a crash leaves either the old server or
-    /// the new one, never a checkpoint ahead of its log (durable at the next
-    /// flush).
+    /// in-memory state. The checkpoint's file is written (and synced)
+    /// first; then the log, the raft metadata and the pointer naming that
+    /// file change in one sled transaction, so a crash leaves either the old
+    /// server or the new one, never a checkpoint ahead of its log (durable
+    /// at the next flush).
     pub fn apply_snapshot(&self, snapshot: &Snapshot) -> crate::Result<()> {
         let metadata = snapshot.get_metadata();
         let fresh = if snapshot.data.is_empty() {
@@ -606,8 +608,15 @@ impl SledStorage {
             ),
             (CONF_INDEX_KEY, metadata.index.to_be_bytes().to_vec()),
         ];
-        let checkpoint = fresh.as_ref().map(|_| snapshot.data.as_ref());
-        (&self.log, &self.meta, self.store.tree())
+        let pointer = match &fresh {
+            Some(_) => Some(
+                self.store
+                    .write_snapshot_file(metadata.index, &snapshot.data)?,
+            ),
+            None => None,
+        };
+        let pointer_bytes = pointer.as_ref().map(|p| p.encode());
+        let installed = (&self.log, &self.meta, self.store.tree())
             .transaction(|(log, meta, state)| {
                 for key in &log_keys {
                     log.remove(key)?;
@@ -615,12 +624,19 @@ impl SledStorage {
                 for (key, value) in &rows {
                     meta.insert(*key, value.as_slice())?;
                 }
-                if let Some(bytes) = checkpoint {
-                    state.insert(crate::store::CHECKPOINT_KEY, bytes)?;
+                if let Some(bytes) = &pointer_bytes {
+                    state.insert(crate::store::checkpoint::POINTER_KEY, bytes.as_slice())?;
+                    state.remove(crate::store::CHECKPOINT_KEY)?;
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| crate::Error::Internal(format!("cannot install a snapshot: {e:?}")))?;
+            .map_err(|e| crate::Error::Internal(format!("cannot install a snapshot: {e:?}")));
+        if let Err(error) = installed {
+            if let Some(pointer) = &pointer {
+                self.store.abandon(pointer);
+            }
+            return Err(error);
+        }
         bounds.hard_state = hard_state;
         bounds.conf_state = metadata.get_conf_state().clone();
         bounds.conf_index = metadata.index;
@@ -629,9 +645,8 @@ impl SledStorage {
         bounds.tail.clear();
         bounds.tail_bytes = 0;
         drop(bounds);
-        if let Some(state) = fresh {
-            self.store
-                .install(metadata.index, state, snapshot.data.len());
+        if let (Some(state), Some(pointer)) = (fresh, pointer) {
+            self.store.install(metadata.index, state, pointer);
         }
         Ok(())
     }
@@ -740,8 +755,10 @@ impl SledStorage {
     }
 
     /// Makes every write so far durable (one flush and fdatasync for a whole
-    /// Ready).
+    /// Ready). Then deletes the state checkpoint files that pointers
+    /// written before it replaced.
     pub fn flush(&self) -> crate::Result<usize> {
+        let replaced = self.store.take_replaced();
         let written = self.db.flush()?;
         injected_fsync_delay();
         if let Some(disk) = &self.disk {
@@ -749,6 +766,10 @@ impl SledStorage {
                 .unwrap_or_else(|e| e.into_inner())
                 .sync()
                 .map_err(|e| crate::Error::Internal(format!("cannot sync the data dir: {e}")))?;
+        }
+        if !replaced.is_empty() {
+            crate::store::checkpoint::crash_at("flushed");
+            self.store.delete_replaced(replaced);
         }
         Ok(written)
     }
@@ -917,7 +938,7 @@ mod tests {
                 Err(error) => panic!("cannot reopen the sled db: {error}"),
             }
         };
-        let store = Arc::new(Store::open(&db).unwrap());
+        let store = Arc::new(Store::open(&db, &dir.join("state")).unwrap());
         let storage = SledStorage::open(&db, store).unwrap();
         (db, storage)
     }
