@@ -75,6 +75,7 @@ async fn a_crash_at_any_point_of_a_checkpoint_loses_no_acknowledged_write() {
 
     let mut acknowledged: Vec<String> = Vec::new();
     let mut next = 0;
+    let mut crashed = 0;
     for point in ["write", "rename", "pointer", "flushed"] {
         std::fs::write(&crash, point).unwrap();
         let mut client = server.client();
@@ -98,6 +99,14 @@ async fn a_crash_at_any_point_of_a_checkpoint_loses_no_acknowledged_write() {
             }
         }
         std::fs::write(&crash, "").unwrap();
+        let crashes = server.log_text().matches("crashing on purpose").count();
+        assert_eq!(
+            crashes,
+            crashed + 1,
+            "the server died, but not at {point}:\n{}",
+            server.log_text()
+        );
+        crashed = crashes;
         server.restart();
         server.wait_ready().await;
         let names = cluster_names(&server).await;
