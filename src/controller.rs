@@ -1636,10 +1636,11 @@ mod target_tests {
         );
         let in_web = group_targets(&state, &web_arn);
         assert_eq!(in_web.len(), 2, "{in_web:?}");
-        assert!(in_web.iter().all(|(task, state, draining)| old_tasks
-            .contains(task)
-            && state == "healthy"
-            && !draining));
+        assert!(in_web
+            .iter()
+            .all(|(task, state, draining)| old_tasks.contains(task)
+                && state == "healthy"
+                && !draining));
 
         // Once they are healthy there, the old tasks drain out of the old group.
         let (api_key, _) = state.elbv2.target_group(&api_arn).unwrap();

@@ -1064,9 +1064,17 @@ async fn a_service_behind_a_target_group_is_balanced_healed_and_rolled_out_on_do
             "loadBalancers[0].containerPort",
         ),
     ] {
-        let (accepted, _, stderr) =
-            orc.cli(&["update-service", "--service", "lab", "--load-balancers", &entry]);
-        assert!(!accepted, "update-service --load-balancers {entry} was accepted");
+        let (accepted, _, stderr) = orc.cli(&[
+            "update-service",
+            "--service",
+            "lab",
+            "--load-balancers",
+            &entry,
+        ]);
+        assert!(
+            !accepted,
+            "update-service --load-balancers {entry} was accepted"
+        );
         assert!(stderr.contains(field), "{field} not named: {stderr}");
     }
     assert_eq!(

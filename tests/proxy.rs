@@ -621,7 +621,10 @@ async fn idle_clients_are_closed_after_the_listeners_idle_timeout_changed_live_n
     assert!(answered(&read_raw(&mut idle, answered).await));
     // A client whose request is in flight.
     let mut waiting = connect_raw().await;
-    waiting.write_all(request("/slow").as_bytes()).await.unwrap();
+    waiting
+        .write_all(request("/slow").as_bytes())
+        .await
+        .unwrap();
     until("the slow request to reach the target", || {
         web.requests.load(Ordering::SeqCst) == 2
     })

@@ -784,3 +784,104 @@ impl ApiContext {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::state::MemberRecord;
+
+    fn step(state: &mut State, command: TrustCommand) {
+        crate::store::trust::apply(state, &command).unwrap();
+    }
+
+    #[test]
+    fn a_rotation_moves_agents_then_servers_then_drops_the_old_ca() {
+        let mut state = State::default();
+        for id in [1u64, 2] {
+            state.members.insert(
+                id.to_string(),
+                MemberRecord {
+                    id,
+                    address: format!("10.0.0.{id}:7400"),
+                },
+            );
+        }
+        assert_eq!(progress(&state), None);
+        assert_eq!(next_step(&state), None);
+        let new = CaRecord {
+            cert_pem: "new".into(),
+            fingerprint: "f-new".into(),
+            sealed_key: "sealed".into(),
+        };
+        let rotation = Rotation {
+            new: new.clone(),
+            old_cert_pem: "old".into(),
+            old_fingerprint: "f-old".into(),
+            started_ms: 1_000,
+            phase: RotationPhase::Agents,
+            moved: Default::default(),
+        };
+        step(
+            &mut state,
+            TrustCommand::StartCaRotation {
+                rotation: rotation.clone(),
+            },
+        );
+        // A second rotation waits for the first.
+        assert!(crate::store::trust::apply(
+            &mut state,
+            &TrustCommand::StartCaRotation { rotation }
+        )
+        .is_err());
+        // No connected agent: the servers' turn at once.
+        let fingerprint = "f-new".to_string();
+        assert_eq!(
+            next_step(&state),
+            Some(TrustCommand::CaServersPhase {
+                fingerprint: fingerprint.clone()
+            })
+        );
+        step(
+            &mut state,
+            TrustCommand::CaServersPhase {
+                fingerprint: fingerprint.clone(),
+            },
+        );
+        step(
+            &mut state,
+            TrustCommand::CaNodeMoved {
+                fingerprint: fingerprint.clone(),
+                holder: "server:1".into(),
+            },
+        );
+        // A report about another rotation changes nothing.
+        step(
+            &mut state,
+            TrustCommand::CaNodeMoved {
+                fingerprint: "f-other".into(),
+                holder: "server:2".into(),
+            },
+        );
+        let now = progress(&state).unwrap();
+        assert_eq!(now.servers, (1, 2));
+        assert_eq!(now.waiting_for, vec!["server:2".to_string()]);
+        assert_eq!(next_step(&state), None);
+        step(
+            &mut state,
+            TrustCommand::CaNodeMoved {
+                fingerprint: fingerprint.clone(),
+                holder: "server:2".into(),
+            },
+        );
+        assert_eq!(
+            next_step(&state),
+            Some(TrustCommand::FinishCaRotation {
+                fingerprint: fingerprint.clone()
+            })
+        );
+        step(&mut state, TrustCommand::FinishCaRotation { fingerprint });
+        assert_eq!(state.trust.rotation, None);
+        assert_eq!(state.trust.ca, Some(new));
+        assert_eq!(next_step(&state), None);
+    }
+}

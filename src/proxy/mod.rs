@@ -206,9 +206,7 @@ impl Snapshot {
                     address: target.address,
                     pool: pools
                         .entry(target.address)
-                        .or_insert_with(|| {
-                            Arc::new(pool::TargetPool::new(target.address, slots))
-                        })
+                        .or_insert_with(|| Arc::new(pool::TargetPool::new(target.address, slots)))
                         .clone(),
                     series: metrics::target_series(&routes.name, &target.address.to_string()),
                 })
@@ -322,7 +320,9 @@ impl Proxy {
             .routes
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
-        self.inner.swapped.send_modify(|generation| *generation += 1);
+        self.inner
+            .swapped
+            .send_modify(|generation| *generation += 1);
 
         let wanted: HashMap<u16, &ListenerRoutes> =
             table.listeners.iter().map(|l| (l.port, l)).collect();

@@ -10,7 +10,8 @@ use super::ecs::{self, scoped_key, seconds, PlannedTask, TaskLaunch};
 use super::state::State;
 use crate::error::Refusal;
 use crate::model::{
-    self, stop_code, Deployment, DeploymentConfiguration, LoadBalancer, Service, ServiceEvent, Task, TaskStatus,
+    self, stop_code, Deployment, DeploymentConfiguration, LoadBalancer, Service, ServiceEvent,
+    Task, TaskStatus,
 };
 use crate::Error;
 
