@@ -23,6 +23,9 @@ for t in "${targets[@]}"; do
   echo "== $t: $($qemu "$bin" --version)"
   dir=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # The server bootstraps with TLS (as it ships); the CLI uses the admin
+  # credential it writes.
+  export ORC_CREDENTIALS="$dir/server/tls/admin.json"
   "$qemu" "$bin" server --bootstrap --data-dir "$dir/server" --listen "127.0.0.1:$port" >"$dir/server.log" 2>&1 &
   pid=$!
   ok=0
