@@ -12,6 +12,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -28,55 +29,40 @@ pub(super) fn slot() -> usize {
 }
 
 /// The worker threads; they end when this is dropped (their connections
-/// are dropped with their runtimes).
+/// are dropped with their runtimes). They start with the first client
+/// connection, so a server, `orc up` or an agent with no load balancer
+/// listener spends no thread, runtime or descriptor on them.
 pub(super) struct Workers {
-    handles: Vec<Handle>,
+    count: usize,
+    started: OnceLock<Started>,
     next: AtomicUsize,
+}
+
+/// The running workers.
+struct Started {
+    handles: Vec<Handle>,
     /// Dropping these ends the threads.
     _stops: Vec<oneshot::Sender<()>>,
 }
 
 impl Workers {
-    /// Starts `count` worker threads (none for 0).
+    /// Workers to start, `count` of them (none for 0), once a connection comes.
     pub(super) fn start(count: usize) -> Workers {
-        let mut handles = Vec::with_capacity(count);
-        let mut stops = Vec::with_capacity(count);
-        for slot in 0..count {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot start a load balancer worker; serving on the caller's runtime");
-                    break;
-                }
-            };
-            let (stop, stopped) = oneshot::channel::<()>();
-            let handle = runtime.handle().clone();
-            let started = std::thread::Builder::new()
-                .name(format!("orc-lb-{slot}"))
-                .spawn(move || {
-                    SLOT.with(|s| s.set(slot));
-                    let _ = runtime.block_on(stopped);
-                });
-            if let Err(error) = started {
-                tracing::warn!(%error, "cannot start a load balancer worker thread; serving on the caller's runtime");
-                break;
-            }
-            handles.push(handle);
-            stops.push(stop);
-        }
         Workers {
-            handles,
+            count,
+            started: OnceLock::new(),
             next: AtomicUsize::new(0),
-            _stops: stops,
         }
+    }
+
+    /// The worker threads, started on the first call.
+    fn handles(&self) -> &[Handle] {
+        &self.started.get_or_init(|| launch(self.count)).handles
     }
 
     /// How many pool slots the proxy needs: one per worker (at least one).
     pub(super) fn slots(&self) -> usize {
-        self.handles.len().max(1)
+        self.count.max(1)
     }
 
     /// Runs `work` on the next worker, or on the caller's runtime when
@@ -86,16 +72,53 @@ impl Workers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        if self.handles.is_empty() {
+        let handles = self.handles();
+        if handles.is_empty() {
             tokio::spawn(work);
         } else {
-            let next = self.next.fetch_add(1, Relaxed) % self.handles.len();
-            self.handles[next].spawn(work);
+            let next = self.next.fetch_add(1, Relaxed) % handles.len();
+            handles[next].spawn(work);
         }
     }
 
     /// Whether connections move to worker threads.
     pub(super) fn any(&self) -> bool {
-        !self.handles.is_empty()
+        self.count > 0 && !self.handles().is_empty()
+    }
+}
+
+/// Starts `count` worker threads; fewer when the system refuses one.
+fn launch(count: usize) -> Started {
+    let mut handles = Vec::with_capacity(count);
+    let mut stops = Vec::with_capacity(count);
+    for slot in 0..count {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a load balancer worker; serving on the caller's runtime");
+                break;
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = runtime.handle().clone();
+        let started = std::thread::Builder::new()
+            .name(format!("orc-lb-{slot}"))
+            .spawn(move || {
+                SLOT.with(|s| s.set(slot));
+                let _ = runtime.block_on(stopped);
+            });
+        if let Err(error) = started {
+            tracing::warn!(%error, "cannot start a load balancer worker thread; serving on the caller's runtime");
+            break;
+        }
+        handles.push(handle);
+        stops.push(stop);
+    }
+    Started {
+        handles,
+        _stops: stops,
     }
 }
