@@ -149,14 +149,25 @@ async fn token(endpoint: &str, output: &Output, command: TokenCommand) -> anyhow
 /// Renews the credential at `path` (the one this command line uses) from
 /// the CA that signs now, keeps it there and connects with it from now on.
 async fn renew_credential(endpoint: &str, path: &std::path::Path) -> anyhow::Result<()> {
-    use crate::tls::credential::Credential;
-    let current = Credential::load(path)?;
     let (signing_request, key) = crate::tls::ca::signing_request()?;
     let issued = client(endpoint)?.renew_certificate(signing_request).await?;
+    replace_credential(path, issued.ca, issued.certificate, key)
+}
+
+/// Saves the credential at `path` with a new certificate (keeping its
+/// endpoint) and makes it this process's identity.
+fn replace_credential(
+    path: &std::path::Path,
+    ca: String,
+    certificate: String,
+    key: String,
+) -> anyhow::Result<()> {
+    use crate::tls::credential::Credential;
+    let current = Credential::load(path)?;
     let renewed = Credential {
         endpoint: current.endpoint,
-        ca: issued.ca,
-        certificate: issued.certificate,
+        ca,
+        certificate,
         key,
     };
     let tls = renewed.client_tls()?;
@@ -275,7 +286,15 @@ async fn ca(
             Ok(())
         }
         CaCommand::Rotate { detach } => {
-            let answer = client(endpoint)?.admin("RotateCA", json!({})).await?;
+            // This command line's own credential moves in the answer: with
+            // no agent to wait for, the servers may present new-CA
+            // certificates before its next call.
+            let (signing_request, key) = crate::tls::ca::signing_request()?;
+            let signing_request =
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signing_request);
+            let answer = client(endpoint)?
+                .admin("RotateCA", json!({ "signingRequest": signing_request }))
+                .await?;
             let Some(new) = answer["rotation"]["newFingerprint"]
                 .as_str()
                 .map(String::from)
@@ -298,10 +317,15 @@ async fn ca(
                     short(&new)
                 );
             }
-            // This command line's own credential moves first, so it still
-            // reaches the servers once they present new certificates.
             if let Some(path) = found.path() {
-                renew_credential(endpoint, path).await?;
+                let issued = &answer["credential"];
+                match (issued["ca"].as_str(), issued["certificate"].as_str()) {
+                    (Some(ca), Some(certificate)) => {
+                        replace_credential(path, ca.to_string(), certificate.to_string(), key)?
+                    }
+                    // A server from before the answer carried one.
+                    _ => renew_credential(endpoint, path).await?,
+                }
                 eprintln!(
                     "renewed this credential ({}) from the new CA",
                     path.display()
