@@ -340,7 +340,7 @@ async fn sigv4_with_orc_access_keys_refuses_what_aws_refuses() {
     for secret in [&admin_secret, &operator_secret, &readonly_secret] {
         assert!(!log.contains(secret.as_str()), "a secret is in the log");
         assert!(
-            grep_dir(&dir.join("server"), secret.as_bytes()).is_empty(),
+            common::files::files_containing(&dir.join("server"), secret.as_bytes()).is_empty(),
             "a secret access key is in the data dir"
         );
     }
@@ -406,28 +406,6 @@ async fn sigv4_on_a_secure_server_refuses_unknown_keys_and_unsigned_requests() {
         text(&output)
     );
     assert!(String::from_utf8_lossy(&output.stdout).ends_with("ok\n"));
-}
-
-/// The files under `dir` whose bytes contain `needle`.
-fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&path) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path);
-                }
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,28 +21,6 @@ use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 const IMAGE: &str = "orc-test/busybox:1";
-
-/// The files under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&path) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path);
-                }
-            }
-        }
-    }
-    found
-}
 
 fn docker(args: &[&str]) -> String {
     let output = Command::new("docker").args(args).output().unwrap();
@@ -226,7 +204,7 @@ async fn a_secret_reaches_its_container_and_nothing_else() {
         );
         assert!(!logs.contains(secret.as_str()), "a secret is in a log");
         for dir in [&orc.server.data_dir, &orc.agent_dir] {
-            let found = files_containing(dir, secret.as_bytes());
+            let found = common::files::files_containing(dir, secret.as_bytes());
             assert!(found.is_empty(), "a secret is in {found:?}");
         }
     }
@@ -235,33 +213,22 @@ async fn a_secret_reaches_its_container_and_nothing_else() {
 /// Every run of exactly 64 lowercase hex characters in the files under `dir`.
 fn hex_runs(dir: &Path) -> std::collections::BTreeSet<String> {
     let mut runs = std::collections::BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&path) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
-                let mut start = None;
-                for (i, b) in bytes.iter().chain([&0u8]).enumerate() {
-                    match (hex(b), start) {
-                        (true, None) => start = Some(i),
-                        (false, Some(from)) => {
-                            if i - from == 64 {
-                                runs.insert(String::from_utf8_lossy(&bytes[from..i]).to_string());
-                            }
-                            start = None;
-                        }
-                        _ => {}
+    let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    common::files::each_file(dir, |_, bytes| {
+        let mut start = None;
+        for (i, b) in bytes.iter().chain([&0u8]).enumerate() {
+            match (hex(b), start) {
+                (true, None) => start = Some(i),
+                (false, Some(from)) => {
+                    if i - from == 64 {
+                        runs.insert(String::from_utf8_lossy(&bytes[from..i]).to_string());
                     }
+                    start = None;
                 }
+                _ => {}
             }
         }
-    }
+    });
     runs
 }
 

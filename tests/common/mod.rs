@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod files;
 pub mod images;
 pub mod orc;
 pub mod state_size;
