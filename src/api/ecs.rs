@@ -99,15 +99,12 @@ fn plain_serde_words(error: &serde_json::Error) -> String {
             s => s.to_string(),
         }
     };
-    if let Some(rest) = text.strip_prefix("invalid type: ") {
-        if let Some((got, expected)) = rest.split_once(", expected ") {
-            return format!("expected {}, got {}", kind(expected), kind(got));
-        }
-    }
-    if let Some(rest) = text.strip_prefix("invalid value: ") {
-        if let Some((got, expected)) = rest.split_once(", expected ") {
-            return format!("expected {}, got {}", kind(expected), kind(got));
-        }
+    let mismatch = text
+        .strip_prefix("invalid type: ")
+        .or_else(|| text.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.split_once(", expected "));
+    if let Some((got, expected)) = mismatch {
+        return format!("expected {}, got {}", kind(expected), kind(got));
     }
     if let Some(field) = text
         .strip_prefix("missing field `")
