@@ -13,13 +13,14 @@ use common::cluster::{eventually, three_servers, TestServer};
 use orc::client::Client;
 use serde_json::{json, Value};
 
-/// The longest a write sent during a leader change may take: an election
-/// (about 1.1 s with the default 1 s time-out; two rounds when the first
-/// splits) plus the retry at the new leader, with room for a machine at
-/// load 12. Before the fix such a write took the 10 s request time-out
-/// (10.06 s measured); how fast it is (0.93–1.09 s, against etcd's 7 s) is
-/// the control-plane bench's "user-visible failover" figure, not a timed test.
-const FAILOVER_BUDGET: Duration = Duration::from_secs(5);
+/// The longest a write sent during a leader change may take, as the issue
+/// asks: the election (the first surviving follower stands after 1.1–1.2 s
+/// with the default 1 s time-out; members' time-outs are staggered by rank,
+/// so two followers never stand together and split the vote) plus the
+/// retry at the new leader. Before the fix such a write took the 10 s
+/// request time-out (10.06 s measured); how fast it is against etcd is the
+/// control-plane bench's "user-visible failover" figure.
+const FAILOVER_BUDGET: Duration = Duration::from_millis(2500);
 
 /// The index of the leader among `servers`, as the servers report it.
 async fn leader_of(servers: &[TestServer; 3]) -> usize {
@@ -91,6 +92,7 @@ async fn write_during_leader_failure(fail: impl FnOnce(&mut TestServer)) {
         .call("RegisterTaskDefinition", register_body("during-failover"))
         .await;
     let took = started.elapsed();
+    eprintln!("the write sent during the leader change was answered after {took:?}");
     let (answer, _) = answer.unwrap_or_else(|e| panic!("the write failed after {took:?}: {e}"));
     assert_eq!(
         answer["taskDefinition"]["revision"], 1,
