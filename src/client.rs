@@ -55,6 +55,9 @@ pub struct Client {
     pub strict: bool,
     /// How long an unreachable server is retried in strict mode.
     pub unreachable_for: Duration,
+    /// Whether this client connects with TLS (it has a credential): a
+    /// probe that finds TLS at the address then found an orc server.
+    secure: bool,
 }
 
 /// How long an attempt may go unanswered before the address is probed.
@@ -159,8 +162,10 @@ impl Client {
         endpoint: &str,
         tls: Option<std::sync::Arc<crate::tls::ClientTls>>,
     ) -> Result<Client> {
+        let secure = tls.is_some();
         Ok(Client {
             endpoint: endpoint.to_string(),
+            secure,
             orc: OrcClient::new(crate::wire::channel_with(endpoint, tls)?)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
@@ -243,7 +248,7 @@ impl Client {
                 answer = &mut attempt => return Ok(answer),
                 verdict = crate::wire::probe::probe(&self.endpoint, PROBE_PATIENCE) => verdict,
             };
-            if let crate::wire::probe::Verdict::Explained(sentence) = verdict {
+            if let Some(sentence) = self.not_an_orc_server(verdict) {
                 return Err(Error::Unavailable(sentence));
             }
         }
@@ -260,12 +265,25 @@ impl Client {
     /// The error for a server that could not be reached: what a probe
     /// found at its address, or the transport's own words.
     async fn explain_unreachable(&self, error: Error) -> Error {
-        match crate::wire::probe::probe(&self.endpoint, PROBE_PATIENCE).await {
-            crate::wire::probe::Verdict::Explained(sentence) => Error::Unavailable(sentence),
-            crate::wire::probe::Verdict::Http2 => Error::Unavailable(format!(
-                "the connection to {} failed ({error}); it speaks HTTP/2, so retry, or check it is an orc server",
+        let verdict = crate::wire::probe::probe(&self.endpoint, PROBE_PATIENCE).await;
+        match self.not_an_orc_server(verdict) {
+            Some(sentence) => Error::Unavailable(sentence),
+            None => Error::Unavailable(format!(
+                "the connection to {} failed ({error}); what answers there speaks like an orc server, so retry, or check the address",
                 self.endpoint
             )),
+        }
+    }
+
+    /// What a probe's verdict tells a person, or `None` when what answers
+    /// is an orc server this client can talk to (HTTP/2, or TLS when this
+    /// client has a credential): then it is only slow.
+    fn not_an_orc_server(&self, verdict: crate::wire::probe::Verdict) -> Option<String> {
+        use crate::wire::probe::Verdict;
+        match verdict {
+            Verdict::Explained(sentence) => Some(sentence),
+            Verdict::Tls if !self.secure => Some(crate::wire::probe::no_credential(&self.endpoint)),
+            Verdict::Tls | Verdict::Http2 => None,
         }
     }
 

@@ -15,9 +15,21 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 pub enum Verdict {
     /// It speaks HTTP/2 (as an orc server does).
     Http2,
+    /// It answered plain text with a TLS alert: an orc server with TLS on,
+    /// which a command line with a credential reaches (it is then simply
+    /// slow) and one without cannot (`no_credential` says so).
+    Tls,
     /// Not an orc server, or not reachable: the sentence says which and
     /// what to try.
     Explained(String),
+}
+
+/// What to tell a person whose command line reached a TLS server (a
+/// `Verdict::Tls`) without a credential.
+pub fn no_credential(address: &str) -> String {
+    format!(
+        "{address} speaks TLS and this command line found no credential to connect with: set ORC_CREDENTIALS to the credential file `orc up` or `orc server --bootstrap` printed (`orc config` shows what is used)"
+    )
 }
 
 /// The HTTP/2 connection preface, then an empty SETTINGS frame.
@@ -102,9 +114,7 @@ fn classify(address: &str, answer: &[u8], silent: bool, patience: Duration) -> V
     // A TLS alert record (content type 21, version 3.x): a TLS server that
     // got plain text from this command line.
     if answer.len() >= 2 && answer[0] == 0x15 && answer[1] == 0x03 {
-        return Verdict::Explained(format!(
-            "{address} speaks TLS and this command line found no credential to connect with: set ORC_CREDENTIALS to the credential file `orc up` or `orc server --bootstrap` printed (`orc config` shows what is used)"
-        ));
+        return Verdict::Tls;
     }
     // An HTTP/2 frame header: 3 bytes of length, then the type; a server
     // starts with SETTINGS (type 4).
@@ -134,7 +144,7 @@ mod tests {
     fn explained(verdict: Verdict) -> String {
         match verdict {
             Verdict::Explained(sentence) => sentence,
-            Verdict::Http2 => panic!("not explained"),
+            other => panic!("not explained: {other:?}"),
         }
     }
 
@@ -160,6 +170,11 @@ mod tests {
         assert_eq!(
             classify("h:1", b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", false, p),
             Verdict::Http2
+        );
+        // A TLS alert record: an orc server with TLS on.
+        assert_eq!(
+            classify("h:1", b"\x15\x03\x03\x00\x02\x02\x32", false, p),
+            Verdict::Tls
         );
     }
 }
