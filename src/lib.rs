@@ -9,6 +9,7 @@ pub mod blobstore;
 pub mod cli;
 pub mod client;
 pub mod controller;
+pub mod crypto;
 pub mod datadir;
 pub mod error;
 pub mod metrics;

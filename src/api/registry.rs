@@ -549,13 +549,7 @@ impl Registry {
         let Some((secret, principal)) = found else {
             return Some(Err(wrong()));
         };
-        let same = secret.len() == password.len()
-            && secret
-                .bytes()
-                .zip(password.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !same {
+        if !crate::crypto::same_secret(&secret, &password) {
             return Some(Err(wrong()));
         }
         Some(Ok(principal

@@ -91,12 +91,7 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>> {
 /// The SHA-256 fingerprint of a certificate, in lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
     use sha2::Digest as _;
-    hex(&sha2::Sha256::digest(der))
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::crypto::hex(&sha2::Sha256::digest(der))
 }
 
 /// Whether the CA certificate `ca` signed `leaf` (and `leaf` is valid now).

@@ -69,8 +69,8 @@ impl JoinToken {
     pub fn generate(ca_fingerprint: &str) -> JoinToken {
         JoinToken {
             ca_fingerprint: ca_fingerprint.to_string(),
-            id: super::hex(&rand::random::<[u8; 6]>()),
-            secret: super::hex(&rand::random::<[u8; 16]>()),
+            id: crate::crypto::hex(&rand::random::<[u8; 6]>()),
+            secret: crate::crypto::hex(&rand::random::<[u8; 16]>()),
         }
     }
 
@@ -121,7 +121,7 @@ impl std::fmt::Display for JoinToken {
 /// The SHA-256 of a token secret (hex).
 pub fn hash_secret(secret: &str) -> String {
     use sha2::Digest as _;
-    super::hex(&sha2::Sha256::digest(secret.as_bytes()))
+    crate::crypto::hex(&sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// A token as the replicated state keeps it: no secret, only its hash.
@@ -160,14 +160,7 @@ pub fn check(
         ));
     };
     // Compared in constant time: the hashes are public, the secret is not.
-    let presented = token.secret_hash();
-    let same = presented.len() == record.secret_sha256.len()
-        && presented
-            .bytes()
-            .zip(record.secret_sha256.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !crate::crypto::same_secret(&record.secret_sha256, &token.secret_hash()) {
         return unauthenticated(format!(
             "join token {} has the wrong secret: copy the whole token `orc token create` printed",
             token.id

@@ -19,8 +19,9 @@
 //! No I/O, no logging: the door looks the key up and maps a [`Failure`] to
 //! the protocol's error code.
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
+
+use crate::crypto::{hex, hmac_sha256, same_secret};
 
 /// The only algorithm accepted.
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -148,16 +149,6 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, Failure> {
     })
 }
 
-fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(message);
-    mac.finalize().into_bytes().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// SigV4's URI encoding: everything but `A-Za-z0-9-_.~` as `%XY`
 /// (upper-case), `/` kept when `keep_slash`.
 fn uri_encode(text: &str, keep_slash: bool) -> String {
@@ -267,7 +258,7 @@ pub fn signature(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
         hex(&Sha256::digest(canonical.as_bytes()))
     );
-    let mut key = hmac(
+    let mut key = hmac_sha256(
         format!("AWS4{secret}").as_bytes(),
         authorization.date.as_bytes(),
     );
@@ -276,9 +267,9 @@ pub fn signature(
         authorization.service.as_str(),
         "aws4_request",
     ] {
-        key = hmac(&key, part.as_bytes());
+        key = hmac_sha256(&key, part.as_bytes());
     }
-    hex(&hmac(&key, string_to_sign.as_bytes()))
+    hex(&hmac_sha256(&key, string_to_sign.as_bytes()))
 }
 
 /// Seconds since the epoch of an `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`).
@@ -351,13 +342,7 @@ pub fn verify(
         }
     }
     let expected = signature(request, authorization, &amz_date, secret, &body_hash);
-    let same = expected.len() == authorization.signature.len()
-        && expected
-            .bytes()
-            .zip(authorization.signature.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !same_secret(&expected, &authorization.signature) {
         return Err(Failure::Mismatch(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method".into(),
         ));
