@@ -22,7 +22,7 @@ use crate::store::elbv2::{
 };
 use crate::store::{Command, State};
 use crate::vocab::action::Elbv2Action;
-use crate::vocab::time::now_ms;
+use crate::vocab::time::{iso_time, now_ms};
 use crate::{Error, Result};
 
 /// Dispatches one elbv2 action: the one `match` over [`Elbv2Action`].
@@ -349,7 +349,7 @@ async fn create_load_balancer(raft: &RaftHandle, body: &str, request_id: String)
         load_balancer_arn: m::load_balancer_arn(&kind, &request.name, &m::new_id()),
         dns_name: advertised_host(raft),
         canonical_hosted_zone_id: "ORC".into(),
-        created_time: m::iso_time(now_ms()),
+        created_time: iso_time(now_ms()),
         load_balancer_name: request.name,
         scheme,
         vpc_id: "vpc-orc".into(),

@@ -97,30 +97,6 @@ pub fn arn_key<'a>(field: &str, kind: &str, arn: &'a str) -> Result<&'a str> {
         })
 }
 
-/// The ISO 8601 time elbv2 shows (`2026-12-06T05:00:00.000Z`) of epoch milliseconds.
-pub fn iso_time(ms: u64) -> String {
-    let seconds = ms / 1000;
-    let days = (seconds / 86_400) as i64;
-    let rest = seconds % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        ms % 1000
-    )
-}
-
 /// Checks a load balancer's or target group's name as ELB does: 1 to 32
 /// letters, digits and hyphens, not starting or ending with a hyphen.
 pub fn validate_name(field: &str, name: &str) -> Result<()> {
@@ -869,13 +845,6 @@ mod tests {
         assert!(error
             .to_string()
             .starts_with("LoadBalancerArn: \"web\" is not a loadbalancer ARN"));
-    }
-
-    #[test]
-    fn iso_times_match_the_calendar() {
-        assert_eq!(iso_time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso_time(1_796_533_138_123), "2026-12-06T04:58:58.123Z");
-        assert_eq!(iso_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

@@ -958,7 +958,7 @@ pub(crate) mod tests {
             load_balancer_arn: m::load_balancer_arn("application", name, id),
             dns_name: "127.0.0.1".into(),
             canonical_hosted_zone_id: "ORC".into(),
-            created_time: m::iso_time(0),
+            created_time: crate::vocab::time::iso_time(0),
             load_balancer_name: name.into(),
             scheme: "internet-facing".into(),
             vpc_id: "vpc-orc".into(),

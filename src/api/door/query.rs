@@ -451,33 +451,10 @@ fn escape_into(text: &str, out: &mut String) {
     }
 }
 
-/// Epoch seconds as ISO 8601 UTC with milliseconds (`2026-12-06T05:00:00.000Z`).
+/// Epoch seconds (as the JSON answers carry them) as ISO 8601 UTC with
+/// milliseconds (`2026-12-06T05:00:00.000Z`).
 fn iso8601(seconds: f64) -> String {
-    let millis = (seconds * 1000.0).round().max(0.0) as i64;
-    let (days, in_day) = (millis.div_euclid(86_400_000), millis.rem_euclid(86_400_000));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    crate::vocab::time::iso_time((seconds * 1000.0).round().max(0.0) as u64)
 }
 
 /// A query-protocol error answer: `Sender` for a 4xx, `Receiver` for a 5xx.
