@@ -892,18 +892,20 @@ async fn observe(
     let rt = &shared.runtime;
     let cluster = shared.config.cluster.as_str();
     let filter = format!("{}=1", labels::MANAGED);
+    // Containers and networks of this cluster are ours unless another
+    // instance's label says otherwise: another agent may share this Docker
+    // Engine (two instances on one machine).
+    let ours = |tags: &BTreeMap<String, String>| {
+        tags.get(labels::CLUSTER).map(String::as_str) == Some(cluster)
+            && tags
+                .get(labels::INSTANCE_ID)
+                .is_none_or(|id| *id == shared.instance_id)
+    };
     let list: Vec<_> = rt
         .list_containers(Some(&filter))
         .await?
         .into_iter()
-        .filter(|s| s.labels.get(labels::CLUSTER).map(String::as_str) == Some(cluster))
-        // Another agent may share this Docker Engine (two instances on one
-        // machine): only this instance's containers are ours.
-        .filter(|s| {
-            s.labels
-                .get(labels::INSTANCE_ID)
-                .is_none_or(|id| *id == shared.instance_id)
-        })
+        .filter(|s| ours(&s.labels))
         .collect();
     let stale: Vec<String> = list
         .iter()
@@ -972,12 +974,7 @@ async fn observe(
         .list_networks(Some(&filter))
         .await?
         .into_iter()
-        .filter(|n| n.labels.get(labels::CLUSTER).map(String::as_str) == Some(cluster))
-        .filter(|n| {
-            n.labels
-                .get(labels::INSTANCE_ID)
-                .is_none_or(|id| *id == shared.instance_id)
-        })
+        .filter(|n| ours(&n.labels))
         .map(|n| ObservedNetwork {
             task_arn: n.labels.get(labels::TASK_ARN).cloned().unwrap_or_default(),
             name: n.name,

@@ -25,7 +25,6 @@ use crate::vocab::action::Elbv2Action;
 use crate::vocab::time::{iso_time, now_ms};
 use crate::{Error, Result};
 
-/// Dispatches one elbv2 action: the one `match` over [`Elbv2Action`].
 /// A request naming one load balancer.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -41,6 +40,20 @@ struct AttributeRequest {
     value: String,
 }
 
+/// An attributes change as `(key, value)` pairs, each checked by `validate`
+/// (load balancers and target groups know different keys), so a bad one
+/// refuses the whole change before anything is proposed.
+fn checked_attributes(
+    attributes: Vec<AttributeRequest>,
+    validate: fn(&str, &str) -> Result<()>,
+) -> Result<Vec<(String, String)>> {
+    attributes
+        .into_iter()
+        .map(|a| validate(&a.key, &a.value).map(|()| (a.key, a.value)))
+        .collect()
+}
+
+/// Dispatches one elbv2 action: the one `match` over [`Elbv2Action`].
 pub async fn call(
     raft: &RaftHandle,
     action: Elbv2Action,
@@ -74,14 +87,8 @@ pub async fn call(
                 attributes: Vec<AttributeRequest>,
             }
             let request: Request = parse(name, body)?;
-            let attributes: Vec<(String, String)> = request
-                .attributes
-                .into_iter()
-                .map(|a| (a.key, a.value))
-                .collect();
-            for (key, value) in &attributes {
-                m::validate_load_balancer_attribute(key, value)?;
-            }
+            let attributes =
+                checked_attributes(request.attributes, m::validate_load_balancer_attribute)?;
             let command = Elbv2Command::ModifyLoadBalancerAttributes {
                 load_balancer_arn: request.load_balancer_arn,
                 attributes,
@@ -130,14 +137,7 @@ pub async fn call(
                 attributes: Vec<AttributeRequest>,
             }
             let request: Request = parse(name, body)?;
-            let attributes: Vec<(String, String)> = request
-                .attributes
-                .into_iter()
-                .map(|a| (a.key, a.value))
-                .collect();
-            for (key, value) in &attributes {
-                m::validate_attribute(key, value)?;
-            }
+            let attributes = checked_attributes(request.attributes, m::validate_attribute)?;
             let command = Elbv2Command::ModifyTargetGroupAttributes {
                 target_group_arn: request.target_group_arn,
                 attributes,
