@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 use crate::model::{ControlPlaneStatus, Membership};
 pub use crate::store::ChangeStream;
+use crate::tls::ca::Issued;
 use crate::wire::convert;
 use crate::wire::proto::orc_client::OrcClient;
 use crate::wire::proto::{
@@ -121,33 +122,6 @@ pub async fn join_cluster(
         .join(token.unwrap_or_default(), role, node_id, signing_request)
         .await?;
     Ok((issued, key))
-}
-
-/// What the cluster gave a node that joined or renewed.
-#[derive(Clone, Default)]
-pub struct Issued {
-    /// The node's certificate (PEM).
-    pub certificate: String,
-    /// The CA certificate(s) (PEM).
-    pub ca: String,
-    /// Servers only: the CA's key (PEM).
-    pub ca_key: String,
-    /// Agents: the container instance id the certificate names.
-    pub container_instance_id: String,
-    /// The control plane's id.
-    pub cluster_id: String,
-    /// Servers only: the seal key (empty while the cluster has none).
-    pub seal_key: Vec<u8>,
-}
-
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Keys stay out of debug output.
-        f.debug_struct("Issued")
-            .field("container_instance_id", &self.container_instance_id)
-            .field("cluster_id", &self.cluster_id)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Client {
@@ -437,14 +411,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(Issued {
-            certificate: answer.certificate,
-            ca: answer.ca,
-            ca_key: answer.ca_key,
-            container_instance_id: answer.container_instance_id,
-            cluster_id: answer.cluster_id,
-            seal_key: answer.seal_key,
-        })
+        Ok(answer.into())
     }
 
     /// Renews this client's own certificate: a new one for a new key.
@@ -457,12 +424,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(Issued {
-            certificate: answer.certificate,
-            ca: answer.ca,
-            cluster_id: answer.cluster_id,
-            ..Issued::default()
-        })
+        Ok(answer.into())
     }
 
     /// One of the cluster's credential actions (`Orc.Admin`:

@@ -19,7 +19,7 @@ use crate::raft::node::{self, RaftConfig, RaftHandle, Role};
 use crate::raft::storage::SledStorage;
 use crate::raft::transport::Transport;
 use crate::store::{Command, Proposal, Store};
-use crate::tls::ca::{cert_lifetime, Authority};
+use crate::tls::ca::Authority;
 use crate::tls::credential::{self, Credential};
 use crate::vocab::principal::{Principal, Role as UserRole};
 
@@ -381,18 +381,9 @@ fn secure(
     if fresh_bootstrap {
         let authority = Authority::create(&marker.control_plane_id)?;
         authority.save(data_dir)?;
-        let server = Principal::Server {
-            node_id: marker.node_id,
-        };
-        let hosts = [advertise.to_string()];
-        let (certificate, key) = authority.issue_naming(&server, &hosts, cert_lifetime())?;
-        Credential {
-            endpoint: advertise.to_string(),
-            ca: authority.cert_pem.clone(),
-            certificate,
-            key,
-        }
-        .save(&own)?;
+        authority
+            .server_credential(marker.node_id, advertise, authority.cert_pem.clone())?
+            .save(&own)?;
         let admin = Principal::User {
             name: "admin".into(),
             role: UserRole::Admin,
@@ -452,17 +443,7 @@ async fn join_with_token(
     // `aws`, `docker` and curl accept it by that address), as it does at
     // every renewal. The joined key is dropped.
     drop(key);
-    let (certificate, key) = authority.issue_naming(
-        &Principal::Server { node_id },
-        &[advertise.to_string()],
-        cert_lifetime(),
-    )?;
-    let own = Credential {
-        endpoint: advertise.to_string(),
-        ca: issued.ca,
-        certificate,
-        key,
-    };
+    let own = authority.server_credential(node_id, advertise, issued.ca)?;
     own.save(&credential::server_path(data_dir))?;
     crate::tls::set_process_identity(Some(own.client_tls()?));
     tracing::info!(node = node_id, control_plane = %issued.cluster_id, "received this server's certificate and the cluster CA");

@@ -513,7 +513,7 @@ impl Orc for ApiContext {
         )
         .await
         .map_err(to_status)?;
-        Ok(Response::new(join_response(issued)))
+        Ok(Response::new(issued.into()))
     }
 
     async fn renew_certificate(
@@ -525,7 +525,7 @@ impl Orc for ApiContext {
             .renew_certificate(&principal, &request.into_inner().signing_request)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(join_response(issued)))
+        Ok(Response::new(issued.into()))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(action = %request.get_ref().action))]
@@ -548,17 +548,6 @@ impl Orc for ApiContext {
             body_json: answer.to_string(),
             warnings: vec![],
         }))
-    }
-}
-
-fn join_response(issued: trust::Issued) -> JoinResponse {
-    JoinResponse {
-        certificate: issued.certificate,
-        ca: issued.ca,
-        ca_key: issued.ca_key,
-        container_instance_id: issued.container_instance_id,
-        cluster_id: issued.cluster_id,
-        seal_key: issued.seal_key,
     }
 }
 

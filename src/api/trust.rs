@@ -30,7 +30,7 @@ use crate::error::Refusal;
 use crate::store::state::State;
 use crate::store::trust::{describe, CaRecord, Rotation, RotationPhase, TrustCommand};
 use crate::store::{Command, Proposal};
-use crate::tls::ca::{cert_lifetime, Authority};
+use crate::tls::ca::{cert_lifetime, Authority, Issued};
 use crate::tls::credential::{admin_path, server_path, Credential};
 use crate::tls::token::{check, JoinToken, NodeRole, TokenRecord};
 use crate::tls::ServerTlsSource;
@@ -100,17 +100,9 @@ impl Security {
     /// Issues this server a new certificate naming `advertise`, from
     /// [`Security::own_issuer`], and puts it to use (see [`Security::install`]).
     pub fn renew_own(&self, node_id: u64, advertise: &str) -> Result<Credential> {
-        let (certificate, key) = self.own_issuer().issue_naming(
-            &Principal::Server { node_id },
-            &[advertise.to_string()],
-            cert_lifetime(),
-        )?;
-        let own = Credential {
-            endpoint: advertise.to_string(),
-            ca: self.trusted(),
-            certificate,
-            key,
-        };
+        let own = self
+            .own_issuer()
+            .server_credential(node_id, advertise, self.trusted())?;
         self.install(&own)?;
         Ok(own)
     }
@@ -132,23 +124,6 @@ impl Security {
 /// joining server receives it with the CA key.
 pub fn seal_key_path(data_dir: &Path) -> PathBuf {
     crate::seal::key_path(data_dir)
-}
-
-/// What a node receives when it joins or renews.
-#[derive(Clone, Default)]
-pub struct Issued {
-    /// Its certificate (PEM).
-    pub certificate: String,
-    /// The CA certificate(s) (PEM).
-    pub ca: String,
-    /// Servers only: the CA key (PEM).
-    pub ca_key: String,
-    /// Agents: the instance id the certificate names.
-    pub container_instance_id: String,
-    /// The control plane's id.
-    pub cluster_id: String,
-    /// Servers only: the seal key, when the cluster has one.
-    pub seal_key: Vec<u8>,
 }
 
 impl ApiContext {

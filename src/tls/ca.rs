@@ -15,6 +15,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use super::credential::Credential;
 use super::{fingerprint, identity_uri};
 use crate::vocab::principal::Principal;
 use crate::{Error, Result};
@@ -29,6 +30,34 @@ pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 /// How long the admin credential a server writes is valid (nobody renews
 /// it): a year.
 pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+/// What a node receives when it joins or renews: made by the server's
+/// `Orc.Join`/`Orc.RenewCertificate` handlers, read by the joining node.
+#[derive(Clone, Default)]
+pub struct Issued {
+    /// The node's certificate (PEM).
+    pub certificate: String,
+    /// The CA certificate(s) (PEM).
+    pub ca: String,
+    /// Servers only: the CA's key (PEM).
+    pub ca_key: String,
+    /// Agents: the container instance id the certificate names.
+    pub container_instance_id: String,
+    /// The control plane's id.
+    pub cluster_id: String,
+    /// Servers only: the seal key (empty while the cluster has none).
+    pub seal_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys stay out of debug output.
+        f.debug_struct("Issued")
+            .field("container_instance_id", &self.container_instance_id)
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The lifetime of the certificates this process issues.
 pub fn cert_lifetime() -> Duration {
@@ -197,6 +226,29 @@ impl Authority {
             .signed_by(&key, &self.issuer()?)
             .map_err(|e| failed("cannot sign a certificate", e))?;
         Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A server's own credential: a certificate for server `node_id` that
+    /// also names its advertised address (so `aws`, `docker` and curl accept
+    /// it by that address), a fresh key, and `ca` (PEM) as what it trusts.
+    /// Bootstrap, a join and every renewal make it this way.
+    pub fn server_credential(
+        &self,
+        node_id: u64,
+        advertise: &str,
+        ca: String,
+    ) -> Result<Credential> {
+        let (certificate, key) = self.issue_naming(
+            &Principal::Server { node_id },
+            &[advertise.to_string()],
+            cert_lifetime(),
+        )?;
+        Ok(Credential {
+            endpoint: advertise.to_string(),
+            ca,
+            certificate,
+            key,
+        })
     }
 
     /// Signs a node's certificate signing request for `holder`, whatever

@@ -4,7 +4,10 @@
 
 use crate::model::{ControlPlaneStatus, Membership, ServerMember};
 use crate::store::Change;
-use crate::wire::proto::{ClusterStatusResponse, Member, MembershipResponse, WatchEvent};
+use crate::tls::ca::Issued;
+use crate::wire::proto::{
+    ClusterStatusResponse, JoinResponse, Member, MembershipResponse, WatchEvent,
+};
 
 /// A recorded change as a watch event.
 pub fn watch_event(change: Change) -> WatchEvent {
@@ -70,6 +73,15 @@ both_ways!(ControlPlaneStatus <=> ClusterStatusResponse {
 });
 
 both_ways!(Membership <=> MembershipResponse { cluster_id; members });
+
+both_ways!(Issued <=> JoinResponse {
+    certificate,
+    ca,
+    ca_key,
+    container_instance_id,
+    cluster_id,
+    seal_key
+});
 
 #[cfg(test)]
 mod tests {
