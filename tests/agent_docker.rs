@@ -10,6 +10,8 @@
 //! by a guard even when the test fails. Set ORC_SKIP_DOCKER_TESTS=1 to skip
 //! the Docker tests on a machine without Docker.
 
+#[path = "common/docker.rs"]
+mod docker;
 #[path = "common/images.rs"]
 mod images;
 
@@ -18,15 +20,15 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use docker::{skip, suffix};
 use orc::agent::config::AgentConfig;
 use orc::agent::docker::DockerRuntime;
 use orc::agent::fake::FakeRuntime;
@@ -254,27 +256,6 @@ impl AgentApi for Plane {
 }
 
 // ------------------------------------------------------------ helpers
-
-fn skip() -> bool {
-    if std::env::var_os("ORC_SKIP_DOCKER_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("ORC_SKIP_DOCKER_TESTS=1: skipping a Docker test");
-        return true;
-    }
-    false
-}
-
-fn suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let x = nanos ^ (u64::from(std::process::id()) << 20) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:08x}",
-        (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
-    )
-}
 
 /// Docker tests run one at a time: agents in one process would race for
 /// the same dynamic ports.

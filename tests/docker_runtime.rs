@@ -6,18 +6,20 @@
 //! and removed by a guard even when the test fails. Set
 //! ORC_SKIP_DOCKER_TESTS=1 to skip these tests on a machine without Docker.
 
+#[path = "common/docker.rs"]
+mod docker;
 #[path = "common/images.rs"]
 mod images;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use docker::{skip, suffix};
 use orc::agent::docker::DockerRuntime;
 use orc::agent::runtime::{
     ContainerSpec, ContainerState, HealthCheckSpec, HealthStatus, LogLine, LogStream, PortBinding,
@@ -27,33 +29,6 @@ use orc::agent::runtime::{
 const IMAGE: &str = "orc-test/busybox:1";
 /// The same image under a registry nobody listens on (port 9, "discard").
 const UNREACHABLE_IMAGE: &str = "127.0.0.1:9/orc-test/busybox:1";
-
-fn skip() -> bool {
-    if std::env::var_os("ORC_SKIP_DOCKER_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("ORC_SKIP_DOCKER_TESTS=1: skipping a Docker test");
-        return true;
-    }
-    false
-}
-
-/// A short random suffix, different for every call in every process.
-fn suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let mut x = nanos
-        ^ (u64::from(std::process::id()) << 32)
-        ^ COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    // xorshift to spread the bits
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    format!("{:08x}", x as u32)
-}
 
 /// Removes, on drop, every container and network the test made.
 struct Cleanup {

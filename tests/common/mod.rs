@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod docker;
 pub mod files;
 pub mod images;
 pub mod orc;
