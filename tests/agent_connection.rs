@@ -13,26 +13,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::agent::{TestAgent, DOCKER_PATIENCE};
-use common::cluster::{eventually, three_servers, TestServer};
+use common::cluster::{call, eventually, patient_client, three_servers, TestServer};
 use common::images::busybox_image;
 use orc::client::Client;
 use serde_json::{json, Value};
 
 const IMAGE: &str = "orc-test/busybox:1";
-
-fn client(address: &str) -> Client {
-    let mut client = Client::new(address).unwrap();
-    client.retry_for = Duration::from_secs(10);
-    client
-}
-
-async fn call(client: &Client, action: &str, body: Value) -> Value {
-    client
-        .call(action, body.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{action} {body} failed: {e}"))
-        .0
-}
 
 async fn instances(client: &Client) -> Vec<Value> {
     call(client, "DescribeContainerInstances", json!({})).await["containerInstances"]
@@ -85,7 +71,7 @@ async fn an_agent_whose_server_is_killed_moves_on_and_keeps_its_tasks() {
         .position(|s| s.address != leader)
         .expect("a follower");
     let agent = TestAgent::start(root.path(), "agent", &[&servers[follower].address]);
-    let control = client(&leader);
+    let control = patient_client(&leader);
     let instance = wait_connected(&control, &agent).await;
 
     call(&control, "RegisterTaskDefinition", web_definition(&image)).await;
@@ -174,7 +160,7 @@ async fn a_copied_agent_data_dir_is_refused_and_a_restart_is_not() {
     let root = tempfile::tempdir().unwrap();
     let server = TestServer::start(root.path(), "server", &["--bootstrap"], &[]);
     server.wait_ready().await;
-    let control = client(&server.address);
+    let control = patient_client(&server.address);
     let mut original = TestAgent::start(root.path(), "original", &[&server.address]);
     let instance = wait_connected(&control, &original).await;
 

@@ -16,28 +16,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::agent::{TestAgent, DOCKER_PATIENCE};
-use common::cluster::{eventually, three_servers};
+use common::cluster::{call, eventually, patient_client, three_servers};
 use common::images::busybox_image;
 use orc::client::Client;
 use rand::seq::SliceRandom as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const IMAGE: &str = "orc-test/busybox:1";
 const DESIRED: u64 = 3;
-
-fn client(address: &str) -> Client {
-    let mut client = Client::new(address).unwrap();
-    client.retry_for = Duration::from_secs(10);
-    client
-}
-
-async fn call(client: &Client, action: &str, body: Value) -> Value {
-    client
-        .call(action, body.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{action} {body} failed: {e}"))
-        .0
-}
 
 /// The service's running count, or None while no server accepts reads.
 async fn running_count(addresses: &[String]) -> Option<u64> {
@@ -121,7 +107,7 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
     let mut agents: Vec<TestAgent> = (1..=3)
         .map(|i| TestAgent::start(root.path(), &format!("agent{i}"), &all))
         .collect();
-    let control = client(&addresses[0]);
+    let control = patient_client(&addresses[0]);
     eventually(
         Duration::from_secs(60),
         "three agents to connect",
@@ -252,7 +238,7 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
                 return None;
             }
             let after = running_containers(&agents);
-            let tasks_after = tasks(&client(&addresses[0])).await;
+            let tasks_after = tasks(&patient_client(&addresses[0])).await;
             let running = tasks_after.values().filter(|s| *s == "RUNNING").count();
             let all_running = after
                 .values()
@@ -268,7 +254,7 @@ async fn every_member_killed_and_restarted_in_any_order_comes_back_without_resta
     );
     // Writes are accepted.
     call(
-        &client(&addresses[0]),
+        &patient_client(&addresses[0]),
         "UpdateService",
         json!({"service": "web", "desiredCount": DESIRED}),
     )

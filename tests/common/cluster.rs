@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orc::client::Client;
+use serde_json::Value;
 
 /// Waits up to `timeout` for `child` to exit (polling every 50 ms); `None`
 /// when it is still running, for the caller to kill and report.
@@ -277,6 +278,24 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A client for the server at `address`, with this process's identity,
+/// that retries for 10 s: long enough to ride out an election.
+pub fn patient_client(address: &str) -> Client {
+    let mut client = Client::new(address).unwrap();
+    client.retry_for = Duration::from_secs(10);
+    client
+}
+
+/// Calls an ECS action through `client`; panics naming the action, the
+/// body and the error.
+pub async fn call(client: &Client, action: &str, body: Value) -> Value {
+    client
+        .call(action, body.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{action} {body} failed: {e}"))
+        .0
 }
 
 /// Polls `check` until it returns `Some`, or fails with `what` after `timeout`.

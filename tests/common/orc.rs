@@ -97,18 +97,12 @@ impl TestOrc {
 
     /// A client with a generous retry window.
     pub fn client(&self) -> Client {
-        let mut client = Client::new(&self.server.address).unwrap();
-        client.retry_for = Duration::from_secs(10);
-        client
+        super::cluster::patient_client(&self.server.address)
     }
 
     /// Calls an ECS action, panicking with the error.
     pub async fn call(&self, action: &str, body: Value) -> Value {
-        self.client()
-            .call(action, body.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{action} {body} failed: {e}"))
-            .0
+        super::cluster::call(&self.client(), action, body).await
     }
 
     /// Runs `orc` with the endpoint set; returns (success, stdout, stderr).
