@@ -41,6 +41,8 @@ fn aws_command(program: &str, address: &str, workdir: &Path) -> Command {
             workdir.join("no-aws-credentials"),
         )
         .env("AWS_PAGER", "")
+        // The scripts import tests/aws/expect.py: no __pycache__ beside them.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("IMAGE", IMAGE);
     command
 }
@@ -834,7 +836,10 @@ fn every_action_in_the_readme_table_is_called_through_the_door() {
         .unwrap();
     let mut sources = std::fs::read_to_string(root.join("tests/aws_door.rs")).unwrap();
     for entry in std::fs::read_dir(scripts()).unwrap() {
-        sources.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            sources.push_str(&std::fs::read_to_string(path).unwrap());
+        }
     }
     let words = |action: &str, sep: char| {
         let mut out = String::new();

@@ -4,30 +4,15 @@ a message naming what was wrong, and a request id.
 
 Run by tests/aws_door.rs with AWS_ENDPOINT_URL pointing at an orc server."""
 
+import functools
+
 import boto3
-import botocore.exceptions
+
+import expect as refusals
 
 ecs = boto3.client("ecs")
-
-
-def expect(code, call, *words):
-    try:
-        call()
-    except botocore.exceptions.ClientError as error:
-        got = error.response["Error"]["Code"]
-        message = error.response["Error"]["Message"]
-        assert got == code, f"expected {code}, got {got}: {message}"
-        modelled = getattr(ecs.exceptions, code, None)
-        if modelled is not None:
-            assert isinstance(error, modelled), f"{type(error)} is not {modelled}"
-        for word in words:
-            assert word in message, f"{word!r} not in {message!r}"
-        metadata = error.response["ResponseMetadata"]
-        assert metadata["HTTPStatusCode"] == 400, metadata
-        assert metadata.get("RequestId"), metadata
-        print(f"{code}: {message}")
-        return
-    raise AssertionError(f"expected {code}, but the call succeeded")
+# Every refusal here is a client error (400) of a class ECS models.
+expect = functools.partial(refusals.expect, status=400, exceptions=ecs.exceptions)
 
 
 expect("ClusterNotFoundException", lambda: ecs.list_tasks(cluster="nope"), '"nope"')

@@ -8,10 +8,9 @@ import os
 
 import boto3
 import botocore.config
-import botocore.exceptions
 from botocore import UNSIGNED
 
-
+from expect import expect
 
 
 def client(service, key="x", secret="x", unsigned=False):
@@ -23,17 +22,6 @@ def client(service, key="x", secret="x", unsigned=False):
         region_name="orc",
         config=config,
     )
-
-
-def expect(code, call):
-    try:
-        call()
-    except botocore.exceptions.ClientError as error:
-        got = error.response["Error"]["Code"]
-        assert got == code, f"expected {code}, got {got}: {error.response['Error']['Message']}"
-        print(f"{code}: {error.response['Error']['Message']}")
-        return
-    raise AssertionError(f"expected {code}, but the call succeeded")
 
 
 admin = (os.environ["ADMIN_KEY"], os.environ["ADMIN_SECRET"])

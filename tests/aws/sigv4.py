@@ -17,7 +17,8 @@ import boto3
 import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
-import botocore.exceptions
+
+from expect import expect
 
 ENDPOINT = os.environ["AWS_ENDPOINT_URL"]
 REGION = "orc"
@@ -35,23 +36,6 @@ def client(service, key, secret):
 
 def keys(role):
     return os.environ[f"{role}_KEY"], os.environ[f"{role}_SECRET"]
-
-
-def expect(code, call, *words, status=None):
-    try:
-        call()
-    except botocore.exceptions.ClientError as error:
-        got = error.response["Error"]["Code"]
-        message = error.response["Error"]["Message"]
-        assert got == code, f"expected {code}, got {got}: {message}"
-        for word in words:
-            assert word in message, f"{word!r} not in {message!r}"
-        if status is not None:
-            got_status = error.response["ResponseMetadata"]["HTTPStatusCode"]
-            assert got_status == status, f"expected {status}, got {got_status}"
-        print(f"{code}: {message}")
-        return
-    raise AssertionError(f"expected {code}, but the call succeeded")
 
 
 admin_ecs = client("ecs", *keys("ADMIN"))
