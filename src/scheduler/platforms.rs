@@ -134,11 +134,7 @@ pub fn check(state: &State, cluster: &str, definition: &TaskDefinition) -> Resul
         .filter(|instance| instance.status != "INACTIVE")
         .map(|instance| {
             let architecture = instance
-                .registration
-                .attributes
-                .iter()
-                .find(|a| a.name == ARCHITECTURE_ATTRIBUTE)
-                .and_then(|a| a.value.as_deref())
+                .attribute(ARCHITECTURE_ATTRIBUTE)
                 .map(canonical_arch)
                 .unwrap_or_else(|| "unknown".to_string());
             (instance.id().to_string(), architecture)

@@ -834,11 +834,7 @@ pub fn target_address(
             ))
         })?;
     let host = instance
-        .registration
-        .attributes
-        .iter()
-        .find(|a| a.name == HOST_ADDRESS_ATTRIBUTE)
-        .and_then(|a| a.value.clone())
+        .attribute(HOST_ADDRESS_ATTRIBUTE)
         .ok_or_else(|| {
             Error::InvalidInput(format!(
                 "Targets.Id: container instance {instance_id} registered no {HOST_ADDRESS_ATTRIBUTE} attribute, so orc does not know where to reach it; restart its agent with this version of orc"
