@@ -1448,6 +1448,16 @@ mod target_tests {
         (state, group_arn)
     }
 
+    /// [`lab`] with the service's tasks launched at 1 s, RUNNING at 2 s and
+    /// registered with the target group (their health still initial).
+    fn lab_registered(desired: u32) -> (State, String) {
+        let (mut state, group_arn) = lab(desired);
+        step(&mut state, |s| service_commands(s, 1_000, 7));
+        run_pending(&mut state, 2_000);
+        step(&mut state, |s| target_commands(s, 2_000));
+        (state, group_arn)
+    }
+
     /// The agent reports every PENDING task of the service RUNNING, each on
     /// its own host port from 32768.
     fn run_pending(state: &mut State, now_ms: u64) {
@@ -1579,10 +1589,7 @@ mod target_tests {
 
     #[test]
     fn new_load_balancers_start_a_deployment_whose_tasks_register_in_the_new_group() {
-        let (mut state, web_arn) = lab(2);
-        step(&mut state, |s| service_commands(s, 1_000, 7));
-        run_pending(&mut state, 2_000);
-        step(&mut state, |s| target_commands(s, 2_000));
+        let (mut state, web_arn) = lab_registered(2);
         set_all(&mut state, &web_arn, TargetHealth::healthy());
         step(&mut state, |s| service_commands(s, 3_000, 7));
         let old_tasks: std::collections::BTreeSet<String> = state
@@ -1679,10 +1686,7 @@ mod target_tests {
 
     #[test]
     fn a_scaled_in_task_drains_as_deactivating_then_stops() {
-        let (mut state, group_arn) = lab(2);
-        step(&mut state, |s| service_commands(s, 1_000, 7));
-        run_pending(&mut state, 2_000);
-        step(&mut state, |s| target_commands(s, 2_000));
+        let (mut state, group_arn) = lab_registered(2);
         set_all(&mut state, &group_arn, TargetHealth::healthy());
         step(&mut state, |s| service_commands(s, 3_000, 7));
 
@@ -1775,10 +1779,7 @@ mod target_tests {
 
     #[test]
     fn a_task_whose_target_fails_its_checks_is_replaced_after_the_grace_period() {
-        let (mut state, group_arn) = lab(1);
-        step(&mut state, |s| service_commands(s, 1_000, 7));
-        run_pending(&mut state, 2_000);
-        step(&mut state, |s| target_commands(s, 2_000));
+        let (mut state, group_arn) = lab_registered(1);
         set_all(
             &mut state,
             &group_arn,
@@ -1828,10 +1829,7 @@ mod target_tests {
 
     #[test]
     fn stop_task_on_a_service_task_behind_a_target_group_drains_it_first() {
-        let (mut state, _) = lab(1);
-        step(&mut state, |s| service_commands(s, 1_000, 7));
-        run_pending(&mut state, 2_000);
-        step(&mut state, |s| target_commands(s, 2_000));
+        let (mut state, _) = lab_registered(1);
         let task_arn = state.service_tasks("default", "web")[0].task_arn.clone();
         let answer = propose(
             &mut state,
@@ -1868,10 +1866,7 @@ mod target_tests {
 
     #[test]
     fn a_stopped_task_leaves_its_target_group() {
-        let (mut state, _) = lab(1);
-        step(&mut state, |s| service_commands(s, 1_000, 7));
-        run_pending(&mut state, 2_000);
-        step(&mut state, |s| target_commands(s, 2_000));
+        let (mut state, _) = lab_registered(1);
         let task_arn = state.service_tasks("default", "web")[0].task_arn.clone();
         // Its container exited (the agent stops the task on its own).
         let change = TaskStateChange {
