@@ -165,8 +165,9 @@ fn uri_encode(text: &str, keep_slash: bool) -> String {
     out
 }
 
-/// Decodes `%XY` escapes (and nothing else), for re-encoding canonically.
-fn uri_decode(text: &str) -> String {
+/// Decodes `%XY` escapes (and nothing else), for re-encoding canonically;
+/// a `%` not followed by two hex digits stays as it is.
+pub(crate) fn uri_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
