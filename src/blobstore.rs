@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 
 use crate::oci::Digest;
@@ -235,6 +237,35 @@ impl BlobStore {
         self.discard(upload);
         committed?;
         Ok(FinishOutcome::Stored(size))
+    }
+}
+
+impl BlobStore {
+    /// Stores a blob that arrives whole as `pieces` (a copy from another
+    /// server, a pull-through fetch): written to an upload of its own for
+    /// `repository` and verified against `digest` as [`BlobStore::finish`]
+    /// does. The first error among the pieces ends the transfer and
+    /// discards the upload.
+    pub async fn store_stream(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        mut pieces: impl Stream<Item = Result<Bytes>> + Unpin,
+    ) -> Result<FinishOutcome> {
+        let upload = self.start(repository)?;
+        let mut upload = upload.lock().await;
+        let copied = async {
+            while let Some(piece) = pieces.next().await {
+                self.append(&mut upload, piece?).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(error) = copied {
+            self.discard(&mut upload);
+            return Err(error);
+        }
+        self.finish(&mut upload, digest).await
     }
 }
 

@@ -127,27 +127,23 @@ impl BlobSync {
     }
 
     async fn copy_from(&self, address: &str, digest: &Digest) -> Result<u64> {
-        let mut pieces = crate::wire::blobs::fetch(address, digest, PIECE_PATIENCE).await?;
-        let upload = self.blobs.start("")?;
-        let mut upload = upload.lock().await;
-        let copied = async {
-            loop {
-                let piece = tokio::time::timeout(PIECE_PATIENCE, pieces.next())
-                    .await
-                    .map_err(|_| Error::Unavailable("the copy stalled for 30 s".into()))?;
-                match piece {
-                    None => break,
-                    Some(piece) => self.blobs.append(&mut upload, piece?).await?,
-                }
+        let pieces = crate::wire::blobs::fetch(address, digest, PIECE_PATIENCE).await?;
+        // A piece that takes longer than PIECE_PATIENCE ends the copy.
+        let pieces = futures::stream::unfold(Some(pieces), |pieces| async move {
+            let mut pieces = pieces?;
+            match tokio::time::timeout(PIECE_PATIENCE, pieces.next()).await {
+                Ok(piece) => piece.map(|piece| (piece, Some(pieces))),
+                Err(_) => Some((
+                    Err(Error::Unavailable("the copy stalled for 30 s".into())),
+                    None,
+                )),
             }
-            Ok::<(), Error>(())
-        }
-        .await;
-        if let Err(error) = copied {
-            self.blobs.discard(&mut upload);
-            return Err(error);
-        }
-        match self.blobs.finish(&mut upload, digest).await? {
+        });
+        match self
+            .blobs
+            .store_stream("", digest, std::pin::pin!(pieces))
+            .await?
+        {
             FinishOutcome::Stored(size) => Ok(size),
             FinishOutcome::Mismatch(actual) => Err(Error::Internal(format!(
                 "the copy's bytes have digest {actual}: the other server's file is damaged"

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -160,26 +161,14 @@ async fn fetch_blob(
         Some(size) => size,
         None => {
             let response = upstream.get(&format!("blobs/{digest}"), None).await?;
-            let upload = registry.blobs.start(repository)?;
-            let mut upload = upload.lock().await;
-            let mut body = response.into_body();
-            let copied = async {
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| {
-                        Error::Unavailable(format!("the blob's download broke off: {e}"))
-                    })?;
-                    if let Ok(data) = frame.into_data() {
-                        registry.blobs.append(&mut upload, data).await?;
-                    }
-                }
-                Ok::<(), Error>(())
-            }
-            .await;
-            if let Err(error) = copied {
-                registry.blobs.discard(&mut upload);
-                return Err(error);
-            }
-            match registry.blobs.finish(&mut upload, digest).await? {
+            let pieces = response.into_body().into_data_stream().map(|piece| {
+                piece.map_err(|e| Error::Unavailable(format!("the blob's download broke off: {e}")))
+            });
+            match registry
+                .blobs
+                .store_stream(repository, digest, pieces)
+                .await?
+            {
                 FinishOutcome::Stored(size) => size,
                 FinishOutcome::Mismatch(actual) => {
                     return Err(Error::Unavailable(format!(
