@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::cluster::{eventually, three_servers};
+use common::cluster::{eventually, three_servers, wait_instance_connected};
 use common::images::busybox_image;
 use common::orc::TestOrc;
 use serde_json::json;
@@ -162,14 +162,7 @@ async fn every_server_of_three_serves_the_logs_of_an_agent_connected_to_one() {
         dir: agent_dir,
     };
     let client = servers[0].client();
-    eventually(Duration::from_secs(30), "the agent to register", || async {
-        let (answer, _) = client
-            .call("DescribeContainerInstances", json!({}))
-            .await
-            .ok()?;
-        (answer["containerInstances"][0]["agentConnected"] == true).then_some(())
-    })
-    .await;
+    wait_instance_connected(&client).await;
     let (answer, _) = client
         .call(
             "RegisterTaskDefinition",

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{eventually, free_port, join_as_agent, TestServer};
+use common::cluster::{eventually, free_port, join_as_agent, wait_instance_connected, TestServer};
 use orc::client::{join_cluster, Client};
 use orc::tls::ClientTls;
 use orc::wire::proto::agent_api_client::AgentApiClient;
@@ -474,14 +474,7 @@ async fn certificates_renew_without_a_restart() {
         agent.log_text()
     );
     let control = server.client();
-    eventually(Duration::from_secs(30), "the agent connected", || async {
-        let (answer, _) = control
-            .call("DescribeContainerInstances", json!({}))
-            .await
-            .ok()?;
-        (answer["containerInstances"][0]["agentConnected"] == true).then_some(())
-    })
-    .await;
+    wait_instance_connected(&control).await;
     assert!(server
         .log_text()
         .contains("renewed this server's certificate"));

@@ -298,6 +298,23 @@ pub async fn call(client: &Client, action: &str, body: Value) -> Value {
         .0
 }
 
+/// Waits up to 30 s until the server `client` talks to lists an ACTIVE
+/// container instance whose agent is connected.
+pub async fn wait_instance_connected(client: &Client) {
+    eventually(Duration::from_secs(30), "the agent to register", || async {
+        let (answer, _) = client
+            .call("DescribeContainerInstances", serde_json::json!({}))
+            .await
+            .ok()?;
+        let connected = answer["containerInstances"]
+            .as_array()?
+            .iter()
+            .any(|i| i["agentConnected"] == true && i["status"] == "ACTIVE");
+        connected.then_some(())
+    })
+    .await;
+}
+
 /// Polls `check` until it returns `Some`, or fails with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

@@ -121,19 +121,7 @@ impl TestOrc {
 
     /// Waits until the instance is registered and connected.
     pub async fn wait_instance_connected(&self) {
-        eventually(Duration::from_secs(30), "the agent to register", || async {
-            let (answer, _) = self
-                .client()
-                .call("DescribeContainerInstances", json!({}))
-                .await
-                .ok()?;
-            let connected = answer["containerInstances"]
-                .as_array()?
-                .iter()
-                .any(|i| i["agentConnected"] == true && i["status"] == "ACTIVE");
-            connected.then_some(())
-        })
-        .await;
+        super::cluster::wait_instance_connected(&self.client()).await;
     }
 
     /// Registers a task definition document; returns `family:revision`.
