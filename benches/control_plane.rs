@@ -1477,58 +1477,51 @@ fn table(orc: &Report, etcd: &Report) -> String {
             String::new(),
         ]);
     }
-    row(
-        &mut rows,
-        format!(
-            "leader failover, kill → first write (ms, median of {})",
-            orc.failovers.len().max(etcd.failovers.len())
-        ),
-        orc.failover_median().map(ms),
-        etcd.failover_median().map(ms),
-        &|v| format!("{v:.0}"),
-    );
-    let samples = |r: &Report| {
-        r.failovers
-            .iter()
-            .map(|d| {
-                d.map(|d| format!("{:.0}", ms(d)))
-                    .unwrap_or_else(|| "never".into())
-            })
-            .collect::<Vec<_>>()
-            .join(" / ")
+    // A failover measure: the median of its trials, then each trial (or
+    // "never" for one that did not end).
+    let failover_rows = |rows: &mut Vec<[String; 4]>,
+                         measure: &str,
+                         trials_label: &str,
+                         trials: fn(&Report) -> &[Option<Duration>]| {
+        row(
+            rows,
+            format!(
+                "{measure} (ms, median of {})",
+                trials(orc).len().max(trials(etcd).len())
+            ),
+            median_of(trials(orc)).map(ms),
+            median_of(trials(etcd)).map(ms),
+            &|v| format!("{v:.0}"),
+        );
+        let samples = |r: &Report| {
+            trials(r)
+                .iter()
+                .map(|d| {
+                    d.map(|d| format!("{:.0}", ms(d)))
+                        .unwrap_or_else(|| "never".into())
+                })
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        rows.push([
+            format!("  {trials_label} trials (ms)"),
+            samples(orc),
+            samples(etcd),
+            String::new(),
+        ]);
     };
-    rows.push([
-        "  failover trials (ms)".into(),
-        samples(orc),
-        samples(etcd),
-        String::new(),
-    ]);
-    row(
+    failover_rows(
         &mut rows,
-        format!(
-            "user-visible failover, kill → one write to a follower answered (ms, median of {})",
-            orc.user_failovers.len().max(etcd.user_failovers.len())
-        ),
-        orc.user_failover_median().map(ms),
-        etcd.user_failover_median().map(ms),
-        &|v| format!("{v:.0}"),
+        "leader failover, kill → first write",
+        "failover",
+        |r| &r.failovers,
     );
-    let user_samples = |r: &Report| {
-        r.user_failovers
-            .iter()
-            .map(|d| {
-                d.map(|d| format!("{:.0}", ms(d)))
-                    .unwrap_or_else(|| "never".into())
-            })
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    rows.push([
-        "  user-visible failover trials (ms)".into(),
-        user_samples(orc),
-        user_samples(etcd),
-        String::new(),
-    ]);
+    failover_rows(
+        &mut rows,
+        "user-visible failover, kill → one write to a follower answered",
+        "user-visible failover",
+        |r| &r.user_failovers,
+    );
     let count = env_u64("ORC_BENCH_FOLLOWER_WRITES", 200);
     row(
         &mut rows,
