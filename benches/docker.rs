@@ -463,6 +463,33 @@ async fn service_running(stack: &Stack, service: &str) -> anyhow::Result<Vec<Val
         .collect())
 }
 
+/// Creates service `name` of `count` tasks of `task_definition` and waits
+/// (60 s at most) until all of them run; returns them as described.
+async fn start_service(
+    stack: &Stack,
+    name: &str,
+    task_definition: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Value>> {
+    stack
+        .call(
+            "CreateService",
+            json!({"serviceName": name, "taskDefinition": task_definition, "desiredCount": count}),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = service_running(stack, name).await?;
+        if running.len() == count {
+            return Ok(running);
+        }
+        if Instant::now() > deadline {
+            bail!("service {name} never ran {count} tasks");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn stop_all(stack: &Stack, ids: &[String]) -> anyhow::Result<()> {
     for id in ids {
         stack
@@ -1010,23 +1037,7 @@ async fn part4_heal(
     let mut samples = vec![];
     for trial in 1..=trials {
         let name = format!("heal-{trial}");
-        stack
-            .call(
-                "CreateService",
-                json!({"serviceName": name, "taskDefinition": "bench-heal", "desiredCount": 2}),
-            )
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let before = loop {
-            let running = service_running(stack, &name).await?;
-            if running.len() == 2 {
-                break running;
-            }
-            if Instant::now() > deadline {
-                bail!("service {name} never ran 2 tasks");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let before = start_service(stack, &name, "bench-heal", 2).await?;
         // Let the service settle (steady state) before the kill.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before_ids: BTreeSet<String> = before
@@ -1111,23 +1122,7 @@ async fn part5_instance_loss(
             .instance_id()
             .ok_or_else(|| anyhow!("no instance id"))?;
         let name = format!("loss-{trial}");
-        stack
-            .call(
-                "CreateService",
-                json!({"serviceName": name, "taskDefinition": "bench-loss", "desiredCount": 4}),
-            )
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let placed = loop {
-            let running = service_running(stack, &name).await?;
-            if running.len() == 4 {
-                break running;
-            }
-            if Instant::now() > deadline {
-                bail!("service {name} never ran 4 tasks");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let placed = start_service(stack, &name, "bench-loss", 4).await?;
         let mut per_instance: BTreeMap<String, usize> = BTreeMap::new();
         for t in &placed {
             let arn = t["containerInstanceArn"].as_str().unwrap_or("?");
