@@ -73,17 +73,23 @@ pub fn verify_token(secret: &str, token: &str, now_ms: u64) -> bool {
 /// The password of an `Authorization: Basic …` header whose user is `AWS`
 /// (or `Bearer TOKEN`).
 pub fn basic_password(header: &str) -> Option<String> {
-    use base64::Engine as _;
     if let Some(token) = header.strip_prefix("Bearer ") {
         return Some(token.trim().to_string());
     }
+    let (user, password) = basic_credentials(header)?;
+    (user == "AWS").then_some(password)
+}
+
+/// The user and password of an `Authorization: Basic …` header.
+pub fn basic_credentials(header: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
     let encoded = header.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
-    (user == "AWS").then(|| password.to_string())
+    Some((user.to_string(), password.to_string()))
 }
 
 /// The token secret as the state keeps it, opened: sealed

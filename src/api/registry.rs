@@ -67,18 +67,6 @@ fn pulls_open(connection: Option<&Principal>) -> bool {
     )
 }
 
-/// The user and password of an `Authorization: Basic …` header.
-fn basic_credentials(header: &str) -> Option<(String, String)> {
-    use base64::Engine as _;
-    let encoded = header.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
-}
-
 /// The `/v2/` routes, to merge into the API port's router.
 pub fn router(registry: Arc<Registry>) -> axum::Router {
     let root = registry.clone();
@@ -501,7 +489,7 @@ impl Registry {
     /// fails. The secret is compared in constant time.
     fn access_key_login(&self, headers: &HeaderMap) -> Option<Result<bool, String>> {
         let (user, password) =
-            header_str(headers, header::AUTHORIZATION).and_then(basic_credentials)?;
+            header_str(headers, header::AUTHORIZATION).and_then(super::ecr::basic_credentials)?;
         if user == "AWS" {
             return None;
         }
