@@ -24,11 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use docker::{skip, suffix};
+use docker::{http_get, skip, suffix};
 use orc::agent::config::AgentConfig;
 use orc::agent::docker::DockerRuntime;
 use orc::agent::fake::FakeRuntime;
@@ -419,21 +418,6 @@ fn start_agent(config: AgentConfig, runtime: Arc<dyn Runtime>) -> tokio::task::J
 async fn docker() -> Arc<dyn Runtime> {
     images::busybox_image(IMAGE);
     Arc::new(DockerRuntime::connect().await.expect("docker is reachable"))
-}
-
-async fn http_get(port: u16) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut body))
-        .await
-        .ok()?
-        .ok()?;
-    Some(body)
 }
 
 // ------------------------------------------------------------ tests

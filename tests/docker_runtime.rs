@@ -17,9 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use docker::{skip, suffix};
+use docker::{http_get, skip, suffix};
 use orc::agent::docker::DockerRuntime;
 use orc::agent::runtime::{
     ContainerSpec, ContainerState, HealthCheckSpec, HealthStatus, LogLine, LogStream, PortBinding,
@@ -141,23 +140,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// `GET /` over plain HTTP/1.0; the whole response, or None on any failure.
-async fn http_get(port: u16) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    text.starts_with("HTTP/").then_some(text)
 }
 
 #[tokio::test]
