@@ -36,41 +36,15 @@ fn elbv2(address: &str, args: &[&str]) -> Result<Value, String> {
 /// A one-page HTTP server on a free port, answering `body` to every
 /// request, until the process ends.
 fn page_server(body: &'static str) -> u16 {
-    use std::io::{Read as _, Write as _};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
+    status_server(
+        std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        body,
+    )
 }
 
 /// GET / on 127.0.0.1:`port`: the body, or `None` when nothing answers.
 fn get(port: u16) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
+    get_status(port).map(|(_, body)| body)
 }
 
 fn ok(address: &str, args: &[&str]) -> Value {
