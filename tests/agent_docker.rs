@@ -10,23 +10,25 @@
 //! by a guard even when the test fails. Set ORC_SKIP_DOCKER_TESTS=1 to skip
 //! the Docker tests on a machine without Docker.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "common/docker.rs"]
 mod docker;
 #[path = "common/images.rs"]
 mod images;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use cluster::eventually;
 use docker::{http_get, skip, suffix};
 use orc::agent::config::AgentConfig;
 use orc::agent::docker::DockerRuntime;
@@ -339,22 +341,6 @@ fn docker_networks(cluster: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls `check` until it returns Some, or panics after `limit` naming `what`.
-async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn assignment(cluster: &str, id: &str, containers: serde_json::Value) -> Assignment {
     let task = json!({
         "taskArn": format!("{ARN}{cluster}/{id}"),
@@ -451,7 +437,7 @@ async fn a_hundred_tasks_on_a_fake_runtime_all_reach_running() {
         }
         plane.bump(&mut s);
     }
-    until(Duration::from_secs(20), "100 RUNNING reports", || async {
+    eventually(Duration::from_secs(20), "100 RUNNING reports", || async {
         arns.iter()
             .all(|a| plane.report(a, TaskStatus::Running).is_some())
             .then_some(())
@@ -497,7 +483,7 @@ async fn web_task_is_reachable_on_its_dynamic_host_port() {
         )]),
     ));
     let task = arn(&cluster, "web");
-    let running = until(Duration::from_secs(60), "the web task RUNNING", || async {
+    let running = eventually(Duration::from_secs(60), "the web task RUNNING", || async {
         plane.report(&task, TaskStatus::Running)
     })
     .await;
@@ -505,7 +491,7 @@ async fn web_task_is_reachable_on_its_dynamic_host_port() {
     assert_eq!(binding.container_port, 80);
     assert!((32768..=60999).contains(&binding.host_port), "{binding:?}");
     let port = binding.host_port;
-    let page = until(Duration::from_secs(30), "the page", || async {
+    let page = eventually(Duration::from_secs(30), "the page", || async {
         http_get(port).await.filter(|b| b.contains("hello from"))
     })
     .await;
@@ -514,7 +500,7 @@ async fn web_task_is_reachable_on_its_dynamic_host_port() {
     // Stop it: STOPPED is reported; the container is kept, exited, for the
     // task cleanup wait (an hour by default).
     plane.stop(&task);
-    until(Duration::from_secs(30), "STOPPED", || async {
+    eventually(Duration::from_secs(30), "STOPPED", || async {
         plane.report(&task, TaskStatus::Stopped)
     })
     .await;
@@ -550,7 +536,7 @@ async fn essential_exit_stops_the_task_with_exit_codes() {
         ]),
     ));
     let task = arn(&cluster, "ess");
-    let stopped = until(Duration::from_secs(60), "STOPPED", || async {
+    let stopped = eventually(Duration::from_secs(60), "STOPPED", || async {
         plane.report(&task, TaskStatus::Stopped)
     })
     .await;
@@ -577,7 +563,7 @@ async fn essential_exit_stops_the_task_with_exit_codes() {
     assert!(plane.report(&task, TaskStatus::Running).is_some());
     // The network goes at once; the containers are kept for the cleanup
     // wait, their output readable.
-    until(Duration::from_secs(30), "the network removed", || async {
+    eventually(Duration::from_secs(30), "the network removed", || async {
         docker_networks(&cluster).is_empty().then_some(())
     })
     .await;
@@ -616,7 +602,7 @@ async fn containers_of_a_task_reach_each_other_by_name_and_link_alias() {
         ]),
     ));
     let task = arn(&cluster, "net");
-    let report = until(Duration::from_secs(60), "the client to finish", || async {
+    let report = eventually(Duration::from_secs(60), "the client to finish", || async {
         plane
             .reports(&task)
             .into_iter()
@@ -665,7 +651,7 @@ async fn depends_on_healthy_waits_for_the_health_check() {
         ]),
     ));
     let task = arn(&cluster, "hc");
-    let healthy = until(Duration::from_secs(60), "RUNNING and HEALTHY", || async {
+    let healthy = eventually(Duration::from_secs(60), "RUNNING and HEALTHY", || async {
         plane
             .reports(&task)
             .into_iter()
@@ -713,7 +699,7 @@ async fn a_restarted_agent_adopts_its_containers_and_applies_stops_made_while_do
     ));
     let keep = arn(&cluster, "keep");
     let gone = arn(&cluster, "gone");
-    until(Duration::from_secs(60), "both tasks RUNNING", || async {
+    eventually(Duration::from_secs(60), "both tasks RUNNING", || async {
         (plane.report(&keep, TaskStatus::Running).is_some()
             && plane.report(&gone, TaskStatus::Running).is_some())
         .then_some(())
@@ -731,7 +717,7 @@ async fn a_restarted_agent_adopts_its_containers_and_applies_stops_made_while_do
     let first_id = plane.lock().registrations[0].0.clone();
 
     let agent = start_agent(config(&address, &cluster, dir.path()), runtime);
-    let stopped = until(
+    let stopped = eventually(
         Duration::from_secs(60),
         "the stopped task STOPPED",
         || async { plane.report(&gone, TaskStatus::Stopped) },
@@ -752,7 +738,7 @@ async fn a_restarted_agent_adopts_its_containers_and_applies_stops_made_while_do
         keep_ids
     );
     assert_eq!(docker_ids(&cluster, "status=running"), keep_ids);
-    until(Duration::from_secs(30), "the kept page", || async {
+    eventually(Duration::from_secs(30), "the kept page", || async {
         http_get(port).await.filter(|b| b.contains("hello from"))
     })
     .await;
@@ -805,7 +791,7 @@ async fn stops_in_flight_never_delay_a_new_task_on_a_fake_runtime() {
         }
         plane.bump(&mut s);
     }
-    until(Duration::from_secs(30), "100 RUNNING reports", || async {
+    eventually(Duration::from_secs(30), "100 RUNNING reports", || async {
         arns.iter()
             .all(|a| plane.report(a, TaskStatus::Running).is_some())
             .then_some(())
@@ -822,14 +808,14 @@ async fn stops_in_flight_never_delay_a_new_task_on_a_fake_runtime() {
         plane.bump(&mut s);
     }
     // All of them are stopping at once (no batch budget serialises them).
-    until(Duration::from_secs(30), "100 stops in flight", || async {
+    eventually(Duration::from_secs(30), "100 stops in flight", || async {
         (runtime.stops_in_flight() == 100).then_some(())
     })
     .await;
     let new = assignment("lanes", "new", json!([{"name": "web", "image": "app:1"}]));
     let new_arn = new.task.task_arn.clone();
     plane.assign(new);
-    until(Duration::from_secs(30), "the new task RUNNING", || async {
+    eventually(Duration::from_secs(30), "the new task RUNNING", || async {
         plane.report(&new_arn, TaskStatus::Running)
     })
     .await;
@@ -842,7 +828,7 @@ async fn stops_in_flight_never_delay_a_new_task_on_a_fake_runtime() {
         .iter()
         .all(|a| plane.report(a, TaskStatus::Stopped).is_none()));
     runtime.hold_stops(false);
-    until(Duration::from_secs(30), "100 STOPPED reports", || async {
+    eventually(Duration::from_secs(30), "100 STOPPED reports", || async {
         arns.iter()
             .all(|a| plane.report(a, TaskStatus::Stopped).is_some())
             .then_some(())
@@ -881,12 +867,12 @@ async fn a_tasks_sigterm_ignoring_containers_stop_together_before_what_they_depe
         ]),
     ));
     let task = arn(&cluster, "par");
-    until(Duration::from_secs(60), "RUNNING", || async {
+    eventually(Duration::from_secs(60), "RUNNING", || async {
         plane.report(&task, TaskStatus::Running)
     })
     .await;
     plane.stop(&task);
-    let stopped = until(Duration::from_secs(60), "STOPPED", || async {
+    let stopped = eventually(Duration::from_secs(60), "STOPPED", || async {
         plane.report(&task, TaskStatus::Stopped)
     })
     .await;
@@ -950,7 +936,7 @@ async fn a_new_task_starts_while_twenty_tasks_sit_out_their_stop_timeouts() {
             arn
         })
         .collect();
-    until(Duration::from_secs(120), "20 tasks RUNNING", || async {
+    eventually(Duration::from_secs(120), "20 tasks RUNNING", || async {
         arns.iter()
             .all(|a| plane.report(a, TaskStatus::Running).is_some())
             .then_some(())
@@ -962,7 +948,7 @@ async fn a_new_task_starts_while_twenty_tasks_sit_out_their_stop_timeouts() {
     let new = assignment(&cluster, "new", json!([container("web", json!({}))]));
     let new_arn = new.task.task_arn.clone();
     plane.assign(new);
-    until(Duration::from_secs(60), "the new task RUNNING", || async {
+    eventually(Duration::from_secs(60), "the new task RUNNING", || async {
         plane.report(&new_arn, TaskStatus::Running)
     })
     .await;
@@ -1006,7 +992,7 @@ async fn a_stopped_tasks_container_is_kept_for_the_cleanup_wait_then_removed() {
         )]),
     ));
     let task = arn(&cluster, "crash");
-    let stopped = until(Duration::from_secs(60), "STOPPED", || async {
+    let stopped = eventually(Duration::from_secs(60), "STOPPED", || async {
         plane.report(&task, TaskStatus::Stopped)
     })
     .await;
@@ -1022,7 +1008,7 @@ async fn a_stopped_tasks_container_is_kept_for_the_cleanup_wait_then_removed() {
     assert_eq!(lines, ["the last words"]);
     assert_eq!(docker_ids(&cluster, ""), vec![id]);
     // Removed once the wait is over.
-    until(Duration::from_secs(30), "the container removed", || async {
+    eventually(Duration::from_secs(30), "the container removed", || async {
         docker_ids(&cluster, "").is_empty().then_some(())
     })
     .await;
@@ -1056,7 +1042,7 @@ async fn an_essential_container_removed_by_hand_stops_the_task_and_is_not_recrea
         ]),
     ));
     let task = arn(&cluster, "rm");
-    let running = until(Duration::from_secs(60), "RUNNING", || async {
+    let running = eventually(Duration::from_secs(60), "RUNNING", || async {
         plane.report(&task, TaskStatus::Running)
     })
     .await;
@@ -1066,7 +1052,7 @@ async fn an_essential_container_removed_by_hand_stops_the_task_and_is_not_recrea
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let stopped = until(Duration::from_secs(60), "STOPPED", || async {
+    let stopped = eventually(Duration::from_secs(60), "STOPPED", || async {
         plane.report(&task, TaskStatus::Stopped)
     })
     .await;

@@ -6,18 +6,20 @@
 //! and removed by a guard even when the test fails. Set
 //! ORC_SKIP_DOCKER_TESTS=1 to skip these tests on a machine without Docker.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "common/docker.rs"]
 mod docker;
 #[path = "common/images.rs"]
 mod images;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use cluster::eventually;
 use docker::{http_get, skip, suffix};
 use orc::agent::docker::DockerRuntime;
 use orc::agent::runtime::{
@@ -109,24 +111,8 @@ fn sh(script: &str) -> Option<Vec<String>> {
     Some(vec!["sh".into(), "-c".into(), script.into()])
 }
 
-/// Polls `check` until it returns Some, or panics after `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_exited(rt: &DockerRuntime, id: &str) -> orc::agent::runtime::ContainerStatus {
-    wait_for("the container to exit", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "the container to exit", || async {
         let st = rt.inspect_container(id).await.expect("inspect");
         st.state.is_terminal().then_some(st)
     })
@@ -180,7 +166,7 @@ async fn web_container_serves_its_page_and_stops() {
     let id = rt.create_container(&spec).await.unwrap();
     rt.start_container(&id).await.unwrap();
 
-    let page = wait_for("the web page", Duration::from_secs(30), || http_get(port)).await;
+    let page = eventually(Duration::from_secs(30), "the web page", || http_get(port)).await;
     assert!(page.starts_with("HTTP/1."), "{page}");
     assert!(
         page.contains(&format!("hello from web-{}", guard.run)),
@@ -250,7 +236,7 @@ async fn stop_sends_sigterm_first() {
     spec.command = sh("trap 'exit 0' TERM; while true; do sleep 0.1; done");
     let id = rt.create_container(&spec).await.unwrap();
     rt.start_container(&id).await.unwrap();
-    wait_for("the container to run", Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(10), "the container to run", || async {
         (rt.inspect_container(&id).await.unwrap().state == ContainerState::Running).then_some(())
     })
     .await;
@@ -329,9 +315,9 @@ async fn health_check_turns_healthy() {
         matches!(first, HealthStatus::Starting | HealthStatus::Healthy),
         "{first:?}"
     );
-    wait_for(
-        "the container to be healthy",
+    eventually(
         Duration::from_secs(30),
+        "the container to be healthy",
         || async {
             let st = rt.inspect_container(&id).await.unwrap();
             assert_ne!(st.health, HealthStatus::Unhealthy);
