@@ -73,6 +73,8 @@
 //! drop, also on panic; children also get PR_SET_PDEATHSIG so they die if
 //! this process is killed.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -85,6 +87,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use common::{free_port, knob};
 
 const LEVELS: [usize; 3] = [1, 16, 256];
 
@@ -115,13 +119,6 @@ macro_rules! progress {
 fn started() -> &'static Instant {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now)
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------- processes
@@ -209,12 +206,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    listener.local_addr().unwrap().port()
 }
 
 fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
@@ -828,8 +819,8 @@ async fn run_load(
     clients: usize,
     counter: &Arc<AtomicU64>,
 ) -> Load {
-    let warmup = Duration::from_secs(env_u64("ORC_BENCH_WARMUP_SECS", 1));
-    let measure = Duration::from_secs(env_u64("ORC_BENCH_MEASURE_SECS", 5));
+    let warmup = Duration::from_secs(knob("ORC_BENCH_WARMUP_SECS", 1_u64));
+    let measure = Duration::from_secs(knob("ORC_BENCH_MEASURE_SECS", 5_u64));
     // One connection per client, opened by one untimed write.
     let mut writers = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -1241,7 +1232,7 @@ async fn bench_all(kinds: &[Kind], value: Arc<Vec<u8>>, counter: Arc<AtomicU64>)
         clusters.push(cluster);
         reports.push(report);
     }
-    let rounds = env_u64("ORC_BENCH_ROUNDS", 3).max(1) as usize;
+    let rounds = knob("ORC_BENCH_ROUNDS", 3_u64).max(1) as usize;
     for clients in levels() {
         let mut windows: Vec<Vec<Load>> = vec![Vec::new(); kinds.len()];
         for round in 0..rounds {
@@ -1264,7 +1255,7 @@ async fn bench_all(kinds: &[Kind], value: Arc<Vec<u8>>, counter: Arc<AtomicU64>)
         }
     }
 
-    let follower_writes_count = env_u64("ORC_BENCH_FOLLOWER_WRITES", 200);
+    let follower_writes_count = knob("ORC_BENCH_FOLLOWER_WRITES", 200_u64);
     if follower_writes_count > 0 {
         for (i, _) in kinds.iter().enumerate() {
             let (follower, leader) =
@@ -1274,7 +1265,7 @@ async fn bench_all(kinds: &[Kind], value: Arc<Vec<u8>>, counter: Arc<AtomicU64>)
         }
     }
 
-    let trials = env_u64("ORC_BENCH_FAILOVER_TRIALS", 9);
+    let trials = knob("ORC_BENCH_FAILOVER_TRIALS", 9_u64);
     for trial in 1..=trials {
         for (i, kind) in kinds.iter().enumerate() {
             progress!("{}: failover trial {trial}/{trials}", kind.name());
@@ -1522,7 +1513,7 @@ fn table(orc: &Report, etcd: &Report) -> String {
         "user-visible failover",
         |r| &r.user_failovers,
     );
-    let count = env_u64("ORC_BENCH_FOLLOWER_WRITES", 200);
+    let count = knob("ORC_BENCH_FOLLOWER_WRITES", 200_u64);
     row(
         &mut rows,
         format!("write through a follower, p50 (ms, {count} writes, 1 client)"),
@@ -1822,8 +1813,8 @@ fn main() {
     let _ = writeln!(
         out,
         "load: every client has its own connection to the leader; writes back to back; {} s warm-up, {} s measured\n",
-        env_u64("ORC_BENCH_WARMUP_SECS", 1),
-        env_u64("ORC_BENCH_MEASURE_SECS", 5)
+        knob("ORC_BENCH_WARMUP_SECS", 1_u64),
+        knob("ORC_BENCH_MEASURE_SECS", 5_u64)
     );
     out.push_str(&table(&orc, &etcd));
     let _ = writeln!(out, "\norc /metrics during each load window:");

@@ -47,6 +47,8 @@
 #[path = "../tests/common/images.rs"]
 mod images;
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::os::unix::process::CommandExt as _;
@@ -56,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use bollard::Docker;
+use common::knob;
 use orc::client::Client;
 use serde_json::{json, Value};
 
@@ -65,13 +68,6 @@ const SLEEPER: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
 
 fn orc_bin() -> &'static str {
     env!("CARGO_BIN_EXE_orc")
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn skipped(part: u32) -> bool {
@@ -766,7 +762,7 @@ async fn part1_start_latency(
     image: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let trials = env_usize("ORC_BENCH_START_TRIALS", 10);
+    let trials = knob("ORC_BENCH_START_TRIALS", 10_usize);
     eprintln!("[1] run-task → RUNNING vs docker run -d: 1 warm-up + {trials} trials each");
     stack
         .call(
@@ -1026,7 +1022,7 @@ async fn part4_heal(
     image: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let trials = env_usize("ORC_BENCH_HEAL_TRIALS", 5);
+    let trials = knob("ORC_BENCH_HEAL_TRIALS", 5_usize);
     eprintln!("[4] docker kill of a service task → 2 RUNNING again: {trials} trials");
     stack
         .call(
@@ -1103,7 +1099,7 @@ async fn part5_instance_loss(
     image: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let trials = env_usize("ORC_BENCH_LOSS_TRIALS", 3);
+    let trials = knob("ORC_BENCH_LOSS_TRIALS", 3_usize);
     eprintln!("[5] instance loss → its tasks running on the survivor: {trials} trials");
     let survivor = stack.agents[0]
         .instance_id()

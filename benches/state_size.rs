@@ -26,25 +26,14 @@
 #[path = "../tests/common/state_size.rs"]
 mod state_size;
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, knob};
 use orc::client::Client;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn spawn(data_dir: &Path, address: &str, bootstrap: bool, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -148,8 +137,8 @@ fn checkpoint_tables(data_dir: &Path) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let revisions = knob("ORC_BENCH_REVISIONS", 10_000);
-    let tasks = knob("ORC_BENCH_TASKS", 10_000);
+    let revisions = knob("ORC_BENCH_REVISIONS", 10_000_usize);
+    let tasks = knob("ORC_BENCH_TASKS", 10_000_usize);
     let root = tempfile::tempdir().expect("temporary directory");
     let data_dir = match std::env::var_os("ORC_BENCH_KEEP") {
         Some(dir) => std::path::PathBuf::from(dir),

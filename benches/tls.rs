@@ -10,29 +10,17 @@
 //! Knobs: ORC_BENCH_ROUNDS (3), ORC_BENCH_CLIENTS (16),
 //! ORC_BENCH_WARMUP_SECS (1), ORC_BENCH_MEASURE_SECS (5).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{free_port, knob};
 use orc::client::Client;
 use serde_json::json;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Three servers, killed on drop.
 struct Cluster {
@@ -158,8 +146,8 @@ async fn load(cluster: &Cluster, clients: usize, counter: &Arc<AtomicU64>) -> f6
         .await
         .unwrap();
     let leader = status.leader_address.clone();
-    let warmup = Duration::from_secs(env_u64("ORC_BENCH_WARMUP_SECS", 1));
-    let measure = Duration::from_secs(env_u64("ORC_BENCH_MEASURE_SECS", 5));
+    let warmup = Duration::from_secs(knob("ORC_BENCH_WARMUP_SECS", 1_u64));
+    let measure = Duration::from_secs(knob("ORC_BENCH_MEASURE_SECS", 5_u64));
     let start = Instant::now();
     let (from, until) = (start + warmup, start + warmup + measure);
     let mut tasks = tokio::task::JoinSet::new();
@@ -251,8 +239,8 @@ async fn agent_rss(cluster: &Cluster) -> Option<u64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rounds = env_u64("ORC_BENCH_ROUNDS", 3);
-    let clients = env_u64("ORC_BENCH_CLIENTS", 16) as usize;
+    let rounds = knob("ORC_BENCH_ROUNDS", 3_u64);
+    let clients = knob("ORC_BENCH_CLIENTS", 16_u64) as usize;
     let counter = Arc::new(AtomicU64::new(0));
     let mut results: Vec<(bool, f64)> = Vec::new();
     for round in 1..=rounds {
