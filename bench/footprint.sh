@@ -65,6 +65,11 @@ sum_c() { local s=0; for p in "$@"; do s=$(( s + $(io "$p" wchar) - ${c0[$p]} ))
 sw=$(sum_w "${servers[@]}"); aw=$(sum_w "${agents[@]}"); sc=$(sum_c "${servers[@]}"); ac=$(sum_c "${agents[@]}")
 max_rss() { local m=0 r; for p in "$@"; do r=$(rss "$p"); [ "$r" -gt "$m" ] && m=$r; done; echo $m; }
 srss=$(max_rss "${servers[@]}"); arss=$(max_rss "${agents[@]}")
+# What a member's RSS is made of: its heap and stacks (anonymous) against
+# pages of the binary and libraries mapped from the page cache (file).
+for p in "${pids[@]}"; do
+  awk '$1=="RssAnon:"{a=$2} $1=="RssFile:"{f=$2} END{printf "%d: anonymous %.1f MiB, file-backed %.1f MiB\n", '"$p"', a/1024, f/1024}' "/proc/$p/status" >&2
+done
 python3 - "$window" "$sw" "$aw" "$sc" "$ac" "$srss" "$arss" "$(du -sb "$dir"/s1 | cut -f1)" <<'PY'
 import sys
 window, sw, aw, sc, ac, srss, arss, data = map(int, sys.argv[1:])
