@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::ids::last_segment;
+
 pub mod elbv2;
 
 /// The partition, region and account that every orc ARN carries. orc runs on
@@ -416,7 +418,7 @@ impl Task {
 
     /// The task id (last ARN segment).
     pub fn id(&self) -> &str {
-        self.task_arn.rsplit('/').next().unwrap_or(&self.task_arn)
+        last_segment(&self.task_arn)
     }
 
     /// The cluster name from the cluster ARN.
@@ -426,9 +428,7 @@ impl Task {
 
     /// The container instance id from its ARN.
     pub fn container_instance_id(&self) -> Option<&str> {
-        self.container_instance_arn
-            .as_deref()
-            .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
+        self.container_instance_arn.as_deref().map(last_segment)
     }
 }
 
@@ -510,10 +510,7 @@ pub struct ContainerInstance {
 impl ContainerInstance {
     /// The instance id (last ARN segment).
     pub fn id(&self) -> &str {
-        self.container_instance_arn
-            .rsplit('/')
-            .next()
-            .unwrap_or(&self.container_instance_arn)
+        last_segment(&self.container_instance_arn)
     }
 
     /// An attribute's value.

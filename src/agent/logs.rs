@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 use crate::agent::reconcile::labels;
 use crate::agent::runtime::{LogStream, Runtime};
+use crate::vocab::ids::last_segment;
 use crate::wire::proto::agent_api_client::AgentApiClient;
 use crate::wire::proto::{LogChunk, LogRequest};
 
@@ -135,7 +136,7 @@ async fn answer(
         let _ = chunks
             .send(end(format!(
                 "no container of task {} is left on its instance (a stopped task's containers are removed after the agent's --task-cleanup-wait)",
-                request.task_arn.rsplit('/').next().unwrap_or(&request.task_arn)
+                last_segment(&request.task_arn)
             )))
             .await;
         return;

@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::ids::last_segment;
+
 pub use crate::vocab::Protocol;
 
 /// A container id as the engine reports it (Docker: 64 hex characters).
@@ -545,7 +547,7 @@ pub fn image_with_tag(image: &str) -> String {
     if image.contains('@') {
         return image.to_string();
     }
-    let last = image.rsplit('/').next().unwrap_or(image);
+    let last = last_segment(image);
     if last.contains(':') {
         image.to_string()
     } else {

@@ -40,6 +40,7 @@ use crate::agent::runtime::{
     Runtime,
 };
 use crate::model::{Assignment, Attribute, InstanceRegistration, TaskStateChange, TaskStatus};
+use crate::vocab::ids::last_segment;
 use crate::vocab::time::now_ms;
 use crate::wire::proto::agent_api_client::AgentApiClient;
 use crate::wire::proto::{
@@ -1106,13 +1107,7 @@ async fn reconcile_loop(
                 let mut running: Vec<String> = containers
                     .iter()
                     .filter(|c| c.state == ContainerState::Running)
-                    .map(|c| {
-                        c.task_arn
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or(&c.task_arn)
-                            .to_string()
-                    })
+                    .map(|c| last_segment(&c.task_arn).to_string())
                     .collect();
                 running.sort();
                 running.dedup();

@@ -18,6 +18,7 @@ use crate::store::secrets::{secret_view, Secret, SecretsCommand};
 use crate::store::{Command, State};
 use crate::taskdef::{secret_name_from, TaskDefinition};
 use crate::vocab::action::SecretsManagerAction;
+use crate::vocab::ids::last_segment;
 use crate::vocab::principal::Principal;
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
@@ -198,10 +199,7 @@ pub fn for_task(
     task_arn: &str,
 ) -> Result<Vec<TaskSecret>> {
     let task = state.task(cluster, task_arn)?;
-    let placed_on = task
-        .container_instance_arn
-        .as_deref()
-        .map(|arn| arn.rsplit('/').next().unwrap_or(arn));
+    let placed_on = task.container_instance_arn.as_deref().map(last_segment);
     if placed_on != Some(instance_id) {
         return Err(Error::Refused(
             crate::error::Refusal::AccessDenied,

@@ -10,6 +10,7 @@ use crate::raft::node::RaftHandle;
 use crate::scheduler::placement::{self, PlacementConstraint, PlacementStrategy};
 use crate::store::services::ServiceUpdate;
 use crate::store::{Command, State};
+use crate::vocab::ids::last_segment;
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
 
@@ -244,12 +245,7 @@ pub(super) async fn update_service(
         check_deployment_configuration(config)?;
     }
     let cluster = cluster_of(&request.cluster);
-    let name = request
-        .service
-        .rsplit('/')
-        .next()
-        .unwrap_or(&request.service)
-        .to_string();
+    let name = last_segment(&request.service).to_string();
     if let Some(task_definition) = &request.task_definition {
         check_platforms(raft, &cluster, task_definition)?;
     }
@@ -308,12 +304,7 @@ pub(super) async fn delete_service(
     }
     let request: Request = parse("DeleteService", body)?;
     let cluster = cluster_of(&request.cluster);
-    let name = request
-        .service
-        .rsplit('/')
-        .next()
-        .unwrap_or(&request.service)
-        .to_string();
+    let name = last_segment(&request.service).to_string();
     let command = Command::DeleteService {
         cluster: cluster.clone().into(),
         service_name: name.clone().into(),

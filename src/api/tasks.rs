@@ -15,6 +15,7 @@ use crate::scheduler::{self, placement, provisioning};
 use crate::store::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use crate::store::{Command, State};
 use crate::taskdef::{self, TaskDefinitionRef, TaskDefinitionStatus};
+use crate::vocab::ids::last_segment;
 use crate::vocab::limits;
 use crate::vocab::time::now_ms;
 use crate::{Error, Result};
@@ -576,10 +577,7 @@ pub(super) async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionRe
     };
     read(raft, |state| {
         state.active_cluster(&cluster)?;
-        let instance = request
-            .container_instance
-            .as_deref()
-            .map(|i| i.rsplit('/').next().unwrap_or(i));
+        let instance = request.container_instance.as_deref().map(last_segment);
         let arns: Vec<&str> = state
             .tasks
             .scan_prefix(&format!("{cluster}/"))
@@ -621,11 +619,7 @@ pub(super) async fn list_tasks(raft: &RaftHandle, body: &str) -> Result<ActionRe
 }
 
 fn family_of(task: &Task) -> &str {
-    let tail = task
-        .task_definition_arn
-        .rsplit('/')
-        .next()
-        .unwrap_or(&task.task_definition_arn);
+    let tail = last_segment(&task.task_definition_arn);
     tail.split(':').next().unwrap_or(tail)
 }
 

@@ -14,6 +14,7 @@ use crate::proxy::routes::{
     ListenerProtocol, ListenerRoutes, RouteTable, RuleRoute, TargetGroupRoutes, TargetRoute,
     TargetState,
 };
+use crate::vocab::ids::last_segment;
 
 /// One entry of `describe-target-health`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -83,7 +84,7 @@ fn address(
     let host = if group.target_type == "ip" {
         target.id.as_str()
     } else {
-        let id = target.id.rsplit('/').next().unwrap_or(&target.id);
+        let id = last_segment(&target.id);
         hosts.get(id).map(String::as_str).ok_or_else(|| {
             format!(
                 "target {} of {}: container instance unknown or without an orc.host-address",

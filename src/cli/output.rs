@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::OutputFormat;
 use crate::model::{ControlPlaneStatus, ServerMember};
 use crate::store::Change;
+use crate::vocab::ids::last_segment;
 
 /// Prints in the chosen format.
 pub struct Output {
@@ -421,7 +422,7 @@ impl Output {
                     .to_string();
                 let instance = t["containerInstanceArn"]
                     .as_str()
-                    .map(|a| a.rsplit('/').next().unwrap_or(a).chars().take(12).collect())
+                    .map(|a| last_segment(a).chars().take(12).collect())
                     .unwrap_or_else(|| "-".to_string());
                 let ports: Vec<String> = t["containers"]
                     .as_array()

@@ -10,7 +10,7 @@ use super::ecs::{PlannedTask, TaskLaunch, UnplacedTask};
 use super::services::{PlanResult, ServiceUpdate};
 use crate::model::{InstanceRegistration, Service, Tag, TaskStateChange};
 use crate::taskdef::TaskDefinition;
-use crate::vocab::ids::{ClusterName, ContainerInstanceId, ServiceName, TaskId};
+use crate::vocab::ids::{last_segment, ClusterName, ContainerInstanceId, ServiceName, TaskId};
 use crate::Error;
 
 /// A command with the client's request id, which makes a retried request
@@ -497,11 +497,6 @@ impl Command {
         }
         subjects.0
     }
-}
-
-/// The last `/`-separated segment: the id of an ARN, or a plain id itself.
-fn last_segment(id_or_arn: &str) -> &str {
-    id_or_arn.rsplit('/').next().unwrap_or(id_or_arn)
 }
 
 /// `Command::subjects` being built.

@@ -14,7 +14,7 @@ use crate::model::{
     TaskStatus,
 };
 use crate::taskdef::{self, TaskDefinition, TaskDefinitionStatus, TaskOverride};
-use crate::vocab::ids::ContainerInstanceId;
+use crate::vocab::ids::{last_segment, ContainerInstanceId};
 use crate::vocab::Protocol;
 use crate::Error;
 
@@ -136,7 +136,7 @@ impl State {
         cluster: &str,
         id_or_arn: &str,
     ) -> Result<&ContainerInstance, Error> {
-        let id = id_or_arn.rsplit('/').next().unwrap_or(id_or_arn);
+        let id = last_segment(id_or_arn);
         self.container_instances.get(&scoped_key(cluster, id)).ok_or_else(|| {
             Error::NotFound(format!(
                 "container instance {id:?} not found in cluster {cluster:?} (see `orc list-container-instances`)"
@@ -146,7 +146,7 @@ impl State {
 
     /// A task by cluster and id (or ARN).
     pub fn task(&self, cluster: &str, id_or_arn: &str) -> Result<&Task, Error> {
-        let id = id_or_arn.rsplit('/').next().unwrap_or(id_or_arn);
+        let id = last_segment(id_or_arn);
         self.tasks.get(&scoped_key(cluster, id)).ok_or_else(|| {
             Error::NotFound(format!(
                 "task {id:?} not found in cluster {cluster:?} (see `orc list-tasks`)"
@@ -397,7 +397,7 @@ pub fn update_container_instances_state(
     let mut updated = Vec::new();
     let mut failures = Vec::new();
     for id_or_arn in ids {
-        let id = id_or_arn.rsplit('/').next().unwrap_or(id_or_arn);
+        let id = last_segment(id_or_arn);
         match state.container_instances.get_mut(&scoped_key(cluster, id)) {
             Some(instance) => {
                 instance.desired_state = status.to_string();
@@ -685,7 +685,7 @@ pub fn stop_task(
     now_ms: u64,
 ) -> Outcome {
     let cluster = model::cluster_name_from(cluster);
-    let key = scoped_key(&cluster, task_id.rsplit('/').next().unwrap_or(task_id));
+    let key = scoped_key(&cluster, last_segment(task_id));
     state.task(&cluster, task_id)?;
     let unplaced = {
         let task = state.tasks.get_mut(&key).expect("checked above");
@@ -717,12 +717,7 @@ pub fn submit_task_state_change(
     change: &TaskStateChange,
 ) -> Outcome {
     let cluster = model::cluster_name_from(cluster);
-    let task_id = change
-        .task_arn
-        .rsplit('/')
-        .next()
-        .unwrap_or(&change.task_arn)
-        .to_string();
+    let task_id = last_segment(&change.task_arn).to_string();
     let key = scoped_key(&cluster, &task_id);
     let task = state.task(&cluster, &task_id)?;
     if task.container_instance_id() != Some(instance_id) {

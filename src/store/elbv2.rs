@@ -16,6 +16,7 @@ use crate::model::elbv2::{
     RuleAction, RuleCondition, TargetGroup, TargetGroupRecord, TargetHealth,
     HOST_ADDRESS_ATTRIBUTE,
 };
+use crate::vocab::ids::last_segment;
 use crate::Error;
 
 /// The load balancer tables of the replicated state. Keys are the ARNs'
@@ -823,7 +824,7 @@ pub fn target_address(
         })?;
         return Ok(format!("{ip}:{port}"));
     }
-    let instance_id = id.rsplit('/').next().unwrap_or(id);
+    let instance_id = last_segment(id);
     let instance = state
         .container_instances
         .values()

@@ -13,6 +13,7 @@ use crate::model::{
     self, stop_code, Deployment, DeploymentConfiguration, LoadBalancer, Service, ServiceEvent,
     Task, TaskStatus,
 };
+use crate::vocab::ids::last_segment;
 use crate::Error;
 
 /// How many events a service keeps.
@@ -46,7 +47,7 @@ pub struct PlanResult {
 impl State {
     /// A service by cluster and name (or ARN).
     pub fn service(&self, cluster: &str, name_or_arn: &str) -> Result<&Service, Error> {
-        let name = name_or_arn.rsplit('/').next().unwrap_or(name_or_arn);
+        let name = last_segment(name_or_arn);
         self.services
             .get(&scoped_key(cluster, name))
             .ok_or_else(|| {
@@ -285,7 +286,7 @@ pub fn launch(
             .into_iter()
             .flatten()
             .filter_map(|t| t["taskArn"].as_str())
-            .map(|arn| arn.rsplit('/').next().unwrap_or(arn).to_string())
+            .map(|arn| last_segment(arn).to_string())
             .collect();
         if !started.is_empty() {
             let text = format!(
@@ -337,7 +338,7 @@ pub fn apply_plan(
                 stop_code::SERVICE_SCHEDULER_INITIATED,
                 now_ms,
             );
-            deactivated.push(task_arn.rsplit('/').next().unwrap_or(task_arn).to_string());
+            deactivated.push(last_segment(task_arn).to_string());
         } else if live {
             ecs::stop_task(
                 state,
@@ -347,11 +348,11 @@ pub fn apply_plan(
                 stop_code::SERVICE_SCHEDULER_INITIATED,
                 now_ms,
             )?;
-            stopped.push(task_arn.rsplit('/').next().unwrap_or(task_arn).to_string());
+            stopped.push(last_segment(task_arn).to_string());
         }
     }
     for task_arn in &plan.failed_health_checks {
-        let key = scoped_key(&cluster, task_arn.rsplit('/').next().unwrap_or(task_arn));
+        let key = scoped_key(&cluster, last_segment(task_arn));
         if stopped
             .iter()
             .chain(&deactivated)
@@ -479,7 +480,7 @@ fn deactivate(
     code: &str,
     now_ms: u64,
 ) {
-    let key = scoped_key(cluster, task_arn.rsplit('/').next().unwrap_or(task_arn));
+    let key = scoped_key(cluster, last_segment(task_arn));
     if let Some(task) = state.tasks.get_mut(&key) {
         task.last_status = TaskStatus::Deactivating;
         task.stop_code = Some(code.to_string());

@@ -9,6 +9,12 @@ use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
 
+/// The last `/`-separated segment of `text`: the id of an ARN (a plain id
+/// is its own), the last path component of an image reference.
+pub fn last_segment(text: &str) -> &str {
+    text.rsplit('/').next().unwrap_or(text)
+}
+
 /// A fresh random request id.
 pub fn request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -119,6 +125,16 @@ string_id! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_segment_is_an_arns_id_or_the_id_itself() {
+        assert_eq!(
+            last_segment("arn:aws:ecs:orc:000000000000:task/default/0f3c"),
+            "0f3c"
+        );
+        assert_eq!(last_segment("0f3c"), "0f3c");
+        assert_eq!(last_segment("192.168.1.5:5000/team/web:1"), "web:1");
+    }
 
     #[test]
     fn ids_serialize_as_their_plain_text() {
