@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use cluster::eventually;
+use cluster::{eventually, free_port};
 use docker::{http_get, skip, suffix};
 use orc::agent::docker::DockerRuntime;
 use orc::agent::runtime::{
@@ -117,15 +117,6 @@ async fn wait_exited(rt: &DockerRuntime, id: &str) -> orc::agent::runtime::Conta
         st.state.is_terminal().then_some(st)
     })
     .await
-}
-
-/// A host port that is free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
