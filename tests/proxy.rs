@@ -744,6 +744,76 @@ async fn a_target_failing_mid_request_gives_502_or_an_aborted_body_and_the_proxy
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_target_closed_is_not_used_and_the_request_is_answered() {
+    // Answers one request per connection with keep-alive, then closes it:
+    // the proxy keeps each connection idle, and the next request finds it
+    // closed.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = closed.clone();
+    let (address, task) = raw_target(move |mut stream| {
+        let closed = counted.clone();
+        async move {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            let _ = stream.flush().await;
+            drop(stream);
+            closed.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("closing", &[(address, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    // One client connection, so one worker and one idle list.
+    let mut sender = connect(port).await;
+    for round in 1..=3 {
+        assert_eq!(
+            send(&mut sender, get("/")).await.unwrap(),
+            (StatusCode::OK, "ok".to_string()),
+            "request {round}"
+        );
+        until("the target to close its connection", || {
+            closed.load(Ordering::SeqCst) == round
+        })
+        .await;
+    }
+    proxy.shutdown().await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_bodies_stream_through_whole_one_after_another_on_one_connection() {
+    const SIZE: usize = 4 << 20;
+    let big = backend_with(Arc::new(|_| {
+        Box::pin(async { Response::new(text(vec![b'x'; SIZE])) })
+    }))
+    .await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("big", &[(big.address, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let mut sender = connect(port).await;
+    for round in 1..=3 {
+        let (status, body) = send(&mut sender, get("/")).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "request {round}");
+        assert_eq!(body.len(), SIZE, "request {round}");
+        assert!(body.bytes().all(|b| b == b'x'), "request {round}");
+    }
+    assert_eq!(big.requests.load(Ordering::SeqCst), 3);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connect_is_retried_on_the_next_target() {
     let dead = {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
