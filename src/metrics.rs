@@ -379,33 +379,114 @@ impl StatusClasses {
     }
 }
 
-/// One load balancer target group's series.
-pub struct TargetGroupSeries {
+/// Shards of the load balancer's per-request series: each proxy worker
+/// thread records into its own (`set_thread_shard`), on cache lines of its
+/// own, so two workers never write the same line per request; `render`
+/// sums the shards.
+const SHARDS: usize = 4;
+
+thread_local! {
+    /// The shard the calling thread records load balancer series into.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread record the load balancer's series into shard
+/// `index` (modulo the shards there are). Threads that never call it use
+/// shard 0.
+pub fn set_thread_shard(index: usize) {
+    SHARD.with(|shard| shard.set(index % SHARDS));
+}
+
+/// One shard of a series: requests, responses by class, latency.
+#[repr(align(128))]
+struct LbShard {
     requests: AtomicU64,
     responses: StatusClasses,
     latency: Histogram,
+}
+
+/// A load balancer series' per-request counters, sharded by thread.
+struct LbCounters([LbShard; SHARDS]);
+
+impl LbCounters {
+    const fn new() -> Self {
+        LbCounters(
+            [const {
+                LbShard {
+                    requests: AtomicU64::new(0),
+                    responses: StatusClasses::new(),
+                    latency: Histogram::new(),
+                }
+            }; SHARDS],
+        )
+    }
+
+    fn shard(&self) -> &LbShard {
+        &self.0[SHARD.with(std::cell::Cell::get) % SHARDS]
+    }
+
+    fn requests(&self) -> u64 {
+        self.0.iter().map(|s| s.requests.load(Relaxed)).sum()
+    }
+
+    fn responses(&self) -> [u64; 5] {
+        let mut sums = [0; 5];
+        for shard in &self.0 {
+            for (sum, count) in sums.iter_mut().zip(&shard.responses.0) {
+                *sum += count.load(Relaxed);
+            }
+        }
+        sums
+    }
+
+    /// The shards' latency histograms summed into one.
+    fn latency(&self) -> Histogram {
+        let sum = Histogram::new();
+        for shard in &self.0 {
+            for (to, from) in sum.buckets.iter().zip(&shard.latency.buckets) {
+                to.fetch_add(from.load(Relaxed), Relaxed);
+            }
+            sum.count
+                .fetch_add(shard.latency.count.load(Relaxed), Relaxed);
+            sum.sum_micros
+                .fetch_add(shard.latency.sum_micros.load(Relaxed), Relaxed);
+        }
+        sum
+    }
+
+    fn record_request(&self) {
+        self.shard().requests.fetch_add(1, Relaxed);
+    }
+
+    fn record_response(&self, status: u16, elapsed: Duration) {
+        let shard = self.shard();
+        shard.responses.record(status);
+        shard.latency.observe(elapsed);
+    }
+}
+
+/// One load balancer target group's series.
+pub struct TargetGroupSeries {
+    counters: LbCounters,
     healthy_targets: AtomicU64,
     fail_open: AtomicU64,
 }
 
 /// One target's series (within its target group).
 pub struct TargetSeries {
-    requests: AtomicU64,
-    responses: StatusClasses,
-    latency: Histogram,
+    counters: LbCounters,
 }
 
 impl TargetGroupSeries {
     /// Records a request (an HTTP request or a TCP connection) routed to the group.
     pub fn record_request(&self) {
-        self.requests.fetch_add(1, Relaxed);
+        self.counters.record_request();
     }
 
     /// Records the status the client got (the proxy's own 502/503/504
     /// included) and the time to the response head.
     pub fn record_response(&self, status: u16, elapsed: Duration) {
-        self.responses.record(status);
-        self.latency.observe(elapsed);
+        self.counters.record_response(status, elapsed);
     }
 
     /// Sets how many of the group's targets are healthy.
@@ -422,13 +503,12 @@ impl TargetGroupSeries {
 impl TargetSeries {
     /// Records a request (or TCP connection) sent to the target.
     pub fn record_request(&self) {
-        self.requests.fetch_add(1, Relaxed);
+        self.counters.record_request();
     }
 
     /// Records the target's response status and its time to the head.
     pub fn record_response(&self, status: u16, elapsed: Duration) {
-        self.responses.record(status);
-        self.latency.observe(elapsed);
+        self.counters.record_response(status, elapsed);
     }
 }
 
@@ -458,9 +538,7 @@ fn series<K: Ord, V>(
 /// The series of the target group named `name` (shared by every holder).
 pub fn target_group_series(name: &str) -> std::sync::Arc<TargetGroupSeries> {
     series(&TARGET_GROUPS, name.to_string(), || TargetGroupSeries {
-        requests: AtomicU64::new(0),
-        responses: StatusClasses::new(),
-        latency: Histogram::new(),
+        counters: LbCounters::new(),
         healthy_targets: AtomicU64::new(0),
         fail_open: AtomicU64::new(0),
     })
@@ -470,9 +548,7 @@ pub fn target_group_series(name: &str) -> std::sync::Arc<TargetGroupSeries> {
 pub fn target_series(group: &str, target: &str) -> std::sync::Arc<TargetSeries> {
     series(&TARGETS, (group.to_string(), target.to_string()), || {
         TargetSeries {
-            requests: AtomicU64::new(0),
-            responses: StatusClasses::new(),
-            latency: Histogram::new(),
+            counters: LbCounters::new(),
         }
     })
 }
@@ -530,7 +606,7 @@ fn render_load_balancer(out: &mut String) {
             out,
             "orc_lb_requests_total{{{}}} {}",
             plain(labels),
-            series.requests.load(Relaxed)
+            series.counters.requests()
         );
     }
     family(
@@ -540,18 +616,18 @@ fn render_load_balancer(out: &mut String) {
         "counter",
     );
     for ((_, series), labels) in groups.iter().zip(&group_labels) {
-        for (class, count) in CLASSES.iter().zip(&series.responses.0) {
+        for (class, count) in CLASSES.iter().zip(series.counters.responses()) {
             let _ = writeln!(
                 out,
-                "orc_lb_responses_total{{{labels}class=\"{class}\"}} {}",
-                count.load(Relaxed)
+                "orc_lb_responses_total{{{labels}class=\"{class}\"}} {count}"
             );
         }
     }
     let _ = writeln!(out, "# HELP orc_lb_response_seconds Time from a request to its response head, by target group.\n# TYPE orc_lb_response_seconds histogram");
     for ((_, series), labels) in groups.iter().zip(&group_labels) {
         series
-            .latency
+            .counters
+            .latency()
             .render_series(out, "orc_lb_response_seconds", labels);
     }
     let _ = writeln!(out, "# HELP orc_lb_healthy_targets Healthy targets in the route table, by target group.\n# TYPE orc_lb_healthy_targets gauge");
@@ -578,23 +654,23 @@ fn render_load_balancer(out: &mut String) {
             out,
             "orc_lb_target_requests_total{{{}}} {}",
             plain(labels),
-            series.requests.load(Relaxed)
+            series.counters.requests()
         );
     }
     let _ = writeln!(out, "# HELP orc_lb_target_responses_total Responses from each target, by status class.\n# TYPE orc_lb_target_responses_total counter");
     for ((_, series), labels) in targets.iter().zip(&target_labels) {
-        for (class, count) in CLASSES.iter().zip(&series.responses.0) {
+        for (class, count) in CLASSES.iter().zip(series.counters.responses()) {
             let _ = writeln!(
                 out,
-                "orc_lb_target_responses_total{{{labels}class=\"{class}\"}} {}",
-                count.load(Relaxed)
+                "orc_lb_target_responses_total{{{labels}class=\"{class}\"}} {count}"
             );
         }
     }
     let _ = writeln!(out, "# HELP orc_lb_target_response_seconds Time from sending a request to a target to its response head.\n# TYPE orc_lb_target_response_seconds histogram");
     for ((_, series), labels) in targets.iter().zip(&target_labels) {
         series
-            .latency
+            .counters
+            .latency()
             .render_series(out, "orc_lb_target_response_seconds", labels);
     }
 }

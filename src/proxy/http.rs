@@ -29,8 +29,11 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// What a connection's requests share: the listener port and the client.
+/// What a connection's requests share: the proxy, the listener port and
+/// the client. Each request clones this per-connection `Arc` (not the
+/// proxy's, whose count every connection on every worker would share).
 struct Client {
+    inner: Arc<Inner>,
     port: u16,
     /// The client's address as an X-Forwarded-For entry.
     address: HeaderValue,
@@ -60,6 +63,7 @@ pub(super) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let client = Arc::new(Client {
+            inner: inner.clone(),
             port,
             address: HeaderValue::try_from(peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
@@ -98,14 +102,12 @@ async fn connection(
 ) {
     let port = client.port;
     let activity = Activity::new();
-    let service_inner = inner.clone();
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request| {
-        let inner = service_inner.clone();
         let client = client.clone();
         let in_flight = service_activity.start();
         async move {
-            let response = handle(&inner, &client, request).await;
+            let response = handle(&client.inner, &client, request).await;
             Ok::<_, Infallible>(response.map(|body| body.in_flight(in_flight)))
         }
     });

@@ -118,10 +118,20 @@ impl Drop for Owner {
     }
 }
 
+/// A value on cache lines of its own.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A worker's handle on the routes: its own `Arc` to the shared snapshot,
+/// so that the reference counting of a request touches only its worker's
+/// cache lines.
+type Routes = Arc<Arc<Snapshot>>;
+
 struct Inner {
     options: ProxyOptions,
-    /// The routes requests use, swapped whole by `apply`.
-    routes: RwLock<Arc<Snapshot>>,
+    /// The routes requests use, swapped whole by `apply`: one copy of the
+    /// handle per worker (`workers::slot`), all swapped together.
+    routes: Box<[Padded<RwLock<Routes>>]>,
     /// The listeners bound, by port.
     listeners: Mutex<BTreeMap<u16, Running>>,
     /// One apply at a time.
@@ -286,13 +296,17 @@ impl Proxy {
             )
             .keep_alive_interval(options.idle_timeout)
             .keep_alive_timeout(options.idle_timeout);
+        let workers = workers::Workers::start(options.workers);
+        let empty = Arc::new(Snapshot::default());
         let inner = Arc::new(Inner {
             options,
-            routes: RwLock::new(Arc::new(Snapshot::default())),
+            routes: (0..workers.slots())
+                .map(|_| Padded(RwLock::new(Arc::new(empty.clone()))))
+                .collect(),
             listeners: Mutex::new(BTreeMap::new()),
             applying: tokio::sync::Mutex::new(()),
             swapped: watch::channel(0).0,
-            workers: workers::Workers::start(options.workers),
+            workers,
             http,
         });
         Proxy {
@@ -315,11 +329,7 @@ impl Proxy {
             &self.inner.options,
             self.inner.workers.slots(),
         ));
-        *self
-            .inner
-            .routes
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        self.inner.set_routes(next);
         self.inner
             .swapped
             .send_modify(|generation| *generation += 1);
@@ -402,20 +412,28 @@ impl Proxy {
             let _ = listener.stop.send(true);
             let _ = listener.task.await;
         }
-        *self
-            .inner
-            .routes
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Snapshot::default());
+        self.inner.set_routes(Arc::new(Snapshot::default()));
     }
 }
 
 impl Inner {
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.routes
+    /// The routes now, through the calling worker's handle.
+    fn snapshot(&self) -> Routes {
+        self.routes[workers::slot() % self.routes.len()]
+            .0
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Swaps every worker's handle to `next`.
+    fn set_routes(&self, next: Arc<Snapshot>) {
+        for routes in &self.routes {
+            *routes
+                .0
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next.clone());
+        }
     }
 
     /// The idle time-out of the listener on `port` now.

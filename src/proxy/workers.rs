@@ -108,6 +108,7 @@ fn launch(count: usize) -> Started {
             .name(format!("orc-lb-{slot}"))
             .spawn(move || {
                 SLOT.with(|s| s.set(slot));
+                crate::metrics::set_thread_shard(slot);
                 let _ = runtime.block_on(stopped);
             });
         if let Err(error) = started {
