@@ -40,6 +40,11 @@ pub struct Outcome {
     pub failure: Option<(String, String)>,
     /// Docker refused this subnet (it overlaps another network).
     pub bad_subnet: Option<String>,
+    /// A dynamic host port something else took between the agent's probe
+    /// and Docker's bind (another agent on the host, a program): the
+    /// container was removed, and the task is created again on another
+    /// port instead of failing.
+    pub taken_port: Option<crate::agent::ports::HostPort>,
     /// The engine could not be reached; nothing was decided.
     pub unavailable: bool,
 }
@@ -105,6 +110,9 @@ pub struct Executor {
     pull_behavior: PullBehavior,
     images: ImageSlots,
     lanes: Lanes,
+    /// Dynamic host ports already found taken once: a second conflict on
+    /// one of them (a static port inside the dynamic range) fails the task.
+    taken_before: Arc<Mutex<std::collections::BTreeSet<crate::agent::ports::HostPort>>>,
 }
 
 impl Executor {
@@ -126,7 +134,17 @@ impl Executor {
             pull_behavior,
             images: Arc::default(),
             lanes,
+            taken_before: Arc::default(),
         }
+    }
+
+    /// Whether `port` was found taken before (and remembers it now).
+    fn retried_port(&self, port: crate::agent::ports::HostPort) -> bool {
+        !self
+            .taken_before
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(port)
     }
 
     /// Resolves `orc.local/REPO:TAG` to the registry `registry()` names.
@@ -291,6 +309,9 @@ impl Executor {
             ..Default::default()
         };
         let rt = &self.runtime;
+        // The host ports of each container this batch created, to tell a
+        // dynamic port taken meanwhile from a real start failure.
+        let mut bindings: HashMap<&str, Vec<crate::agent::runtime::PortBinding>> = HashMap::new();
         let mut next = 0;
         while next < actions.len() {
             let action = &actions[next];
@@ -334,6 +355,7 @@ impl Executor {
                     spec,
                 } => {
                     tracing::info!(task = task_arn, container = %container_name, name = %spec.name, ports = ?spec.port_bindings, "creating the container");
+                    bindings.insert(container_name.as_str(), spec.port_bindings.clone());
                     let _permit = self.start_permit().await;
                     let mut spec = spec.clone();
                     spec.image = self.resolve(&spec.image);
@@ -349,9 +371,25 @@ impl Executor {
                 Action::StartContainer { container_name, id } => {
                     tracing::info!(task = task_arn, container = %container_name, "starting the container");
                     let _permit = self.start_permit().await;
-                    rt.start_container(id)
-                        .await
-                        .map_err(|e| (Some(container_name.clone()), start_error(e)))
+                    match rt.start_container(id).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            let taken = bindings.get(container_name.as_str()).and_then(|b| {
+                                crate::agent::ports::taken_dynamic_port(&e.to_string(), b)
+                            });
+                            match taken {
+                                Some(port) if !self.retried_port(port) => {
+                                    tracing::warn!(task = task_arn, container = %container_name, port = port.0, error = %e, "a dynamic host port was taken after it was chosen; the container is created again on another port");
+                                    if let Err(error) = rt.remove_container(id).await {
+                                        tracing::warn!(task = task_arn, id = %short(id), %error, "cannot remove the container that lost its port; will retry");
+                                    }
+                                    outcome.taken_port = Some(port);
+                                    return outcome;
+                                }
+                                _ => Err((Some(container_name.clone()), start_error(e))),
+                            }
+                        }
+                    }
                 }
                 Action::StopContainer { .. } => {
                     // This stop and the stops right after it run together.
@@ -420,6 +458,55 @@ mod tests {
         let rt = Arc::new(FakeRuntime::new());
         let ex = Executor::new(rt.clone(), PullBehavior::Default);
         (rt, ex)
+    }
+
+    /// Creates and starts a container of task `task` publishing `host_port`.
+    fn publish(task: &str, host_port: u16) -> Vec<Action> {
+        let mut spec = ContainerSpec::new(format!("orc-{task}-web"), "app:1");
+        spec.port_bindings = vec![crate::agent::runtime::PortBinding {
+            container_port: 80,
+            host_port,
+            protocol: crate::agent::runtime::Protocol::Tcp,
+        }];
+        vec![
+            Action::CreateContainer {
+                container_name: "web".into(),
+                spec: Box::new(spec),
+            },
+            Action::StartContainer {
+                container_name: "web".into(),
+                id: format!("orc-{task}-web"),
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_dynamic_port_taken_after_it_was_chosen_sends_the_task_back_not_to_stopped() {
+        let (rt, ex) = fake();
+        rt.add_image("app:1");
+        // Something else holds 32770 (another agent's container on this host).
+        assert_eq!(
+            ex.run_batch("other", &publish("other", 32770))
+                .await
+                .failure,
+            None
+        );
+        let out = ex.run_batch("t1", &publish("t1", 32770)).await;
+        assert_eq!(out.failure, None, "the task must not fail");
+        assert_eq!(
+            out.taken_port,
+            Some((32770, crate::agent::runtime::Protocol::Tcp))
+        );
+        assert!(
+            rt.inspect_container("orc-t1-web").await.is_err(),
+            "the container that lost its port is removed, to be created again"
+        );
+        // The same port taken again (a static port inside the range): the
+        // task fails as any start failure does.
+        let out = ex.run_batch("t1", &publish("t1", 32770)).await;
+        let (container, reason) = out.failure.expect("a second conflict fails the task");
+        assert_eq!(container, "web");
+        assert!(reason.contains("port is already allocated"), "{reason}");
     }
 
     #[tokio::test]

@@ -3,7 +3,11 @@
 //! A port mapping whose `hostPort` is 0 or missing gets a port from ECS's
 //! dynamic range, 32768–60999, chosen by the agent. The agent never hands out
 //! a port held by one of its other tasks (static or dynamic) and skips ports
-//! it cannot bind on 0.0.0.0 (something else on the host holds them).
+//! it cannot bind on 0.0.0.0 (something else on the host holds them). A
+//! port something else binds between that probe and Docker's start (another
+//! agent on the same host, a program) is named by the start failure
+//! ([`taken_dynamic_port`]): the executor removes the container and the
+//! reconciler creates it again on another port.
 //!
 //! Nothing is persisted: the ports a container got are written into its
 //! `orc.ports` label ([`encode`]) so a restarted agent recovers every
@@ -30,6 +34,30 @@ pub fn allocate(
     DYNAMIC_RANGE
         .into_iter()
         .find(|p| !used.contains(&(*p, protocol)) && bindable(*p, protocol))
+}
+
+/// The dynamic port of `bindings` that a start failure's `message` says
+/// is taken (Docker: "Bind for 0.0.0.0:32770 failed: port is already
+/// allocated", or "listen tcp4 0.0.0.0:32770: bind: address already in
+/// use"); None for any other failure, or a port outside the dynamic range.
+pub fn taken_dynamic_port(message: &str, bindings: &[PortBinding]) -> Option<HostPort> {
+    if !message.contains("port is already allocated") && !message.contains("address already in use")
+    {
+        return None;
+    }
+    message
+        .split(':')
+        .skip(1)
+        .filter_map(|after| {
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u16>().ok()
+        })
+        .find_map(|port| {
+            bindings
+                .iter()
+                .find(|b| b.host_port == port && DYNAMIC_RANGE.contains(&port))
+                .map(|b| (b.host_port, b.protocol))
+        })
 }
 
 /// Whether nothing on this host holds `port` on 0.0.0.0 right now.
@@ -80,6 +108,43 @@ mod tests {
         assert_eq!(allocate(&used, Protocol::Tcp, &not_32770), Some(32771));
         used.extend(DYNAMIC_RANGE.map(|p| (p, Protocol::Tcp)));
         assert_eq!(allocate(&used, Protocol::Tcp, &all), None);
+    }
+
+    #[test]
+    fn a_start_failure_names_the_dynamic_port_that_was_taken() {
+        let b = vec![
+            PortBinding {
+                container_port: 80,
+                host_port: 32770,
+                protocol: Protocol::Tcp,
+            },
+            PortBinding {
+                container_port: 53,
+                host_port: 53,
+                protocol: Protocol::Udp,
+            },
+        ];
+        let docker = "CannotStartContainerError: driver failed programming external connectivity on endpoint orc-web-web (8456cc): Bind for 0.0.0.0:32770 failed: port is already allocated";
+        assert_eq!(taken_dynamic_port(docker, &b), Some((32770, Protocol::Tcp)));
+        let proxy = "Error starting userland proxy: listen tcp4 0.0.0.0:32770: bind: address already in use";
+        assert_eq!(taken_dynamic_port(proxy, &b), Some((32770, Protocol::Tcp)));
+        // A static port outside the range, another port, another failure.
+        let static_port = "Bind for 0.0.0.0:53 failed: port is already allocated";
+        assert_eq!(taken_dynamic_port(static_port, &b), None);
+        assert_eq!(
+            taken_dynamic_port(
+                "Bind for 0.0.0.0:32771 failed: port is already allocated",
+                &b
+            ),
+            None
+        );
+        assert_eq!(
+            taken_dynamic_port(
+                "exec: \"nginx\": executable file not found at 0.0.0.0:32770",
+                &b
+            ),
+            None
+        );
     }
 
     #[test]

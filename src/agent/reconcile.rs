@@ -121,6 +121,9 @@ pub struct Memory {
     pub finished: HashSet<String>,
     /// Subnets Docker refused (they overlap some other network).
     pub bad_subnets: BTreeSet<String>,
+    /// Dynamic host ports found taken at a container's start (something
+    /// else bound them after the probe): never handed out again.
+    pub taken_ports: BTreeSet<HostPort>,
 }
 
 /// Work in flight (batches not finished yet): the reconciler leaves these
@@ -262,6 +265,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
             used_ports.insert((p, proto));
         }
     }
+    used_ports.extend(input.memory.taken_ports.iter().copied());
     let mut used_subnets: BTreeSet<String> = input.busy.subnets.clone();
     used_subnets.extend(input.memory.bad_subnets.iter().cloned());
     used_subnets.extend(input.networks.iter().filter_map(|n| n.subnet.clone()));
@@ -1090,6 +1094,15 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_dynamic_port_found_taken_at_a_start_is_not_handed_out_again() {
+        let mut w = World::new(vec![web("t1")]);
+        w.memory.taken_ports.insert((32768, Protocol::Tcp));
+        let plan = w.plan();
+        let spec = specs(&plan.work[&format!("{ARN}t1")])[0].clone();
+        assert_eq!(spec.port_bindings[0].host_port, 32769);
     }
 
     #[test]

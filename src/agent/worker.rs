@@ -1159,6 +1159,9 @@ fn apply_outcome(
     if let Some(subnet) = outcome.bad_subnet {
         memory.bad_subnets.insert(subnet);
     }
+    if let Some(port) = outcome.taken_port {
+        memory.taken_ports.insert(port);
+    }
 }
 
 #[cfg(test)]
