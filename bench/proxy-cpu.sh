@@ -36,52 +36,9 @@ trap cleanup EXIT
 
 B1=18181 B2=18182 B3=18183 HAPROXY=18192 FIRST_ORC=18194
 
-cat > "$work/nginx-backends/nginx.conf" <<CONF
-error_log $work/nginx-backends/error.log warn; pid $work/nginx-backends/nginx.pid; daemon off;
-worker_rlimit_nofile 65536;
-events { worker_connections 4096; }
-worker_processes 1;
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $work/nginx-backends; proxy_temp_path $work/nginx-backends;
-    fastcgi_temp_path $work/nginx-backends; uwsgi_temp_path $work/nginx-backends; scgi_temp_path $work/nginx-backends;
-    server { listen 127.0.0.1:$B1; location / { default_type text/plain; return 200 "backend-1\n"; } }
-    server { listen 127.0.0.1:$B2; location / { default_type text/plain; return 200 "backend-2\n"; } }
-    server { listen 127.0.0.1:$B3; location / { default_type text/plain; return 200 "backend-3\n"; } }
-}
-CONF
-cat > "$work/haproxy.cfg" <<CONF
-global
-    nbthread $THREADS
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    option http-keep-alive
-    option forwardfor
-    http-reuse always
-frontend bench
-    bind 127.0.0.1:$HAPROXY
-    default_backend backends
-backend backends
-    balance roundrobin
-    server b1 127.0.0.1:$B1
-    server b2 127.0.0.1:$B2
-    server b3 127.0.0.1:$B3
-CONF
-
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on port $1; see $work" >&2
-    exit 1
-}
+. bench/proxy-peers.sh
+write_backends_conf
+write_haproxy_cfg
 
 nginx -c "$work/nginx-backends/nginx.conf" -p "$work/nginx-backends" >"$work/nginx-backends/out.log" 2>&1 &
 pids+=($!)

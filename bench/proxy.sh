@@ -52,21 +52,8 @@ fi
 
 common_nginx="error_log $work/%s/error.log warn; pid $work/%s/nginx.pid; daemon off; worker_rlimit_nofile 65536;
 events { worker_connections 4096; }"
-# The backends: three server blocks, one small static body each.
-cat > "$work/nginx-backends/nginx.conf" <<CONF
-$(printf "$common_nginx" nginx-backends nginx-backends)
-worker_processes 1;
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $work/nginx-backends; proxy_temp_path $work/nginx-backends;
-    fastcgi_temp_path $work/nginx-backends; uwsgi_temp_path $work/nginx-backends; scgi_temp_path $work/nginx-backends;
-    server { listen 127.0.0.1:$B1; location / { default_type text/plain; return 200 "backend-1\n"; } }
-    server { listen 127.0.0.1:$B2; location / { default_type text/plain; return 200 "backend-2\n"; } }
-    server { listen 127.0.0.1:$B3; location / { default_type text/plain; return 200 "backend-3\n"; } }
-}
-CONF
+. bench/proxy-peers.sh
+write_backends_conf
 # nginx as the proxy: round-robin upstream with keep-alive connections.
 cat > "$work/nginx-proxy/nginx.conf" <<CONF
 $(printf "$common_nginx" nginx-proxy nginx-proxy)
@@ -92,36 +79,8 @@ http {
     }
 }
 CONF
-cat > "$work/haproxy.cfg" <<CONF
-global
-    nbthread $THREADS
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    option http-keep-alive
-    option forwardfor
-    http-reuse always
-frontend bench
-    bind 127.0.0.1:$HAPROXY
-    default_backend backends
-backend backends
-    balance roundrobin
-    server b1 127.0.0.1:$B1
-    server b2 127.0.0.1:$B2
-    server b3 127.0.0.1:$B3
-CONF
+write_haproxy_cfg
 
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on port $1; see $work" >&2
-    exit 1
-}
 
 nginx -c "$work/nginx-backends/nginx.conf" -p "$work/nginx-backends" >"$work/nginx-backends/out.log" 2>&1 &
 pids+=($!)
