@@ -1353,6 +1353,20 @@ mod target_tests {
         propose(state, Command::Elbv2(command));
     }
 
+    /// Creates target group `name` of type instance; returns its ARN.
+    fn create_instance_group(state: &mut State, name: &str, id: &str) -> String {
+        let mut group = tg(name, id);
+        group.target_type = "instance".into();
+        let arn = group.target_group_arn.clone();
+        elbv2(
+            state,
+            Elbv2Command::CreateTargetGroup {
+                target_group: Box::new(group),
+            },
+        );
+        arn
+    }
+
     /// One instance with a host address, task definition `web:1` (port 80,
     /// dynamic host port), target group `web` (type instance) behind a
     /// listener, and service `web` of `desired` tasks behind it.
@@ -1392,15 +1406,7 @@ mod target_tests {
                 now_ms: 1,
             },
         );
-        let mut group = tg("web", "00000000000000aa");
-        group.target_type = "instance".into();
-        let group_arn = group.target_group_arn.clone();
-        elbv2(
-            &mut state,
-            Elbv2Command::CreateTargetGroup {
-                target_group: Box::new(group),
-            },
-        );
+        let group_arn = create_instance_group(&mut state, "web", "00000000000000aa");
         let balancer = lb("web", "00000000000000bb");
         let lb_arn = balancer.load_balancer_arn.clone();
         elbv2(
@@ -1599,15 +1605,7 @@ mod target_tests {
             .collect();
         assert_eq!(old_tasks.len(), 2);
 
-        let mut api = tg("api", "00000000000000dd");
-        api.target_type = "instance".into();
-        let api_arn = api.target_group_arn.clone();
-        elbv2(
-            &mut state,
-            Elbv2Command::CreateTargetGroup {
-                target_group: Box::new(api),
-            },
-        );
+        let api_arn = create_instance_group(&mut state, "api", "00000000000000dd");
         let moved = vec![crate::model::LoadBalancer {
             target_group_arn: api_arn.clone(),
             container_name: "web".into(),
