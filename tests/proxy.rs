@@ -1084,3 +1084,167 @@ async fn a_tcp_listener_round_robins_connections() {
     );
     proxy.shutdown().await;
 }
+
+/// A raw keep-alive target answering by path, with framings a hyper
+/// backend would not choose: chunked with a trailer, HEAD, 204, an echo of
+/// a request body, and an HTTP/1.0 body that ends when the target closes.
+async fn framing_target() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&buffer[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&read[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while read.len() < end + 4 + length {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let body = read[end + 4..end + 4 + length].to_vec();
+                    read.drain(..end + 4 + length);
+                    let answer: Vec<u8> = if head.starts_with("get /chunked") {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_vec()
+                    } else if head.starts_with("head ") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec()
+                    } else if head.starts_with("get /none") {
+                        b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()
+                    } else if head.starts_with("post /echo") {
+                        let mut answer =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                                .into_bytes();
+                        answer.extend_from_slice(&body);
+                        answer
+                    } else {
+                        let _ = stream
+                            .write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the target closes")
+                            .await;
+                        return;
+                    };
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_framing_passes_through_whole_and_the_client_connection_lives_on() {
+    let (target, task) = framing_target().await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("framing", &[(target, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    let ends_with = |tail: &'static [u8]| move |read: &[u8]| read.ends_with(tail);
+    // Twice over: the second round reuses the pooled target connection.
+    for _ in 0..2 {
+        client
+            .write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_raw(&mut client, ends_with(b"X-Trailer: t\r\n\r\n")).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"),
+            "{answer}"
+        );
+        client
+            .write_all(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_raw(&mut client, ends_with(b"\r\n\r\n")).await;
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+        );
+        client
+            .write_all(b"GET /none HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_raw(&mut client, ends_with(b"\r\n\r\n")).await;
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
+        client
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello there")
+            .await
+            .unwrap();
+        let answer = read_raw(&mut client, ends_with(b"hello there")).await;
+        assert!(
+            String::from_utf8_lossy(&answer)
+                .starts_with("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A body that ends with the target's connection ends the client's too,
+    // which is told so.
+    client
+        .write_all(b"GET /eof HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_raw(&mut client, |_| false).await;
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the target closes"
+    );
+    proxy.shutdown().await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_one_that_needs_hyper_gets_the_bytes_read() {
+    let web = named("web-1").await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("pipelined", &[(web.address, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    // Two plain requests, then an HTTP/1.0 one (hyper's), in one write.
+    client
+        .write_all(
+            b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\nGET /c HTTP/1.0\r\nHost: t\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_raw(&mut client, |_| false).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("web-1").count(), 3, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    assert!(answer.contains("HTTP/1.0 200 OK"), "{answer}");
+    assert_eq!(web.requests.load(Ordering::SeqCst), 3);
+    proxy.shutdown().await;
+}

@@ -1,4 +1,5 @@
-//! One HTTP listener: its accept loop, and one request's way through it.
+//! One HTTP listener: its accept loop, and one request's way through it
+//! when hyper serves it (see `h1` for the plain path most requests take).
 //! The rule is chosen by host and path, the target by round-robin; the
 //! request goes out over a pooled HTTP/1.1 connection with hop-by-hop
 //! headers dropped and X-Forwarded-* added. Upgrade requests (WebSocket)
@@ -18,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::body::ProxyBody;
+use super::h1;
 use super::idle::Activity;
 use super::pool::SendFailure;
 use super::{rules, Group, Inner, Target};
@@ -101,6 +103,13 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let port = client.port;
+    // Ordinary requests take the plain path; hyper serves the connection
+    // from the first request that needs it on.
+    let (stream, read) =
+        match h1::serve(&inner, port, client.address.as_bytes(), stream, &mut stop).await {
+            h1::Ended::Closed => return,
+            h1::Ended::Handoff(stream, read) => (stream, read),
+        };
     let activity = Activity::new();
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request| {
@@ -113,7 +122,7 @@ async fn connection(
     });
     let connection = inner
         .http
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .serve_connection_with_upgrades(TokioIo::new(h1::Rewind::new(stream, read)), service);
     tokio::pin!(connection);
     let mut swapped = inner.swapped.subscribe();
     let mut timeout = inner.idle_timeout(port);
@@ -273,6 +282,65 @@ fn prepare(
     headers.insert(X_FORWARDED_PORT.clone(), port_header.clone());
 }
 
+/// Where a request goes: the listener on its port and the target group
+/// of the first rule that matches its host and path, or the proxy's own
+/// answer (no listener, no rule, no group, no routable target). Counts the
+/// request in the group's metrics, and the answer when the group has no
+/// target.
+pub(super) enum Route<'s> {
+    Forward(&'s super::Listener, &'s Group),
+    Answer(StatusCode, bytes::Bytes),
+}
+
+/// Picks the route for a request to `port` naming `host` and `path`.
+pub(super) fn route<'s>(
+    snapshot: &'s super::Snapshot,
+    port: u16,
+    host: &str,
+    path: &str,
+    started: Instant,
+) -> Route<'s> {
+    let Some(listener) = snapshot.listeners.get(&port) else {
+        return Route::Answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("503 Service Unavailable: port {port} has no listener now\n").into(),
+        );
+    };
+    let Some(rule) = listener
+        .rules
+        .iter()
+        .find(|rule| rules::rule_matches(&rule.hosts, &rule.paths, host, path))
+    else {
+        return Route::Answer(
+            StatusCode::NOT_FOUND,
+            format!(
+                "404 Not Found: no rule of listener {} matches this host and path\n",
+                listener.arn
+            )
+            .into(),
+        );
+    };
+    let Some(group) = &rule.group else {
+        return Route::Answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 Service Unavailable: target group {} is not in the route table\n",
+                rule.target_group_arn
+            )
+            .into(),
+        );
+    };
+    group.series.record_request();
+    if group.routable.targets.is_empty() {
+        group.series.record_response(503, started.elapsed());
+        return Route::Answer(StatusCode::SERVICE_UNAVAILABLE, group.no_target.clone());
+    }
+    if group.routable.fail_open {
+        group.series.record_fail_open();
+    }
+    Route::Forward(listener, group)
+}
+
 /// One request, start to response head.
 async fn handle(
     inner: &Inner,
@@ -281,48 +349,13 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let snapshot = inner.snapshot();
-    let Some(listener) = snapshot.listeners.get(&client.port) else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "503 Service Unavailable: port {} has no listener now\n",
-                client.port
-            ),
-        );
-    };
     let host = request_host(&request);
     let path = request.uri().path();
-    let Some(rule) = listener
-        .rules
-        .iter()
-        .find(|rule| rules::rule_matches(&rule.hosts, &rule.paths, host, path))
-    else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            format!(
-                "404 Not Found: no rule of listener {} matches this host and path\n",
-                listener.arn
-            ),
-        );
+    let (listener, group) = match route(&snapshot, client.port, host, path, started) {
+        Route::Forward(listener, group) => (listener, group),
+        Route::Answer(status, body) => return plain(status, body),
     };
-    let Some(group) = &rule.group else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "503 Service Unavailable: target group {} is not in the route table\n",
-                rule.target_group_arn
-            ),
-        );
-    };
-    group.series.record_request();
     let count = group.routable.targets.len();
-    if count == 0 {
-        group.series.record_response(503, started.elapsed());
-        return plain(StatusCode::SERVICE_UNAVAILABLE, group.no_target.clone());
-    }
-    if group.routable.fail_open {
-        group.series.record_fail_open();
-    }
     let counter = group.counter.fetch_add(1, Relaxed);
     let upgrade = wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));

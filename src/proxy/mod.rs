@@ -12,10 +12,14 @@
 //!
 //! * `routes`: the table (plain data).
 //! * `rules`: pure decisions (ALB wildcards, which rule, which targets).
-//! * `http`: one HTTP request's way through; `tcp`: one TCP connection's.
+//! * `h1`: ordinary HTTP/1.1 requests, forwarded by one task per client
+//!   connection without hyper; `http`: the accept loop, and hyper for the
+//!   rest (h2c, Upgrade, HTTP/1.0, big or chunked request bodies);
+//!   `tcp`: one TCP connection's way through.
 //! * `pool`: connections to a target; `body`: response bodies.
 
 mod body;
+mod h1;
 mod http;
 mod idle;
 mod pool;

@@ -5,6 +5,10 @@
 //! A connection goes back to the pool only once its response body has been
 //! read to the end (see `body::ProxyBody`); one whose body was cut short is
 //! dropped, which closes it.
+//!
+//! The plain HTTP/1.1 path (`h1`) keeps bare sockets instead of hyper
+//! connections: `take_stream` and `check_in_stream`, one idle list per
+//! worker as well.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -33,6 +37,8 @@ pub(super) enum SendFailure {
 pub(super) struct TargetPool {
     address: SocketAddr,
     idle: Box<[Mutex<Vec<SendRequest<Incoming>>>]>,
+    /// Idle sockets of the plain HTTP/1.1 path, per worker.
+    streams: Box<[Mutex<Vec<TcpStream>>]>,
 }
 
 impl TargetPool {
@@ -40,6 +46,44 @@ impl TargetPool {
         TargetPool {
             address,
             idle: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            streams: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// The target's address.
+    pub(super) fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The calling thread's idle sockets.
+    fn streams(&self) -> std::sync::MutexGuard<'_, Vec<TcpStream>> {
+        self.streams[super::workers::slot() % self.streams.len()]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An idle socket to the target that still looks open (the target has
+    /// neither closed it nor sent anything unasked), the last used first.
+    pub(super) fn take_stream(&self) -> Option<TcpStream> {
+        loop {
+            let stream = self.streams().pop()?;
+            // Costs no system call unless the event loop saw the socket
+            // turn readable, which an idle one only does when closed.
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Some(stream)
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Puts a socket whose exchange is over back for the next request.
+    pub(super) fn check_in_stream(&self, stream: TcpStream) {
+        let mut streams = self.streams();
+        if streams.len() < MAX_IDLE {
+            streams.push(stream);
         }
     }
 
@@ -66,9 +110,7 @@ impl TargetPool {
     }
 
     async fn connect(&self) -> std::io::Result<TokioIo<TcpStream>> {
-        let stream = TcpStream::connect(self.address).await?;
-        stream.set_nodelay(true)?;
-        Ok(TokioIo::new(stream))
+        Ok(TokioIo::new(connect_tcp(self.address).await?))
     }
 
     /// Sends `request` on an idle connection, or a new one. A pooled
@@ -151,7 +193,7 @@ impl TargetPool {
     }
 }
 
-/// Connects to a target for a TCP listener.
+/// Connects to a target (Nagle off).
 pub(super) async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
