@@ -334,7 +334,12 @@ pub(super) fn response_framing(
         reusable = false;
     }
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    // httparse reads exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -484,6 +489,9 @@ struct Connection<'a> {
     out: Vec<u8>,
     /// Bytes from a target.
     reply: Vec<u8>,
+    /// The routes, taken again whenever `swapped` says they changed.
+    routes: super::Routes,
+    swapped: watch::Receiver<u64>,
     /// The connection's one timer: its idle time-out between requests, the
     /// request time-out while a target answers. Reset only when it fires
     /// early or a wait needs it sooner, never per request.
@@ -509,8 +517,9 @@ pub(super) async fn serve(
         out: Vec::with_capacity(1024),
         reply: Vec::new(),
         timer: Box::pin(tokio::time::sleep(inner.options.idle_timeout)),
+        swapped: inner.swapped.subscribe(),
+        routes: inner.snapshot(),
     };
-    let mut swapped = inner.swapped.subscribe();
     let mut idle_timeout = inner.idle_timeout(port);
     let mut idle_since = Deadline::now();
     let max_head = inner.options.max_header_bytes.max(super::MIN_HEADER_BYTES);
@@ -541,7 +550,10 @@ pub(super) async fn serve(
                     connection.timer.as_mut().reset(deadline);
                 }
                 _ = stop.changed() => return Ended::Closed,
-                Ok(()) = swapped.changed() => idle_timeout = inner.idle_timeout(port),
+                Ok(()) = connection.swapped.changed() => {
+                    connection.routes = inner.snapshot();
+                    idle_timeout = inner.idle_timeout(port);
+                }
             }
         };
         let close = match connection.request(&plain).await {
@@ -571,7 +583,11 @@ impl Connection<'_> {
     /// broken.
     async fn request(&mut self, plain: &Plain) -> Option<bool> {
         let started = Instant::now();
-        let routes = self.inner.snapshot();
+        if self.swapped.has_changed().unwrap_or(false) {
+            self.swapped.mark_unchanged();
+            self.routes = self.inner.snapshot();
+        }
+        let routes = self.routes.clone();
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let parsed = parse_request(&self.input[..plain.head_len], &mut headers);
         let (host, path) = host_and_path(&parsed);
