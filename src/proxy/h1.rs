@@ -468,9 +468,12 @@ enum Exchange {
     Broken,
     /// No response came: the proxy answers (502, 504) itself.
     Failed(StatusCode, String),
-    /// The target took no byte of the request, or closed a reused
-    /// connection unanswered: another try may go.
-    Retry(String),
+    /// A new connection to the target was refused (nothing was sent): the
+    /// next target may take the request.
+    Refused(String),
+    /// A reused connection was closed by the target before it answered:
+    /// the request may go again on a new one.
+    Stale(String),
 }
 
 /// One client connection on the plain path.
@@ -626,11 +629,11 @@ impl Connection<'_> {
                 {
                     Exchange::Done { close } => return Some(close),
                     Exchange::Broken => return None,
-                    Exchange::Retry(error) if !fresh_only => {
+                    Exchange::Stale(error) => {
                         tracing::debug!(port = self.port, target_group = %group.name, target = %target.pool.address(), %error, "a reused target connection closed unanswered; sending on a new one");
                         fresh_only = true;
                     }
-                    Exchange::Retry(error) => {
+                    Exchange::Refused(error) => {
                         tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), %error, "target refused the connection; trying the next target");
                         target.series.record_response(502, started.elapsed());
                         last_error = error;
@@ -677,7 +680,7 @@ impl Connection<'_> {
         self.stream.write_all(&self.out).await.is_ok()
     }
 
-    /// One try of the request (in `out`) on `target`.
+    /// One try of the request (in `request`) on `target`.
     async fn exchange(
         &mut self,
         group: &Group,
@@ -704,7 +707,7 @@ impl Connection<'_> {
                         biased;
                         connected = &mut connect => match connected {
                             Ok(stream) => break stream,
-                            Err(error) => return Exchange::Retry(error.to_string()),
+                            Err(error) => return Exchange::Refused(error.to_string()),
                         },
                         () = self.timer.as_mut() => {
                             if Deadline::now() >= deadline {
@@ -718,7 +721,7 @@ impl Connection<'_> {
         };
         if let Err(error) = upstream.write_all(&self.request).await {
             return if reused {
-                Exchange::Retry(error.to_string())
+                Exchange::Stale(error.to_string())
             } else {
                 Exchange::Failed(
                     StatusCode::BAD_GATEWAY,
@@ -765,10 +768,10 @@ impl Connection<'_> {
                 biased;
                 read = upstream.read_buf(&mut self.reply) => match read {
                     Ok(0) if reused && self.reply.is_empty() && plain.idempotent => {
-                        return Exchange::Retry("the target closed the connection".into())
+                        return Exchange::Stale("the target closed the connection".into())
                     }
                     Err(error) if reused && self.reply.is_empty() && plain.idempotent => {
-                        return Exchange::Retry(error.to_string())
+                        return Exchange::Stale(error.to_string())
                     }
                     Ok(0) => return Exchange::Failed(
                         StatusCode::BAD_GATEWAY,
