@@ -1248,3 +1248,57 @@ async fn pipelined_requests_are_answered_in_order_and_one_that_needs_hyper_gets_
     assert_eq!(web.requests.load(Ordering::SeqCst), 3);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_unanswered_resends_an_idempotent_request_only() {
+    // Answers the first request on each connection, keeps it open, and
+    // closes it unanswered when the second comes: the proxy finds out only
+    // after sending.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let head = |read: &[u8]| read.windows(4).any(|w| w == b"\r\n\r\n");
+                read_raw(&mut stream, head).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                read_raw(&mut stream, head).await;
+            });
+        }
+    });
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("stale", &[(target, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    let mut client = connect(port).await;
+    assert_eq!(
+        send(&mut client, get("/")).await.unwrap(),
+        (StatusCode::OK, "ok".to_string())
+    );
+    // The pooled connection takes the GET and closes: sent again on a new one.
+    assert_eq!(
+        send(&mut client, get("/")).await.unwrap(),
+        (StatusCode::OK, "ok".to_string())
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // A POST is not sent twice: the client gets a 502.
+    let post = Request::post("/")
+        .header("host", "web.test")
+        .body(text("once"))
+        .unwrap();
+    let (status, body) = send(&mut client, post).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("target group stale"), "{body}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    proxy.shutdown().await;
+    task.abort();
+}
