@@ -97,6 +97,14 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(|token| token.trim_ascii())
 }
 
+/// A Content-Length value: digits only (no sign, no spaces, no list).
+fn content_length(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Reads a request head at the front of `input` (`max_head` bytes at
 /// most) and says what to do with it.
 pub(super) fn classify_request(input: &[u8], max_head: usize) -> Request {
@@ -121,10 +129,7 @@ pub(super) fn classify_request(input: &[u8], max_head: usize) -> Request {
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let parsed = std::str::from_utf8(header.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<usize>().ok());
+            let parsed = content_length(header.value).and_then(|v| usize::try_from(v).ok());
             match (parsed, body_len) {
                 (Some(len), None) => body_len = Some(len),
                 _ => return Request::Handoff,
@@ -305,11 +310,7 @@ pub(super) fn response_framing(
             let last = tokens(header.value).filter(|t| !t.is_empty()).last();
             chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
         } else if header.name.eq_ignore_ascii_case("content-length") {
-            let parsed = std::str::from_utf8(header.value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok());
-            match (parsed, length) {
+            match (content_length(header.value), length) {
                 (Some(len), None) => length = Some(len),
                 (Some(len), Some(previous)) if len == previous => {}
                 _ => {
