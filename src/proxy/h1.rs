@@ -1177,4 +1177,65 @@ mod tests {
             assert!(Chunked::default().feed(bad).is_err(), "{bad:?}");
         }
     }
+
+    /// Hostile bytes: valid heads and bodies mutated (bytes flipped,
+    /// dropped, repeated, cut) and random bytes never panic the parsers,
+    /// and what they report stays within the bytes given.
+    #[test]
+    fn mutated_and_random_bytes_never_panic_and_never_point_past_the_input() {
+        let seeds: [&[u8]; 4] = [
+            b"POST /a?b HTTP/1.1\r\nHost: x:80\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No Content\r\nContent-Length: 7\r\n\r\n",
+            b"a\r\n0123456789\r\nFFFF;x\r\n\r\n0\r\n\r\n",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut input = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(next() % 6) {
+                let at = (next() as usize) % (input.len() + 1);
+                match next() % 4 {
+                    0 if at < input.len() => input[at] = next() as u8,
+                    1 if at < input.len() => {
+                        input.remove(at);
+                    }
+                    2 => input.insert(at, b"\r\n:; 0x"[(next() % 7) as usize]),
+                    _ => input.truncate(at),
+                }
+            }
+            if round % 10 == 0 {
+                input = (0..next() % 64).map(|_| next() as u8).collect();
+            }
+            if let Request::Plain(plain) = classify_request(&input, 8192) {
+                assert!(plain.head_len + plain.body_len <= input.len(), "{input:?}");
+                let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+                let parsed = parse_request(&input[..plain.head_len], &mut headers);
+                let mut out = Vec::new();
+                write_request_head(&parsed, b"10.0.0.1", b"80", &mut out);
+                assert!(out.ends_with(b"\r\n\r\n"));
+            }
+            let mut out = Vec::new();
+            if let Ok(head) = response_framing(&input, round % 3 == 0, round % 2 == 0, &mut out) {
+                assert!(head.head_len <= input.len(), "{input:?}");
+                assert!(out.starts_with(b"HTTP/1.1 ") && out.ends_with(b"\r\n\r\n"));
+            }
+            let split = (next() as usize) % (input.len() + 1);
+            let mut chunked = Chunked::default();
+            match chunked.feed(&input[..split]) {
+                Ok(Some(end)) => assert!(end <= split),
+                Ok(None) => {
+                    if let Ok(Some(end)) = chunked.feed(&input[split..]) {
+                        assert!(end <= input.len() - split);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
 }
