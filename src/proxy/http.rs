@@ -47,22 +47,9 @@ pub(super) async fn serve(
     inner: Arc<Inner>,
     listener: TcpListener,
     port: u16,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(port, %error, "load balancer listener cannot accept");
-                // Out of descriptors, most likely: give connections time to close.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    super::accept_until_stopped(listener, port, stop, |stream, peer, stop| {
         let _ = stream.set_nodelay(true);
         let client = Arc::new(Client {
             inner: inner.clone(),
@@ -73,7 +60,7 @@ pub(super) async fn serve(
         let (inner, stop) = (inner.clone(), stop.clone());
         if !inner.workers.any() {
             tokio::spawn(connection(inner, stream, peer, client, stop));
-            continue;
+            return;
         }
         // A worker thread takes the connection: its socket moves to that
         // thread's event loop.
@@ -90,7 +77,8 @@ pub(super) async fn serve(
                 tracing::debug!(port, %peer, %error, "load balancer cannot hand a connection over")
             }
         }
-    }
+    })
+    .await;
 }
 
 /// One client connection until it closes: its requests, its idle time-out,

@@ -420,6 +420,31 @@ impl Proxy {
     }
 }
 
+/// Accepts connections on a listener's socket until `stop` says so,
+/// handing each to `take`. A failed accept (out of descriptors, most
+/// likely) is logged and retried after a pause that gives connections time
+/// to close.
+async fn accept_until_stopped(
+    listener: TcpListener,
+    port: u16,
+    mut stop: watch::Receiver<bool>,
+    mut take: impl FnMut(tokio::net::TcpStream, SocketAddr, &watch::Receiver<bool>),
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => take(stream, peer, &stop),
+            Err(error) => {
+                tracing::warn!(port, %error, "load balancer listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 impl Inner {
     /// The routes now, through the calling worker's handle.
     fn snapshot(&self) -> Routes {

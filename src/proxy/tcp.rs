@@ -17,23 +17,12 @@ pub(super) async fn serve(
     inner: Arc<Inner>,
     listener: TcpListener,
     port: u16,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => break,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(forward(inner.clone(), stream, port));
-            }
-            Err(error) => {
-                tracing::warn!(port, %error, "load balancer listener cannot accept");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_until_stopped(listener, port, stop, |stream, _, _| {
+        tokio::spawn(forward(inner.clone(), stream, port));
+    })
+    .await;
 }
 
 async fn forward(inner: Arc<Inner>, mut client: TcpStream, port: u16) {
