@@ -4,58 +4,20 @@
 //! when none is healthy).
 
 use super::routes::TargetState;
+use crate::vocab::wildcard::{self, Wildcards};
 
 /// Whether `text` matches the ALB wildcard `pattern`: `*` matches any run of
 /// characters (also none), `?` exactly one; everything else literally,
-/// ASCII case folded when `ignore_case`. Linear backtracking on the last
-/// `*`, no allocation.
+/// ASCII case folded when `ignore_case` (host-header conditions).
 pub fn wildcard_matches(pattern: &str, text: &str, ignore_case: bool) -> bool {
-    let pattern = pattern.as_bytes();
-    let text = text.as_bytes();
-    let same = |a: u8, b: u8| {
-        if ignore_case {
-            a.eq_ignore_ascii_case(&b)
-        } else {
-            a == b
-        }
-    };
-    let (mut p, mut t) = (0usize, 0usize);
-    // Where the last `*` was, and the text position it is matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && (pattern[p] == b'?' || same(pattern[p], text[t])) {
-            // `?` is one character: skip a whole UTF-8 sequence.
-            let width = if pattern[p] == b'?' {
-                utf8_width(text[t])
-            } else {
-                1
-            };
-            p += 1;
-            t += width;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, t));
-        } else {
-            return false;
-        }
-    }
-    while p < pattern.len() && pattern[p] == b'*' {
-        p += 1;
-    }
-    p == pattern.len() && t == text.len()
-}
-
-fn utf8_width(first: u8) -> usize {
-    match first {
-        0xF0..=0xFF => 4,
-        0xE0..=0xEF => 3,
-        0xC0..=0xDF => 2,
-        _ => 1,
-    }
+    wildcard::matches(
+        pattern,
+        text,
+        Wildcards {
+            any_one: true,
+            ignore_case,
+        },
+    )
 }
 
 /// The host a request names, without its port: `example.com:8080` gives

@@ -155,28 +155,16 @@ fn order(value: &str, arg: &Value) -> Ordering {
 }
 
 /// Wildcard match where `*` stands for any run of characters (possibly
-/// empty) and everything else is literal. Linear-time backtracking.
+/// empty) and everything else is literal, as ECS's `=~`.
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&b| b == b'*')
+    crate::vocab::wildcard::matches(
+        pattern,
+        text,
+        crate::vocab::wildcard::Wildcards {
+            any_one: false,
+            ignore_case: false,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The ECS nouns every layer shares, at the bottom of the crate: the actions
 //! (`action::EcsAction`), the port
 //! [`Protocol`], placement specs (`placement`), the cluster query language's
-//! syntax tree (`query`), ids (`ids`), the sizes orc accepts (`limits`), and wall-clock time as commands carry it (`time`).
+//! syntax tree (`query`), ids (`ids`), the sizes orc accepts (`limits`), wall-clock time as commands carry it (`time`), and wildcard patterns (`wildcard`).
 //!
 //! It imports nothing from the crate but `error`, so the store, the
 //! scheduler, the agent and the API can all name these types without
@@ -19,6 +19,7 @@ pub mod placement;
 pub mod principal;
 pub mod query;
 pub mod time;
+pub mod wildcard;
 
 /// Transport protocol of a port (a task definition's port mapping, a host
 /// port the placer counts, a binding the agent publishes).
