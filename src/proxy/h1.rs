@@ -345,7 +345,11 @@ pub(super) fn response_framing(
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for header in response.headers.iter() {
-        if hop_by_hop(header.name) {
+        // With a Transfer-Encoding, a Content-Length is wrong and must
+        // not go on (RFC 9112 6.3): a client could frame by it.
+        if hop_by_hop(header.name)
+            || (chunked.is_some() && header.name.eq_ignore_ascii_case("content-length"))
+        {
             continue;
         }
         out.extend_from_slice(header.name.as_bytes());
@@ -1114,12 +1118,16 @@ mod tests {
             let (head, _) = frame(&format!("HTTP/1.1 {status}\r\n\r\n"), false, false);
             assert_eq!(head.unwrap().framing, Framing::Empty, "{status}");
         }
-        let (head, _) = frame(
+        let (head, out) = frame(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
             false,
             false,
         );
         assert_eq!(head.unwrap().framing, Framing::Chunked);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        );
         let (head, out) = frame("HTTP/1.0 200 OK\r\n\r\nbody", false, false);
         let head = head.unwrap();
         assert_eq!((head.framing, head.reusable), (Framing::UntilClose, false));
