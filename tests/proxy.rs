@@ -1302,3 +1302,37 @@ async fn a_reused_connection_closed_unanswered_resends_an_idempotent_request_onl
     proxy.shutdown().await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listener_closes_its_idle_client_connections_at_once() {
+    let web = named("web-1").await;
+    let (proxy, port) = start(options(), |port| {
+        table(
+            port,
+            ListenerProtocol::Http,
+            group("gone", &[(web.address, TargetState::Healthy)]),
+        )
+    })
+    .await;
+    // A keep-alive client, served and now idle (the idle time-out is 10 s,
+    // longer than the read below may wait).
+    let mut idle = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(answered(&read_raw(&mut idle, answered).await));
+    let started = std::time::Instant::now();
+    assert!(proxy.apply(RouteTable::default()).await.is_empty());
+    assert!(
+        read_raw(&mut idle, |_| false).await.is_empty(),
+        "the idle client got bytes instead of a close"
+    );
+    assert!(
+        started.elapsed() < options().idle_timeout,
+        "closed by the idle time-out, not by the listener's removal"
+    );
+    assert!(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+    proxy.shutdown().await;
+}
