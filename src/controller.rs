@@ -281,7 +281,10 @@ fn rand_like(seed: u64, index: usize) -> u64 {
 /// turning ACTIVE places the waiting tasks at once.
 pub fn provisioning_commands(state: &State, seed: u64) -> Vec<Command> {
     let mut commands = Vec::new();
-    for (cluster, _) in state.clusters.iter() {
+    for cluster in provisioning::clusters_with_waiting_tasks(state) {
+        if !state.clusters.contains(cluster) {
+            continue;
+        }
         let planned: Vec<PlannedTask> = provisioning::decide(state, cluster, seed)
             .into_iter()
             .filter_map(|decision| {
@@ -294,7 +297,7 @@ pub fn provisioning_commands(state: &State, seed: u64) -> Vec<Command> {
             .collect();
         if !planned.is_empty() {
             commands.push(Command::PlaceTasks {
-                cluster: cluster.clone().into(),
+                cluster: cluster.to_string().into(),
                 planned,
             });
         }

@@ -71,17 +71,32 @@ pub struct Decision {
     pub outcome: PlacementOutcome,
 }
 
+/// Whether `task` waits in PROVISIONING for room.
+fn is_waiting(task: &Task) -> bool {
+    task.last_status == TaskStatus::Provisioning
+        && task.desired_status == TaskStatus::Running
+        && task.container_instance_arn.is_none()
+}
+
+/// The clusters with a task waiting in PROVISIONING, in one pass over the
+/// tasks (the controller asks on every change; most of the time none waits,
+/// and a cluster-by-cluster look cost a lookup per cluster even then).
+pub fn clusters_with_waiting_tasks(state: &State) -> std::collections::BTreeSet<&str> {
+    state
+        .tasks
+        .iter()
+        .filter(|(_, task)| is_waiting(task))
+        .filter_map(|(key, _)| key.split_once('/').map(|(cluster, _)| cluster))
+        .collect()
+}
+
 /// The tasks of `cluster` waiting in PROVISIONING, oldest first.
 pub fn waiting_tasks<'a>(state: &'a State, cluster: &str) -> Vec<&'a Task> {
     let mut waiting: Vec<&Task> = state
         .tasks
         .scan_prefix(&format!("{cluster}/"))
         .map(|(_, task)| task)
-        .filter(|task| {
-            task.last_status == TaskStatus::Provisioning
-                && task.desired_status == TaskStatus::Running
-                && task.container_instance_arn.is_none()
-        })
+        .filter(|task| is_waiting(task))
         .collect();
     waiting.sort_by(|a, b| {
         a.created_at
