@@ -33,6 +33,7 @@
 //!    that succeeds. The killed member is restarted from its data dir and the
 //!    cluster is let settle before the next trial (9 trials, alternating
 //!    between the systems); the median is reported.
+//!
 //! 2b. user-visible failover: SIGKILL the leader, then at once send ONE write
 //!    to a surviving follower, as a person at the CLI would: orc's client
 //!    with its default retry (sequential attempts under one request id),
@@ -42,6 +43,7 @@
 //!    the kill to that write's answer (median of the trials; the killed
 //!    member is restarted between trials). ORC_BENCH_FAILOVER_TRIALS sets
 //!    the count for both kinds of failover.
+//!
 //! 2c. write through a follower: one client, ORC_BENCH_FOLLOWER_WRITES (200)
 //!    writes back to back through a follower, then as many through the
 //!    leader (after 10 untimed writes each to open the connection); p50 and
