@@ -1336,3 +1336,53 @@ async fn a_removed_listener_closes_its_idle_client_connections_at_once() {
     assert!(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout_and_frees_its_target() {
+    // A target streaming a body far bigger than the socket buffers, until
+    // its connection is closed under it.
+    let cut = Arc::new(AtomicUsize::new(0));
+    let seen = cut.clone();
+    let (target, task) = raw_target(move |mut stream| {
+        let cut = seen.clone();
+        async move {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
+                .await;
+            let chunk = vec![b'x'; 64 * 1024];
+            while stream.write_all(&chunk).await.is_ok() {}
+            cut.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let (proxy, port) = start(
+        ProxyOptions {
+            idle_timeout: Duration::from_millis(500),
+            ..options()
+        },
+        |port| {
+            table(
+                port,
+                ListenerProtocol::Http,
+                group("reader", &[(target, TargetState::Healthy)]),
+            )
+        },
+    )
+    .await;
+    // Asks for the body and never reads it.
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Once the buffers are full nothing moves; after the idle time-out the
+    // proxy drops both connections, and the target's write fails.
+    until("the target connection to be closed by the proxy", || {
+        cut.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    proxy.shutdown().await;
+    task.abort();
+}

@@ -497,6 +497,8 @@ struct Connection<'a> {
     out: Vec<u8>,
     /// Bytes from a target.
     reply: Vec<u8>,
+    /// The load balancer's idle time-out, read again when the routes change.
+    idle_timeout: std::time::Duration,
     /// The routes, taken again whenever `swapped` says they changed.
     routes: super::Routes,
     swapped: watch::Receiver<u64>,
@@ -527,8 +529,8 @@ pub(super) async fn serve(
         timer: Box::pin(tokio::time::sleep(inner.options.idle_timeout)),
         swapped: inner.swapped.subscribe(),
         routes: inner.snapshot(),
+        idle_timeout: inner.idle_timeout(port),
     };
-    let mut idle_timeout = inner.idle_timeout(port);
     let mut idle_since = Deadline::now();
     let max_head = inner.options.max_header_bytes.max(super::MIN_HEADER_BYTES);
     loop {
@@ -539,7 +541,7 @@ pub(super) async fn serve(
                 Request::Handoff => return Ended::Handoff(connection.stream, connection.input),
                 Request::Partial => {}
             }
-            let deadline = idle_since + idle_timeout;
+            let deadline = idle_since + connection.idle_timeout;
             connection.timer_by(deadline);
             if connection.input.capacity() - connection.input.len() < 1024 {
                 connection.input.reserve(4096);
@@ -552,7 +554,7 @@ pub(super) async fn serve(
                 },
                 () = connection.timer.as_mut() => {
                     if Deadline::now() >= deadline {
-                        tracing::debug!(port, timeout = ?idle_timeout, "closing an idle load balancer client connection");
+                        tracing::debug!(port, timeout = ?connection.idle_timeout, "closing an idle load balancer client connection");
                         return Ended::Closed;
                     }
                     connection.timer.as_mut().reset(deadline);
@@ -560,7 +562,7 @@ pub(super) async fn serve(
                 _ = stop.changed() => return Ended::Closed,
                 Ok(()) = connection.swapped.changed() => {
                     connection.routes = inner.snapshot();
-                    idle_timeout = inner.idle_timeout(port);
+                    connection.idle_timeout = inner.idle_timeout(port);
                 }
             }
         };
@@ -594,6 +596,7 @@ impl Connection<'_> {
         if self.swapped.has_changed().unwrap_or(false) {
             self.swapped.mark_unchanged();
             self.routes = self.inner.snapshot();
+            self.idle_timeout = self.inner.idle_timeout(self.port);
         }
         let routes = self.routes.clone();
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -682,7 +685,11 @@ impl Connection<'_> {
 
     /// Writes `out` to the client; false when the client is gone.
     async fn send_out(&mut self) -> bool {
-        self.stream.write_all(&self.out).await.is_ok()
+        let write = self.stream.write_all(&self.out);
+        matches!(
+            unless_stalled(&mut self.timer, self.idle_timeout, write).await,
+            Some(Ok(()))
+        )
     }
 
     /// One try of the request (in `request`) on `target`.
@@ -840,7 +847,10 @@ impl Connection<'_> {
         loop {
             self.reply.clear();
             self.reply.reserve(READ_CHUNK);
-            let read = upstream.read_buf(&mut self.reply).await;
+            let read = upstream.read_buf(&mut self.reply);
+            let Some(read) = unless_stalled(&mut self.timer, self.idle_timeout, read).await else {
+                return self.stalled(group, target);
+            };
             let n = match read {
                 Ok(0) if framing_left == Framing::UntilClose => {
                     return Exchange::Done { close: true }
@@ -859,7 +869,7 @@ impl Connection<'_> {
                 }
                 _ => (n, false),
             };
-            if self.stream.write_all(&self.reply[..send]).await.is_err() {
+            if !self.send_reply(send).await {
                 return Exchange::Broken;
             }
             if finished {
@@ -885,7 +895,11 @@ impl Connection<'_> {
         loop {
             self.reply.clear();
             self.reply.reserve(READ_CHUNK);
-            let n = match upstream.read_buf(&mut self.reply).await {
+            let read = upstream.read_buf(&mut self.reply);
+            let Some(read) = unless_stalled(&mut self.timer, self.idle_timeout, read).await else {
+                return self.stalled(group, target);
+            };
+            let n = match read {
                 Ok(0) | Err(_) => {
                     tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), "target failed mid-response");
                     return Exchange::Broken;
@@ -900,7 +914,7 @@ impl Connection<'_> {
                 }
             };
             let send = end.unwrap_or(n);
-            if self.stream.write_all(&self.reply[..send]).await.is_err() {
+            if !self.send_reply(send).await {
                 return Exchange::Broken;
             }
             if end.is_some() {
@@ -908,6 +922,22 @@ impl Connection<'_> {
                 return Exchange::Done { close: false };
             }
         }
+    }
+
+    /// Writes the first `len` bytes of `reply` to the client; false when
+    /// the client is gone or stopped reading.
+    async fn send_reply(&mut self, len: usize) -> bool {
+        let write = self.stream.write_all(&self.reply[..len]);
+        matches!(
+            unless_stalled(&mut self.timer, self.idle_timeout, write).await,
+            Some(Ok(()))
+        )
+    }
+
+    /// A response body that moved no byte for the idle time-out.
+    fn stalled(&self, group: &Group, target: &Target) -> Exchange {
+        tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), timeout = ?self.idle_timeout, "target sent no byte of the response body for the idle time-out; closing the client connection");
+        Exchange::Broken
     }
 
     /// Returns a target connection to its pool when it can take another
@@ -938,6 +968,39 @@ impl Connection<'_> {
             target.pool.address(),
             group.name
         )
+    }
+}
+
+/// Runs `io` (a write to the client, a read of a response body) unless it
+/// makes no progress for `idle`, as ALB closes a connection on which no
+/// byte moved for its idle time-out: a client that stops reading, or a
+/// target that stops sending mid-body, does not hold the connection and its
+/// target connection for ever. `None` when it stalled. The common case, an
+/// `io` ready at once, touches neither the clock nor the timer.
+async fn unless_stalled<F: std::future::Future>(
+    timer: &mut std::pin::Pin<Box<Sleep>>,
+    idle: std::time::Duration,
+    io: F,
+) -> Option<F::Output> {
+    tokio::pin!(io);
+    if let std::task::Poll::Ready(out) = futures::poll!(io.as_mut()) {
+        return Some(out);
+    }
+    let deadline = Deadline::now() + idle;
+    if timer.deadline() > deadline || timer.is_elapsed() {
+        timer.as_mut().reset(deadline);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            out = io.as_mut() => return Some(out),
+            () = timer.as_mut() => {
+                if Deadline::now() >= deadline {
+                    return None;
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
     }
 }
 
