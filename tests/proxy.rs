@@ -1386,3 +1386,43 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout_and_frees
     proxy.shutdown().await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_answers_keep_a_pipelined_connection_in_step() {
+    let (proxy, port) = start(options(), |port| {
+        table(port, ListenerProtocol::Http, group("empty", &[]))
+    })
+    .await;
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    // A HEAD answered by the proxy itself has no body, so the GET's answer
+    // is read as the GET's.
+    client
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_raw(&mut client, |read| {
+        read.ends_with(b"(none registered, or all draining)\n")
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    let heads: Vec<&str> = answer.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(heads.len(), 2, "{answer}");
+    assert!(
+        heads[0].starts_with("503") && heads[0].ends_with("\r\n\r\n"),
+        "{answer}"
+    );
+    assert!(heads[1].contains("target group empty"), "{answer}");
+    // Two Host headers: which would the target believe? A 400, and the
+    // connection closes.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: public\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_raw(&mut client, |_| false).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request"), "{answer}");
+    assert!(answer.ends_with("more than one Host header\n"), "{answer}");
+    proxy.shutdown().await;
+}

@@ -58,6 +58,8 @@ pub(super) enum Request {
     Handoff,
     /// A request the plain path forwards.
     Plain(Plain),
+    /// A request to refuse with a 400 (and close): what is wrong with it.
+    Invalid(&'static str),
 }
 
 /// A plain request's shape.
@@ -126,8 +128,16 @@ pub(super) fn classify_request(input: &[u8], max_head: usize) -> Request {
     }
     let mut body_len = None;
     let mut close = false;
+    let mut host = false;
     for header in request.headers.iter() {
         let name = header.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host {
+                // Which one would the target believe? (RFC 9112 3.2)
+                return Request::Invalid("more than one Host header");
+            }
+            host = true;
+        }
         if name.eq_ignore_ascii_case("content-length") {
             let parsed = content_length(header.value).and_then(|v| usize::try_from(v).ok());
             match (parsed, body_len) {
@@ -300,10 +310,17 @@ pub(super) fn response_framing(
     let mut reusable = response.version == Some(1);
     let mut length: Option<u64> = None;
     let mut chunked = None;
+    // Headers the Connection header names are hop-by-hop too (RFC 9110
+    // 7.6.1); none but keep-alive and close, as a rule, so no allocation.
+    let mut named: Vec<&[u8]> = Vec::new();
     for header in response.headers.iter() {
         if header.name.eq_ignore_ascii_case("connection") {
-            if tokens(header.value).any(|t| t.eq_ignore_ascii_case(b"close")) {
-                reusable = false;
+            for token in tokens(header.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    named.push(token);
+                }
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked only when it is the last coding (RFC 9112 6.3).
@@ -349,6 +366,9 @@ pub(super) fn response_framing(
         // not go on (RFC 9112 6.3): a client could frame by it.
         if hop_by_hop(header.name)
             || (chunked.is_some() && header.name.eq_ignore_ascii_case("content-length"))
+            || named
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(header.name.as_bytes()))
         {
             continue;
         }
@@ -381,6 +401,8 @@ enum ChunkState {
     #[default]
     Start,
     Size(u64),
+    /// Whitespace after the size, before `;` or the line's end.
+    SizeSpace(u64),
     Extension(u64),
     SizeLf(u64),
     Data(u64),
@@ -422,15 +444,18 @@ impl Chunked {
                         None => return Err("a chunk size overflows".into()),
                     }
                 }
-                (Size(size), b';' | b' ' | b'\t') => Extension(size),
-                (Size(size), b'\r') | (Extension(size), b'\r') => SizeLf(size),
-                (Extension(size), _) => Extension(size),
+                (Size(size) | SizeSpace(size), b' ' | b'\t') => SizeSpace(size),
+                (Size(size) | SizeSpace(size), b';') => Extension(size),
+                (Size(size) | SizeSpace(size) | Extension(size), b'\r') => SizeLf(size),
+                // No control byte (a bare LF above all) in an extension or a
+                // trailer: a client must find the same end as this parser.
+                (Extension(size), _) if text_byte(b) => Extension(size),
                 (SizeLf(0), b'\n') => Trailer,
                 (SizeLf(size), b'\n') => Data(size),
                 (DataCr, b'\r') => DataLf,
                 (DataLf, b'\n') => Start,
                 (Trailer, b'\r') => EndLf,
-                (Trailer, _) | (TrailerLine, _) if b != b'\r' => TrailerLine,
+                (Trailer, _) | (TrailerLine, _) if text_byte(b) => TrailerLine,
                 (TrailerLine, b'\r') => TrailerLf,
                 (TrailerLf, b'\n') => Trailer,
                 (EndLf, b'\n') => {
@@ -448,8 +473,15 @@ impl Chunked {
     }
 }
 
-/// A plain-text answer of the proxy's own.
-fn write_plain(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) {
+/// A byte a header or chunk-extension text may hold: visible, space, tab
+/// or obs-text, never a control byte.
+fn text_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+/// A plain-text answer of the proxy's own; to a HEAD request without its
+/// body (its length still said).
+fn write_plain(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool, head: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -460,7 +492,9 @@ fn write_plain(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) 
         out.extend_from_slice(b"\r\nconnection: close");
     }
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
+    if !head {
+        out.extend_from_slice(body);
+    }
 }
 
 /// How an exchange with a target went.
@@ -539,6 +573,20 @@ pub(super) async fn serve(
             match classify_request(&connection.input, max_head) {
                 Request::Plain(plain) => break plain,
                 Request::Handoff => return Ended::Handoff(connection.stream, connection.input),
+                Request::Invalid(why) => {
+                    connection.out.clear();
+                    let body = format!("400 Bad Request: {why}\n");
+                    write_plain(
+                        &mut connection.out,
+                        StatusCode::BAD_REQUEST,
+                        body.as_bytes(),
+                        true,
+                        false,
+                    );
+                    connection.send_out().await;
+                    let _ = connection.stream.shutdown().await;
+                    return Ended::Closed;
+                }
                 Request::Partial => {}
             }
             let deadline = idle_since + connection.idle_timeout;
@@ -606,7 +654,7 @@ impl Connection<'_> {
             Route::Forward(listener, group) => (listener, group),
             Route::Answer(status, body) => {
                 self.out.clear();
-                write_plain(&mut self.out, status, &body, plain.close);
+                write_plain(&mut self.out, status, &body, plain.close, plain.head_method);
                 return self.send_out().await.then_some(false);
             }
         };
@@ -651,9 +699,7 @@ impl Connection<'_> {
                         target
                             .series
                             .record_response(status.as_u16(), started.elapsed());
-                        return self
-                            .failed(group, started, status, &body, plain.close)
-                            .await;
+                        return self.failed(group, started, status, &body, plain).await;
                     }
                 }
             }
@@ -662,7 +708,7 @@ impl Connection<'_> {
             "502 Bad Gateway: no target of target group {} accepted a connection ({last_error})\n",
             group.name
         );
-        self.failed(group, started, StatusCode::BAD_GATEWAY, &body, plain.close)
+        self.failed(group, started, StatusCode::BAD_GATEWAY, &body, plain)
             .await
     }
 
@@ -673,13 +719,19 @@ impl Connection<'_> {
         started: Instant,
         status: StatusCode,
         body: &str,
-        close: bool,
+        plain: &Plain,
     ) -> Option<bool> {
         group
             .series
             .record_response(status.as_u16(), started.elapsed());
         self.out.clear();
-        write_plain(&mut self.out, status, body.as_bytes(), close);
+        write_plain(
+            &mut self.out,
+            status,
+            body.as_bytes(),
+            plain.close,
+            plain.head_method,
+        );
         self.send_out().await.then_some(false)
     }
 
@@ -731,8 +783,25 @@ impl Connection<'_> {
                 }
             }
         };
-        if let Err(error) = upstream.write_all(&self.request).await {
-            return if reused {
+        self.timer_by(deadline);
+        let write = upstream.write_all(&self.request);
+        tokio::pin!(write);
+        let written = loop {
+            tokio::select! {
+                biased;
+                written = &mut write => break written,
+                () = self.timer.as_mut() => {
+                    if Deadline::now() >= deadline {
+                        return self.timed_out(group, target);
+                    }
+                    self.timer.as_mut().reset(deadline);
+                }
+            }
+        };
+        if let Err(error) = written {
+            // The target may have acted on what it read before failing: only
+            // an idempotent request goes again.
+            return if reused && plain.idempotent {
                 Exchange::Stale(error.to_string())
             } else {
                 Exchange::Failed(
@@ -745,6 +814,8 @@ impl Connection<'_> {
         // The response head (after any 1xx heads, passed on).
         self.reply.clear();
         self.out.clear();
+        // A target that sent a 1xx has begun answering: never resent.
+        let mut interim = false;
         let head = loop {
             match response_framing(&self.reply, plain.head_method, plain.close, &mut self.out) {
                 Ok(head) if (100..200).contains(&head.status) && head.status != 101 => {
@@ -755,6 +826,10 @@ impl Connection<'_> {
                     }
                     self.out.clear();
                     self.reply.drain(..head.head_len);
+                    interim = true;
+                    if Deadline::now() >= deadline {
+                        return self.timed_out(group, target);
+                    }
                     continue;
                 }
                 Ok(head) if head.status == 101 => {
@@ -779,10 +854,10 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 read = upstream.read_buf(&mut self.reply) => match read {
-                    Ok(0) if reused && self.reply.is_empty() && plain.idempotent => {
+                    Ok(0) if reused && !interim && self.reply.is_empty() && plain.idempotent => {
                         return Exchange::Stale("the target closed the connection".into())
                     }
-                    Err(error) if reused && self.reply.is_empty() && plain.idempotent => {
+                    Err(error) if reused && !interim && self.reply.is_empty() && plain.idempotent => {
                         return Exchange::Stale(error.to_string())
                     }
                     Ok(0) => return Exchange::Failed(
@@ -1175,6 +1250,15 @@ mod tests {
             })
         );
         assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        let (_, out) = frame(
+            "HTTP/1.1 200 OK\r\nConnection: X-Internal, close\r\nX-Internal: 1\r\nX-Public: 2\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nX-Public: 2\r\nContent-Length: 0\r\n\r\n"
+        );
         let (head, _) = frame("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, false);
         assert_eq!(head.unwrap().framing, Framing::Empty);
         for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
@@ -1239,8 +1323,16 @@ mod tests {
         }
         let mut chunked = Chunked::default();
         assert_eq!(chunked.feed(b"0\r\n\r\n").unwrap(), Some(5));
+        let mut chunked = Chunked::default();
+        assert_eq!(
+            chunked.feed(b"5 \t;a=b\r\nhello\r\n0\r\n\r\n").unwrap(),
+            Some(21)
+        );
         for bad in [
-            &b"x\r\n"[..],
+            &b"5 6\r\n"[..],
+            b"5;a\nb\r\n",
+            b"0\r\nX: a\nb\r\n\r\n",
+            b"x\r\n",
             b"5\r\nhelloXX",
             b"ffffffffffffffffff\r\n",
             b"\r\n",

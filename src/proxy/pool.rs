@@ -10,8 +10,10 @@
 //! connections: `take_stream` and `check_in_stream`, one idle list per
 //! worker as well.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -21,6 +23,8 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per target and worker, at most.
 const MAX_IDLE: usize = 512;
+/// A bare socket idle longer than this is closed at the next check-in.
+const MAX_IDLE_TIME: Duration = Duration::from_secs(30);
 
 /// Why a request did not get a response from a target.
 pub(super) enum SendFailure {
@@ -37,8 +41,9 @@ pub(super) enum SendFailure {
 pub(super) struct TargetPool {
     address: SocketAddr,
     idle: Box<[Mutex<Vec<SendRequest<Incoming>>>]>,
-    /// Idle sockets of the plain HTTP/1.1 path, per worker.
-    streams: Box<[Mutex<Vec<TcpStream>>]>,
+    /// Idle sockets of the plain HTTP/1.1 path, per worker, with when each
+    /// was checked in (oldest first).
+    streams: Box<[Mutex<VecDeque<(Instant, TcpStream)>>]>,
 }
 
 impl TargetPool {
@@ -46,7 +51,9 @@ impl TargetPool {
         TargetPool {
             address,
             idle: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
-            streams: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            streams: (0..slots.max(1))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
         }
     }
 
@@ -56,7 +63,7 @@ impl TargetPool {
     }
 
     /// The calling thread's idle sockets.
-    fn streams(&self) -> std::sync::MutexGuard<'_, Vec<TcpStream>> {
+    fn streams(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, TcpStream)>> {
         self.streams[super::workers::slot() % self.streams.len()]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -66,7 +73,7 @@ impl TargetPool {
     /// neither closed it nor sent anything unasked), the last used first.
     pub(super) fn take_stream(&self) -> Option<TcpStream> {
         loop {
-            let stream = self.streams().pop()?;
+            let (_, stream) = self.streams().pop_back()?;
             // Costs no system call unless the event loop saw the socket
             // turn readable, which an idle one only does when closed.
             let mut probe = [0u8; 1];
@@ -79,11 +86,24 @@ impl TargetPool {
         }
     }
 
-    /// Puts a socket whose exchange is over back for the next request.
+    /// Puts a socket whose exchange is over back for the next request, and
+    /// closes those idle longer than `MAX_IDLE_TIME`: after a burst, the
+    /// sockets at the bottom of the list would otherwise never be taken
+    /// again, and hold a descriptor each once their target closed them.
     pub(super) fn check_in_stream(&self, stream: TcpStream) {
+        self.check_in_stream_at(stream, Instant::now());
+    }
+
+    fn check_in_stream_at(&self, stream: TcpStream, now: Instant) {
         let mut streams = self.streams();
+        while streams
+            .front()
+            .is_some_and(|(since, _)| now.duration_since(*since) > MAX_IDLE_TIME)
+        {
+            streams.pop_front();
+        }
         if streams.len() < MAX_IDLE {
-            streams.push(stream);
+            streams.push_back((now, stream));
         }
     }
 
@@ -198,4 +218,26 @@ pub(super) async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStrea
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_idle_longer_than_the_limit_are_closed_at_the_next_check_in() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let pool = TargetPool::new(address, 1);
+        let start = Instant::now();
+        for _ in 0..3 {
+            pool.check_in_stream_at(connect_tcp(address).await.unwrap(), start);
+        }
+        assert_eq!(pool.streams().len(), 3);
+        let later = start + MAX_IDLE_TIME + Duration::from_secs(1);
+        pool.check_in_stream_at(connect_tcp(address).await.unwrap(), later);
+        assert_eq!(pool.streams().len(), 1, "the three old sockets are closed");
+        assert!(pool.take_stream().is_some());
+        assert!(pool.take_stream().is_none());
+    }
 }
