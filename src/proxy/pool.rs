@@ -23,6 +23,9 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per target and worker, at most.
 const MAX_IDLE: usize = 512;
+/// Idle bare sockets, oldest first, each with when it was checked in.
+type IdleStreams = VecDeque<(Instant, TcpStream)>;
+
 /// A bare socket idle longer than this is closed at the next check-in.
 const MAX_IDLE_TIME: Duration = Duration::from_secs(30);
 
@@ -43,7 +46,7 @@ pub(super) struct TargetPool {
     idle: Box<[Mutex<Vec<SendRequest<Incoming>>>]>,
     /// Idle sockets of the plain HTTP/1.1 path, per worker, with when each
     /// was checked in (oldest first).
-    streams: Box<[Mutex<VecDeque<(Instant, TcpStream)>>]>,
+    streams: Box<[Mutex<IdleStreams>]>,
 }
 
 impl TargetPool {
@@ -63,7 +66,7 @@ impl TargetPool {
     }
 
     /// The calling thread's idle sockets.
-    fn streams(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, TcpStream)>> {
+    fn streams(&self) -> std::sync::MutexGuard<'_, IdleStreams> {
         self.streams[super::workers::slot() % self.streams.len()]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
