@@ -533,6 +533,8 @@ struct Connection<'a> {
     reply: Vec<u8>,
     /// The load balancer's idle time-out, read again when the routes change.
     idle_timeout: std::time::Duration,
+    /// When the request in flight began.
+    started: Instant,
     /// The routes, taken again whenever `swapped` says they changed.
     routes: super::Routes,
     swapped: watch::Receiver<u64>,
@@ -564,6 +566,7 @@ pub(super) async fn serve(
         swapped: inner.swapped.subscribe(),
         routes: inner.snapshot(),
         idle_timeout: inner.idle_timeout(port),
+        started: Instant::now(),
     };
     let mut idle_since = Deadline::now();
     let max_head = inner.options.max_header_bytes.max(super::MIN_HEADER_BYTES);
@@ -641,6 +644,7 @@ impl Connection<'_> {
     /// broken.
     async fn request(&mut self, plain: &Plain) -> Option<bool> {
         let started = Instant::now();
+        self.started = started;
         if self.swapped.has_changed().unwrap_or(false) {
             self.swapped.mark_unchanged();
             self.routes = self.inner.snapshot();
@@ -783,20 +787,9 @@ impl Connection<'_> {
                 }
             }
         };
-        self.timer_by(deadline);
         let write = upstream.write_all(&self.request);
-        tokio::pin!(write);
-        let written = loop {
-            tokio::select! {
-                biased;
-                written = &mut write => break written,
-                () = self.timer.as_mut() => {
-                    if Deadline::now() >= deadline {
-                        return self.timed_out(group, target);
-                    }
-                    self.timer.as_mut().reset(deadline);
-                }
-            }
+        let Some(written) = by_deadline(&mut self.timer, || deadline, write).await else {
+            return self.timed_out(group, target);
         };
         if let Err(error) = written {
             // The target may have acted on what it read before failing: only
@@ -1019,7 +1012,7 @@ impl Connection<'_> {
     /// request.
     fn check_in(&self, upstream: TcpStream, target: &Target, reusable: bool) {
         if reusable {
-            target.pool.check_in_stream(upstream);
+            target.pool.check_in_stream(upstream, self.started);
         }
     }
 
@@ -1046,22 +1039,19 @@ impl Connection<'_> {
     }
 }
 
-/// Runs `io` (a write to the client, a read of a response body) unless it
-/// makes no progress for `idle`, as ALB closes a connection on which no
-/// byte moved for its idle time-out: a client that stops reading, or a
-/// target that stops sending mid-body, does not hold the connection and its
-/// target connection for ever. `None` when it stalled. The common case, an
-/// `io` ready at once, touches neither the clock nor the timer.
-async fn unless_stalled<F: std::future::Future>(
+/// Runs `io` unless the deadline `deadline()` gives passes first (`None`
+/// then), on the connection's one timer. An `io` ready at once (the common
+/// case) touches neither the clock nor the timer.
+async fn by_deadline<F: std::future::Future>(
     timer: &mut std::pin::Pin<Box<Sleep>>,
-    idle: std::time::Duration,
+    deadline: impl FnOnce() -> Deadline,
     io: F,
 ) -> Option<F::Output> {
     tokio::pin!(io);
     if let std::task::Poll::Ready(out) = futures::poll!(io.as_mut()) {
         return Some(out);
     }
-    let deadline = Deadline::now() + idle;
+    let deadline = deadline();
     if timer.deadline() > deadline || timer.is_elapsed() {
         timer.as_mut().reset(deadline);
     }
@@ -1077,6 +1067,19 @@ async fn unless_stalled<F: std::future::Future>(
             }
         }
     }
+}
+
+/// Runs `io` (a write to the client, a read of a response body) unless it
+/// makes no progress for `idle`, as ALB closes a connection on which no
+/// byte moved for its idle time-out: a client that stops reading, or a
+/// target that stops sending mid-body, does not hold the connection and its
+/// target connection for ever. `None` when it stalled.
+async fn unless_stalled<F: std::future::Future>(
+    timer: &mut std::pin::Pin<Box<Sleep>>,
+    idle: std::time::Duration,
+    io: F,
+) -> Option<F::Output> {
+    by_deadline(timer, || Deadline::now() + idle, io).await
 }
 
 /// A client socket with bytes already read in front of it, for hyper to

@@ -93,11 +93,8 @@ impl TargetPool {
     /// closes those idle longer than `MAX_IDLE_TIME`: after a burst, the
     /// sockets at the bottom of the list would otherwise never be taken
     /// again, and hold a descriptor each once their target closed them.
-    pub(super) fn check_in_stream(&self, stream: TcpStream) {
-        self.check_in_stream_at(stream, Instant::now());
-    }
-
-    fn check_in_stream_at(&self, stream: TcpStream, now: Instant) {
+    /// `now` is a recent time (the request's start will do).
+    pub(super) fn check_in_stream(&self, stream: TcpStream, now: Instant) {
         let mut streams = self.streams();
         while streams
             .front()
@@ -234,11 +231,11 @@ mod tests {
         let pool = TargetPool::new(address, 1);
         let start = Instant::now();
         for _ in 0..3 {
-            pool.check_in_stream_at(connect_tcp(address).await.unwrap(), start);
+            pool.check_in_stream(connect_tcp(address).await.unwrap(), start);
         }
         assert_eq!(pool.streams().len(), 3);
         let later = start + MAX_IDLE_TIME + Duration::from_secs(1);
-        pool.check_in_stream_at(connect_tcp(address).await.unwrap(), later);
+        pool.check_in_stream(connect_tcp(address).await.unwrap(), later);
         assert_eq!(pool.streams().len(), 1, "the three old sockets are closed");
         assert!(pool.take_stream().is_some());
         assert!(pool.take_stream().is_none());
