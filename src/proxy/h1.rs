@@ -913,21 +913,14 @@ impl Connection<'_> {
         }
         // The rest of the body, as it comes.
         loop {
-            self.reply.clear();
-            self.reply.reserve(READ_CHUNK);
-            let read = upstream.read_buf(&mut self.reply);
-            let Some(read) = unless_stalled(&mut self.timer, self.idle_timeout, read).await else {
-                return self.stalled(group, target);
-            };
-            let n = match read {
-                Ok(0) if framing_left == Framing::UntilClose => {
-                    return Exchange::Done { close: true }
-                }
-                Ok(0) | Err(_) => {
-                    tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), "target failed mid-response");
-                    return Exchange::Broken;
-                }
-                Ok(n) => n,
+            let until_close = framing_left == Framing::UntilClose;
+            let n = match self
+                .body_piece(&mut upstream, group, target, until_close)
+                .await
+            {
+                Some(0) => return Exchange::Done { close: true },
+                Some(n) => n,
+                None => return Exchange::Broken,
             };
             let (send, finished) = match framing_left {
                 Framing::Length(left) => {
@@ -961,18 +954,8 @@ impl Connection<'_> {
             return Exchange::Broken;
         }
         loop {
-            self.reply.clear();
-            self.reply.reserve(READ_CHUNK);
-            let read = upstream.read_buf(&mut self.reply);
-            let Some(read) = unless_stalled(&mut self.timer, self.idle_timeout, read).await else {
-                return self.stalled(group, target);
-            };
-            let n = match read {
-                Ok(0) | Err(_) => {
-                    tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), "target failed mid-response");
-                    return Exchange::Broken;
-                }
-                Ok(n) => n,
+            let Some(n) = self.body_piece(&mut upstream, group, target, false).await else {
+                return Exchange::Broken;
             };
             let end = match chunked.feed(&self.reply[..n]) {
                 Ok(end) => end,
@@ -992,6 +975,34 @@ impl Connection<'_> {
         }
     }
 
+    /// Reads the next piece of a response body into `reply`: its length,
+    /// 0 when the target closed a body that ends so (`until_close`), `None`
+    /// (logged) when the body cannot go on: the target failed, closed too
+    /// early, or sent nothing for the idle time-out.
+    async fn body_piece(
+        &mut self,
+        upstream: &mut TcpStream,
+        group: &Group,
+        target: &Target,
+        until_close: bool,
+    ) -> Option<usize> {
+        self.reply.clear();
+        self.reply.reserve(READ_CHUNK);
+        let read = upstream.read_buf(&mut self.reply);
+        let Some(read) = unless_stalled(&mut self.timer, self.idle_timeout, read).await else {
+            tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), timeout = ?self.idle_timeout, "target sent no byte of the response body for the idle time-out; closing the client connection");
+            return None;
+        };
+        match read {
+            Ok(0) if until_close => Some(0),
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), "target failed mid-response");
+                None
+            }
+        }
+    }
+
     /// Writes the first `len` bytes of `reply` to the client; false when
     /// the client is gone or stopped reading.
     async fn send_reply(&mut self, len: usize) -> bool {
@@ -1000,12 +1011,6 @@ impl Connection<'_> {
             unless_stalled(&mut self.timer, self.idle_timeout, write).await,
             Some(Ok(()))
         )
-    }
-
-    /// A response body that moved no byte for the idle time-out.
-    fn stalled(&self, group: &Group, target: &Target) -> Exchange {
-        tracing::warn!(port = self.port, target_group = %group.name, target = %target.pool.address(), timeout = ?self.idle_timeout, "target sent no byte of the response body for the idle time-out; closing the client connection");
-        Exchange::Broken
     }
 
     /// Returns a target connection to its pool when it can take another
