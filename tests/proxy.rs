@@ -1426,3 +1426,59 @@ async fn the_proxys_own_answers_keep_a_pipelined_connection_in_step() {
     assert!(answer.ends_with("more than one Host header\n"), "{answer}");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_keeps_coming_slowly_is_not_idle_but_a_head_that_does_is() {
+    let (target, task) = framing_target().await;
+    let (proxy, port) = start(
+        ProxyOptions {
+            idle_timeout: Duration::from_millis(500),
+            ..options()
+        },
+        |port| {
+            table(
+                port,
+                ListenerProtocol::Http,
+                group("upload", &[(target, TargetState::Healthy)]),
+            )
+        },
+    )
+    .await;
+    // Ten bytes of body, one every 100 ms: a second in all, two idle
+    // time-outs, but never 500 ms without a byte.
+    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    client
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    for byte in b"0123456789" {
+        // Pacing is what is under test here, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.write_all(&[*byte]).await.unwrap();
+    }
+    let answer = read_raw(&mut client, |read| read.ends_with(b"0123456789")).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // A head sent as slowly is cut off after the idle time-out, unanswered.
+    let mut slow = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    let mut cut = false;
+    for byte in b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+    }
+    let answer = read_raw(&mut slow, |_| false).await;
+    assert!(
+        cut || answer.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    proxy.shutdown().await;
+    task.abort();
+}

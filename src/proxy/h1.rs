@@ -52,8 +52,10 @@ pub(super) enum Ended {
 /// What a request head asks of the plain path.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Request {
-    /// Not all of the head (or body) is here yet.
+    /// Not all of the head is here yet.
     Partial,
+    /// The head is, not all of the body yet.
+    PartialBody,
     /// Hyper's to serve, from this request on.
     Handoff,
     /// A request the plain path forwards.
@@ -166,7 +168,7 @@ pub(super) fn classify_request(input: &[u8], max_head: usize) -> Request {
         return Request::Handoff;
     }
     if input.len() < head_len + body_len {
-        return Request::Partial;
+        return Request::PartialBody;
     }
     Request::Plain(Plain {
         head_len,
@@ -573,6 +575,7 @@ pub(super) async fn serve(
     loop {
         // A whole request (head and body) in `input`.
         let plain = loop {
+            let mut in_body = false;
             match classify_request(&connection.input, max_head) {
                 Request::Plain(plain) => break plain,
                 Request::Handoff => return Ended::Handoff(connection.stream, connection.input),
@@ -591,6 +594,7 @@ pub(super) async fn serve(
                     return Ended::Closed;
                 }
                 Request::Partial => {}
+                Request::PartialBody => in_body = true,
             }
             let deadline = idle_since + connection.idle_timeout;
             connection.timer_by(deadline);
@@ -601,6 +605,9 @@ pub(super) async fn serve(
                 biased;
                 read = connection.stream.read_buf(&mut connection.input) => match read {
                     Ok(0) | Err(_) => return Ended::Closed,
+                    // A body that keeps coming is not idle, however slowly
+                    // (a head is: a slow head is how slowloris starts).
+                    Ok(_) if in_body => idle_since = Deadline::now(),
                     Ok(_) => {}
                 },
                 () = connection.timer.as_mut() => {
@@ -1183,15 +1190,14 @@ mod tests {
             (3, true, false)
         );
         assert!(plain("HEAD / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").head_method);
-        for partial in [
-            "GET / HTTP/1.1\r\nHost: x\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",
-        ] {
-            assert_eq!(
-                classify_request(partial.as_bytes(), 16 * 1024),
-                Request::Partial
-            );
-        }
+        assert_eq!(
+            classify_request(b"GET / HTTP/1.1\r\nHost: x\r\n", 16 * 1024),
+            Request::Partial
+        );
+        assert_eq!(
+            classify_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 16 * 1024),
+            Request::PartialBody
+        );
         for handoff in [
             "GET / HTTP/1.0\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
