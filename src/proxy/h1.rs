@@ -597,7 +597,7 @@ pub(super) async fn serve(
                 Request::PartialBody => in_body = true,
             }
             let deadline = idle_since + connection.idle_timeout;
-            connection.timer_by(deadline);
+            fire_by(&mut connection.timer, deadline);
             if connection.input.capacity() - connection.input.len() < 1024 {
                 connection.input.reserve(4096);
             }
@@ -638,13 +638,6 @@ pub(super) async fn serve(
 }
 
 impl Connection<'_> {
-    /// Makes the timer fire by `deadline` at the latest.
-    fn timer_by(&mut self, deadline: Deadline) {
-        if self.timer.deadline() > deadline || self.timer.is_elapsed() {
-            self.timer.as_mut().reset(deadline);
-        }
-    }
-
     /// Forwards the request at the front of `input` and its response.
     /// `Some(close)` when the response went out whole (`close`: the
     /// connection must close after it), `None` when the connection is
@@ -774,23 +767,11 @@ impl Connection<'_> {
         let mut upstream = match pooled {
             Some(stream) => stream,
             None => {
-                self.timer_by(deadline);
                 let connect = super::pool::connect_tcp(target.pool.address());
-                tokio::pin!(connect);
-                loop {
-                    tokio::select! {
-                        biased;
-                        connected = &mut connect => match connected {
-                            Ok(stream) => break stream,
-                            Err(error) => return Exchange::Refused(error.to_string()),
-                        },
-                        () = self.timer.as_mut() => {
-                            if Deadline::now() >= deadline {
-                                return self.timed_out(group, target);
-                            }
-                            self.timer.as_mut().reset(deadline);
-                        }
-                    }
+                match by_deadline(&mut self.timer, || deadline, connect).await {
+                    Some(Ok(stream)) => stream,
+                    Some(Err(error)) => return Exchange::Refused(error.to_string()),
+                    None => return self.timed_out(group, target),
                 }
             }
         };
@@ -847,35 +828,37 @@ impl Connection<'_> {
                 }
                 Err(BadResponse::Partial) => self.out.clear(),
             }
-            self.timer_by(deadline);
             if self.reply.capacity() - self.reply.len() < 4096 {
                 self.reply.reserve(READ_CHUNK);
             }
-            tokio::select! {
-                biased;
-                read = upstream.read_buf(&mut self.reply) => match read {
-                    Ok(0) if reused && !interim && self.reply.is_empty() && plain.idempotent => {
-                        return Exchange::Stale("the target closed the connection".into())
-                    }
-                    Err(error) if reused && !interim && self.reply.is_empty() && plain.idempotent => {
-                        return Exchange::Stale(error.to_string())
-                    }
-                    Ok(0) => return Exchange::Failed(
+            let read = upstream.read_buf(&mut self.reply);
+            let Some(read) = by_deadline(&mut self.timer, || deadline, read).await else {
+                return self.timed_out(group, target);
+            };
+            match read {
+                Ok(0) if reused && !interim && self.reply.is_empty() && plain.idempotent => {
+                    return Exchange::Stale("the target closed the connection".into())
+                }
+                Err(error) if reused && !interim && self.reply.is_empty() && plain.idempotent => {
+                    return Exchange::Stale(error.to_string())
+                }
+                Ok(0) => {
+                    return Exchange::Failed(
                         StatusCode::BAD_GATEWAY,
-                        self.target_failed(group, target, "it closed the connection before answering"),
-                    ),
-                    Err(error) => return Exchange::Failed(
+                        self.target_failed(
+                            group,
+                            target,
+                            "it closed the connection before answering",
+                        ),
+                    )
+                }
+                Err(error) => {
+                    return Exchange::Failed(
                         StatusCode::BAD_GATEWAY,
                         self.target_failed(group, target, &error.to_string()),
-                    ),
-                    Ok(_) => {}
-                },
-                () = self.timer.as_mut() => {
-                    if Deadline::now() >= deadline {
-                        return self.timed_out(group, target);
-                    }
-                    self.timer.as_mut().reset(deadline);
+                    )
                 }
+                Ok(_) => {}
             }
         };
         let elapsed = started.elapsed();
@@ -1051,6 +1034,15 @@ impl Connection<'_> {
     }
 }
 
+/// Makes the connection's timer fire by `deadline` at the latest. It may
+/// fire sooner (a deadline of an earlier wait): whoever waits checks the
+/// time and sets it again.
+fn fire_by(timer: &mut std::pin::Pin<Box<Sleep>>, deadline: Deadline) {
+    if timer.deadline() > deadline || timer.is_elapsed() {
+        timer.as_mut().reset(deadline);
+    }
+}
+
 /// Runs `io` unless the deadline `deadline()` gives passes first (`None`
 /// then), on the connection's one timer. An `io` ready at once (the common
 /// case) touches neither the clock nor the timer.
@@ -1064,9 +1056,7 @@ async fn by_deadline<F: std::future::Future>(
         return Some(out);
     }
     let deadline = deadline();
-    if timer.deadline() > deadline || timer.is_elapsed() {
-        timer.as_mut().reset(deadline);
-    }
+    fire_by(timer, deadline);
     loop {
         tokio::select! {
             biased;
