@@ -555,6 +555,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
+    let routes = inner.snapshot();
     let mut connection = Connection {
         inner,
         port,
@@ -566,8 +567,8 @@ pub(super) async fn serve(
         reply: Vec::new(),
         timer: Box::pin(tokio::time::sleep(inner.options.idle_timeout)),
         swapped: inner.swapped.subscribe(),
-        routes: inner.snapshot(),
-        idle_timeout: inner.idle_timeout(port),
+        idle_timeout: routes.idle_timeout(port, &inner.options),
+        routes,
         started: Instant::now(),
     };
     let mut idle_since = Deadline::now();
@@ -618,10 +619,7 @@ pub(super) async fn serve(
                     connection.timer.as_mut().reset(deadline);
                 }
                 _ = stop.changed() => return Ended::Closed,
-                Ok(()) = connection.swapped.changed() => {
-                    connection.routes = inner.snapshot();
-                    connection.idle_timeout = inner.idle_timeout(port);
-                }
+                Ok(()) = connection.swapped.changed() => connection.reload_routes(),
             }
         };
         let close = match connection.request(&plain).await {
@@ -638,6 +636,12 @@ pub(super) async fn serve(
 }
 
 impl Connection<'_> {
+    /// Takes the routes now, and the listener's idle time-out from them.
+    fn reload_routes(&mut self) {
+        self.routes = self.inner.snapshot();
+        self.idle_timeout = self.routes.idle_timeout(self.port, &self.inner.options);
+    }
+
     /// Forwards the request at the front of `input` and its response.
     /// `Some(close)` when the response went out whole (`close`: the
     /// connection must close after it), `None` when the connection is
@@ -647,8 +651,7 @@ impl Connection<'_> {
         self.started = started;
         if self.swapped.has_changed().unwrap_or(false) {
             self.swapped.mark_unchanged();
-            self.routes = self.inner.snapshot();
-            self.idle_timeout = self.inner.idle_timeout(self.port);
+            self.reload_routes();
         }
         let routes = self.routes.clone();
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];

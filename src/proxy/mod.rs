@@ -196,6 +196,14 @@ struct Target {
 }
 
 impl Snapshot {
+    /// The idle time-out of the listener on `port` (the proxy's own when
+    /// there is none).
+    fn idle_timeout(&self, port: u16, options: &ProxyOptions) -> Duration {
+        self.listeners
+            .get(&port)
+            .map_or(options.idle_timeout, |listener| listener.idle_timeout)
+    }
+
     /// Compiles `table`, keeping the previous snapshot's connection pools
     /// and round-robin positions.
     fn compile(
@@ -467,10 +475,7 @@ impl Inner {
 
     /// The idle time-out of the listener on `port` now.
     fn idle_timeout(&self, port: u16) -> Duration {
-        self.snapshot()
-            .listeners
-            .get(&port)
-            .map_or(self.options.idle_timeout, |listener| listener.idle_timeout)
+        self.snapshot().idle_timeout(port, &self.options)
     }
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Running>> {
