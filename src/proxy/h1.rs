@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant as Deadline, Sleep};
 
-use super::http::{route, Route};
+use super::http::{route, Route, HOP_BY_HOP};
 use super::{rules, Group, Inner, Target};
 
 /// The most headers a request or response head may have here (hyper's
@@ -80,20 +80,9 @@ pub(super) struct Plain {
     pub idempotent: bool,
 }
 
-/// Whether `name` is a header no proxy passes on (RFC 9110 7.6.1), or one
-/// this proxy sets itself.
+/// Whether `name` is a header no proxy passes on (`http::HOP_BY_HOP`).
 fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "http2-settings",
-    ]
-    .iter()
-    .any(|hop| name.eq_ignore_ascii_case(hop))
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
 }
 
 /// The comma-separated tokens of a header value, trimmed.
@@ -290,9 +279,14 @@ pub(super) fn response_framing(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, BadResponse> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(input) {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        input,
+        &mut headers,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if input.len() <= MAX_RESPONSE_HEAD => {
             return Err(BadResponse::Partial)
@@ -399,9 +393,10 @@ pub(super) struct Chunked {
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
-    /// In a chunk's size line: the size so far, and whether a digit came.
+    /// At a chunk's size line, before its first digit.
     #[default]
     Start,
+    /// In the size's digits: the size so far.
     Size(u64),
     /// Whitespace after the size, before `;` or the line's end.
     SizeSpace(u64),

@@ -27,9 +27,6 @@ use super::{rules, Group, Inner, Target};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// What a connection's requests share: the proxy, the listener port and
 /// the client. Each request clones this per-connection `Arc` (not the
@@ -189,6 +186,19 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The headers no proxy passes on (RFC 9110 7.6.1), besides those the
+/// Connection header names and Transfer-Encoding (which the plain path
+/// keeps, since it passes the body's framing through).
+pub(super) const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+];
+
 /// Drops the hop-by-hop headers (those the Connection header names too).
 fn drop_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -204,18 +214,9 @@ fn drop_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &HTTP2_SETTINGS,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    // Transfer-Encoding too: hyper frames the body again on each side.
+    for name in HOP_BY_HOP.iter().chain(&["transfer-encoding"]) {
+        headers.remove(*name);
     }
 }
 
