@@ -151,13 +151,31 @@ async fn start(options: ProxyOptions, make: impl Fn(u16) -> RouteTable) -> (Prox
     panic!("no free port found for the proxy's listener");
 }
 
+/// A proxy whose one HTTP listener forwards to the target group `name` of
+/// `targets`, on a free port.
+async fn serve_group(
+    options: ProxyOptions,
+    name: &str,
+    targets: &[(SocketAddr, TargetState)],
+) -> (Proxy, u16) {
+    start(options, |port| {
+        table(port, ListenerProtocol::Http, group(name, targets))
+    })
+    .await
+}
+
+/// A raw socket to the proxy's listener on `port`.
+async fn raw(port: u16) -> TcpStream {
+    TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap()
+}
+
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// A keep-alive HTTP/1.1 connection to the proxy.
 async fn connect(port: u16) -> Sender {
-    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let stream = raw(port).await;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -225,10 +243,7 @@ async fn thirty_requests_over_three_targets_see_each_name_ten_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_without_targets_answers_503_naming_it() {
-    let (proxy, port) = start(options(), |port| {
-        table(port, ListenerProtocol::Http, group("empty-tg", &[]))
-    })
-    .await;
+    let (proxy, port) = serve_group(options(), "empty-tg", &[]).await;
     let (status, body) = fetch(port, "/").await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("target group empty-tg"), "{body}");
@@ -427,17 +442,8 @@ async fn an_upgrade_becomes_a_tunnel_and_a_websocket_echo_comes_back() {
         })
     }))
     .await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("ws", &[(echo.address, TargetState::Healthy)]),
-        )
-    })
-    .await;
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let (proxy, port) = serve_group(options(), "ws", &[(echo.address, TargetState::Healthy)]).await;
+    let mut stream = raw(port).await;
     stream
         .write_all(
             b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -485,9 +491,7 @@ async fn an_h2c_client_is_served_over_http1_targets() {
         table(port, ListenerProtocol::Http, group("h2", &targets))
     })
     .await;
-    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let stream = raw(port).await;
     let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(stream),
@@ -526,24 +530,17 @@ async fn an_h2c_client_is_served_over_http1_targets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_cut_off_and_an_oversized_header_gets_431_while_others_are_served() {
     let web = named("web-1").await;
-    let (proxy, port) = start(
+    let (proxy, port) = serve_group(
         ProxyOptions {
             idle_timeout: Duration::from_millis(500),
             ..options()
         },
-        |port| {
-            table(
-                port,
-                ListenerProtocol::Http,
-                group("slow", &[(web.address, TargetState::Healthy)]),
-            )
-        },
+        "slow",
+        &[(web.address, TargetState::Healthy)],
     )
     .await;
     // A client that starts its headers and never finishes them.
-    let mut slow = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let mut slow = raw(port).await;
     slow.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nX-Slow: ")
         .await
         .unwrap();
@@ -560,9 +557,7 @@ async fn a_slow_client_is_cut_off_and_an_oversized_header_gets_431_while_others_
     );
 
     // A head bigger than the cap.
-    let mut big = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let mut big = raw(port).await;
     let request = format!(
         "GET / HTTP/1.1\r\nHost: web.test\r\nX-Big: {}\r\n\r\n",
         "a".repeat(40 * 1024)
@@ -609,18 +604,13 @@ async fn idle_clients_are_closed_after_the_listeners_idle_timeout_changed_live_n
     // The load balancer's idle time-out starts at ALB's 60 s, above the
     // proxy's own 10 s and the test's deadline.
     let (proxy, port) = start(options(), |port| routes(port, Duration::from_secs(60))).await;
-    let connect_raw = || async {
-        TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-            .await
-            .unwrap()
-    };
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: web.test\r\n\r\n");
     // A keep-alive client that was served and is now idle.
-    let mut idle = connect_raw().await;
+    let mut idle = raw(port).await;
     idle.write_all(request("/").as_bytes()).await.unwrap();
     assert!(answered(&read_raw(&mut idle, answered).await));
     // A client whose request is in flight.
-    let mut waiting = connect_raw().await;
+    let mut waiting = raw(port).await;
     waiting
         .write_all(request("/slow").as_bytes())
         .await
@@ -642,7 +632,7 @@ async fn idle_clients_are_closed_after_the_listeners_idle_timeout_changed_live_n
     // Clients that connect and send nothing are closed too, one after the
     // other, each after the in-flight request's connection was looked at.
     for _ in 0..2 {
-        let mut silent = connect_raw().await;
+        let mut silent = raw(port).await;
         assert!(read_raw(&mut silent, |_| false).await.is_empty());
     }
     // The request in flight all along is answered in full, then its
@@ -694,14 +684,8 @@ async fn a_target_failing_mid_request_gives_502_or_an_aborted_body_and_the_proxy
     })
     .await;
     let web = named("web-1").await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("broken", &[(before_head, TargetState::Healthy)]),
-        )
-    })
-    .await;
+    let (proxy, port) =
+        serve_group(options(), "broken", &[(before_head, TargetState::Healthy)]).await;
     let (status, body) = fetch(port, "/").await.unwrap();
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("target group broken"), "{body}");
@@ -712,14 +696,7 @@ async fn a_target_failing_mid_request_gives_502_or_an_aborted_body_and_the_proxy
     })
     .await;
 
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("broken", &[(mid_body, TargetState::Healthy)]),
-        )
-    })
-    .await;
+    let (proxy, port) = serve_group(options(), "broken", &[(mid_body, TargetState::Healthy)]).await;
     let mut sender = connect(port).await;
     let response = sender.send_request(get("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -762,14 +739,7 @@ async fn a_pooled_connection_the_target_closed_is_not_used_and_the_request_is_an
         }
     })
     .await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("closing", &[(address, TargetState::Healthy)]),
-        )
-    })
-    .await;
+    let (proxy, port) = serve_group(options(), "closing", &[(address, TargetState::Healthy)]).await;
     // One client connection, so one worker and one idle list.
     let mut sender = connect(port).await;
     for round in 1..=3 {
@@ -794,14 +764,7 @@ async fn big_bodies_stream_through_whole_one_after_another_on_one_connection() {
         Box::pin(async { Response::new(text(vec![b'x'; SIZE])) })
     }))
     .await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("big", &[(big.address, TargetState::Healthy)]),
-        )
-    })
-    .await;
+    let (proxy, port) = serve_group(options(), "big", &[(big.address, TargetState::Healthy)]).await;
     let mut sender = connect(port).await;
     for round in 1..=3 {
         let (status, body) = send(&mut sender, get("/")).await.unwrap();
@@ -906,14 +869,8 @@ async fn a_draining_target_gets_no_new_request_while_its_request_in_flight_compl
     }))
     .await;
     let fast = named("fast").await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("drain", &[(slow.address, TargetState::Healthy)]),
-        )
-    })
-    .await;
+    let (proxy, port) =
+        serve_group(options(), "drain", &[(slow.address, TargetState::Healthy)]).await;
     let in_flight = tokio::spawn(fetch(port, "/"));
     until("the request to reach the slow target", || {
         slow.requests.load(Ordering::SeqCst) == 1
@@ -952,18 +909,13 @@ async fn a_target_too_slow_to_answer_gets_504() {
         })
     }))
     .await;
-    let (proxy, port) = start(
+    let (proxy, port) = serve_group(
         ProxyOptions {
             request_timeout: Duration::from_millis(300),
             ..options()
         },
-        |port| {
-            table(
-                port,
-                ListenerProtocol::Http,
-                group("sleepy", &[(never.address, TargetState::Healthy)]),
-            )
-        },
+        "sleepy",
+        &[(never.address, TargetState::Healthy)],
     )
     .await;
     let (status, body) = fetch(port, "/").await.unwrap();
@@ -1149,17 +1101,8 @@ async fn framing_target() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_framing_passes_through_whole_and_the_client_connection_lives_on() {
     let (target, task) = framing_target().await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("framing", &[(target, TargetState::Healthy)]),
-        )
-    })
-    .await;
-    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let (proxy, port) = serve_group(options(), "framing", &[(target, TargetState::Healthy)]).await;
+    let mut client = raw(port).await;
     let ends_with = |tail: &'static [u8]| move |read: &[u8]| read.ends_with(tail);
     // Twice over: the second round reuses the pooled target connection.
     for _ in 0..2 {
@@ -1222,17 +1165,13 @@ async fn every_response_framing_passes_through_whole_and_the_client_connection_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_and_one_that_needs_hyper_gets_the_bytes_read() {
     let web = named("web-1").await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("pipelined", &[(web.address, TargetState::Healthy)]),
-        )
-    })
+    let (proxy, port) = serve_group(
+        options(),
+        "pipelined",
+        &[(web.address, TargetState::Healthy)],
+    )
     .await;
-    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let mut client = raw(port).await;
     // Two plain requests, then an HTTP/1.0 one (hyper's), in one write.
     client
         .write_all(
@@ -1271,14 +1210,7 @@ async fn a_reused_connection_closed_unanswered_resends_an_idempotent_request_onl
             });
         }
     });
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("stale", &[(target, TargetState::Healthy)]),
-        )
-    })
-    .await;
+    let (proxy, port) = serve_group(options(), "stale", &[(target, TargetState::Healthy)]).await;
     let mut client = connect(port).await;
     assert_eq!(
         send(&mut client, get("/")).await.unwrap(),
@@ -1306,19 +1238,11 @@ async fn a_reused_connection_closed_unanswered_resends_an_idempotent_request_onl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_listener_closes_its_idle_client_connections_at_once() {
     let web = named("web-1").await;
-    let (proxy, port) = start(options(), |port| {
-        table(
-            port,
-            ListenerProtocol::Http,
-            group("gone", &[(web.address, TargetState::Healthy)]),
-        )
-    })
-    .await;
+    let (proxy, port) =
+        serve_group(options(), "gone", &[(web.address, TargetState::Healthy)]).await;
     // A keep-alive client, served and now idle (the idle time-out is 10 s,
     // longer than the read below may wait).
-    let mut idle = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let mut idle = raw(port).await;
     idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
@@ -1355,24 +1279,17 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout_and_frees
         }
     })
     .await;
-    let (proxy, port) = start(
+    let (proxy, port) = serve_group(
         ProxyOptions {
             idle_timeout: Duration::from_millis(500),
             ..options()
         },
-        |port| {
-            table(
-                port,
-                ListenerProtocol::Http,
-                group("reader", &[(target, TargetState::Healthy)]),
-            )
-        },
+        "reader",
+        &[(target, TargetState::Healthy)],
     )
     .await;
     // Asks for the body and never reads it.
-    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let mut client = raw(port).await;
     client
         .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -1389,13 +1306,8 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout_and_frees
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxys_own_answers_keep_a_pipelined_connection_in_step() {
-    let (proxy, port) = start(options(), |port| {
-        table(port, ListenerProtocol::Http, group("empty", &[]))
-    })
-    .await;
-    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let (proxy, port) = serve_group(options(), "empty", &[]).await;
+    let mut client = raw(port).await;
     // A HEAD answered by the proxy itself has no body, so the GET's answer
     // is read as the GET's.
     client
@@ -1430,25 +1342,18 @@ async fn the_proxys_own_answers_keep_a_pipelined_connection_in_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_keeps_coming_slowly_is_not_idle_but_a_head_that_does_is() {
     let (target, task) = framing_target().await;
-    let (proxy, port) = start(
+    let (proxy, port) = serve_group(
         ProxyOptions {
             idle_timeout: Duration::from_millis(500),
             ..options()
         },
-        |port| {
-            table(
-                port,
-                ListenerProtocol::Http,
-                group("upload", &[(target, TargetState::Healthy)]),
-            )
-        },
+        "upload",
+        &[(target, TargetState::Healthy)],
     )
     .await;
     // Ten bytes of body, one every 100 ms: a second in all, two idle
     // time-outs, but never 500 ms without a byte.
-    let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let mut client = raw(port).await;
     client
         .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
         .await
@@ -1462,9 +1367,7 @@ async fn a_body_that_keeps_coming_slowly_is_not_idle_but_a_head_that_does_is() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     // A head sent as slowly is cut off after the idle time-out, unanswered.
-    let mut slow = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .unwrap();
+    let mut slow = raw(port).await;
     let mut cut = false;
     for byte in b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n" {
         tokio::time::sleep(Duration::from_millis(100)).await;
